@@ -1,0 +1,1 @@
+"""Everything that touches the running kernel: tracefs, debugfs, sysfs, kallsyms, bcc."""

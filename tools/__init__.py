@@ -1,0 +1,1 @@
+"""The memtrace command line: argument parsing and printing, one module per subcommand."""
