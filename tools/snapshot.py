@@ -1,0 +1,256 @@
+"""``memtrace snapshot``: PAT reservations, their owners and what looks wrong, no probes."""
+
+import os
+import textwrap
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from memtrace.analysis.snapshot import analyze_snapshot
+from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput, FeatureMissing, NotRoot
+from memtrace.probes import iomem, pat_memtype, pci
+from memtrace.tools.render import hex_range, print_json, table
+
+DESCRIPTION = "show PAT reservations, who owns them and what looks wrong (no probes needed)"
+
+EPILOG = """\
+examples:
+  memtrace snapshot                  # the live system (root: debugfs, /proc/iomem)
+  memtrace snapshot --json           # the same as one JSON object
+  memtrace snapshot --root tests/fixtures/guest-6.1-bochs
+                                     # a snapshot written by tests/fixtures/capture_snapshot.py
+
+The PAT list needs debugfs: mount -t debugfs none /sys/kernel/debug
+Exit status: 0 nothing suspicious, 1 findings, 2 error."""
+
+_WIDTH = 99
+_OWNER_WIDTH = 40
+_FLAG_MARKER = "!"
+# Reading these fails in ordinary ways (not root, no debugfs, no PAT): the snapshot still
+# shows what it can. Malformed content (BadInput) is an error.
+_UNAVAILABLE = (NotRoot, FeatureMissing)
+
+
+def add_arguments(parser):
+    """Add the snapshot options to ``parser``."""
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--root",
+        metavar="DIR",
+        help="read a captured snapshot in DIR (as written by "
+        "tests/fixtures/capture_snapshot.py) instead of the live system",
+    )
+
+
+def run(args):
+    """Read the snapshot sources, analyse them and print the result; return the exit status."""
+    state = _read_state(args.root)
+    report = analyze_snapshot(state.reservations or [], state.iomem, state.pci_devices)
+    if args.json:
+        print_json(_as_json(state, report))
+    else:
+        print(_as_text(state, report))
+    return EXIT_FINDINGS if report.findings else EXIT_OK
+
+
+@dataclass
+class _State:
+    """What was read, live or from a capture; ``reservations`` is None when unreadable."""
+
+    source: str
+    kernel_release: Optional[str]
+    pci_devices: list
+    reservations: Optional[list] = None
+    iomem: list = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+
+def _read_state(root):
+    """Read every source (live, or under ``root``); unavailable ones become notes."""
+    if root is not None and not os.path.isdir(root):
+        raise BadInput(
+            f"--root {root}: not a directory",
+            hint="give a directory written by tests/fixtures/capture_snapshot.py",
+        )
+    state = _State(
+        source=root or "live",
+        kernel_release=_kernel_release(root),
+        pci_devices=pci.read_pci_devices(_under(root, "/sys")),
+    )
+    if state.kernel_release is None:
+        state.notes.append(f"{root} has no kernel-release file; the kernel release is unknown")
+    try:
+        state.reservations = pat_memtype.read_pat_memtype_list(
+            _under(root, pat_memtype.DEFAULT_PATH)
+        )
+    except _UNAVAILABLE as err:
+        state.notes.append(f"No PAT reservations listed: {err.one_line()}")
+    try:
+        state.iomem = iomem.read_iomem(_under(root, iomem.DEFAULT_PATH))
+    except _UNAVAILABLE as err:
+        state.notes.append(f"Owners from /proc/iomem unavailable: {err.one_line()}")
+    return state
+
+
+def _under(root, live_path):
+    """Return ``live_path``, or its copy inside a capture directory ``root``."""
+    return live_path if root is None else os.path.join(root, live_path.lstrip("/"))
+
+
+def _kernel_release(root):
+    if root is None:
+        return os.uname().release
+    try:
+        with open(os.path.join(root, "kernel-release"), encoding="utf-8") as release_file:
+            return release_file.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _as_text(state, report):
+    source = "" if state.source == "live" else f" (captured in {state.source})"
+    blocks = [f"Kernel {state.kernel_release or 'unknown'}{source}"]
+    blocks.extend(_wrap(note) for note in state.notes)
+    if state.reservations is not None:
+        blocks.append(_reservation_table(report.reservations))
+    blocks.append(_bar_table(state.pci_devices))
+    blocks.append(_findings_text(report.findings))
+    return "\n\n".join(blocks)
+
+
+def _reservation_table(reservations):
+    if not reservations:
+        return "PAT reservations: none (pat_memtype_list is empty)"
+    rows = [
+        (
+            hex_range(reservation.start, reservation.end),
+            _human_size(reservation.end - reservation.start),
+            reservation.memtype,
+            _shorten(reservation.owner.describe(), _OWNER_WIDTH),
+            _FLAG_MARKER if reservation.flagged else "",
+        )
+        for reservation in reservations
+    ]
+    title = f"PAT reservations ({len(rows)}; {_FLAG_MARKER} = see findings):"
+    return title + "\n" + table(rows, ["range", "size", "type", "owner", "flag"])
+
+
+def _bar_table(devices):
+    rows = [
+        (
+            device.slot,
+            bar.label,
+            hex_range(bar.start, bar.end),
+            _human_size(bar.size),
+            _bar_kind(bar),
+            f"{device.pci_class:06x}",
+            device.vendor_device,
+            _shorten(device.driver or "-", 16),
+        )
+        for device in devices
+        for bar in device.bars
+        if bar.is_memory
+    ]
+    if not rows:
+        return "PCI memory BARs: none"
+    headers = ["slot", "bar", "range", "size", "kind", "class", "id", "driver"]
+    return "PCI memory BARs:\n" + table(rows, headers)
+
+
+def _bar_kind(bar):
+    if bar.label == "ROM":
+        return "rom"
+    kind = "pref" if bar.is_prefetchable else "mmio"
+    return f"{kind}+wc" if bar.has_wc_file else kind
+
+
+def _findings_text(findings):
+    if not findings:
+        return "No findings."
+    paragraphs = ["Findings:"]
+    for number, finding in enumerate(findings, start=1):
+        text = finding.message + (f" {finding.remedy}" if finding.remedy else "")
+        paragraphs.append(_wrap(text, first_indent=f"{number}. ", indent="   "))
+    return "\n".join(paragraphs)
+
+
+def _wrap(text, first_indent="", indent=""):
+    return textwrap.fill(
+        text, width=_WIDTH, initial_indent=first_indent, subsequent_indent=indent
+    )
+
+
+def _as_json(state, report):
+    reservations = None
+    if state.reservations is not None:
+        reservations = [
+            {
+                "start": f"{reservation.start:#x}",
+                "end": f"{reservation.end:#x}",
+                "size": reservation.end - reservation.start,
+                "type": reservation.memtype,
+                "owner": _owner_json(reservation.owner),
+                "flagged": reservation.flagged,
+                "reason": reservation.reason,
+            }
+            for reservation in report.reservations
+        ]
+    return {
+        "kernel_release": state.kernel_release,
+        "source": state.source,
+        "reservations": reservations,
+        "pci_bars": [
+            {
+                "slot": device.slot,
+                "bar": bar.index,
+                "start": f"{bar.start:#x}",
+                "end": f"{bar.end:#x}",
+                "prefetchable": bar.is_prefetchable,
+                "wc_file": bar.has_wc_file,
+                "class": f"{device.pci_class:#08x}",
+                "vendor_device": device.vendor_device,
+                "driver": device.driver,
+            }
+            for device in state.pci_devices
+            for bar in device.bars
+            if bar.is_memory
+        ],
+        "findings": [
+            {
+                "kind": finding.kind,
+                "start": f"{finding.start:#x}",
+                "end": f"{finding.end:#x}",
+                "message": finding.message,
+                "remedy": finding.remedy,
+            }
+            for finding in report.findings
+        ],
+        "notes": state.notes,
+    }
+
+
+def _owner_json(owner):
+    return {
+        "kind": owner.kind,
+        "slot": owner.slot,
+        "bar": owner.bar,
+        "driver": owner.driver,
+        "vendor_device": owner.vendor_device,
+        "class": None if owner.pci_class is None else f"{owner.pci_class:#08x}",
+        "iomem_name": owner.iomem_name,
+    }
+
+
+def _human_size(size):
+    """Return ``size`` bytes the way ``ls -h`` does: 512B, 4K, 3.9M, 16M."""
+    value = float(size)
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            break
+        value /= 1024
+    if unit == "B" or value >= 10 or value.is_integer():
+        return f"{value:.0f}{unit}"
+    return f"{value:.1f}{unit}"
+
+
+def _shorten(text, width):
+    return text if len(text) <= width else text[: width - 3] + "..."
