@@ -1,0 +1,76 @@
+"""`memtrace doctor`: can memtrace probe this kernel, and what exactly would it probe?"""
+
+import sys
+import textwrap
+
+from memtrace.errors import EXIT_FINDINGS, EXIT_OK
+from memtrace.probes.features import FAIL, OK, running_kernel_features
+from memtrace.tools.render import print_json
+
+DESCRIPTION = "check kernel features and resolve every function memtrace probes"
+
+EPILOG = """\
+examples:
+  memtrace doctor              one line per check; a hint below each one that is not ok
+  memtrace doctor --json       the same for scripts, plus "live_probing" and "backends"
+  memtrace doctor --no-mount   change nothing: do not mount a missing debugfs or tracefs
+
+statuses: ok, info (fine, worth knowing), warn (something optional is missing),
+FAIL (memtrace cannot do its job here).
+exit status: 0 when no check failed, 1 when at least one check failed, 2 on error.
+"""
+
+WIDTH = 99
+_NAME_WIDTH = 28
+_STATUS_WORDS = {OK: "ok", "info": "info", "warn": "WARN", FAIL: "FAIL"}
+
+
+def add_arguments(parser):
+    """Register doctor's options on ``parser``."""
+    parser.add_argument("--json", action="store_true", help="print the checks as JSON")
+    parser.add_argument(
+        "--no-mount",
+        action="store_true",
+        help="do not mount debugfs or tracefs when they are missing",
+    )
+
+
+def format_check(check, name_width=_NAME_WIDTH):
+    """Return the text lines of one check: status, name, detail, and an indented hint."""
+    head = f"{_STATUS_WORDS.get(check.status, check.status):<5} {check.name:<{name_width}} "
+    lines = textwrap.wrap(
+        check.detail, WIDTH, initial_indent=head, subsequent_indent=" " * len(head)
+    ) or [head.rstrip()]
+    if check.hint and check.status != OK:
+        lines += textwrap.wrap(
+            check.hint, WIDTH, initial_indent="      hint: ", subsequent_indent=" " * 12
+        )
+    return lines
+
+
+def report(features):
+    """Return the JSON-ready summary of ``features``: checks, verdict and usable backends."""
+    return {
+        "kernel": features.release,
+        "checks": [check.to_dict() for check in features.checks()],
+        "live_probing": features.live_probing,
+        "backends": features.backends,
+        "verdict": features.verdict(),
+    }
+
+
+def run(args):
+    """Run every check, print the result, and return 1 when any check failed, else 0."""
+    features = running_kernel_features(allow_mount=not args.no_mount)
+    checks = features.checks()
+    if args.json:
+        print_json(report(features))
+    else:
+        print(f"memtrace doctor: kernel {features.release}")
+        name_width = max(len(check.name) for check in checks)
+        for check in checks:
+            print("\n".join(format_check(check, name_width)))
+        print()
+        print("\n".join(textwrap.wrap(f"verdict: {features.verdict()}", WIDTH)))
+    sys.stdout.flush()
+    return EXIT_FINDINGS if any(check.status == FAIL for check in checks) else EXIT_OK
