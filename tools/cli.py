@@ -13,6 +13,7 @@ from memtrace.errors import EXIT_ERROR, EXIT_INTERRUPTED, MemtraceError
 SUBCOMMANDS = {
     "doctor": "doctor",
     "snapshot": "snapshot",
+    "record": "record",
     "lab": "lab",
 }
 
@@ -33,7 +34,7 @@ def build_parser():
     )
     parser.add_argument("--version", action="version", version=f"memtrace {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=_Parser)
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(f"memtrace.tools.{module_name}")
         sub_parser = sub.add_parser(
@@ -53,7 +54,7 @@ def main(argv=None):
     """Run memtrace with ``argv`` (default: sys.argv[1:]) and return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
+    if args.subcommand is None:
         parser.print_usage(sys.stderr)
         print("memtrace: error: a command is required (see 'memtrace --help')", file=sys.stderr)
         return EXIT_ERROR
@@ -62,7 +63,7 @@ def main(argv=None):
     except MemtraceError as err:
         if args.debug:
             raise
-        print(f"memtrace {args.command}: error: {err.one_line()}", file=sys.stderr)
+        print(f"memtrace {args.subcommand}: error: {err.one_line()}", file=sys.stderr)
         for line in err.details:
             print(f"  {line}", file=sys.stderr)
         return err.exit_code

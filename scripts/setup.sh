@@ -1,0 +1,37 @@
+#!/bin/sh
+# Install everything memtrace, its lab and its tests need on a fresh Debian 12 machine, as
+# root: Debian packages (QEMU, the two lab kernels with headers, bcc), the .venv at the repo
+# root, and the lab's cached initramfs images. Safe to run again: it only does what is missing.
+set -eu
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: must run as root (it installs Debian packages); try: sudo $0" >&2
+    exit 2
+fi
+
+# bcc comes from Debian (python3-bpfcc); PyPI's "bcc" is an unrelated library.
+PACKAGES="qemu-system-x86 initramfs-tools kmod pciutils
+  linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 linux-headers-6.12-amd64
+  python3-bpfcc bpfcc-tools bpftool python3-venv python3-pip"
+
+missing=""
+for pkg in $PACKAGES; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    [ "$status" = "install ok installed" ] || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    echo "setup.sh: installing$missing"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+fi
+
+# The venv sees Debian's bcc through --system-site-packages.
+if ! .venv/bin/python -c 'import memtrace.tools.cli, tabulate, psutil, pyroute2, pytest, bcc' 2>/dev/null; then
+    rm -rf .venv
+    /usr/bin/python3 -m venv --system-site-packages .venv
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+fi
+
+.venv/bin/memtrace lab --prepare
+echo "setup.sh: done; .venv/bin/memtrace is ready"

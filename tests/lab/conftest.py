@@ -1,0 +1,64 @@
+"""Lab tests boot real Debian kernels under QEMU. They never skip: a lab that cannot boot is
+a failure (deselect them explicitly with -m 'not lab' on a machine without the lab)."""
+
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+
+import pytest
+
+from tests.conftest import REPO, memtrace_argv
+
+LAB_KERNELS = ("6.1", "6.12")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/tests/lab/" in str(item.fspath):
+            item.add_marker(pytest.mark.lab)
+
+
+class GuestSession:
+    """One boot of the lab guest that ran a shell script; its files stay readable here."""
+
+    def __init__(self, kernel, vga, script, timeout=900):
+        self.workdir = tempfile.mkdtemp(prefix="memtrace-labtest-")
+        self.kernel, self.vga = kernel, vga
+        argv = memtrace_argv("lab", "--kernel", kernel, "--vga", vga,
+                             "--workdir", self.workdir, "--", "sh", "-c", script)
+        self.proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                   cwd=REPO, check=False)
+
+    def read(self, name):
+        """Return the text of a file the guest wrote into the work directory."""
+        path = os.path.join(self.workdir, name)
+        assert os.path.exists(path), (
+            f"the guest did not write {name}; lab exit {self.proc.returncode}\n"
+            f"stdout:\n{self.proc.stdout}\nstderr:\n{self.proc.stderr}")
+        with open(path, encoding="utf-8") as src:
+            return src.read()
+
+    def json(self, name):
+        """Return a JSON file the guest wrote, parsed."""
+        return json.loads(self.read(name))
+
+
+def memtrace_in_guest(*args):
+    """Shell words that run this checkout's memtrace inside the guest."""
+    return shlex.join(memtrace_argv(*args))
+
+
+_SESSIONS = {}
+
+
+@pytest.fixture(scope="session")
+def guest():
+    """Boot (once per kernel, vga and script) and return the GuestSession."""
+    def _boot(kernel, vga, script):
+        key = (kernel, vga, script)
+        if key not in _SESSIONS:
+            _SESSIONS[key] = GuestSession(kernel, vga, script)
+        return _SESSIONS[key]
+    return _boot

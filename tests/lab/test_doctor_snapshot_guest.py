@@ -1,0 +1,69 @@
+"""doctor and snapshot inside real guest kernels: everything checks out, and the bochs
+framebuffer BAR is found reserved UC- and flagged, while qxl's is not."""
+
+import pytest
+
+from tests.lab.conftest import LAB_KERNELS, memtrace_in_guest
+
+STD_SCRIPT = (
+    f"{memtrace_in_guest('doctor', '--json')} > doctor.json; echo $? > doctor.rc; "
+    f"modprobe bochs && {memtrace_in_guest('snapshot', '--json')} > snapshot.json; "
+    "echo $? > snapshot.rc"
+)
+QXL_SCRIPT = (
+    f"modprobe qxl && {memtrace_in_guest('snapshot', '--json')} > snapshot.json; "
+    "echo $? > snapshot.rc"
+)
+
+
+@pytest.mark.parametrize("series", LAB_KERNELS)
+def test_doctor_is_all_green_in_the_guest(guest, series):
+    session = guest(series, "std", STD_SCRIPT)
+    doctor = session.json("doctor.json")
+    failed = [c for c in doctor["checks"] if c["status"] == "fail"]
+    assert failed == [], failed
+    assert session.read("doctor.rc").strip() == "0"
+    assert doctor["live_probing"] is True
+    assert doctor["backends"] == {"bcc": True, "tracefs": True}
+    checks = {c["name"]: c for c in doctor["checks"]}
+    # The inlined static function is resolved to its caller, and doctor says so.
+    vram_move = checks["drm_gem_vram_bo_driver_move"]
+    assert vram_move["status"] == "ok"
+    assert "bo_driver_move" in vram_move["detail"] and "inlined" in vram_move["detail"]
+    # ttm is not loaded before modprobe: found in its module file.
+    assert "not loaded" in checks["ttm_move_memcpy"]["detail"]
+
+
+def _framebuffer_bar0(snapshot):
+    bars = [b for b in snapshot["pci_bars"] if b["slot"] == "0000:00:02.0" and b["bar"] == 0]
+    assert len(bars) == 1, snapshot["pci_bars"]
+    return bars[0]
+
+
+@pytest.mark.parametrize("series", LAB_KERNELS)
+def test_snapshot_flags_bochs_framebuffer_reserved_uc_minus(guest, series):
+    session = guest(series, "std", STD_SCRIPT)
+    snapshot = session.json("snapshot.json")
+    bar0 = _framebuffer_bar0(snapshot)
+    whole_bar = [r for r in snapshot["reservations"]
+                 if r["start"] == bar0["start"] and r["end"] == bar0["end"]]
+    assert len(whole_bar) == 1, snapshot["reservations"]
+    reservation = whole_bar[0]
+    assert reservation["type"] == "UC-"
+    assert reservation["owner"]["slot"] == "0000:00:02.0"
+    assert reservation["owner"]["driver"] == "bochs-drm"
+    assert reservation["flagged"] is True
+    kinds = {f["kind"] for f in snapshot["findings"]}
+    assert "uncached-framebuffer" in kinds
+    assert session.read("snapshot.rc").strip() == "1"
+
+
+@pytest.mark.parametrize("series", LAB_KERNELS)
+def test_snapshot_of_qxl_flags_nothing(guest, series):
+    session = guest(series, "qxl", QXL_SCRIPT)
+    snapshot = session.json("snapshot.json")
+    assert snapshot["findings"] == []
+    assert not any(r["flagged"] for r in snapshot["reservations"])
+    assert any(r["type"] == "WC" and r["owner"]["driver"] == "qxl"
+               for r in snapshot["reservations"]), snapshot["reservations"]
+    assert session.read("snapshot.rc").strip() == "0"
