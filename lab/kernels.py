@@ -53,11 +53,15 @@ def installed_kernels(boot_dir="/boot", modules_root="/lib/modules"):
     return sorted(found, key=lambda k: _release_key(k.release), reverse=True)
 
 
-def _install_hint(series):
-    packages = SERIES_PACKAGES.get(series)
+def _install_hint(wanted):
+    packages = SERIES_PACKAGES.get(wanted)
     if packages:
         return f"install it with: apt-get install {' '.join(packages)}"
-    return "install a Debian linux-image-* package with its matching linux-headers-*"
+    if "-" in wanted:  # a full Debian release such as 6.1.0-56-amd64
+        return f"install it with: apt-get install linux-image-{wanted} linux-headers-{wanted}"
+    known = "; ".join(f"{series}: apt-get install {' '.join(p)}"
+                      for series, p in SERIES_PACKAGES.items())
+    return f"the lab knows the Debian series {known}"
 
 
 def select_kernel(wanted=None, boot_dir="/boot", modules_root="/lib/modules"):

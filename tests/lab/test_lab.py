@@ -44,11 +44,15 @@ def test_hung_guest_ends_within_timeout_with_console_tail(run_memtrace, tmp_path
     assert rest, "the console tail is missing"
 
 
-def test_missing_kernel_names_the_package(run_memtrace):
-    proc = run_memtrace("lab", "--kernel", "6.12345", "--", "true")
+@pytest.mark.parametrize("wanted, package", [
+    ("6.12345", "linux-image-6.12-amd64"),
+    ("6.1.0-999-amd64", "linux-image-6.1.0-999-amd64"),
+])
+def test_missing_kernel_names_the_package(run_memtrace, wanted, package):
+    proc = run_memtrace("lab", "--kernel", wanted, "--", "true")
     assert proc.returncode == 125
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "apt-get install" in lines[0], proc.stderr
+    assert len(lines) == 1 and f"apt-get install {package}" in lines[0], proc.stderr
 
 
 def test_no_command_is_one_line_error(run_memtrace):
