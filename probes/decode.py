@@ -1,0 +1,83 @@
+"""Turn what a backend read at a probe (raw integers) into an Event. Shared by the bcc and
+tracefs backends so both produce the same stream."""
+
+import dataclasses
+from typing import Dict, List, Optional
+
+from memtrace.analysis import events, memtypes
+from memtrace.probes.probe_specs import PAGE_SIZE, TTM_CACHING
+
+
+@dataclasses.dataclass
+class RawCall:
+    """One call as a backend saw it, before decoding.
+
+    ``values`` holds the entry fetches by name; ``granted_raw`` the enum read through the
+    spec's ``granted_via_arg`` pointer at return; ``stack`` symbol names, innermost first,
+    already carrying ``[module]`` where the symbol is a module's.
+    """
+
+    ts_ns: int
+    cpu: int = 0
+    pid: int = 0
+    tid: int = 0
+    comm: str = ""
+    values: Dict[str, int] = dataclasses.field(default_factory=dict)
+    ret: Optional[int] = None
+    granted_raw: Optional[int] = None
+    duration_ns: Optional[int] = None
+    cycles: Optional[int] = None
+    cycles_source: Optional[str] = None
+    caller: Optional[str] = None
+    stack: List[str] = dataclasses.field(default_factory=list)
+
+
+def _memtype_name(value):
+    return memtypes.from_value(value).short
+
+
+def to_event(probe, call):
+    """Decode ``call`` seen at planned ``probe`` (a probes.plan.PlannedProbe) into an Event."""
+    spec, values = probe.spec, call.values
+    event = events.Event(
+        ts_ns=call.ts_ns, fn=probe.fn, probe=probe.probe_name, role=spec.role,
+        cpu=call.cpu, pid=call.pid, tid=call.tid, comm=call.comm, ret=call.ret,
+        duration_ns=call.duration_ns, cycles=call.cycles, cycles_source=call.cycles_source,
+        caller=call.caller, stack=list(call.stack),
+    )
+    start = values.get("start")
+    if "pfn" in values:
+        start = values["pfn"] * PAGE_SIZE
+    size = values.get("size")
+    if "resource_size" in values:
+        unit = probe.field_units.get("resource_size", "bytes")
+        size = values["resource_size"] * (PAGE_SIZE if unit == "num_pages" else 1)
+    if start is not None:
+        event.start = start
+        if "end" in values:
+            event.end = values["end"]
+        elif size is not None:
+            event.end = start + size
+        event.size = event.end - start if event.end is not None else None
+    if spec.role == events.ROLE_MOVE:
+        if "num_pages" in values:
+            event.bytes = values["num_pages"] * PAGE_SIZE
+        elif size is not None:
+            event.bytes = size
+    elif size is not None and event.size is None:
+        event.size = size
+    if "requested" in values:
+        event.requested = _memtype_name(values["requested"])
+    elif "caching" in values:
+        event.requested = TTM_CACHING.get(values["caching"], f"ttm_caching({values['caching']})")
+    else:
+        event.requested = spec.requested
+    if "granted" in values:
+        event.granted, event.granted_from = _memtype_name(values["granted"]), "argument"
+    elif call.granted_raw is not None:
+        event.granted, event.granted_from = _memtype_name(call.granted_raw), "return"
+    if "addr" in values:
+        event.vaddr = values["addr"]
+    elif spec.role == events.ROLE_IOREMAP and spec.returns == "x64" and call.ret:
+        event.vaddr = call.ret
+    return event
