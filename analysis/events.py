@@ -37,7 +37,7 @@ class Event:
     size: Optional[int] = None
     requested: Optional[str] = None   # WB WC UC- UC WT WP
     granted: Optional[str] = None
-    granted_from: Optional[str] = None  # "return" | "map_sync" | "inferred"
+    granted_from: Optional[str] = None  # "return" | "argument" | "map_sync"
     ret: Optional[int] = None
     vaddr: Optional[int] = None   # kernel virtual address an ioremap returned / iounmap got
     bytes: Optional[int] = None

@@ -5,7 +5,7 @@ import dataclasses
 from typing import Dict, List, Optional
 
 from memtrace.analysis import events, memtypes
-from memtrace.probes.probe_specs import PAGE_SIZE, TTM_CACHING
+from memtrace.probes.probe_specs import PAGE_SIZE
 
 
 @dataclasses.dataclass
@@ -50,8 +50,12 @@ def to_event(probe, call):
         start = values["pfn"] * PAGE_SIZE
     size = values.get("size")
     if "resource_size" in values:
-        unit = probe.field_units.get("resource_size", "bytes")
-        size = values["resource_size"] * (PAGE_SIZE if unit == "num_pages" else 1)
+        # Without BTF the member at that offset may hold pages (<= 6.1) or bytes (>= 6.2).
+        unit = probe.field_units.get("resource_size")
+        if unit == "num_pages":
+            size = values["resource_size"] * PAGE_SIZE
+        elif unit == "size":
+            size = values["resource_size"]
     if start is not None:
         event.start = start
         if "end" in values:
@@ -68,8 +72,6 @@ def to_event(probe, call):
         event.size = size
     if "requested" in values:
         event.requested = _memtype_name(values["requested"])
-    elif "caching" in values:
-        event.requested = TTM_CACHING.get(values["caching"], f"ttm_caching({values['caching']})")
     else:
         event.requested = spec.requested
     if "granted" in values:

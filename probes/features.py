@@ -94,6 +94,58 @@ def tsc_mhz(cpuinfo_text):
     return None
 
 
+_KERNEL_LOG_TSC = re.compile(
+    r"tsc: (?:Refined TSC clocksource calibration|Detected) ([0-9.]+) MHz")
+
+
+def tsc_mhz_from_kernel_log(text):
+    """Return ``(MHz, source)`` from the kernel's own TSC calibration messages, or None.
+
+    The refined calibration wins over the first estimate when both were printed.
+    """
+    found = _KERNEL_LOG_TSC.findall(text)
+    if not found:
+        return None
+    return float(found[-1]), "the kernel log (tsc: calibration)"
+
+
+def read_kernel_log(path="/dev/kmsg"):
+    """Return the kernel log's text as far as /dev/kmsg still holds it ('' if unreadable)."""
+    lines = []
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        while True:
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE: a record was overwritten while reading; go on
+                continue
+            if not record:
+                break
+            lines.append(record.decode("utf-8", "replace").partition(";")[2])
+    finally:
+        os.close(fd)
+    return "".join(lines)
+
+
+@functools.lru_cache(maxsize=None)
+def running_tsc_mhz():
+    """``(MHz, source)`` of the running machine's TSC, or None: the kernel's calibration
+    message first, then what /proc/cpuinfo says."""
+    found = tsc_mhz_from_kernel_log(read_kernel_log())
+    if found:
+        return found
+    try:
+        with open("/proc/cpuinfo", errors="replace") as stream:
+            return tsc_mhz(stream.read())
+    except OSError:
+        return None
+
+
 # perf_event_attr as of PERF_ATTR_SIZE_VER0 (64 bytes): type u32 @0, size u32 @4,
 # config u64 @8, ..., the flag bits u64 @40; the rest stays zero.
 _PERF_ATTR_SIZE = 64
@@ -322,7 +374,7 @@ class KernelFeatures:
         cycles, reason = probe_cycle_counter()
         if cycles is not None:
             return Check("cycle-counter", OK, "hardware CPU-cycles counter usable (perf)")
-        tsc = tsc_mhz(self._cpuinfo)
+        tsc = running_tsc_mhz() if self.root == "/" else tsc_mhz(self._cpuinfo)
         derived = "memtrace derives cycles from elapsed time and the TSC frequency"
         if tsc is None:
             tsc_text = "TSC frequency unknown: cycles are not reported, only times"

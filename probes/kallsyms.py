@@ -6,6 +6,7 @@ are still right, and that is all memtrace needs here.
 """
 
 import os
+import re
 from collections import defaultdict
 from typing import NamedTuple, Optional
 
@@ -140,19 +141,19 @@ def parse_kallsyms_line(line):
     return KernelSymbol(address, fields[1], fields[2], module)
 
 
+_LINE_RE = re.compile(r"^([0-9a-fA-F]+) (\S) (\S+)(?:[ \t]+\[(\S+)\])?[ \t]*$", re.M)
+
+
 def parse_kallsyms(text):
-    """Parse kallsyms text into a SymbolTable; malformed lines are counted, not fatal."""
-    symbols = []
-    skipped = 0
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        symbol = parse_kallsyms_line(line)
-        if symbol is None:
-            skipped += 1
-        else:
-            symbols.append(symbol)
-    return SymbolTable(symbols, skipped_lines=skipped)
+    """Parse kallsyms text into a SymbolTable; malformed lines are counted, not fatal.
+
+    A guest under emulation reads 170,000 lines, so the lines are matched in one regex pass
+    rather than split one by one.
+    """
+    symbols = [KernelSymbol(int(address, 16), kind, name, module or None)
+               for address, kind, name, module in _LINE_RE.findall(text)]
+    lines = sum(1 for line in text.splitlines() if line.strip())
+    return SymbolTable(symbols, skipped_lines=lines - len(symbols))
 
 
 def read_kallsyms(path=KALLSYMS_PATH):

@@ -101,22 +101,17 @@ SPECS = {spec.symbol: spec for spec in (
               (Fetch("resource_size", 4, "u64", _RESOURCE_SIZE),)),
     ProbeSpec("bo_driver_move", events.ROLE_MOVE,
               (Fetch("resource_size", 4, "u64", _RESOURCE_SIZE),)),
-    ProbeSpec("ttm_kmap_iter_linear_io_init", events.ROLE_IOREMAP,
-              (Fetch("start", 3, "x64", ("ttm_resource", "bus.offset")),
-               Fetch("resource_size", 3, "u64", _RESOURCE_SIZE),
-               Fetch("caching", 3, "u32", ("ttm_resource", "bus.caching"))),
-              returns="x64", stack=True),
+    # bus.offset and bus.caching are filled in only inside this function (by
+    # ttm_mem_io_reserve), so entry cannot read them; the ioremap_wc it makes carries the
+    # range and the type. This probe times the mapping and marks who asked.
+    ProbeSpec("ttm_kmap_iter_linear_io_init", events.ROLE_TIMED,
+              (Fetch("resource_size", 3, "u64", _RESOURCE_SIZE),), returns="x64"),
 )}
 
 # Offsets in Debian's 6.1 and 6.12 builds (identical there), used when BTF cannot answer.
 FALLBACK_OFFSETS = {
     ("ttm_resource", "size|num_pages"): 8,
-    ("ttm_resource", "bus.offset"): 32,
-    ("ttm_resource", "bus.caching"): 44,
 }
-
-# enum ttm_caching
-TTM_CACHING = {0: "UC-", 1: "WC", 2: "WB"}
 
 
 def spec_for(symbol):

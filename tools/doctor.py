@@ -14,6 +14,8 @@ examples:
   memtrace doctor              one line per check; a hint below each one that is not ok
   memtrace doctor --json       the same for scripts, plus "live_probing" and "backends"
   memtrace doctor --no-mount   change nothing: do not mount a missing debugfs or tracefs
+  memtrace doctor --cleanup    remove what memtrace runs killed with SIGKILL left in tracefs
+                               (their own instance and kprobe group; nothing of other tools)
 
 statuses: ok, info (fine, worth knowing), warn (something optional is missing),
 FAIL (memtrace cannot do its job here).
@@ -33,6 +35,25 @@ def add_arguments(parser):
         action="store_true",
         help="do not mount debugfs or tracefs when they are missing",
     )
+    parser.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="remove tracefs probes left by memtrace runs that were killed",
+    )
+
+
+def cleanup(features):
+    """Remove stale memtrace tracefs groups and instances; print what went."""
+    if not features.tracefs_dir or not features.has_kprobe_events:
+        print("memtrace doctor: nothing to clean up: this kernel has no kprobe_events")
+        return EXIT_OK
+    from memtrace.probes.tracefs_backend import remove_stale
+
+    removed = remove_stale(features.tracefs_dir)
+    for item in removed:
+        print(f"removed {item}")
+    print(f"memtrace doctor: removed {len(removed)} leftovers of killed memtrace runs")
+    return EXIT_OK
 
 
 def format_check(check, name_width=_NAME_WIDTH):
@@ -62,6 +83,8 @@ def report(features):
 def run(args):
     """Run every check, print the result, and return 1 when any check failed, else 0."""
     features = running_kernel_features(allow_mount=not args.no_mount)
+    if args.cleanup:
+        return cleanup(features)
     checks = features.checks()
     if args.json:
         print_json(report(features))
