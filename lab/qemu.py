@@ -94,13 +94,14 @@ def _command_script(argv, workdir):
     return "\n".join(lines) + "\n"
 
 
-def qemu_command(kernel, initrd, job_dir, shares, vga="std", accel="tcg", memory_mb=2048, cpus=2):
-    """Return the QEMU argv for one lab boot."""
+def qemu_command(kernel, initrd, job_dir, shares, vga="std", accel="tcg", memory_mb=2048, cpus=2,
+                 append_extra=()):
+    """Return the QEMU argv for one lab boot; ``append_extra`` adds kernel parameters."""
     if vga not in VGA_MODELS:
         raise LabError(f"unknown --vga '{vga}'", f"use one of: {', '.join(VGA_MODELS)}")
     append = " ".join([
         "console=ttyS0", "root=hostroot", "rootfstype=9p", f"rootflags={NINEP_OPTIONS}", "ro",
-        f"init={GUEST_INIT}", "panic=-1", "oops=panic",
+        f"init={GUEST_INIT}", "panic=-1", "oops=panic", *append_extra,
     ])
     cmd = [
         QEMU, "-nodefaults", "-no-user-config", "-no-reboot",
@@ -152,7 +153,7 @@ class _Follower:
 
 
 def run_in_guest(kernel, argv, vga="std", timeout=600, workdir=None, accel=None,
-                 cache_dir=None, keep_console=None, stream=True):
+                 cache_dir=None, keep_console=None, stream=True, append_extra=()):
     """Boot ``kernel``, run ``argv`` as root in ``workdir`` and return a GuestRun.
 
     The command's output is copied to our stdout/stderr as it appears when ``stream`` is
@@ -175,7 +176,8 @@ def run_in_guest(kernel, argv, vga="std", timeout=600, workdir=None, accel=None,
             out.writelines(f"{tag} {mode} {path}\n" for tag, mode, path in shares)
         with open(os.path.join(job_dir, "cmd.sh"), "w", encoding="utf-8") as out:
             out.write(_command_script(argv, workdir))
-        cmd = qemu_command(kernel, initrd, job_dir, shares, vga=vga, accel=accel)
+        cmd = qemu_command(kernel, initrd, job_dir, shares, vga=vga, accel=accel,
+                           append_extra=append_extra)
         try:
             return _boot(cmd, job_dir, timeout, accel, keep_console, stream)
         finally:

@@ -32,6 +32,16 @@ class RawCall:
     stack: List[str] = dataclasses.field(default_factory=list)
 
 
+MAX_ERRNO = 4095
+
+
+def _signed_pointer(value):
+    """Kernel pointers that are ERR_PTR(-errno) read back as the negative errno."""
+    if value is not None and value >= 2**64 - MAX_ERRNO:
+        return value - 2**64
+    return value
+
+
 def _memtype_name(value):
     return memtypes.from_value(value).short
 
@@ -39,9 +49,10 @@ def _memtype_name(value):
 def to_event(probe, call):
     """Decode ``call`` seen at planned ``probe`` (a probes.plan.PlannedProbe) into an Event."""
     spec, values = probe.spec, call.values
+    ret = _signed_pointer(call.ret) if spec.returns == "x64" else call.ret
     event = events.Event(
         ts_ns=call.ts_ns, fn=probe.fn, probe=probe.probe_name, role=spec.role,
-        cpu=call.cpu, pid=call.pid, tid=call.tid, comm=call.comm, ret=call.ret,
+        cpu=call.cpu, pid=call.pid, tid=call.tid, comm=call.comm, ret=ret,
         duration_ns=call.duration_ns, cycles=call.cycles, cycles_source=call.cycles_source,
         caller=call.caller, stack=list(call.stack),
     )
@@ -80,6 +91,6 @@ def to_event(probe, call):
         event.granted, event.granted_from = _memtype_name(call.granted_raw), "return"
     if "addr" in values:
         event.vaddr = values["addr"]
-    elif spec.role == events.ROLE_IOREMAP and spec.returns == "x64" and call.ret:
-        event.vaddr = call.ret
+    elif spec.role == events.ROLE_IOREMAP and spec.returns == "x64" and ret and ret > 0:
+        event.vaddr = ret
     return event

@@ -91,7 +91,8 @@ class SessionResult:
 class TraceSession:
     """Plans and runs one trace; construct, then ``run(on_event, ...)``."""
 
-    def __init__(self, requests: List[str], backend="auto", strict=False, options=None):
+    def __init__(self, requests: List[str], backend="auto", strict=False, options=None,
+                 debug=False):
         self.features = running_kernel_features()
         if self.features.root_check.status != "ok":
             raise MemtraceError("tracing needs root", "run it with sudo")
@@ -102,7 +103,8 @@ class TraceSession:
         if not self.plan.probes:
             reasons = "; ".join(f"{name}: {why}" for name, why in self.plan.skipped[:3])
             raise FeatureMissing(f"nothing to probe ({reasons})")
-        self.options = options or {}
+        self.options = dict(options or {})
+        self.options.setdefault("debug", debug)
         self.backend = None
         self.removed_stale = []
 

@@ -53,6 +53,10 @@ _STALE_GROUP_RE = re.compile(rf"^{GROUP_PREFIX}(\d+)$")
 # -- compiling a plan into kprobe_events lines -------------------------------------------------
 
 
+# The longest one poll() keeps reading while data keeps coming.
+READ_BUDGET_S = 0.5
+
+
 @dataclass
 class CompiledProbe:
     """The kprobe_events lines of one planned probe, and which of them the kernel took.
@@ -696,10 +700,13 @@ class TracefsBackend(Backend):
 
     # reading -------------------------------------------------------------------------------
 
-    def _read_available(self):
-        """Read trace_pipe until it is empty; return how many bytes came."""
+    def _read_available(self, budget_s=READ_BUDGET_S):
+        """Read trace_pipe until it is empty or ``budget_s`` has passed (a steady stream of
+        events must not keep the caller from checking its workload and deadline); return how
+        many bytes came."""
         total = 0
-        while self._fd is not None:
+        stop_at = time.monotonic() + budget_s
+        while self._fd is not None and time.monotonic() < stop_at:
             try:
                 data = os.read(self._fd, 1 << 16)
             except BlockingIOError:
@@ -767,7 +774,8 @@ class TracefsBackend(Backend):
                       self._instance_path("events", self.group, "enable"), "0\n")
         if self._fd is not None:
             try:
-                self._read_available()
+                while self._read_available():  # events are off: this ends
+                    pass
             except OSError as err:
                 self.cleanup_problems.append(f"draining trace_pipe: {os.strerror(err.errno)}")
         self._parser.flush()

@@ -17,6 +17,9 @@ examples:
   memtrace lab -- uname -r
   memtrace lab --kernel 6.1 --vga std -- sh -c 'modprobe bochs && memtrace snapshot'
   memtrace lab --vga qxl -- sh -c 'modprobe qxl && cat /sys/kernel/debug/x86/pat_memtype_list'
+  memtrace lab --append iomem=relaxed -- CMD
+                                  let user space map BARs a driver claimed (Debian kernels
+                                  have CONFIG_IO_STRICT_DEVMEM)
   memtrace lab --prepare          build the cached initramfs of every lab kernel, test KVM
 
 exit status: the command's own; 124 when the guest did not finish in --timeout seconds;
@@ -36,6 +39,9 @@ def add_arguments(parser):
     parser.add_argument("--keep-console", metavar="F", help="save the guest's console log to F")
     parser.add_argument("--workdir", metavar="DIR",
                         help="directory shared writable, and the command's cwd (default: .)")
+    parser.add_argument("--append", action="append", default=[], metavar="PARAM",
+                        help="add a kernel command-line parameter, e.g. iomem=relaxed "
+                             "(repeatable)")
     parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                         help="auto tests KVM once (a short boot) and caches the answer")
     parser.add_argument("--prepare", action="store_true",
@@ -73,7 +79,8 @@ def run(args):
         raise BadInput(f"--workdir {workdir} is not a directory")
     accel = None if args.accel == "auto" else args.accel
     result = qemu.run_in_guest(kernel, command, vga=args.vga, timeout=args.timeout,
-                               workdir=workdir, accel=accel, keep_console=args.keep_console)
+                               workdir=workdir, accel=accel, keep_console=args.keep_console,
+                               append_extra=args.append)
     print(f"memtrace lab: {kernel.release} ({result.accel}), command exited {result.exit_status}"
           f" after {result.seconds:.1f} s", file=sys.stderr)
     return result.exit_status

@@ -64,7 +64,8 @@ def run(args):
     """Trace into the output file and print a one-line summary on stderr."""
     workload = workload_argv(args)
     from memtrace.probes.plan import DEFAULT_TARGETS
-    session = TraceSession(list(DEFAULT_TARGETS) + args.fn, backend=args.backend)
+    session = TraceSession(list(DEFAULT_TARGETS) + args.fn, backend=args.backend,
+                           debug=args.debug)
     stream = create_private(args.output, force=args.force)
     writers = []
 

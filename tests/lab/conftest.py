@@ -23,10 +23,11 @@ def pytest_collection_modifyitems(items):
 class GuestSession:
     """One boot of the lab guest that ran a shell script; its files stay readable here."""
 
-    def __init__(self, kernel, vga, script, timeout=900):
+    def __init__(self, kernel, vga, script, append=(), timeout=1200):
         self.workdir = tempfile.mkdtemp(prefix="memtrace-labtest-")
         self.kernel, self.vga = kernel, vga
-        argv = memtrace_argv("lab", "--kernel", kernel, "--vga", vga,
+        extra = [arg for param in append for arg in ("--append", param)]
+        argv = memtrace_argv("lab", "--kernel", kernel, "--vga", vga, *extra,
                              "--workdir", self.workdir, "--", "sh", "-c", script)
         self.proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                                    cwd=REPO, check=False)
@@ -56,9 +57,9 @@ _SESSIONS = {}
 @pytest.fixture(scope="session")
 def guest():
     """Boot (once per kernel, vga and script) and return the GuestSession."""
-    def _boot(kernel, vga, script):
-        key = (kernel, vga, script)
+    def _boot(kernel, vga, script, append=()):
+        key = (kernel, vga, script, tuple(append))
         if key not in _SESSIONS:
-            _SESSIONS[key] = GuestSession(kernel, vga, script)
+            _SESSIONS[key] = GuestSession(kernel, vga, script, append)
         return _SESSIONS[key]
     return _boot
