@@ -117,7 +117,9 @@ def compile_plan(plan, group):
             name = f"{base[:MAX_EVENT_NAME - len(RETURN_SUFFIX) - 4]}_{n}"
         used.update((name, name + RETURN_SUFFIX))
         fetches = [_fetch_arg(probe, fetch) for fetch in spec.fetch]
-        entry = " ".join([f"p:{group}/{name}", probe.probe_name] + fetches)
+        # The comm in the line's header comes from ftrace's cache of task names, which a
+        # short-lived process may not have reached yet ("<...>"); $comm is read at the hit.
+        entry = " ".join([f"p:{group}/{name}", probe.probe_name] + fetches + [COMM_FETCH])
         ret_head = [f"r:{group}/{name}{RETURN_SUFFIX}", probe.probe_name]
         if spec.returns:
             ret_head.append(f"ret=$retval:{spec.returns}")
@@ -155,6 +157,9 @@ _FRAME_RE = re.compile(r"^\s*=>\s*(?P<frame>\S.*?)\s*$")
 _LOST_RE = re.compile(r"^CPU:(?P<cpu>\d+) \[LOST (?P<count>\d+) EVENTS\]")
 _BODY_RE = re.compile(r"^\((?P<location>[^)]*)\)\s*(?P<args>.*)$")
 _ARG_RE = re.compile(r"(\w+)=(\S+)")
+COMM_FETCH = "comm=$comm"
+# Printed last on the line, quoted; a comm may hold spaces and quotes.
+_COMM_ARG_RE = re.compile(r' comm="(.*)"$')
 _SYMBOL_RE = re.compile(r"^(?P<name>[^\s+]+)(?:\+\S+)?(?:\s+\[(?P<module>[^\]]+)\])?$")
 
 
@@ -424,9 +429,13 @@ class TraceParser:
             self._emit(owner)
 
     def _on_entry(self, compiled, record):
-        _location, values = parse_body(record.body)
+        body, comm = record.body, record.comm
+        fetched_comm = _COMM_ARG_RE.search(body)
+        if fetched_comm:
+            body, comm = body[:fetched_comm.start()], fetched_comm[1]
+        _location, values = parse_body(body)
         call = decode.RawCall(ts_ns=record.ts_ns, cpu=record.cpu, pid=self.tgid_of(record.tid),
-                              tid=record.tid, comm=record.comm, values=values)
+                              tid=record.tid, comm=comm, values=values)
         entry = _Entry(compiled, call)
         earlier = self._awaiting_stack.pop(record.tid, None)
         if earlier is not None and not earlier.compiled.return_registered:
