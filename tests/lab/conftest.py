@@ -4,6 +4,7 @@ a failure (deselect them explicitly with -m 'not lab' on a machine without the l
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import tempfile
 
@@ -31,6 +32,14 @@ class GuestSession:
                              "--workdir", self.workdir, "--", "sh", "-c", script)
         self.proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                                    cwd=REPO, check=False)
+
+    def save_fixture(self, name, fixture_name):
+        """Copy a file the guest wrote to $MEMTRACE_SAVE_TRACES/fixture_name, when set: how
+        tests/fixtures/traces/ is regenerated from the very runs the lab tests check."""
+        target_dir = os.environ.get("MEMTRACE_SAVE_TRACES")
+        source = os.path.join(self.workdir, name)
+        if target_dir and os.path.exists(source):
+            shutil.copyfile(source, os.path.join(target_dir, fixture_name))
 
     def read(self, name):
         """Return the text of a file the guest wrote into the work directory."""
