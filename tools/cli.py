@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "doctor": "doctor",
     "snapshot": "snapshot",
     "record": "record",
+    "conflicts": "conflicts",
     "lab": "lab",
 }
 

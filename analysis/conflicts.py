@@ -1,0 +1,457 @@
+"""PAT reservation conflicts: who asked for which type, what they got, who forced it, and
+what it cost.
+
+Kinds:
+
+- ``downgrade``: a reservation got a slower type than it asked for (WC -> UC-), because the
+  first live reservation it overlapped has that type; that reservation is the holder.
+- ``user-map-downgrade``: the same for a process mapping a BAR (mmap of ``resourceN_wc``:
+  the stack passes through track_pfn_remap / pfnmap_track / pci_mmap_resource*).
+- ``refused``: ``memtype_reserve`` failed (-EBUSY, -EINVAL), or an ioremap returned NULL,
+  or a pfn remap failed; with the message the kernel printed, rebuilt from the trace.
+- ``static``: from the snapshot alone, a display device's prefetchable BAR reserved UC- or
+  UC (analysis.snapshot's uncached-framebuffer finding).
+
+An uncached request that gets another type (qxl's UC- ioremap inside its WC VRAM) and a
+UC- request granted UC- (an ordinary register BAR) are not conflicts. Repeats are grouped
+by kind, range, types and holder. Pure functions; no I/O.
+"""
+
+import dataclasses
+import errno
+from typing import Dict, List, Optional, Tuple
+
+from memtrace.analysis import memtypes
+from memtrace.analysis.events import ROLE_IOREMAP, ROLE_RESERVE, ROLE_USER_MAP
+from memtrace.analysis.moves import MoveSummary, find_moves, summarize
+from memtrace.analysis.reservations import (
+    BEFORE_TRACING, ReservationModel, first_outside_frame, frame_name, is_downgrade,
+    is_user_mapping_stack, new_memtype_allowed, replay,
+)
+from memtrace.analysis.snapshot import find_owner, find_uncached_framebuffers
+
+__all__ = [
+    "DOWNGRADE",
+    "USER_MAP_DOWNGRADE",
+    "REFUSED",
+    "STATIC",
+    "Requester",
+    "Conflict",
+    "Report",
+    "analyze",
+    "human_size",
+    "human_duration",
+    "describe_impact",
+]
+
+DOWNGRADE = "downgrade"
+USER_MAP_DOWNGRADE = "user-map-downgrade"
+REFUSED = "refused"
+STATIC = "static"
+
+_WC_REMEDY = ("The usual remedy is to map the framebuffer write-combined at probe time in the "
+              "driver that reserved it {holder_type} ({who}): ioremap_wc, devm_ioremap_wc or "
+              "arch_io_reserve_memtype_wc instead of ioremap. Upstream commit 9388ccf69925 "
+              '("drm/bochs: use devm_ioremap_wc() to map framebuffer", first in v6.13) is '
+              "that fix for bochs.")
+_AGREE_REMEDY = ("Make every mapping of this range ask for one type, or release the older "
+                 "reservation before mapping the range again.")
+# Failures of these wrappers are refusals; ttm_kmap_iter_linear_io_init is left out because
+# its -EINVAL is the ordinary "not iomem, use the page iterator" answer.
+_MAPPING_PREFIXES = ("ioremap", "devm_ioremap", "pci_iomap", "pcim_iomap")
+_RESERVE_WRAPPERS = frozenset({"arch_io_reserve_memtype_wc", "memtype_reserve_io"})
+_UNKNOWN_COMM = "<...>"
+_KIND_ORDER = {DOWNGRADE: 0, USER_MAP_DOWNGRADE: 0, REFUSED: 0, STATIC: 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class Requester:
+    """Who asked: process, thread group id, the function outside PAT/ioremap, the stack."""
+
+    comm: Optional[str]
+    pid: Optional[int]
+    function: Optional[str]
+    stack: Tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, event):
+        """The requester of ``event``."""
+        return cls(event.comm, event.pid, first_outside_frame(event.stack, event.caller),
+                   tuple(event.stack))
+
+    def describe(self):
+        """``ttm_kmap_iter_linear_io_init [ttm] (modprobe, pid 175)``."""
+        who = f"{self.comm}, pid {self.pid}"
+        return f"{self.function} ({who})" if self.function else who
+
+
+@dataclasses.dataclass(eq=False)
+class Conflict:
+    """One finding, repeats grouped.
+
+    ``holder`` is the :class:`memtrace.analysis.reservations.Reservation` whose type forced
+    a downgrade or clashed with a refused request (None when unknown). ``impact`` sums the
+    moves that ran over the downgraded mappings. ``reason`` is the kernel's message for a
+    refusal. ``device``/``driver``/``pci_id`` name the PCI BAR the range lies in.
+    """
+
+    kind: str
+    start: int
+    end: int
+    requested: Optional[str]
+    granted: Optional[str]
+    count: int = 0
+    first_ns: Optional[int] = None
+    last_ns: Optional[int] = None
+    requesters: List[Requester] = dataclasses.field(default_factory=list)
+    holder: object = None
+    impact: MoveSummary = MoveSummary(0, None, None, None, None)
+    explanation: str = ""
+    remedy: Optional[str] = None
+    reason: Optional[str] = None
+    error: Optional[str] = None
+    granted_inferred: bool = False
+    device: Optional[str] = None
+    driver: Optional[str] = None
+    pci_id: Optional[str] = None
+    events: List[object] = dataclasses.field(default_factory=list, repr=False)
+
+    @property
+    def requester(self):
+        """The first requester, or None (static findings)."""
+        return self.requesters[0] if self.requesters else None
+
+    def _add(self, event, requester):
+        self.count += 1
+        self.events.append(event)
+        self.first_ns = event.ts_ns if self.first_ns is None else min(self.first_ns, event.ts_ns)
+        self.last_ns = event.ts_ns if self.last_ns is None else max(self.last_ns, event.ts_ns)
+        if requester not in self.requesters:
+            self.requesters.append(requester)
+
+
+@dataclasses.dataclass
+class Report:
+    """Everything :func:`analyze` found: conflicts, the moves and the final model."""
+
+    conflicts: List[Conflict]
+    moves: list
+    decisions: list
+    model: ReservationModel
+
+
+def analyze(events, snapshot=None, pci_devices=(), static=True):
+    """Find the conflicts in ``events``.
+
+    :param events: Event objects in any order (they are sorted by ``ts_ns``).
+    :param snapshot: ``(start, end, type)`` tuples of the PAT list when tracing started
+        (reservations.parse_pat_snapshot), or None when unknown.
+    :param pci_devices: PciDevice objects, to name the device and driver of a range and for
+        the static findings; empty when unknown.
+    :param static: also report static findings from ``snapshot`` (those on a BAR a traced
+        conflict already explains are left out).
+    :return: a :class:`Report`; conflicts in time order, static ones last.
+    """
+    ordered = _name_processes(sorted(events, key=lambda e: e.ts_ns))
+    initial = ReservationModel(snapshot).live
+    model, decisions = replay(ordered, snapshot)
+    granted = {id(d.event): d.granted for d in decisions if d.granted and d.granted_inferred}
+    moves = find_moves(ordered, granted)
+    groups: Dict[tuple, Conflict] = {}
+    user_windows = _windows(e for e in ordered if e.role == ROLE_USER_MAP)
+    for decision in decisions:
+        if decision.refused:
+            _add_refusal(groups, decision)
+        elif is_downgrade(decision.event.requested, decision.granted):
+            _add_downgrade(groups, decision, user_windows)
+    _add_failed_wrappers(groups, ordered, decisions)
+    conflicts = list(groups.values())
+    for conflict in conflicts:
+        ids = {id(event) for event in conflict.events}
+        if conflict.kind != REFUSED:
+            conflict.impact = summarize([m for m in moves if any(id(r) in ids for r in m.mappings)])
+    if static and pci_devices:
+        conflicts.extend(_static(initial, pci_devices, conflicts))
+    for conflict in conflicts:
+        _name_device(conflict, pci_devices)
+        if not conflict.explanation:
+            conflict.explanation, conflict.remedy = _explain(conflict)
+    conflicts.sort(key=lambda c: (_KIND_ORDER[c.kind], c.first_ns or 0, c.start))
+    return Report(conflicts, moves, decisions, model)
+
+
+def _name_processes(events):
+    """Give events whose comm the tracer could not resolve (tracefs prints ``<...>`` when
+    its comm cache missed the pid) the comm other events of the same thread carry."""
+    known = {e.tid: e.comm for e in events if e.comm and e.comm != _UNKNOWN_COMM}
+    return [dataclasses.replace(e, comm=known[e.tid])
+            if e.comm in ("", _UNKNOWN_COMM) and e.tid in known else e for e in events]
+
+
+def _windows(events):
+    """``{tid: [(start_ns, end_ns)]}`` of calls whose return was seen."""
+    windows: Dict[int, list] = {}
+    for event in events:
+        if event.duration_ns is not None:
+            windows.setdefault(event.tid, []).append((event.ts_ns, event.ts_ns + event.duration_ns))
+    return windows
+
+
+def _inside(windows, event):
+    return any(start <= event.ts_ns <= end for start, end in windows.get(event.tid, ()))
+
+
+def _group(groups, key, **fields):
+    if key not in groups:
+        groups[key] = Conflict(**fields)
+    return groups[key]
+
+
+def _add_downgrade(groups, decision, user_windows):
+    event, holder = decision.event, decision.holder_entry
+    if holder is None and event.requested == "WB":
+        return  # a WB request over uncached MTRRs becomes UC- with no reservation involved
+    user = is_user_mapping_stack(event.stack) or _inside(user_windows, event)
+    kind = USER_MAP_DOWNGRADE if user else DOWNGRADE
+    key = (kind, event.start, event.end, event.requested, decision.granted, id(holder))
+    conflict = _group(groups, key, kind=kind, start=event.start, end=event.end,
+                      requested=event.requested, granted=decision.granted, holder=holder)
+    conflict.granted_inferred = conflict.granted_inferred or decision.granted_inferred
+    conflict._add(event, Requester.of(event))
+
+
+def _errno_name(ret):
+    return errno.errorcode.get(-ret, str(ret)) if ret is not None and ret < 0 else None
+
+
+def _cattr(short):
+    try:
+        return memtypes.from_short(short).cattr
+    except (ValueError, AttributeError):
+        return str(short)
+
+
+def _add_refusal(groups, decision):
+    event, clash = decision.event, decision.clash
+    reason = None
+    if event.start >= event.end:
+        reason = (f"memtype_reserve failed: [mem {event.start:#010x}-{event.end - 1:#010x}], "
+                  f"req {_cattr(event.requested)}")
+    elif clash is not None:
+        reason = (f"x86/PAT: {event.comm}:{event.pid} conflicting memory types "
+                  f"{event.start:x}-{event.end:x} {_cattr(decision.found_type)}<->"
+                  f"{_cattr(clash.type)}")
+    error = _errno_name(event.ret)
+    key = (REFUSED, event.start, event.end, event.requested, error, id(clash))
+    conflict = _group(groups, key, kind=REFUSED, start=event.start, end=event.end,
+                      requested=event.requested, granted=None, holder=clash, reason=reason,
+                      error=error)
+    conflict._add(event, Requester.of(event))
+
+
+def _failed_wrapper(event):
+    """True for a mapping call that failed: an ioremap returning NULL, a reservation
+    wrapper or pfn remap returning an error."""
+    name = frame_name(event.probe.rpartition(":")[2] if event.probe else event.fn)
+    if event.ret is None or event.duration_ns is None:
+        return False
+    if event.role == ROLE_IOREMAP and name.startswith(_MAPPING_PREFIXES):
+        return event.ret == 0
+    if event.role == ROLE_RESERVE and name in _RESERVE_WRAPPERS:
+        return event.ret < 0
+    return event.role == ROLE_USER_MAP and event.ret < 0
+
+
+def _add_failed_wrappers(groups, ordered, decisions):
+    """Refusals seen only at a wrapper: the reservation succeeded with a type the caller
+    may not use (``ioremap error for ...``), or the mapping failed for another reason.
+    Inner wrappers are reported, the calls enclosing them and refusals already reported
+    from ``memtype_reserve`` are not."""
+    reported: Dict[int, list] = {}
+    for decision in decisions:
+        if decision.refused:
+            reported.setdefault(decision.event.tid, []).append(decision.event.ts_ns)
+    by_tid: Dict[int, list] = {}
+    for decision in decisions:
+        by_tid.setdefault(decision.event.tid, []).append(decision)
+    failed = [e for e in ordered if _failed_wrapper(e)]
+    for event in sorted(failed, key=lambda e: -e.ts_ns):
+        end = event.ts_ns + event.duration_ns
+        if any(event.ts_ns <= ts <= end for ts in reported.get(event.tid, ())):
+            continue
+        reported.setdefault(event.tid, []).append(event.ts_ns)
+        inner = [d for d in by_tid.get(event.tid, ()) if event.ts_ns <= d.event.ts_ns <= end]
+        _add_wrapper_refusal(groups, event, inner[-1] if inner else None)
+
+
+def _add_wrapper_refusal(groups, event, inner):
+    requested, granted, holder, reason = event.requested, None, None, None
+    start, end = event.start, event.end
+    if inner is not None:
+        requested = inner.event.requested or requested
+        granted, holder = inner.granted, inner.holder_entry
+        start, end = inner.event.start, inner.event.end
+        if granted is not None and not new_memtype_allowed(requested, granted):
+            if event.role == ROLE_USER_MAP:
+                reason = (f"x86/PAT: {event.comm}:{event.pid} map pfn expected mapping type "
+                          f"{_cattr(requested)} for [mem {start:#010x}-{end - 1:#010x}], "
+                          f"got {_cattr(granted)}")
+            else:
+                reason = (f"ioremap error for {start:#x}-{end:#x}, requested "
+                          f"{_value(requested):#x}, got {_value(granted):#x}")
+    if start is None:
+        return
+    error = "NULL" if event.role == ROLE_IOREMAP else _errno_name(event.ret)
+    key = (REFUSED, start, end, requested, reason or error, id(holder))
+    conflict = _group(groups, key, kind=REFUSED, start=start, end=end, requested=requested,
+                      granted=granted, holder=holder, reason=reason, error=error)
+    conflict._add(event, Requester.of(event))
+
+
+def _value(short):
+    try:
+        return memtypes.from_short(short).value
+    except (ValueError, AttributeError):
+        return -1
+
+
+def _static(initial, pci_devices, traced):
+    """Static findings from the snapshot, except on BARs a traced conflict explains."""
+    findings, flagged = find_uncached_framebuffers(initial, pci_devices)
+    out = []
+    for finding in findings:
+        if any(c.holder is not None and c.holder.overlaps(finding.start, finding.end)
+               for c in traced):
+            continue
+        held = [r for r in flagged if r.overlaps(finding.start, finding.end)]
+        conflict = Conflict(STATIC, finding.start, finding.end, None,
+                            "/".join(sorted({r.type for r in held})), count=len(held),
+                            holder=held[0] if held else None, explanation=finding.message,
+                            remedy=finding.remedy)
+        out.append(conflict)
+    return out
+
+
+def _name_device(conflict, pci_devices):
+    if not pci_devices:
+        return
+    owner = find_owner(conflict.start, conflict.end, pci_devices, [])
+    if owner.kind == "pci":
+        bar = "ROM" if owner.bar == 6 else f"BAR{owner.bar}"
+        conflict.device = f"{owner.slot} {bar}"
+        conflict.driver = owner.driver
+        conflict.pci_id = owner.vendor_device
+
+
+# -- the plain-language explanations ----------------------------------------------------------
+
+
+def _range(start, end):
+    return f"{start:x}-{end:x}"
+
+
+def human_size(nbytes):
+    """``4096000`` -> ``3.9 MiB``."""
+    value = float(nbytes)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            break
+        value /= 1024
+    return f"{nbytes} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+
+
+def human_duration(ns):
+    """Nanoseconds as ``8.1 ms``, ``1.24 s`` or ``57 us``; ``unknown`` for None."""
+    if ns is None:
+        return "unknown"
+    if ns >= 1_000_000_000:
+        return f"{ns / 1e9:.2f} s"
+    if ns >= 1_000_000:
+        return f"{ns / 1e6:.1f} ms"
+    return f"{ns / 1e3:.0f} us"
+
+
+def _times(conflict):
+    if conflict.count < 2:
+        return ""
+    by = len(conflict.requesters)
+    return f", {conflict.count} times" + (f" by {by} requesters" if by > 1 else "")
+
+
+def _holder_sentence(conflict):
+    holder = conflict.holder
+    if holder is None:
+        return ("memtrace saw no live reservation that explains it: one made before tracing "
+                "started (the snapshot was unavailable) or an event that was lost.")
+    where = f"{_range(holder.start, holder.end)} {holder.type}"
+    if holder.holder.before_tracing:
+        made = "which already existed when tracing started"
+    else:
+        made = f"made by {holder.holder.describe()}"
+    return (f"The kernel gives a new reservation the type of the first live reservation it "
+            f"overlaps: {where}, {made}.")
+
+
+def describe_impact(impact):
+    """Say what a :class:`memtrace.analysis.moves.MoveSummary` adds up to, e.g.
+    ``1 move, 3.9 MiB, 8.3 ms in total``; None when no move ran."""
+    if not impact.moves:
+        return None
+    parts = [f"{impact.moves} move{'s' if impact.moves > 1 else ''}"]
+    if impact.bytes is not None:
+        parts.append(human_size(impact.bytes))
+    if impact.total_ns is not None:
+        median = f" (median {human_duration(impact.median_ns)})" if impact.moves > 1 else ""
+        parts.append(f"{human_duration(impact.total_ns)} in total{median}")
+    if impact.cycles is not None:
+        parts.append(f"{impact.cycles / 1e6:.1f}M cycles")
+    return ", ".join(parts)
+
+
+def _impact_sentence(conflict):
+    summary = describe_impact(conflict.impact)
+    if summary is None:
+        return "No buffer move was seen running on it."
+    return f"Buffer moves ran on this {conflict.granted} mapping: {summary}."
+
+
+def _wc_remedy(conflict):
+    holder = conflict.holder
+    if holder is None or holder.type not in ("UC-", "UC") or conflict.requested not in ("WC", "WB"):
+        return _AGREE_REMEDY
+    who = "made before tracing started" if holder.holder.before_tracing else \
+        (frame_name(holder.holder.function) if holder.holder.function else "unknown caller")
+    return _WC_REMEDY.format(holder_type=holder.type, who=who)
+
+
+def _explain(conflict):
+    """Return ``(explanation, remedy)`` in plain sentences for a traced conflict."""
+    where = _range(conflict.start, conflict.end)
+    requester = conflict.requester
+    inferred = (" (memtrace inferred the granted type from the reservations it saw)"
+                if conflict.granted_inferred else "")
+    if conflict.kind == DOWNGRADE:
+        first = (f"{requester.describe()} asked for {conflict.requested} on {where} and got "
+                 f"{conflict.granted}{inferred}{_times(conflict)}.")
+        return " ".join((first, _holder_sentence(conflict), _impact_sentence(conflict))), \
+            _wc_remedy(conflict)
+    if conflict.kind == USER_MAP_DOWNGRADE:
+        first = (f"Process {requester.comm} (pid {requester.pid}) mapped {where} through "
+                 f"{requester.function} asking for {conflict.requested}, and the kernel "
+                 f"silently made the mapping {conflict.granted}{inferred}{_times(conflict)}.")
+        last = f"Every access through that mapping runs {conflict.granted}."
+        return " ".join((first, _holder_sentence(conflict), last)), _wc_remedy(conflict)
+    how = f"returned {conflict.error}" if conflict.error == "NULL" else \
+        f"failed with {conflict.error or 'an error'}"
+    first = (f"{requester.describe()} asked for {conflict.requested or 'a mapping'} on {where} "
+             f"and it {how}{_times(conflict)}.")
+    holder = conflict.holder
+    if holder is not None:
+        owner = BEFORE_TRACING if holder.holder.before_tracing else holder.holder.describe()
+        second = (f"It overlaps {_range(holder.start, holder.end)} {holder.type} "
+                  f"(holder: {owner}), and PAT allows one type per range.")
+    else:
+        second = "memtrace saw no live reservation it clashed with."
+    if conflict.reason:
+        second += f' The kernel printed "{conflict.reason}".'
+    return f"{first} {second}", _AGREE_REMEDY if holder is None else _wc_remedy(conflict)

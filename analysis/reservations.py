@@ -1,0 +1,384 @@
+"""The PAT reservation model: which physical ranges are reserved, with which type, by whom.
+
+It replays what ``arch/x86/mm/pat/memtype_interval.c`` does with the events of a trace:
+``memtype_reserve`` adds an entry (with the type it was granted), ``memtype_free`` removes
+one, and a new request takes the type of the *first* live entry it overlaps (lowest start;
+among equal starts the oldest, the interval tree's order). The model starts from the
+trace header's ``pat_snapshot``, whose entries have the holder "before tracing".
+
+Pure functions over :class:`memtrace.analysis.events.Event` objects; ranges are
+``[start, end)``.
+"""
+
+import bisect
+import dataclasses
+import re
+from typing import List, Optional, Tuple
+
+from memtrace.analysis import memtypes
+from memtrace.analysis.events import ROLE_FREE, ROLE_RESERVE
+
+__all__ = [
+    "BEFORE_TRACING",
+    "Holder",
+    "Reservation",
+    "Decision",
+    "ReservationModel",
+    "parse_pat_snapshot",
+    "replay",
+    "frame_name",
+    "first_outside_frame",
+    "stack_passes_through",
+    "is_core_reserve",
+    "is_core_free",
+    "is_downgrade",
+    "slowest",
+    "new_memtype_allowed",
+]
+
+BEFORE_TRACING = "before tracing"
+
+# Functions that take part in every reservation and say nothing about who wanted it: the
+# PAT core, the ioremap and pfn-remap families, and the tracer's own frames.
+_INTERNAL_NAMES = frozenset({
+    "memtype_reserve", "reserve_memtype", "memtype_reserve_io", "io_reserve_memtype",
+    "memtype_kernel_map_sync", "kernel_map_sync_memtype", "__ioremap_caller",
+    "arch_io_reserve_memtype_wc", "reserve_pfn_range", "track_pfn_remap", "pfnmap_track",
+    "io_remap_pfn_range", "vm_iomap_memory", "memremap", "devm_memremap",
+    "kprobe_trace_func", "kprobe_dispatcher", "aggr_pre_handler", "kprobe_ftrace_handler",
+    "kprobe_int3_handler", "pre_handler_kretprobe", "trace_call_bpf", "kprobe_perf_func",
+})
+_INTERNAL_PREFIXES = ("ioremap", "devm_ioremap", "pci_iomap", "pcim_iomap", "remap_pfn_range",
+                      "__remap_pfn_range", "bpf_prog_", "__bpf_")
+# A process mapping a BAR (mmap of sysfs resourceN[_wc], a driver's remap_pfn_range).
+_USER_MAP_NAMES = frozenset({"track_pfn_remap", "pfnmap_track"})
+_USER_MAP_PREFIXES = ("pci_mmap_resource",)
+# Reservation wrappers probed as role "reserve" that call memtype_reserve themselves.
+_WRAPPER_RESERVES = frozenset({"arch_io_reserve_memtype_wc", "memtype_reserve_io",
+                               "io_reserve_memtype"})
+# Callers that pass a new_type pointer and accept the type of an overlapping entry.
+_LENIENT_CALLERS = frozenset({"__ioremap_caller", "reserve_pfn_range", "memtype_reserve_io",
+                              "io_reserve_memtype"})
+
+# How fast writes through a type are, for telling a downgrade from an upgrade.
+_WRITE_RANK = {"WB": 3, "WC": 2, "WT": 1, "WP": 1, "UC-": 0, "UC": 0}
+_SLOWEST_FIRST = ("UC", "UC-", "WP", "WT", "WC", "WB")
+
+_SUFFIX = re.compile(r"(\.(cold|isra|constprop|part|llvm|lto_priv)(\.\d+)?)+$")
+
+
+def frame_name(frame):
+    """Return the bare function name of a stack frame such as
+    ``bochs_pci_probe.cold+0x1a/0x40 [bochs]`` (here ``bochs_pci_probe``)."""
+    name = frame.split(" ", 1)[0].split("+", 1)[0]
+    return _SUFFIX.sub("", name)
+
+
+def _is_internal(name):
+    return (name in _INTERNAL_NAMES or name.startswith(_INTERNAL_PREFIXES)
+            or name.startswith("0x") or not name)
+
+
+def first_outside_frame(stack, fallback=None):
+    """Return the innermost frame of ``stack`` (innermost first) that is not PAT, ioremap or
+    tracer machinery, as written in the stack minus any ``+offset``; ``fallback`` when
+    every frame is internal or the stack is empty."""
+    for frame in stack:
+        if not _is_internal(frame_name(frame)):
+            return re.sub(r"\+0x[0-9a-f]+(/0x[0-9a-f]+)?", "", frame)
+    return fallback
+
+
+def stack_passes_through(stack, names, prefixes=()):
+    """True when a frame of ``stack`` is one of ``names`` or starts with one of
+    ``prefixes`` (compared on bare function names)."""
+    for frame in stack:
+        name = frame_name(frame)
+        if name in names or (prefixes and name.startswith(tuple(prefixes))):
+            return True
+    return False
+
+
+def is_user_mapping_stack(stack):
+    """True when a reservation's stack shows a process mapping a BAR (pfn remap, PCI mmap)."""
+    return stack_passes_through(stack, _USER_MAP_NAMES, _USER_MAP_PREFIXES)
+
+
+def _symbol(event):
+    """The probed symbol of ``event`` without its ``MOD:`` prefix."""
+    return (event.probe or event.fn).rpartition(":")[2]
+
+
+def is_core_reserve(event):
+    """True for a ``memtype_reserve`` call (not a wrapper such as arch_io_reserve_memtype_wc)."""
+    if event.role != ROLE_RESERVE or event.start is None or event.end is None:
+        return False
+    return not ({event.fn, _symbol(event)} & _WRAPPER_RESERVES)
+
+
+def is_core_free(event):
+    """True for a ``memtype_free`` call with a known range."""
+    return event.role == ROLE_FREE and event.start is not None and event.end is not None
+
+
+def is_downgrade(requested, granted):
+    """True when ``granted`` makes writes slower than ``requested`` (WC -> UC-, WB -> WC).
+
+    An uncached request that gets another type (qxl's UC- ioremap inside its WC VRAM) is
+    not a downgrade; neither is UC <-> UC-.
+    """
+    if requested is None or granted is None:
+        return False
+    want, got = _WRITE_RANK.get(requested), _WRITE_RANK.get(granted)
+    return want is not None and got is not None and got < want
+
+
+def slowest(types):
+    """Return the slowest memory type of ``types`` for writes (UC first, WB last), or None."""
+    present = set(types)
+    for memtype in _SLOWEST_FIRST:
+        if memtype in present:
+            return memtype
+    return None
+
+
+def new_memtype_allowed(requested, granted):
+    """``is_new_memtype_allowed()``: may a mapping asking ``requested`` use ``granted``?
+
+    The kernel refuses only UC- -> WB, WC -> WB, WT -> WB and WT -> WC
+    (arch/x86/include/asm/pgtable.h).
+    """
+    return (requested, granted) not in {("UC-", "WB"), ("WC", "WB"), ("WT", "WB"), ("WT", "WC")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """Who made a reservation: process, time, the function that asked and the full stack.
+
+    Entries of the snapshot taken when tracing started have no process: ``before_tracing``.
+    """
+
+    comm: Optional[str] = None
+    pid: Optional[int] = None
+    ts_ns: Optional[int] = None
+    function: Optional[str] = None
+    stack: Tuple[str, ...] = ()
+
+    @property
+    def before_tracing(self):
+        """True for an entry that existed when tracing started."""
+        return self.ts_ns is None
+
+    def describe(self):
+        """``bochs_pci_probe [bochs] (modprobe, pid 175)`` or ``before tracing``."""
+        if self.before_tracing:
+            return BEFORE_TRACING
+        who = f"{self.comm}, pid {self.pid}"
+        return f"{self.function} ({who})" if self.function else who
+
+    @classmethod
+    def of(cls, event):
+        """The holder of a reservation made by ``event``."""
+        function = first_outside_frame(event.stack, event.caller)
+        return cls(event.comm, event.pid, event.ts_ns, function, tuple(event.stack))
+
+
+@dataclasses.dataclass(eq=False)
+class Reservation:
+    """One live PAT entry. ``type`` is what the kernel stored (the granted type);
+    ``requested`` is None for snapshot entries. ``forced_by`` is the entry whose type it
+    adopted, when it asked for another. Compared and hashed by identity."""
+
+    start: int
+    end: int
+    type: str
+    holder: Holder
+    seq: int
+    requested: Optional[str] = None
+    event: object = None
+    forced_by: Optional["Reservation"] = None
+
+    @property
+    def memtype(self):
+        """The type under the name analysis.snapshot expects."""
+        return self.type
+
+    def overlaps(self, start, end):
+        """True when ``[start, end)`` shares a byte with this entry."""
+        return self.start < end and start < self.end
+
+
+@dataclasses.dataclass(eq=False)
+class Decision:
+    """What the kernel did with one ``memtype_reserve`` call, as replayed.
+
+    ``granted`` is the type the caller got (None when refused or unknown);
+    ``granted_inferred`` is True when the trace did not carry it and the model supplied it.
+    ``first`` is the first live entry the request overlapped, ``holder_entry`` the entry
+    whose type it adopted (following adopted entries back to the one that set the type
+    while that one is live), ``clash`` the entry a refusal names and ``found_type`` the
+    type the kernel's refusal message puts first.
+    """
+
+    event: object
+    granted: Optional[str]
+    granted_inferred: bool = False
+    refused: bool = False
+    first: Optional[Reservation] = None
+    holder_entry: Optional[Reservation] = None
+    clash: Optional[Reservation] = None
+    reservation: Optional[Reservation] = None
+    found_type: Optional[str] = None
+
+
+def parse_pat_snapshot(records):
+    """Turn a trace header's ``pat_snapshot`` (dicts with hex ``start``, ``end`` and a short
+    ``type``) into ``(start, end, type)`` tuples; None stays None.
+
+    :raises ValueError: naming the first malformed entry.
+    """
+    if records is None:
+        return None
+    if not isinstance(records, list):
+        raise ValueError("pat_snapshot must be a list")
+    parsed = []
+    for number, record in enumerate(records, 1):
+        try:
+            start, end = int(record["start"], 16), int(record["end"], 16)
+            memtype = memtypes.from_short(record["type"]).short
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ValueError(f"pat_snapshot entry {number} is not "
+                             "{start, end, type} with hex addresses and a WB/WC/UC-/UC/WT/WP "
+                             "type") from None
+        parsed.append((start, end, memtype))
+    return parsed
+
+
+class ReservationModel:
+    """The live PAT entries, kept sorted in the kernel's order: by start, then by age.
+
+    A sorted list is enough: a guest has tens to hundreds of live entries, and a lookup
+    stops at the first entry starting at or after the end of the range.
+    """
+
+    def __init__(self, snapshot=()):
+        self._seq = 0
+        self.live: List[Reservation] = []
+        self._keys: List[Tuple[int, int]] = []
+        for start, end, memtype in snapshot or ():
+            self._insert(Reservation(start, end, memtype, Holder(), self._next()))
+
+    def _next(self):
+        self._seq += 1
+        return self._seq
+
+    def _insert(self, entry):
+        key = (entry.start, entry.seq)
+        position = bisect.bisect(self._keys, key)
+        self._keys.insert(position, key)
+        self.live.insert(position, entry)
+        return entry
+
+    def _remove(self, entry):
+        position = self.live.index(entry)
+        del self.live[position], self._keys[position]
+
+    def overlapping(self, start, end):
+        """The live entries overlapping ``[start, end)``, first (as the kernel finds them) first."""
+        stop = bisect.bisect_left(self._keys, (end, 0))
+        return [entry for entry in self.live[:stop] if entry.end > start]
+
+    def check(self, start, end, requested):
+        """Replay ``memtype_check_conflict`` for a lenient request.
+
+        :return: ``(granted, first, clash)``: granted is None when the kernel would refuse
+            (-EBUSY), and ``clash`` is then the entry whose type differs.
+        """
+        found = self.overlapping(start, end)
+        if not found:
+            return requested, None, None
+        first = found[0]
+        for other in found[1:]:
+            if other.type != first.type:
+                return None, first, other
+        return first.type, first, None
+
+    def reserve(self, event):
+        """Apply one ``memtype_reserve`` event and return its :class:`Decision`."""
+        start, end, requested = event.start, event.end, event.requested
+        found = self.overlapping(start, end)
+        first = found[0] if found else None
+        if event.ret is not None and event.ret < 0:
+            return self._refused(event, requested, found)
+        granted, inferred = event.granted, False
+        if granted is None:
+            inferred = True
+            lenient = stack_passes_through(event.stack, _LENIENT_CALLERS)
+            modeled, _, _ = self.check(start, end, requested)
+            # A strict caller (set_memory_wc: no new_type pointer) that succeeded got exactly
+            # what it asked for; only a lenient one adopts the overlapping entry's type.
+            granted = modeled if lenient and modeled is not None else requested
+        holder_entry = None
+        if granted is not None and found:
+            holder_entry = next((e for e in found if e.type == granted), None)
+            while holder_entry is not None and holder_entry.forced_by in self.live:
+                holder_entry = holder_entry.forced_by
+        entry = None
+        if granted is not None:
+            forced_by = holder_entry if granted != requested else None
+            entry = self._insert(Reservation(start, end, granted, Holder.of(event), self._next(),
+                                             requested, event, forced_by))
+        return Decision(event, granted, inferred, first=first, holder_entry=holder_entry,
+                        reservation=entry)
+
+    def _refused(self, event, requested, found):
+        """Which entry a refused request clashed with, as memtype_check_conflict decides:
+        a strict caller fails on a first entry of another type, a lenient one on a later
+        entry whose type differs from the first's."""
+        if not found:
+            return Decision(event, None, refused=True, found_type=requested)
+        first = found[0]
+        lenient = stack_passes_through(event.stack, _LENIENT_CALLERS)
+        if not lenient and first.type != requested:
+            return Decision(event, None, refused=True, first=first, clash=first,
+                            found_type=requested)
+        clash = next((e for e in found[1:] if e.type != first.type), None)
+        return Decision(event, None, refused=True, first=first, clash=clash,
+                        found_type=first.type)
+
+    def free(self, event):
+        """Apply one ``memtype_free`` event; return the entry it removed (or shrank), or None.
+
+        As ``memtype_erase()``: the oldest entry with exactly ``[start, end)``; failing that,
+        before the 2025 pfnmap rework, an entry ending at ``end`` and starting before
+        ``start`` is shrunk to end at ``start`` (mremap).
+        """
+        if event.ret is not None and event.ret < 0:
+            return None
+        found = self.overlapping(event.start, event.end)
+        for entry in found:
+            if entry.start == event.start and entry.end == event.end:
+                self._remove(entry)
+                return entry
+        for entry in found:
+            if entry.start < event.start and entry.end == event.end:
+                entry.end = event.start
+                return entry
+        return None
+
+
+def replay(events, snapshot=None):
+    """Replay the reserve and free events of ``events`` (in time order) over ``snapshot``.
+
+    :param snapshot: ``(start, end, type)`` tuples (see :func:`parse_pat_snapshot`) or None.
+    :return: ``(model, decisions)``: the model at the end, and one :class:`Decision` per
+        ``memtype_reserve`` event, in time order.
+    """
+    model = ReservationModel(snapshot)
+    decisions = []
+    for event in sorted(events, key=lambda e: e.ts_ns):
+        if is_core_reserve(event):
+            decisions.append(model.reserve(event))
+        elif is_core_free(event):
+            model.free(event)
+    return model, decisions

@@ -1,0 +1,343 @@
+"""Conflict finding (analysis/conflicts.py) on hand-made event streams.
+
+``bochs_events()`` is modeled on what tracefs printed in a 6.1 lab guest during
+``modprobe bochs`` (std VGA) and on tests/fixtures/tracefs/trace-6.1-bochs.txt: bochs maps
+its register BAR and its whole framebuffer BAR UC- from bochs_pci_probe, the first
+framebuffer move maps the BO write-combined through ttm_kmap_iter_linear_io_init and gets
+UC-, and a kworker's ttm_bo_vmap asks WC for the same range and gets UC- too.
+"""
+
+import os
+
+import pytest
+
+from memtrace.analysis import events as ev
+from memtrace.analysis.conflicts import (
+    DOWNGRADE, REFUSED, STATIC, USER_MAP_DOWNGRADE, analyze,
+)
+from memtrace.analysis.reservations import parse_pat_snapshot
+from memtrace.probes.pat_memtype import read_pat_memtype_list
+from memtrace.probes.pci import read_pci_devices
+from tests.conftest import FIXTURES
+from tests.unit.test_moves import FB_BYTES, bochs_move
+from tests.unit.test_reservations import (
+    BAR0, BOCHS_STACK, MMAP_STACK, REGS, STRICT_STACK, TTM_BO, TTM_STACK, VMAP_STACK, call,
+    free, reserve,
+)
+
+T0 = 10_477_701_000
+KWORKER = {"comm": "kworker/0:1", "pid": 17}
+QXL_VRAM = (0xF4000000, 0xF8000000)
+QXL_RAM_HEADER = (0xF7FFE000, 0xF8000000)
+
+
+def ioremap(ts, fn, span, requested, ret=0xFFFFB5F1C0000000, stack=None, **fields):
+    """An ioremap-family call (role ioremap) returning ``ret`` (0: NULL)."""
+    caller = (stack or ["bochs_pci_probe [bochs]"])[0]
+    return call(ts, fn, ev.ROLE_IOREMAP, start=span[0], end=span[1], size=span[1] - span[0],
+                requested=requested, ret=ret, vaddr=ret or None, duration_ns=300_000,
+                caller=caller, stack=[fn] + (stack or ["bochs_pci_probe [bochs]"]), **fields)
+
+
+def kmap_iter(ts, ret):
+    """ttm_kmap_iter_linear_io_init as the first probe table decoded it (role ioremap): the
+    resource's bus fields are not filled in yet at entry, so its range and type are
+    meaningless, and its -EINVAL (not iomem) is an ordinary answer, not a refusal."""
+    return call(ts, "ttm_kmap_iter_linear_io_init", ev.ROLE_IOREMAP,
+                probe="ttm:ttm_kmap_iter_linear_io_init", start=0, end=FB_BYTES,
+                size=FB_BYTES, requested="WB", ret=ret, duration_ns=200_000,
+                stack=["ttm_kmap_iter_linear_io_init [ttm]", "ttm_bo_move_memcpy [ttm]"])
+
+
+def bochs_events(fixed=False):
+    """``modprobe bochs`` then the kworker's vmap; ``fixed``: bochs maps the framebuffer
+    with ioremap_wc (upstream 9388ccf69925), so every WC request gets WC."""
+    bar_type = "WC" if fixed else "UC-"
+    t_move = T0 + 211_391_000
+    events = [
+        ioremap(T0, "ioremap", REGS, "UC-"),
+        reserve(T0 + 10_000, REGS, "UC-"),
+        ioremap(T0 + 2_237_000, "ioremap_wc" if fixed else "ioremap", BAR0, bar_type),
+        reserve(T0 + 2_240_000, BAR0, bar_type),
+        kmap_iter(t_move + 150_000, 0xFFFF8C1401963200),
+        ioremap(t_move + 250_000, "ioremap_wc", TTM_BO, "WC",
+                stack=["ttm_kmap_iter_linear_io_init [ttm]", "ttm_bo_move_memcpy [ttm]"]),
+        kmap_iter(t_move + 600_000, -22 & 0xFFFFFFFFFFFFFFFF),
+    ]
+    events += bochs_move(t_move, granted="WC" if fixed else "UC-")
+    t_vmap = T0 + 225_231_000
+    events += [
+        ioremap(t_vmap - 100_000, "ioremap_wc", TTM_BO, "WC", stack=["ttm_bo_vmap [ttm]"],
+                **KWORKER),
+        reserve(t_vmap, TTM_BO, "WC", "WC" if fixed else "UC-", VMAP_STACK, **KWORKER),
+    ]
+    return events
+
+
+def qxl_events():
+    """qxl: VRAM mapped WC (io_mapping_create_wc -> ioremap_wc), then its RAM header
+    ioremap'ed UC- inside it (granted WC), then a WC move: nothing to report."""
+    qxl = ["qxl_device_init [qxl]", "qxl_pci_probe [qxl]"]
+    return [
+        reserve(1_000, QXL_VRAM, "WC", stack=["memtype_reserve", "__ioremap_caller",
+                                              "ioremap_wc"] + qxl),
+        reserve(2_000, QXL_RAM_HEADER, "UC-", "WC", ["memtype_reserve", "__ioremap_caller",
+                                                     "ioremap"] + qxl),
+        reserve(3_000, REGS, "UC-"),
+        reserve(4_000, (0xF4000000, 0xF4400000), "WC", stack=TTM_STACK),
+        call(3_900, "ttm_bo_move_memcpy", ev.ROLE_MOVE, probe="ttm:ttm_bo_move_memcpy",
+             bytes=0x400000, duration_ns=900_000),
+    ]
+
+
+def capture(name):
+    """(snapshot tuples, PCI devices) of a snapshot capture in tests/fixtures."""
+    root = os.path.join(FIXTURES, name)
+    pat = read_pat_memtype_list(os.path.join(root, "sys/kernel/debug/x86/pat_memtype_list"))
+    return [(r.start, r.end, r.memtype) for r in pat], read_pci_devices(os.path.join(root, "sys"))
+
+
+# -- the seed's scenario ---------------------------------------------------------------------
+
+
+def test_bochs_downgrade_names_the_holder_the_requesters_and_the_cost():
+    report = analyze(bochs_events(), snapshot=[])
+    (conflict,) = report.conflicts
+    assert conflict.kind == DOWNGRADE
+    assert (conflict.start, conflict.end) == TTM_BO
+    assert (conflict.requested, conflict.granted, conflict.count) == ("WC", "UC-", 2)
+    holder = conflict.holder
+    assert (holder.start, holder.end, holder.type) == (*BAR0, "UC-")
+    assert holder.holder.function == "bochs_pci_probe [bochs]"
+    assert (holder.holder.comm, holder.holder.pid) == ("modprobe", 175)
+    assert [(r.comm, r.pid, r.function) for r in conflict.requesters] == [
+        ("modprobe", 175, "ttm_kmap_iter_linear_io_init [ttm]"),
+        ("kworker/0:1", 17, "ttm_bo_vmap [ttm]")]
+    assert "ttm_kmap_iter_linear_io_init [ttm]" in conflict.requester.stack
+    impact = conflict.impact
+    assert (impact.moves, impact.bytes, impact.total_ns, impact.median_ns) == \
+        (1, FB_BYTES, 8_260_000, 8_260_000)
+    assert conflict.first_ns < conflict.last_ns
+
+
+def test_bochs_downgrade_explains_itself_and_cites_the_upstream_fix():
+    (conflict,) = analyze(bochs_events(), snapshot=[]).conflicts
+    text = conflict.explanation
+    assert text.startswith("ttm_kmap_iter_linear_io_init [ttm] (modprobe, pid 175) asked for "
+                           "WC on fd000000-fd3e8000 and got UC-, 2 times by 2 requesters.")
+    assert "first live reservation it overlaps: fd000000-fe000000 UC-, made by " \
+           "bochs_pci_probe [bochs] (modprobe, pid 175)." in text
+    assert "Buffer moves ran on this UC- mapping: 1 move, 3.9 MiB, 8.3 ms in total." in text
+    assert 2 <= text.count(". ") + 1 <= 3
+    for name in ("ioremap_wc", "devm_ioremap_wc", "arch_io_reserve_memtype_wc",
+                 "9388ccf69925", "v6.13", "(bochs_pci_probe)"):
+        assert name in conflict.remedy
+
+
+def test_register_bars_and_ttm_iterator_answers_are_not_conflicts():
+    report = analyze(bochs_events(), snapshot=[])
+    assert all(c.start != REGS[0] for c in report.conflicts)
+    assert all(c.kind != REFUSED for c in report.conflicts)  # kmap_iter's -EINVAL
+
+
+def test_after_the_upstream_fix_there_is_nothing_to_report():
+    report = analyze(bochs_events(fixed=True), snapshot=[])
+    assert report.conflicts == []
+    assert [m.effective_type for m in report.moves] == ["WC"]
+
+
+def test_qxl_uncached_header_inside_wc_vram_is_not_a_conflict():
+    report = analyze(qxl_events(), snapshot=[])
+    assert report.conflicts == []
+    assert report.decisions[1].granted == "WC"
+
+
+def test_bochs_device_and_driver_come_from_the_pci_devices():
+    _, devices = capture("guest-6.1-bochs")
+    (conflict,) = analyze(bochs_events(), snapshot=[], pci_devices=devices).conflicts
+    assert (conflict.device, conflict.pci_id, conflict.driver) == \
+        ("0000:00:02.0 BAR0", "1234:1111", "bochs-drm")
+
+
+def test_a_trace_started_after_bochs_names_the_snapshot_entry_and_drops_the_static_finding():
+    snapshot, devices = capture("guest-6.1-bochs")
+    late = [e for e in bochs_events() if e.ts_ns > T0 + 3_000_000]
+    (conflict,) = analyze(late, snapshot=snapshot, pci_devices=devices).conflicts
+    assert conflict.kind == DOWNGRADE and conflict.holder.holder.before_tracing
+    assert (conflict.holder.start, conflict.holder.end) == BAR0
+    assert "which already existed when tracing started" in conflict.explanation
+    assert "made before tracing started" in conflict.remedy
+
+
+def test_without_a_snapshot_the_holder_is_unknown_but_the_downgrade_is_reported():
+    late = [e for e in bochs_events() if e.ts_ns > T0 + 3_000_000]
+    (conflict,) = analyze(late, snapshot=None).conflicts
+    assert conflict.holder is None and "saw no live reservation" in conflict.explanation
+
+
+def test_granted_type_missing_from_the_trace_is_inferred_and_said_so():
+    events = bochs_events()
+    for event in events:
+        if event.role == ev.ROLE_RESERVE:
+            event.granted = event.granted_from = None
+    (conflict,) = analyze(events, snapshot=[]).conflicts
+    assert conflict.granted == "UC-" and conflict.granted_inferred
+    assert "inferred the granted type" in conflict.explanation
+    assert conflict.impact.moves == 1
+
+
+# -- grouping and ranges ---------------------------------------------------------------------
+
+
+def test_repeats_are_grouped_and_other_ranges_kept_apart():
+    events = bochs_events() + bochs_move(T0 + 400_000_000) + [
+        reserve(T0 + 500_000_000, (0xFD400000, 0xFD800000), "WC", "UC-", TTM_STACK)]
+    downgrades = analyze(events, snapshot=[]).conflicts
+    assert [(c.start, c.end, c.count) for c in downgrades] == [
+        (*TTM_BO, 3), (0xFD400000, 0xFD800000, 1)]
+    assert downgrades[0].impact.moves == 2
+    assert downgrades[0].last_ns == T0 + 400_000_000 + 280_000
+
+
+def test_a_request_overlapping_the_bar_only_partly_is_still_downgraded():
+    events = [reserve(1, BAR0, "UC-"),
+              reserve(2, (0xFDFFF000, 0xFE001000), "WC", "UC-", TTM_STACK)]
+    (conflict,) = analyze(events, snapshot=[]).conflicts
+    assert (conflict.holder.start, conflict.holder.end) == BAR0
+
+
+def test_free_then_reserve_is_no_conflict():
+    events = [reserve(1, BAR0, "UC-"), free(2, BAR0),
+              reserve(3, TTM_BO, "WC", "WC", TTM_STACK)]
+    assert analyze(events, snapshot=[]).conflicts == []
+
+
+def test_a_wb_request_made_uncached_by_the_mtrrs_is_not_reported():
+    events = [reserve(1, (0xC0000000, 0xC0001000), "WB", "UC-",
+                      ["memtype_reserve", "__ioremap_caller", "ioremap_cache", "acpi_os_map"])]
+    assert analyze(events, snapshot=[]).conflicts == []
+
+
+# -- user mappings ---------------------------------------------------------------------------
+
+
+def test_a_process_mapping_the_framebuffer_wc_is_named():
+    user = {"comm": "fbtest", "pid": 4242}
+    events = [reserve(1, BAR0, "UC-"),
+              reserve(2, (0xFD000000, 0xFD800000), "WC", "UC-", MMAP_STACK, **user)]
+    (conflict,) = analyze(events, snapshot=[]).conflicts
+    assert conflict.kind == USER_MAP_DOWNGRADE
+    assert (conflict.requester.comm, conflict.requester.pid) == ("fbtest", 4242)
+    assert conflict.explanation.startswith("Process fbtest (pid 4242) mapped fd000000-fd800000")
+    assert "9388ccf69925" in conflict.remedy
+
+
+def test_a_reservation_inside_a_traced_pfn_remap_is_a_user_mapping():
+    user = {"comm": "Xorg", "pid": 812}
+    events = [reserve(1, BAR0, "UC-"),
+              call(10, "track_pfn_remap", ev.ROLE_USER_MAP, start=BAR0[0], end=BAR0[1],
+                   ret=0, duration_ns=500, **user),
+              reserve(20, BAR0, "WC", "UC-", ["memtype_reserve"], **user)]
+    (conflict,) = analyze(events, snapshot=[]).conflicts
+    assert conflict.kind == USER_MAP_DOWNGRADE
+
+
+def test_a_process_mapping_a_register_bar_uncached_is_fine():
+    events = [reserve(1, REGS, "UC-", stack=MMAP_STACK, comm="odd-1 [000] a b", pid=230),
+              free(2, REGS)]
+    assert analyze(events, snapshot=[]).conflicts == []
+
+
+# -- refusals --------------------------------------------------------------------------------
+
+
+def test_ebusy_is_refused_with_the_kernel_message_and_the_clashing_entry():
+    events = [reserve(1, (0xFD000000, 0xFD800000), "UC-"),
+              reserve(2, (0xFD800000, 0xFE000000), "WC"),
+              reserve(3, BAR0, "WC", None, TTM_STACK, ret=-16, comm="Xorg", pid=812)]
+    (conflict,) = analyze(events, snapshot=[]).conflicts
+    assert (conflict.kind, conflict.error, conflict.granted) == (REFUSED, "EBUSY", None)
+    assert conflict.reason == ("x86/PAT: Xorg:812 conflicting memory types fd000000-fe000000 "
+                               "uncached-minus<->write-combining")
+    assert (conflict.holder.start, conflict.holder.type) == (0xFD800000, "WC")
+    assert "failed with EBUSY" in conflict.explanation
+    assert conflict.impact.moves == 0
+
+
+def test_a_strict_request_refused_by_the_first_entry():
+    events = [reserve(1, BAR0, "UC-"),
+              reserve(2, TTM_BO, "WC", None, STRICT_STACK, ret=-16)]
+    (conflict,) = analyze(events, snapshot=[]).conflicts
+    assert conflict.reason.endswith("fd000000-fd3e8000 write-combining<->uncached-minus")
+
+
+def test_an_ioremap_returning_null_after_a_disallowed_type_is_refused():
+    stack = ["some_probe [some]"]
+    events = [reserve(1, BAR0, "WB", stack=["memtype_reserve", "__ioremap_caller",
+                                            "ioremap_cache", "other_probe [other]"]),
+              ioremap(10, "ioremap_wc", TTM_BO, "WC", ret=0, stack=stack),
+              reserve(20, TTM_BO, "WC", "WB", ["memtype_reserve", "__ioremap_caller"] + stack),
+              free(30, TTM_BO)]
+    (conflict,) = analyze(events, snapshot=[]).conflicts
+    assert (conflict.kind, conflict.error) == (REFUSED, "NULL")
+    assert conflict.reason == "ioremap error for 0xfd000000-0xfd3e8000, requested 0x1, got 0x0"
+    assert conflict.requester.function == "some_probe [some]"
+    assert "returned NULL" in conflict.explanation
+
+
+def test_a_wrapper_failing_because_of_a_refused_reservation_is_reported_once():
+    events = [reserve(1, BAR0, "UC-"),
+              ioremap(10, "ioremap_wc", TTM_BO, "WC", ret=0, stack=["p [m]"]),
+              reserve(20, TTM_BO, "WC", None, STRICT_STACK, ret=-16)]
+    (conflict,) = analyze(events, snapshot=[]).conflicts
+    assert conflict.error == "EBUSY" and conflict.count == 1
+
+
+def test_a_failed_user_pfn_remap_names_the_kernel_message():
+    user = {"comm": "fbtest", "pid": 9}
+    events = [reserve(1, BAR0, "WB", stack=["memtype_reserve", "__ioremap_caller", "x [x]"]),
+              call(10, "reserve_pfn_range", ev.ROLE_USER_MAP, start=TTM_BO[0], end=TTM_BO[1],
+                   ret=-22, duration_ns=100, stack=MMAP_STACK[1:], **user),
+              reserve(20, TTM_BO, "UC-", "WB", MMAP_STACK, **user), free(30, TTM_BO, **user)]
+    (conflict,) = analyze(events, snapshot=[]).conflicts
+    assert (conflict.kind, conflict.error) == (REFUSED, "EINVAL")
+    assert conflict.reason == ("x86/PAT: fbtest:9 map pfn expected mapping type uncached-minus "
+                               "for [mem 0xfd000000-0xfd3e7fff], got write-back")
+
+
+# -- static findings -------------------------------------------------------------------------
+
+
+def test_static_finding_from_the_snapshot_alone():
+    snapshot, devices = capture("guest-6.1-bochs")
+    (conflict,) = analyze([], snapshot=snapshot, pci_devices=devices).conflicts
+    assert (conflict.kind, conflict.start, conflict.end) == (STATIC, *BAR0)
+    assert (conflict.granted, conflict.count, conflict.driver) == ("UC-", 2, "bochs-drm")
+    assert conflict.holder.holder.before_tracing
+    assert "silently downgraded" in conflict.explanation and "9388ccf69925" in conflict.remedy
+
+
+@pytest.mark.parametrize("name", ["guest-6.1-qxl", "guest-6.12-qxl", "host-6.18"])
+def test_no_static_finding_without_an_uncached_framebuffer(name):
+    snapshot, devices = capture(name)
+    assert analyze([], snapshot=snapshot, pci_devices=devices).conflicts == []
+
+
+def test_static_findings_can_be_turned_off():
+    snapshot, devices = capture("guest-6.1-bochs")
+    assert analyze([], snapshot=snapshot, pci_devices=devices, static=False).conflicts == []
+
+
+def test_snapshot_from_a_trace_header_feeds_the_model():
+    snapshot = parse_pat_snapshot([{"start": "0xfd000000", "end": "0xfe000000", "type": "UC-"}])
+    late = [reserve(1, TTM_BO, "WC", "UC-", TTM_STACK)]
+    (conflict,) = analyze(late, snapshot=snapshot).conflicts
+    assert conflict.holder.holder.before_tracing and BOCHS_STACK[2] not in conflict.explanation
+
+
+def test_a_comm_the_tracer_could_not_resolve_is_taken_from_the_same_thread():
+    events = bochs_events()
+    bar = next(e for e in events if e.role == ev.ROLE_RESERVE and (e.start, e.end) == BAR0)
+    bar.comm = "<...>"
+    (conflict,) = analyze(events, snapshot=[]).conflicts
+    assert conflict.holder.holder.comm == "modprobe"
