@@ -32,7 +32,7 @@ from memtrace.probes.plan import fetch_offset
 
 PROGRAM_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bcc_program.c")
 
-EVENT_PAGES = 64                  # 256 KiB ring buffer (per CPU for a perf buffer)
+EVENT_PAGES = 2048  # 8 MiB: a burst of ~10,000 calls (2,000 BAR mmaps) in a TCG guest fits
 MODNAME_LEN = 56                  # MODULE_NAME_LEN on 64-bit
 COMM_LEN = 16
 # x86-64: vmlinux lies below this address, modules (and BPF JIT code) above it.
@@ -379,7 +379,7 @@ class BccBackend(Backend):
     """Probes through bcc: kprobe + kretprobe per planned probe, one BPF program.
 
     Options: ``aggregate`` (latency histograms only, read with ``histograms()``),
-    ``buffer`` ("auto", "ringbuf" or "perf"), ``buffer_pages`` (power of two, default 64),
+    ``buffer`` ("auto", "ringbuf" or "perf"), ``buffer_pages`` (power of two, default 2048),
     ``tsc_mhz`` (default: the kernel's TSC calibration), ``offsets`` (stack frames as
     ``sym+0x1f``), ``debug`` (full compiler output in errors).
     """

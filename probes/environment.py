@@ -6,7 +6,7 @@ import time
 
 from memtrace import __version__
 from memtrace.errors import MemtraceError
-from memtrace.probes import pat_memtype
+from memtrace.probes import pat_memtype, pci
 
 # CPU flags that decide whether PAT matters: pat itself, self-snoop (KVM honours guest PAT
 # only with it on Intel), and whether we run under a hypervisor.
@@ -44,6 +44,14 @@ def pat_snapshot():
             for r in records], None
 
 
+def pci_devices():
+    """This machine's PCI devices as JSON-ready dicts (empty when sysfs cannot be read)."""
+    try:
+        return [pci.device_to_record(d) for d in pci.read_pci_devices()]
+    except MemtraceError:
+        return []
+
+
 def trace_environment():
     """The header fields describing this machine and this memtrace."""
     model, flags = cpu_model_and_flags(_read("/proc/cpuinfo"))
@@ -59,4 +67,5 @@ def trace_environment():
         "pid": os.getpid(),
         "pat_snapshot": reservations,
         "pat_snapshot_note": note,
+        "pci_devices": pci_devices(),
     }

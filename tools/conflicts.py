@@ -183,7 +183,14 @@ def _check_header_and_footer(trace):
 
 
 def _pci_for_trace(header, notes):
-    """PCI devices for naming BARs: this machine's, when the trace was recorded here."""
+    """PCI devices for naming BARs: those the trace header carries, else this machine's
+    when the trace was recorded here."""
+    if header.get("pci_devices"):
+        from memtrace.probes.pci import device_from_record
+        try:
+            return [device_from_record(record) for record in header["pci_devices"]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise BadInput(f"line 1: bad pci_devices in the header ({err})") from None
     if header.get("kernel") == platform.release() and header.get("hostname") == platform.node():
         devices = _read_pci(notes)
         if devices:
