@@ -280,8 +280,8 @@ def _stdout_to_stderr():
 
 def _static_only(why):
     """The report of a kernel without probes: the PAT list and PCI devices only."""
-    from memtrace.tools.snapshot import _read_state
-    state = _read_state(None)
+    from memtrace.tools.snapshot import read_state
+    state = read_state(None)
     if state.reservations is None:
         raise MemtraceError(f"could not trace ({why}) and could not read the PAT "
                             f"reservations either: {' '.join(state.notes)}")

@@ -43,7 +43,7 @@ def add_arguments(parser):
 
 def run(args):
     """Read the snapshot sources, analyse them and print the result; return the exit status."""
-    state = _read_state(args.root)
+    state = read_state(args.root)
     report = analyze_snapshot(state.reservations or [], state.iomem, state.pci_devices)
     if args.json:
         print_json(_as_json(state, report))
@@ -64,7 +64,7 @@ class _State:
     notes: List[str] = field(default_factory=list)
 
 
-def _read_state(root):
+def read_state(root):
     """Read every source (live, or under ``root``); unavailable ones become notes."""
     if root is not None and not os.path.isdir(root):
         raise BadInput(

@@ -297,9 +297,9 @@ def test_live_without_kprobes_says_plainly_it_could_not_trace(capsys):
 
 @skip_unless_no_kprobes
 def test_static_report_finds_an_uncached_framebuffer(capsys, monkeypatch):
-    read_state = snapshot_tool._read_state
+    read_state = snapshot_tool.read_state
     capture = os.path.join(FIXTURES, "guest-6.1-bochs")
-    monkeypatch.setattr(snapshot_tool, "_read_state", lambda root: read_state(capture))
+    monkeypatch.setattr(snapshot_tool, "read_state", lambda root: read_state(capture))
     status, out, _ = conflicts(capsys)
     assert status == EXIT_FINDINGS
     assert "1. uncached framebuffer UC- on fd000000-fe000000 (16.0 MiB)" in out
