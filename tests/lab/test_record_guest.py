@@ -122,7 +122,11 @@ def test_qxl_wc_requests_are_granted_wc(guest, series, backend):
     assert footer["lost_events"] == 0
     wc = [e for e in events if e["fn"] == "memtype_reserve" and e.get("requested") == "WC"]
     assert wc, "qxl made no WC reservation"
-    assert all(e["granted"] == "WC" for e in wc)
+    assert any(e.get("granted") == "WC" for e in wc)
+    assert all(e.get("granted") in ("WC", None) for e in wc), wc
+    # Unknown only where tracing stopped between a reservation and its map_sync (tracefs
+    # before 6.9 reads the granted type there): at most the very last one.
+    assert sum(e.get("granted") is None for e in wc) <= 1
 
 
 KILL_SCRIPT = f"""
