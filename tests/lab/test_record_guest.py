@@ -28,7 +28,8 @@ def qxl_script(backend):
 def read_trace(session):
     assert session.read("record.rc").strip() == "0", session.read("record.err")
     lines = [json.loads(line) for line in session.read("t.jsonl").splitlines()]
-    header, events, footer = lines[0], lines[1:-1], lines[-1]
+    header, footer = lines[0], lines[-1]
+    events = [line for line in lines[1:-1] if line["type"] == "event"]
     assert header["type"] == "header" and footer["type"] == "footer"
     return header, events, footer
 
@@ -146,8 +147,13 @@ grep -c "memtrace_" $T/kprobe_events > probes_after_next
 ls $T/instances | grep -c memtrace > instances_after_next
 {memtrace_in_guest('record', '--backend', 'tracefs', '-o', 'term.jsonl', '--duration', '600')} 2> term.err &
 pid=$!
-wait_attached $pid; kill -TERM $pid; wait $pid; echo $? > term.rc
+for i in $(seq 1200); do grep -q "memtrace record: tracing" term.err && break; sleep 0.5; done
+kill -TERM $pid; wait $pid; echo $? > term.rc
 grep -c "memtrace_" $T/kprobe_events > probes_after_term
+{memtrace_in_guest('record', '--backend', 'tracefs', '-o', 'early.jsonl', '--duration', '600')} 2> early.err &
+pid=$!
+wait_attached $pid; kill -TERM $pid; wait $pid; echo $? > early.rc
+grep -c "memtrace_" $T/kprobe_events > probes_after_early
 """
 
 
@@ -165,7 +171,15 @@ def test_sigkill_leaves_only_its_group_and_the_next_run_removes_it(guest):
 
 def test_sigterm_detaches_and_still_writes_the_file(guest):
     session = guest("6.12", "none", KILL_SCRIPT)
-    assert session.read("term.rc").strip() == "0"
+    assert session.read("term.rc").strip() == "0", session.read("term.err")
     footer = json.loads(session.read("term.jsonl").splitlines()[-1])
     assert footer["type"] == "footer" and footer["stopped_by"] == "signal"
     assert int(session.read("probes_after_term")) == 0
+
+
+def test_sigterm_while_attaching_detaches_and_still_writes_the_file(guest):
+    session = guest("6.12", "none", KILL_SCRIPT)
+    assert session.read("early.rc").strip() == "0", session.read("early.err")
+    footer = json.loads(session.read("early.jsonl").splitlines()[-1])
+    assert footer["type"] == "footer" and footer["stopped_by"] == "signal"
+    assert int(session.read("probes_after_early")) == 0
