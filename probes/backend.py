@@ -35,6 +35,8 @@ class Backend:
     """
 
     name = "abstract"
+    # Probe names whose calls are summed in the kernel (histograms) instead of sent as events.
+    aggregated = frozenset()
 
     def __init__(self, plan, on_event: Callable, options=None):
         self.plan = plan

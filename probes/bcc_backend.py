@@ -69,7 +69,7 @@ int mt_entry_{{id}}(struct pt_regs *ctx)
 
 int mt_return_{{id}}(struct pt_regs *ctx)
 {
-    return mt_leave(ctx, {{id}}, {{has_ret}}, {{ret}}, {{read_granted}});
+    return mt_leave(ctx, {{id}}, {{has_ret}}, {{ret}}, {{read_granted}}, {{aggregate}});
 }
 """
 
@@ -119,8 +119,9 @@ def _fetch_lines(probe):
     return "\n".join(lines) if lines else "    /* nothing fetched */"
 
 
-def probe_functions(probe_id, probe):
-    """The C entry and return functions of planned ``probe`` with id ``probe_id``."""
+def probe_functions(probe_id, probe, aggregate=False):
+    """The C entry and return functions of planned ``probe`` with id ``probe_id``; with
+    ``aggregate`` its return adds to the in-kernel histogram instead of sending a record."""
     spec = probe.spec
     returns = spec.returns
     if returns is not None and returns not in _RET_EXPR:
@@ -131,10 +132,11 @@ def probe_functions(probe_id, probe):
         id=probe_id,
         fetches=_fetch_lines(probe),
         granted_ptr=f"(u64){_arg_expr(granted)}" if granted else "0",
-        stack=int(bool(spec.stack)),
+        stack=int(bool(spec.stack) and not aggregate),
         has_ret=int(returns is not None),
         ret=_RET_EXPR[returns] if returns else "0",
         read_granted=int(bool(granted)),
+        aggregate=int(bool(aggregate)),
     )
 
 
@@ -143,11 +145,13 @@ def max_fetch(plan):
     return max([len(p.spec.fetch) for p in plan.probes] + [1])
 
 
-def program_text(plan):
-    """The whole BPF C source for ``plan``: bcc_program.c plus the per-probe functions."""
+def program_text(plan, aggregated=frozenset()):
+    """The whole BPF C source for ``plan``: bcc_program.c plus the per-probe functions;
+    probes named in ``aggregated`` (probe names) keep histograms in the kernel."""
     with open(PROGRAM_FILE) as stream:
         fixed = stream.read()
-    generated = "".join(probe_functions(i, p) for i, p in enumerate(plan.probes))
+    generated = "".join(probe_functions(i, p, p.probe_name in aggregated)
+                        for i, p in enumerate(plan.probes))
     return f"{fixed}\n/* ---- generated per probe ---- */\n{generated}"
 
 
@@ -378,7 +382,9 @@ def _module_loaded(name):
 class BccBackend(Backend):
     """Probes through bcc: kprobe + kretprobe per planned probe, one BPF program.
 
-    Options: ``aggregate`` (latency histograms only, read with ``histograms()``),
+    Options: ``aggregate`` (True for every probe, or a set of probe names: those keep
+    latency histograms in the kernel instead of sending per-call events; read them with
+    ``histograms()`` and ``totals()``; ``aggregated`` is the set in effect),
     ``buffer`` ("auto", "ringbuf" or "perf"), ``buffer_pages`` (power of two, default 2048),
     ``tsc_mhz`` (default: the kernel's TSC calibration), ``offsets`` (stack frames as
     ``sym+0x1f``), ``debug`` (full compiler output in errors).
@@ -388,7 +394,11 @@ class BccBackend(Backend):
 
     def __init__(self, plan, on_event, options=None):
         super().__init__(plan, on_event, options)
-        self.aggregate = bool(self.options.get("aggregate"))
+        wanted = self.options.get("aggregate") or ()
+        names = {p.probe_name for p in plan.probes}
+        self.aggregated = frozenset(names if wanted is True else names & set(wanted))
+        self.aggregate = bool(self.aggregated)
+        self.all_aggregated = self.aggregated == names
         self.notes: List[str] = []
         self.compile_seconds = None
         self.attach_seconds = None
@@ -467,7 +477,7 @@ class BccBackend(Backend):
         self.notes.append("events through a BPF ring buffer" if self._ringbuf
                           else "events through perf buffers")
         ncpus = len(self._bcc.utils.get_possible_cpus())
-        text = program_text(self.plan)
+        text = program_text(self.plan, self.aggregated)
         cflags = program_cflags(self.plan, ncpus, self._ringbuf, self.aggregate,
                                 int(self.options.get("buffer_pages", EVENT_PAGES)))
         box = []
@@ -486,7 +496,7 @@ class BccBackend(Backend):
                 "run with --debug for the compiler's full output") from None
 
     def _open_buffers(self):
-        if self.aggregate:
+        if self.all_aggregated:
             names = (("mt_modloads", self._on_modload),)
         else:
             names = (("mt_events", self._on_record), ("mt_modloads", self._on_modload))
@@ -730,21 +740,24 @@ class BccBackend(Backend):
         return {name: int(sum(table[table.Key(i)])) for i, name in enumerate(COUNTER_NAMES)}
 
     def histograms(self):
-        """Aggregate mode: {probe_name: {log2_slot: count}}; slot s holds durations in
-        [2**s, 2**(s+1)) ns (slot 0 also 0 and 1 ns)."""
+        """Aggregated probes: {probe_name: {slot: count}}. Slot s >= 1 holds durations in
+        [2**(s-1), 2**s) ns (bpf_log2l, bcc funclatency's buckets: the bit length of the
+        duration, as analysis.latency.log2_slot)."""
         if self._final_histograms is not None:
             return self._final_histograms
         if not self.aggregate or self._bpf is None:
             return {}
-        result = {p.probe_name: {} for p in self.plan.probes}
+        result = {p.probe_name: {} for p in self.plan.probes if p.probe_name in self.aggregated}
         for key, value in self._bpf["mt_hist"].items():
             if key.probe < len(self.plan.probes) and value.value:
                 name = self.plan.probes[key.probe].probe_name
-                result[name][int(key.slot)] = int(value.value)
+                if name in result:
+                    result[name][int(key.slot)] = int(value.value)
         return result
 
     def totals(self):
-        """Aggregate mode: {probe_name: {"count": calls, "total_ns": summed durations}}."""
+        """Aggregated probes: {probe_name: {"count", "total_ns", "min_ns", "max_ns"}}
+        (min and max None when there was no call)."""
         if self._final_totals is not None:
             return self._final_totals
         if not self.aggregate or self._bpf is None:
@@ -752,9 +765,15 @@ class BccBackend(Backend):
         table = self._bpf["mt_sums"]
         result = {}
         for probe_id, probe in enumerate(self.plan.probes):
-            per_cpu = table[table.Key(probe_id)]
-            result[probe.probe_name] = {"count": int(sum(s.count for s in per_cpu)),
-                                        "total_ns": int(sum(s.total_ns for s in per_cpu))}
+            if probe.probe_name not in self.aggregated:
+                continue
+            used = [s for s in table[table.Key(probe_id)] if s.count]
+            result[probe.probe_name] = {
+                "count": int(sum(s.count for s in used)),
+                "total_ns": int(sum(s.total_ns for s in used)),
+                "min_ns": int(min(s.min_ns for s in used)) if used else None,
+                "max_ns": int(max(s.max_ns for s in used)) if used else None,
+            }
         return result
 
     # -- detach ---------------------------------------------------------------------------

@@ -11,7 +11,8 @@
  *   MT_SIGSTOP      the SIGSTOP number
  *   MT_TRACER_PID   the tracing process, never stopped
  *   MT_RINGBUF      defined: BPF ring buffers; undefined: perf buffers
- *   MT_AGGREGATE    defined: latency histograms only, no per-call records
+ *   MT_AGGREGATE    defined: some probes keep in-kernel latency histograms instead of
+ *                   sending per-call records (the generated functions say which)
  */
 #include <uapi/linux/ptrace.h>
 
@@ -96,6 +97,8 @@ struct mt_hist_key {
 struct mt_sum {
     u64 count;
     u64 total_ns;
+    u64 min_ns;
+    u64 max_ns;
 };
 BPF_HISTOGRAM(mt_hist, struct mt_hist_key, MT_NPROBES * 64);
 BPF_PERCPU_ARRAY(mt_sums, struct mt_sum, MT_NPROBES);
@@ -153,13 +156,11 @@ static __always_inline int mt_enter(struct pt_regs *ctx, u32 probe, struct mt_en
         mt_count(MT_C_MISSED);
     }
     e->stack_id = -1;
-#ifndef MT_AGGREGATE
     if (want_stack) {
         e->stack_id = mt_stacks.get_stackid(ctx, 0);
         if (e->stack_id < 0)
             mt_count(MT_C_NO_STACK);
     }
-#endif
     e->cpu = bpf_get_smp_processor_id();
     e->pmu = mt_cycles.perf_read(CUR_CPU_IDENTIFIER);
     e->ts = bpf_ktime_get_ns();
@@ -168,7 +169,7 @@ static __always_inline int mt_enter(struct pt_regs *ctx, u32 probe, struct mt_en
 }
 
 static __always_inline int mt_leave(struct pt_regs *ctx, u32 probe, int has_ret, s64 ret,
-                                    int read_granted)
+                                    int read_granted, int aggregate)
 {
     u64 now = bpf_ktime_get_ns();
     u64 pmu_now = mt_cycles.perf_read(CUR_CPU_IDENTIFIER);
@@ -186,18 +187,25 @@ static __always_inline int mt_leave(struct pt_regs *ctx, u32 probe, int has_ret,
         return 0;
     }
 #ifdef MT_AGGREGATE
-    u64 duration = now - e->ts;
-    mt_entries.delete(&key);
-    struct mt_hist_key hkey = {};
-    hkey.probe = probe;
-    hkey.slot = bpf_log2l(duration);
-    mt_hist.increment(hkey);
-    struct mt_sum *sum = mt_sums.lookup(&probe);
-    if (sum) {
-        sum->count++;
-        sum->total_ns += duration;
+    if (aggregate) {
+        u64 duration = now - e->ts;
+        mt_entries.delete(&key);
+        struct mt_hist_key hkey = {};
+        hkey.probe = probe;
+        hkey.slot = bpf_log2l(duration);
+        mt_hist.increment(hkey);
+        struct mt_sum *sum = mt_sums.lookup(&probe);
+        if (sum) {
+            if (sum->count == 0 || duration < sum->min_ns)
+                sum->min_ns = duration;
+            if (duration > sum->max_ns)
+                sum->max_ns = duration;
+            sum->count++;
+            sum->total_ns += duration;
+        }
+        return 0;
     }
-#else
+#endif
     struct mt_record rec = {};
     rec.ts = e->ts;
     rec.duration = now - e->ts;
@@ -230,7 +238,6 @@ static __always_inline int mt_leave(struct pt_regs *ctx, u32 probe, int has_ret,
 #else
     if (mt_events.perf_submit(ctx, &rec, sizeof(rec)) != 0)
         mt_count(MT_C_LOST);
-#endif
 #endif
     return 0;
 }

@@ -66,17 +66,22 @@ class Plan:
 DEFAULT_TARGETS = tuple(t.name for t in targets.TARGETS)
 
 
-def expand_requests(requests, kallsyms):
+def expand_requests(requests, kallsyms, module_files=None):
     """Expand globs in ``requests`` (``PATTERN`` or ``MOD:PATTERN``) against the functions in
-    ``kallsyms`` (a SymbolTable); plain names pass through. A glob matching nothing raises
-    NotTraceable."""
+    ``kallsyms`` (a SymbolTable) and, for ``MOD:PATTERN`` of a module not loaded yet, the
+    functions its module file keeps after init (``module_files``, a ModuleFiles); plain
+    names pass through. A glob matching nothing raises NotTraceable."""
     out = []
     for request in requests:
         if not any(ch in request for ch in "*?["):
             out.append(request)
             continue
         module, _, pattern = request.rpartition(":")
-        names = kallsyms.function_names(module or None)
+        names = set(kallsyms.function_names(module or None))
+        if module and not names and module_files is not None:
+            found = module_files.functions(module)
+            if found is not None:
+                names = {name for name in found.functions if found.has(name)}
         matches = sorted(n for n in names if fnmatch.fnmatchcase(n, pattern)
                          and not n.startswith("__pfx_"))
         if not matches:
@@ -86,19 +91,21 @@ def expand_requests(requests, kallsyms):
     return out
 
 
-def build_plan(requests, source, resolve_offsets, strict):
+def build_plan(requests, source, resolve_offsets, strict, required=()):
     """Resolve ``requests`` (names, MOD:SYM) into a Plan.
 
     ``resolve_offsets(module, struct, path)`` returns (offset, member) from BTF or None.
     With ``strict`` a name that cannot be probed raises; otherwise it is listed in
     ``Plan.skipped`` with the reason (the default target set on kernels lacking some).
+    Names in ``required`` raise even when not ``strict`` (what the user asked for by name).
     """
     plan, seen = Plan([]), set()
+    required = frozenset(required)
     for request in requests:
         try:
             resolution = targets.resolve(request, source)
         except MemtraceError as err:
-            if strict:
+            if strict or request in required:
                 raise
             plan.skipped.append((request, err.one_line()))
             continue

@@ -8,7 +8,6 @@ killed with SIGKILL leaves at most its own tracefs group, which the next session
 import contextlib
 import dataclasses
 import importlib
-import os
 import signal
 import subprocess
 import time
@@ -92,14 +91,15 @@ class TraceSession:
     """Plans and runs one trace; construct, then ``run(on_event, ...)``."""
 
     def __init__(self, requests: List[str], backend="auto", strict=False, options=None,
-                 debug=False):
+                 debug=False, required=()):
         self.features = running_kernel_features()
         if self.features.root_check.status != "ok":
             raise MemtraceError("tracing needs root", "run it with sudo")
         self.backend_name, self.backend_reason = choose_backend(self.features, backend)
         source = self.features.symbol_source
-        requests = plans.expand_requests(requests, source.kallsyms)
-        self.plan = plans.build_plan(requests, source, btf_offset_resolver(self.features), strict)
+        requests = plans.expand_requests(requests, source.kallsyms, source.module_files)
+        self.plan = plans.build_plan(requests, source, btf_offset_resolver(self.features), strict,
+                                     required=required)
         if not self.plan.probes:
             reasons = "; ".join(f"{name}: {why}" for name, why in self.plan.skipped[:3])
             raise FeatureMissing(f"nothing to probe ({reasons})")
@@ -128,9 +128,11 @@ class TraceSession:
             with contextlib.suppress(OSError):
                 self.removed_stale = remove_stale(tracefs_dir)
 
-    def run(self, on_event, duration=None, workload=None, on_attached=None):
+    def run(self, on_event, duration=None, workload=None, on_attached=None, on_tick=None,
+            tick_seconds=None):
         """Attach, run ``workload`` (argv) or wait ``duration`` seconds (or until Ctrl-C /
-        SIGTERM), detach. Events go to ``on_event`` as they are read."""
+        SIGTERM), detach. Events go to ``on_event`` as they are read; ``on_tick(session)``
+        is called about every ``tick_seconds`` while tracing (between reads)."""
         self._remove_stale()
         completer = GrantedFromMapSync()
 
@@ -147,7 +149,7 @@ class TraceSession:
             if on_attached:
                 on_attached(self)
             child = _start_workload(workload) if workload else None
-            stopped_by = self._wait(child, duration, started)
+            stopped_by = self._wait(child, duration, started, on_tick, tick_seconds)
         except KeyboardInterrupt:
             stopped_by = "interrupt"
         except Stop:
@@ -168,8 +170,12 @@ class TraceSession:
         status = child.returncode if child is not None else None
         return SessionResult(time.monotonic() - started, status, stopped_by)
 
-    def _wait(self, child, duration, started):
+    def _wait(self, child, duration, started, on_tick=None, tick_seconds=None):
+        next_tick = started + tick_seconds if on_tick and tick_seconds else None
         while True:
+            if next_tick is not None and time.monotonic() >= next_tick:
+                on_tick(self)
+                next_tick += tick_seconds
             if child is not None and child.poll() is not None:
                 drain_until = time.monotonic() + DRAIN_SECONDS
                 while time.monotonic() < drain_until:

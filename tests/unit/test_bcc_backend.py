@@ -92,7 +92,7 @@ def test_memtype_reserve_saves_args_granted_pointer_and_stack(default_plan):
     assert "e.granted_ptr = (u64)PT_REGS_PARM4(ctx);" in entry
     assert f"mt_enter(ctx, {probe_id}, &e, 1)" in entry
     ret = _function(text, f"mt_return_{probe_id}")
-    assert f"mt_leave(ctx, {probe_id}, 1, (s64)(s32)PT_REGS_RC(ctx), 1)" in ret
+    assert f"mt_leave(ctx, {probe_id}, 1, (s64)(s32)PT_REGS_RC(ctx), 1, 0)" in ret
 
 
 def test_void_function_keeps_its_return_probe(default_plan):
@@ -100,7 +100,7 @@ def test_void_function_keeps_its_return_probe(default_plan):
     probe_id = default_plan.probes.index(_probe(default_plan, "ttm:ttm_move_memcpy"))
     assert "e.values[0] = (u64)(u8)PT_REGS_PARM1(ctx);" in _function(text, f"mt_entry_{probe_id}")
     # No return value, but a return probe all the same: the duration needs it.
-    assert f"mt_leave(ctx, {probe_id}, 0, 0, 0)" in _function(text, f"mt_return_{probe_id}")
+    assert f"mt_leave(ctx, {probe_id}, 0, 0, 0, 0)" in _function(text, f"mt_return_{probe_id}")
 
 
 def test_struct_fields_are_read_with_probe_read_at_the_plan_offset(default_plan):
@@ -110,6 +110,16 @@ def test_struct_fields_are_read_with_probe_read_at_the_plan_offset(default_plan)
                       f"mt_entry_{default_plan.probes.index(probe)}")
     assert f"mt_read(&e.values[0], 8, (u64)PT_REGS_PARM4(ctx) + {offset}) == 0" in entry
     assert "e.valid |= 1 << 0;" in entry
+
+
+def test_aggregated_probes_keep_histograms_and_take_no_stack(default_plan):
+    probe = _probe(default_plan, "memtype_reserve")
+    probe_id = default_plan.probes.index(probe)
+    text = program_text(default_plan, aggregated={"memtype_reserve"})
+    assert "mt_enter(ctx, %d, &e, 0)" % probe_id in _function(text, f"mt_entry_{probe_id}")
+    assert _function(text, f"mt_return_{probe_id}").rstrip().endswith("1, 1);")
+    other = default_plan.probes.index(_probe(default_plan, "ttm:ttm_move_memcpy"))
+    assert f"mt_leave(ctx, {other}, 0, 0, 0, 0)" in _function(text, f"mt_return_{other}")
 
 
 def test_cflags_describe_the_plan(default_plan):

@@ -7,6 +7,7 @@ import pytest
 from memtrace.errors import NotTraceable
 from memtrace.probes.kallsyms import parse_kallsyms, read_kallsyms
 from memtrace.probes.kmod_symbols import ModuleFiles
+from memtrace.probes.plan import expand_requests
 from memtrace.probes.targets import (
     ALTERNATIVE,
     EXACT,
@@ -250,3 +251,13 @@ def test_plain_module_function_name_suggests_mod_sym(release, host_kallsyms):
     with pytest.raises(NotTraceable, match="has no function ttm_move_memcp") as caught:
         resolve("ttm:ttm_move_memcp", source)
     assert "ttm:ttm_move_memcpy" in caught.value.hint
+
+
+@pytest.mark.parametrize("release", DEBIAN_RELEASES)
+def test_module_glob_expands_from_the_module_file_before_the_module_loads(host_kallsyms, release):
+    files = debian_modules(release)
+    names = expand_requests(["ttm:ttm_bo_move_*"], host_kallsyms, files)
+    assert "ttm:ttm_bo_move_memcpy" in names
+    assert all(name.startswith("ttm:ttm_bo_move_") for name in names)
+    with pytest.raises(NotTraceable):
+        expand_requests(["ttm:no_such_*"], host_kallsyms, files)
