@@ -12,6 +12,9 @@ Kinds:
 - ``static``: from the snapshot alone, a display device's prefetchable BAR reserved UC- or
   UC (analysis.snapshot's uncached-framebuffer finding).
 
+Besides the conflicts, the report holds the buffer moves that ran slow on uncached memory
+(analysis.slow_moves), each linked to the conflicts whose reservations mapped them.
+
 An uncached request that gets another type (qxl's UC- ioremap inside its WC VRAM) and a
 UC- request granted UC- (an ordinary register BAR) are not conflicts. Repeats are grouped
 by kind, range, types and holder. Pure functions; no I/O.
@@ -23,10 +26,14 @@ from typing import Dict, List, Optional, Tuple
 
 from memtrace.analysis import memtypes
 from memtrace.analysis.events import ROLE_IOREMAP, ROLE_RESERVE, ROLE_USER_MAP
+from memtrace.analysis.latency import human_duration, human_size
 from memtrace.analysis.moves import MoveSummary, find_moves, summarize
 from memtrace.analysis.reservations import (
     BEFORE_TRACING, ReservationModel, first_outside_frame, frame_name, is_downgrade,
     is_user_mapping_stack, new_memtype_allowed, replay,
+)
+from memtrace.analysis.slow_moves import (
+    DEFAULT_SLOW_FACTOR, SlowMoves, describe_reference, estimated_wc_ns, find_slow_moves,
 )
 from memtrace.analysis.snapshot import find_owner, find_uncached_framebuffers
 
@@ -132,16 +139,25 @@ class Conflict:
 
 @dataclasses.dataclass
 class Report:
-    """Everything :func:`analyze` found: conflicts, the moves and the final model."""
+    """Everything :func:`analyze` found: conflicts, the moves, the final model, and the
+    moves that ran slow on uncached memory (None when no uncached move had bytes and a
+    duration)."""
 
     conflicts: List[Conflict]
     moves: list
     decisions: list
     model: ReservationModel
+    slow_moves: Optional[SlowMoves] = None
+
+    @property
+    def findings(self):
+        """True when there is something to act on: a conflict, or a slow move."""
+        return bool(self.conflicts) or bool(self.slow_moves and self.slow_moves.slow)
 
 
-def analyze(events, snapshot=None, pci_devices=(), static=True):
-    """Find the conflicts in ``events``.
+def analyze(events, snapshot=None, pci_devices=(), static=True, wc_reference_mbps=None,
+            slow_factor=DEFAULT_SLOW_FACTOR):
+    """Find the conflicts and the slow moves in ``events``.
 
     :param events: Event objects in any order (they are sorted by ``ts_ns``).
     :param snapshot: ``(start, end, type)`` tuples of the PAT list when tracing started
@@ -150,7 +166,11 @@ def analyze(events, snapshot=None, pci_devices=(), static=True):
         the static findings; empty when unknown.
     :param static: also report static findings from ``snapshot`` (those on a BAR a traced
         conflict already explains are left out).
+    :param wc_reference_mbps: the write-combined throughput (MB/s) slow moves are measured
+        against; None: the trace's WC moves, else the default (analysis.slow_moves).
+    :param slow_factor: how many times the WC estimate an uncached move must take to be slow.
     :return: a :class:`Report`; conflicts in time order, static ones last.
+    :raises ValueError: for a reference that is not positive or a factor not above 1.
     """
     ordered = _name_processes(sorted(events, key=lambda e: e.ts_ns))
     initial = ReservationModel(snapshot).live
@@ -165,19 +185,29 @@ def analyze(events, snapshot=None, pci_devices=(), static=True):
         elif is_downgrade(decision.event.requested, decision.granted):
             _add_downgrade(groups, decision, user_windows)
     _add_failed_wrappers(groups, ordered, decisions)
+    slow_moves = find_slow_moves(moves, wc_reference_mbps, slow_factor)
+    slow_ids = {id(m) for m in slow_moves.slow} if slow_moves else set()
     conflicts = list(groups.values())
+    slow_of = {}
     for conflict in conflicts:
         ids = {id(event) for event in conflict.events}
         if conflict.kind != REFUSED:
-            conflict.impact = summarize([m for m in moves if any(id(r) in ids for r in m.mappings)])
+            ran = [m for m in moves if any(id(r) in ids for r in m.mappings)]
+            conflict.impact = summarize(ran)
+            slow_of[id(conflict)] = [m for m in ran if id(m) in slow_ids]
+            if slow_of[id(conflict)]:
+                slow_moves.conflicts.append(conflict)
     if static and pci_devices:
         conflicts.extend(_static(initial, pci_devices, conflicts))
     for conflict in conflicts:
         _name_device(conflict, pci_devices)
         if not conflict.explanation:
-            conflict.explanation, conflict.remedy = _explain(conflict)
+            conflict.explanation, conflict.remedy = _explain(
+                conflict, _wc_estimate(slow_of.get(id(conflict)), slow_moves))
     conflicts.sort(key=lambda c: (_KIND_ORDER[c.kind], c.first_ns or 0, c.start))
-    return Report(conflicts, moves, decisions, model)
+    if slow_moves is not None:
+        slow_moves.conflicts.sort(key=conflicts.index)
+    return Report(conflicts, moves, decisions, model, slow_moves)
 
 
 def _name_processes(events):
@@ -350,27 +380,6 @@ def _range(start, end):
     return f"{start:x}-{end:x}"
 
 
-def human_size(nbytes):
-    """``4096000`` -> ``3.9 MiB``."""
-    value = float(nbytes)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            break
-        value /= 1024
-    return f"{nbytes} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-
-
-def human_duration(ns):
-    """Nanoseconds as ``8.1 ms``, ``1.24 s`` or ``57 us``; ``unknown`` for None."""
-    if ns is None:
-        return "unknown"
-    if ns >= 1_000_000_000:
-        return f"{ns / 1e9:.2f} s"
-    if ns >= 1_000_000:
-        return f"{ns / 1e6:.1f} ms"
-    return f"{ns / 1e3:.0f} us"
-
-
 def _times(conflict):
     if conflict.count < 2:
         return ""
@@ -408,11 +417,24 @@ def describe_impact(impact):
     return ", ".join(parts)
 
 
-def _impact_sentence(conflict):
+def _wc_estimate(slow, slow_moves):
+    """``write-combined they would take about 10.0 ms (WC moves in this trace: 409.6 MB/s)``
+    for the slow moves ``slow`` of one conflict; None when none of its moves was slow."""
+    if not slow:
+        return None
+    nbytes = sum(m.bytes for m in slow)
+    pronoun = "they" if len(slow) > 1 else "it"
+    estimate = human_duration(estimated_wc_ns(nbytes, slow_moves.wc_reference_mbps))
+    return (f"write-combined {pronoun} would take about {estimate} "
+            f"({describe_reference(slow_moves)})")
+
+
+def _impact_sentence(conflict, wc_estimate=None):
     summary = describe_impact(conflict.impact)
     if summary is None:
         return "No buffer move was seen running on it."
-    return f"Buffer moves ran on this {conflict.granted} mapping: {summary}."
+    estimate = f"; {wc_estimate}" if wc_estimate else ""
+    return f"Buffer moves ran on this {conflict.granted} mapping: {summary}{estimate}."
 
 
 def _wc_remedy(conflict):
@@ -424,8 +446,9 @@ def _wc_remedy(conflict):
     return _WC_REMEDY.format(holder_type=holder.type, who=who)
 
 
-def _explain(conflict):
-    """Return ``(explanation, remedy)`` in plain sentences for a traced conflict."""
+def _explain(conflict, wc_estimate=None):
+    """Return ``(explanation, remedy)`` in plain sentences for a traced conflict;
+    ``wc_estimate`` is what its slow moves would take write-combined (see _wc_estimate)."""
     where = _range(conflict.start, conflict.end)
     requester = conflict.requester
     inferred = (" (memtrace inferred the granted type from the reservations it saw)"
@@ -433,7 +456,8 @@ def _explain(conflict):
     if conflict.kind == DOWNGRADE:
         first = (f"{requester.describe()} asked for {conflict.requested} on {where} and got "
                  f"{conflict.granted}{inferred}{_times(conflict)}.")
-        return " ".join((first, _holder_sentence(conflict), _impact_sentence(conflict))), \
+        return " ".join((first, _holder_sentence(conflict),
+                         _impact_sentence(conflict, wc_estimate))), \
             _wc_remedy(conflict)
     if conflict.kind == USER_MAP_DOWNGRADE:
         first = (f"Process {requester.comm} (pid {requester.pid}) mapped {where} through "

@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "snapshot": "snapshot",
     "record": "record",
     "conflicts": "conflicts",
+    "latency": "latency",
     "lab": "lab",
 }
 

@@ -1,22 +1,23 @@
 """`memtrace conflicts`: find PAT reservation conflicts, who caused them and what they cost."""
 
-import contextlib
-import dataclasses
-import os
 import platform
 import sys
 import textwrap
-from typing import List, Optional
 
 from memtrace import __version__
 from memtrace.analysis.conflicts import (
-    DOWNGRADE, REFUSED, STATIC, USER_MAP_DOWNGRADE, analyze, describe_impact, human_size,
+    DOWNGRADE, REFUSED, STATIC, USER_MAP_DOWNGRADE, analyze, describe_impact, human_duration,
+    human_size,
 )
-from memtrace.analysis.reservations import parse_pat_snapshot
+from memtrace.analysis.latency import throughput_mbps
+from memtrace.analysis.slow_moves import describe_slow_moves, estimated_wc_ns
 from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput, MemtraceError
-from memtrace.safefile import create_private
 from memtrace.tools.record import add_tracing_arguments, workload_argv
 from memtrace.tools.render import hex_range, table
+from memtrace.tools.tracing_io import (
+    ReportOutput, add_output_arguments, add_slow_move_arguments, missed_returns_text, traced_with,
+    TraceSource, read_pci, read_recorded_trace, snapshot_tuples, stdout_to_stderr,
+)
 
 DESCRIPTION = "find PAT reservation conflicts: who asked for which type, who forced it, the cost"
 EPILOG = """\
@@ -24,8 +25,10 @@ By default memtrace takes the PAT reservations, then traces memtype_reserve/free
 family, pfn remaps and TTM/DRM buffer moves until CMD exits, --duration passes or Ctrl-C. It
 reports each request that got a slower memory type than it asked for (WC -> UC-), with the
 reservation whose type forced it, the requests the kernel refused, and the buffer moves that
-ran on downgraded memory. On a kernel that cannot be probed it says why and reports what the
-PAT list alone shows (a display framebuffer reserved uncached).
+ran on downgraded memory. Buffer moves that ran on UC/UC- memory at least --slow-factor times
+slower than write-combined would be are a finding of their own. On a kernel that cannot be
+probed it says why and reports what the PAT list alone shows (a display framebuffer reserved
+uncached).
 
 examples:
   sudo memtrace conflicts -- modprobe bochs       # trace while the driver loads
@@ -33,9 +36,10 @@ examples:
   memtrace conflicts -i bochs.jsonl               # a trace written by `memtrace record`
   memtrace conflicts -i bochs.jsonl --format markdown -o report.md
   memtrace conflicts -i bochs.jsonl --format json  # one object, docs/conflicts-json.md
+  memtrace conflicts -i bochs.jsonl --wc-reference 2000  # this host moves 2 GB/s WC
 
 CMD's own output goes to stderr, so that stdout carries only the report.
-Exit status: 0 no conflicts, 1 conflicts found, 2 error (one line on stderr).
+Exit status: 0 no findings, 1 conflicts or slow moves found, 2 error (one line on stderr).
 """
 
 _WIDTH = 100
@@ -48,9 +52,7 @@ _KIND_TITLES = {
     REFUSED: "refused",
     STATIC: "uncached framebuffer",
 }
-_INT_FIELDS = ("ts_ns", "cpu", "pid", "tid", "ret", "vaddr", "bytes", "duration_ns", "cycles")
-_STR_FIELDS = ("fn", "probe", "role", "comm", "requested", "granted", "granted_from",
-               "cycles_source", "caller")
+_SLOW_ROWS = 20
 
 
 def add_arguments(parser):
@@ -59,30 +61,9 @@ def add_arguments(parser):
                         help="analyse a trace written by `memtrace record` instead of tracing")
     parser.add_argument("--format", choices=("text", "markdown", "json"), default="text",
                         help="text (default), markdown for a bug report, or one JSON object")
-    parser.add_argument("-o", "--output", metavar="FILE",
-                        help="write the report to FILE (mode 0600, never through a symlink)")
-    parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    add_output_arguments(parser)
+    add_slow_move_arguments(parser)
     add_tracing_arguments(parser)
-
-
-@dataclasses.dataclass
-class _Run:
-    """What the analysis was given, and what to tell the reader about where it came from."""
-
-    source: str                       # "live" or the trace file's path
-    kernel: Optional[str]
-    traced: bool
-    events: list
-    lost_events: int = 0
-    missed_returns: Optional[int] = None
-    backend: Optional[str] = None
-    backend_reason: Optional[str] = None
-    not_traced_reason: Optional[str] = None
-    snapshot: Optional[list] = None
-    pci_devices: list = dataclasses.field(default_factory=list)
-    notes: List[str] = dataclasses.field(default_factory=list)
-    seconds: Optional[float] = None
-    workload: Optional[list] = None
 
 
 def run(args):
@@ -92,23 +73,13 @@ def run(args):
         workload = None
     else:
         workload = workload_argv(args)
-    stream = create_private(args.output, force=args.force) if args.output else None
-    try:
-        source = _from_trace(args.input) if args.input is not None else _live(args, workload)
-        report = analyze(source.events, source.snapshot, source.pci_devices)
-        output = _RENDERERS[args.format](source, report)
-    except BaseException:
-        if stream is not None:
-            stream.close()
-            os.unlink(args.output)
-        raise
-    if stream is None:
-        sys.stdout.write(output)
-    else:
-        with stream:
-            stream.write(output.encode())
-        print(f"memtrace conflicts: report written to {args.output}", file=sys.stderr)
-    return EXIT_FINDINGS if report.conflicts else EXIT_OK
+    with ReportOutput(args.output, args.force, "conflicts") as output:
+        source = (read_recorded_trace(args.input) if args.input is not None
+                  else _live(args, workload))
+        report = analyze(source.events, source.snapshot, source.pci_devices,
+                         wc_reference_mbps=args.wc_reference, slow_factor=args.slow_factor)
+        output.write(_RENDERERS[args.format](source, report))
+    return EXIT_FINDINGS if report.findings else EXIT_OK
 
 
 def _refuse_live_options(args):
@@ -118,97 +89,6 @@ def _refuse_live_options(args):
 
 
 # -- where the events come from ----------------------------------------------------------------
-
-
-def _from_trace(path):
-    """Read a recorded trace; BadInput naming the line for anything malformed."""
-    from memtrace.tracefile import read_trace
-    trace = read_trace(path)
-    _check_events(trace)
-    _check_header_and_footer(trace)
-    header = trace.header
-    try:
-        snapshot = parse_pat_snapshot(header.get("pat_snapshot"))
-    except ValueError as err:
-        raise BadInput(f"{path}:1: {err}") from None
-    backend = header.get("backend") if isinstance(header.get("backend"), dict) else {}
-    footer = trace.footer or {}
-    source = _Run(source=path, kernel=header.get("kernel"), traced=True, events=trace.events,
-                  lost_events=trace.lost_events, missed_returns=footer.get("missed_returns"),
-                  backend=backend.get("name"), backend_reason=backend.get("reason"),
-                  snapshot=snapshot, seconds=footer.get("seconds"),
-                  workload=header.get("workload"))
-    if snapshot is None:
-        source.notes.append("The trace has no PAT snapshot"
-                            + (f" ({header['pat_snapshot_note']})"
-                               if header.get("pat_snapshot_note") else "")
-                            + ": reservations made before tracing are unknown.")
-    source.pci_devices = _pci_for_trace(header, source.notes)
-    return source
-
-
-def _check_events(trace):
-    """Refuse events whose fields have the wrong type, naming the line (the header is 1)."""
-    for number, event in enumerate(trace.events, 2):
-        where = f"{trace.path}:{number}"
-        for name in _INT_FIELDS + ("start", "end", "size"):
-            value = getattr(event, name)
-            if value is not None and not isinstance(value, int):
-                raise BadInput(f"{where}: bad event: {name} must be an integer")
-        for name in _STR_FIELDS:
-            value = getattr(event, name)
-            if value is not None and not isinstance(value, str):
-                raise BadInput(f"{where}: bad event: {name} must be a string")
-        if not isinstance(event.stack, list) or not all(isinstance(f, str) for f in event.stack):
-            raise BadInput(f"{where}: bad event: stack must be a list of strings")
-
-
-def _check_header_and_footer(trace):
-    """Refuse header and footer fields the report would print with the wrong type."""
-    footer_line = f"{trace.path}:{len(trace.events) + 2}"
-    checks = (
-        (f"{trace.path}:1", trace.header, "kernel", str),
-        (f"{trace.path}:1", trace.header, "workload", list),
-        (footer_line, trace.footer, "lost_events", int),
-        (footer_line, trace.footer, "missed_returns", int),
-        (footer_line, trace.footer, "seconds", (int, float)),
-    )
-    for where, record, name, kind in checks:
-        value = (record or {}).get(name)
-        if value is not None and not isinstance(value, kind):
-            raise BadInput(f"{where}: bad {name}: {value!r}")
-    workload = trace.header.get("workload") or []
-    if not all(isinstance(word, str) for word in workload):
-        raise BadInput(f"{trace.path}:1: bad workload: {workload!r}")
-
-
-def _pci_for_trace(header, notes):
-    """PCI devices for naming BARs: those the trace header carries, else this machine's
-    when the trace was recorded here."""
-    if header.get("pci_devices"):
-        from memtrace.probes.pci import device_from_record
-        try:
-            return [device_from_record(record) for record in header["pci_devices"]]
-        except (KeyError, TypeError, ValueError) as err:
-            raise BadInput(f"line 1: bad pci_devices in the header ({err})") from None
-    if header.get("kernel") == platform.release() and header.get("hostname") == platform.node():
-        devices = _read_pci(notes)
-        if devices:
-            notes.append("Devices and drivers are named from this machine's PCI devices, where "
-                         "the trace was recorded.")
-        return devices
-    notes.append("The trace was recorded on another machine or kernel, so PCI devices and "
-                 "drivers are not named.")
-    return []
-
-
-def _read_pci(notes):
-    from memtrace.probes import pci
-    try:
-        return pci.read_pci_devices()
-    except MemtraceError as err:
-        notes.append(f"PCI devices unreadable: {err.one_line()}")
-        return []
 
 
 def _live(args, workload):
@@ -246,36 +126,21 @@ def _live(args, workload):
               f"({len(attached.plan.probes)} functions) with {attached.backend_name} "
               f"({attached.backend_reason}) {until}", file=sys.stderr)
 
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         result = session.run(events.append, duration=args.duration, workload=workload,
                              on_attached=banner)
     stats = session.backend.stats
-    snapshot = [(int(r["start"], 16), int(r["end"], 16), r["type"])
-                for r in environment.get("pat_snapshot") or ()] \
-        if environment.get("pat_snapshot") is not None else None
-    source = _Run(source="live", kernel=platform.release(), traced=True, events=events,
-                  lost_events=stats.lost_events, missed_returns=stats.missed_returns,
-                  backend=session.backend_name, backend_reason=session.backend_reason,
-                  snapshot=snapshot, seconds=round(result.seconds, 3), workload=workload)
+    snapshot = snapshot_tuples(environment)
+    source = TraceSource(source="live", kernel=platform.release(), traced=True, events=events,
+                         lost_events=stats.lost_events, missed_returns=stats.missed_returns,
+                         backend=session.backend_name, backend_reason=session.backend_reason,
+                         snapshot=snapshot, seconds=round(result.seconds, 3),
+                         workload=workload)
     if snapshot is None:
         source.notes.append(f"No PAT snapshot ({environment.get('pat_snapshot_note')}): "
                             "reservations made before tracing are unknown.")
-    source.pci_devices = _read_pci(source.notes)
+    source.pci_devices = read_pci(source.notes)
     return source
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr():
-    """Send what the workload prints to stderr, so that stdout carries only the report
-    (a `--format json` report stays one JSON object)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _static_only(why):
@@ -285,9 +150,9 @@ def _static_only(why):
     if state.reservations is None:
         raise MemtraceError(f"could not trace ({why}) and could not read the PAT "
                             f"reservations either: {' '.join(state.notes)}")
-    source = _Run(source="live", kernel=state.kernel_release, traced=False, events=[],
-                  not_traced_reason=why, pci_devices=state.pci_devices,
-                  snapshot=[(r.start, r.end, r.memtype) for r in state.reservations])
+    source = TraceSource(source="live", kernel=state.kernel_release, traced=False, events=[],
+                         not_traced_reason=why, pci_devices=state.pci_devices,
+                         snapshot=[(r.start, r.end, r.memtype) for r in state.reservations])
     source.notes.extend(n for n in state.notes if not n.startswith("Owners from /proc/iomem"))
     return source
 
@@ -369,14 +234,8 @@ def _preamble(source):
     lines = [f"Kernel {source.kernel or 'unknown'}"
              + ("" if source.source == "live" else f", trace {source.source}")]
     if source.traced:
-        backend = source.backend or "unknown backend"
-        if source.backend_reason:
-            backend += f" ({source.backend_reason})"
-        seconds = f" over {source.seconds:g} s" if source.seconds is not None else ""
-        workload = f" while running `{' '.join(source.workload)}`" if source.workload else ""
-        lines.append(f"Traced with {backend}{seconds}{workload}.")
-        missed = "" if source.missed_returns is None else \
-            f", {source.missed_returns} returns missed"
+        lines.append(traced_with(source))
+        missed = missed_returns_text(source)
         lines.append(f"Events: {len(source.events)}, {source.lost_events} lost{missed}.")
         if source.lost_events:
             lines.append("Some events were lost: conflicts may be missing or incomplete.")
@@ -390,10 +249,21 @@ def _preamble(source):
     return lines
 
 
+def _slow_count(report):
+    slow = report.slow_moves.slow if report.slow_moves else ()
+    if not slow:
+        return None
+    return f"{len(slow)} buffer move{'s' if len(slow) > 1 else ''} ran slow on uncached memory"
+
+
 def _summary_line(source, report):
+    slow = _slow_count(report)
     if report.conflicts:
         count = len(report.conflicts)
-        return f"{count} conflict{'s' if count > 1 else ''} found."
+        found = f"{count} conflict{'s' if count > 1 else ''} found"
+        return f"{found}; {slow}." if slow else f"{found}."
+    if slow:
+        return f"No conflicts, but {slow}."
     if not source.traced:
         return "No conflicts: no display framebuffer is reserved uncached."
     if not report.decisions:
@@ -406,10 +276,76 @@ def _fill(text, indent=_INDENT):
     return textwrap.fill(text, width=_WIDTH, initial_indent=indent, subsequent_indent=indent)
 
 
+# -- the slow-moves finding ------------------------------------------------------------------
+
+_SLOW_HEADERS = ["at", "function", "process (pid)", "type", "size", "took", "MB/s", "if WC"]
+_SLOW_REMEDY = ("No conflict above explains it: these moves' mappings were not downgraded "
+                "(they asked for an uncached type, or what they asked for is unknown). The "
+                "usual remedy is to have the driver map the memory the moves copy through "
+                "write-combined: ioremap_wc or devm_ioremap_wc instead of ioremap.")
+
+
+def _slow_finding(report):
+    """The SlowMoves of ``report`` when some moves were slow, else None."""
+    slow = report.slow_moves
+    return slow if slow is not None and slow.slow else None
+
+
+def _slow_title(slow):
+    count = len(slow.slow)
+    return (f"slow buffer moves on {'/'.join(slow.types)}: {count} move"
+            f"{'s' if count > 1 else ''}, {human_size(slow.bytes)}")
+
+
+def _slow_cause(slow, report):
+    """Which conflicts mapped the slow moves; the remedy when none did."""
+    numbers = [str(report.conflicts.index(c) + 1) for c in slow.conflicts]
+    if not numbers:
+        return _SLOW_REMEDY
+    listed = numbers[0] if len(numbers) == 1 else ", ".join(numbers[:-1]) + " and " + numbers[-1]
+    return (f"The slow moves' mappings are the downgrade{'s' if len(numbers) > 1 else ''} of "
+            f"conflict"
+            f"{'s' if len(numbers) > 1 else ''} {listed} above; the remedy there makes them "
+            "write-combined.")
+
+
+def _slow_rows(slow):
+    rows = []
+    for move in slow.slow[:_SLOW_ROWS]:
+        call = move.outer
+        rows.append((f"{call.ts_ns / 1e9:.3f} s", _short(call.fn, 30),
+                     _short(_who(call.comm, call.pid), 20), move.effective_type,
+                     human_size(move.bytes), human_duration(move.duration_ns),
+                     f"{throughput_mbps(move.bytes, move.duration_ns):.1f}",
+                     human_duration(estimated_wc_ns(move.bytes, slow.wc_reference_mbps))))
+    return rows
+
+
+def _slow_details(slow):
+    more = len(slow.slow) - _SLOW_ROWS
+    lines = [f"... and {more} more slow moves (all of them in --format json)"] if more > 0 else []
+    uncached = len(slow.uncached)
+    lines.append(f"slow: at least {slow.slow_factor:g}x the time at the WC reference (if WC); "
+                 f"{uncached} move{'s' if uncached > 1 else ''} ran on uncached memory in all")
+    if slow.cycles is not None:
+        lines.append(f"cycles of the slow moves: {slow.cycles / 1e6:.1f}M")
+    return lines
+
+
+def _uncached_note(report):
+    """A sentence about moves that ran on uncached memory without being slow (the lab under
+    TCG, where UC and WC run at one speed), else None."""
+    slow = report.slow_moves
+    if slow is None or slow.slow:
+        return None
+    return describe_slow_moves(slow)
+
+
 def render_text(source, report):
     """The report as plain text that fits 100 columns."""
     blocks = ["\n".join(_fill(line, "") for line in _preamble(source)),
-              _summary_line(source, report)]
+              "\n".join(_fill(line, "") for line in (_summary_line(source, report),
+                                                      _uncached_note(report)) if line)]
     for number, conflict in enumerate(report.conflicts, 1):
         parts = [textwrap.fill(f"{number}. {_title(conflict)}", width=_WIDTH,
                                subsequent_indent=_INDENT), _fill(conflict.explanation)]
@@ -428,6 +364,15 @@ def render_text(source, report):
             parts.append(textwrap.fill(f"{label}: {_stack_text(frames)}", width=_WIDTH,
                                        initial_indent=_INDENT, subsequent_indent=_INDENT * 2))
         blocks.append("\n".join(parts))
+    slow = _slow_finding(report)
+    if slow is not None:
+        number = len(report.conflicts) + 1
+        parts = [textwrap.fill(f"{number}. {_slow_title(slow)}", width=_WIDTH,
+                               subsequent_indent=_INDENT),
+                 _fill(describe_slow_moves(slow)), "", _fill(_slow_cause(slow, report)), "",
+                 textwrap.indent(table(_slow_rows(slow), _SLOW_HEADERS), _INDENT), ""]
+        parts.extend(_fill(line) for line in _slow_details(slow))
+        blocks.append("\n".join(parts))
     return "\n\n".join(blocks) + "\n"
 
 
@@ -441,6 +386,8 @@ def render_markdown(source, report):
     out = ["### memtrace conflicts", ""]
     out.extend(f"{_md(line)}  " for line in _preamble(source))
     out += ["", f"**{_summary_line(source, report)}**"]
+    if _uncached_note(report):
+        out += ["", _md(_uncached_note(report))]
     for number, conflict in enumerate(report.conflicts, 1):
         out += ["", f"#### {number}. {_md(_title(conflict))}", "", _md(conflict.explanation)]
         if conflict.remedy:
@@ -459,6 +406,13 @@ def render_markdown(source, report):
             more = len(frames) - _MARKDOWN_FRAMES
             shown = list(frames[:_MARKDOWN_FRAMES]) + ([f"... ({more} more)"] if more > 0 else [])
             out += ["", f"{label}:", "", "```"] + shown + ["```"]
+    slow = _slow_finding(report)
+    if slow is not None:
+        out += ["", f"#### {len(report.conflicts) + 1}. {_md(_slow_title(slow))}", "",
+                _md(describe_slow_moves(slow)), "", _md(_slow_cause(slow, report)), "",
+                table([[_md(cell) for cell in row] for row in _slow_rows(slow)],
+                      _SLOW_HEADERS, fmt="github"), ""]
+        out += [f"- {_md(line)}" for line in _slow_details(slow)]
     return "\n".join(out) + "\n"
 
 
@@ -504,6 +458,14 @@ def _conflict_json(conflict):
     }
 
 
+def _slow_moves_json(report):
+    slow = report.slow_moves
+    if slow is None:
+        return None
+    return dict(slow.to_record(),
+                conflicts=[report.conflicts.index(c) for c in slow.conflicts])
+
+
 def render_json(source, report):
     """The report as one JSON object (docs/conflicts-json.md)."""
     import json
@@ -521,6 +483,7 @@ def render_json(source, report):
         "pat_snapshot": None if source.snapshot is None else len(source.snapshot),
         "notes": source.notes,
         "conflicts": [_conflict_json(c) for c in report.conflicts],
+        "slow_moves": _slow_moves_json(report),
     }
     return json.dumps(obj, indent=2) + "\n"
 

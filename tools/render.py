@@ -6,9 +6,11 @@ import sys
 from tabulate import tabulate
 
 
-def table(rows, headers, fmt="simple"):
-    """Return ``rows`` (a list of sequences) as a text table with ``headers``."""
-    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+def table(rows, headers, fmt="simple", colalign=None):
+    """Return ``rows`` (a list of sequences) as a text table with ``headers``; ``colalign``
+    optionally gives each column's alignment ("left", "right", ...)."""
+    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True,
+                    colalign=colalign)
 
 
 def print_json(obj, stream=None):

@@ -14,6 +14,8 @@ from memtrace.tools.cli import main
 from memtrace.tracefile import TraceWriter
 from tests.conftest import FIXTURES
 from tests.unit.test_conflicts import bochs_events, qxl_events
+from tests.unit.test_reservations import TTM_BO
+from tests.unit.test_slow_moves import UC_CYCLES, UC_NS, seed_events, seed_move
 
 HEADER = {
     "memtrace": "0.1.0", "kernel": "6.1.0-56-amd64", "hostname": "lab-guest",
@@ -24,7 +26,12 @@ HEADER = {
 }
 JSON_KEYS = {"memtrace", "kernel", "source", "backend", "backend_reason", "traced",
              "not_traced_reason", "events", "lost_events", "missed_returns", "pat_snapshot",
-             "notes", "conflicts"}
+             "notes", "conflicts", "slow_moves"}
+SLOW_KEYS = {"found", "description", "uncached_moves", "slow_moves", "bytes", "total_ns",
+             "cycles", "throughput_mbps", "wc_reference_mbps", "wc_reference_source",
+             "wc_moves", "estimated_wc_ns", "times_slower", "slow_factor", "moves", "conflicts"}
+SLOW_MOVE_KEYS = {"ts_ns", "fn", "probe", "comm", "pid", "memtype", "bytes", "duration_ns",
+                  "cycles"}
 CONFLICT_KEYS = {"kind", "start", "end", "requested", "granted", "granted_inferred", "count",
                  "first_ns", "last_ns", "requester", "requesters", "holder", "device",
                  "pci_id", "driver", "error", "kernel_message", "impact", "explanation",
@@ -94,6 +101,11 @@ def test_json_report_is_one_documented_object(capsys, bochs_trace):
     assert conflict["impact"] == {"moves": 1, "bytes": 0x3E8000, "total_ns": 8_260_000,
                                   "median_ns": 8_260_000, "cycles": None}
     assert conflict["device"] is None  # recorded on another machine
+    # 8.3 ms for 3.9 MiB through UC- is not slow against the default WC reference.
+    slow = report["slow_moves"]
+    assert (slow["found"], slow["slow_moves"], slow["uncached_moves"], slow["moves"]) == \
+        (False, 0, 1, [])
+    assert slow["wc_reference_source"] == "default"
 
 
 def test_markdown_report_has_a_table_and_fenced_stacks(capsys, bochs_trace):
@@ -162,6 +174,103 @@ def test_recorded_bochs_traces_show_the_seed_downgrade_and_the_user_mapping(caps
 def test_recorded_qxl_traces_have_no_conflicts(capsys, path):
     status, out, _ = conflicts(capsys, "-i", path)
     assert status == EXIT_OK and "No conflicts: each of the" in out and "0 lost" in out
+
+
+# -- slow moves: the seed's numbers (tests/unit/test_slow_moves.py) ---------------------------
+
+
+@pytest.fixture
+def seed_trace(tmp_path):
+    return write_trace(tmp_path / "seed.jsonl", seed_events())
+
+
+def test_slow_moves_are_a_finding_of_the_text_report(capsys, seed_trace):
+    status, out, err = conflicts(capsys, "-i", seed_trace)
+    assert status == EXIT_FINDINGS and err == ""
+    assert all(len(line) <= 100 for line in out.splitlines())
+    assert "1 conflict found; 1 buffer move ran slow on uncached memory." in out
+    assert "2. slow buffer moves on UC-: 1 move, 3.9 MiB" in out
+    flat = " ".join(out.split())
+    assert ("1 buffer move ran on UC- memory: 3.9 MiB in 1.24 s (3.3 MB/s); write-combined it "
+            "would take about 10.0 ms (WC moves in this trace: 409.6 MB/s), 124x faster."
+            ) in flat
+    assert "The slow moves' mappings are the downgrade of conflict 1 above" in flat
+    assert ("impact: 1 move, 3.9 MiB, 1.24 s in total, 2227.4M cycles") in flat
+    (row,) = [line.split() for line in out.splitlines() if "drm_gem_vram_bo_driver_move" in line
+              and line.startswith("   10.689 s")]
+    assert row[-8:] == ["UC-", "3.9", "MiB", "1.24", "s", "3.3", "10.0", "ms"]
+    assert "cycles of the slow moves: 2227.4M" in out
+
+
+def test_slow_moves_in_json_and_markdown(capsys, seed_trace):
+    status, out, _ = conflicts(capsys, "-i", seed_trace, "--format", "json")
+    assert status == EXIT_FINDINGS
+    report = json.loads(out)
+    slow = report["slow_moves"]
+    assert set(slow) == SLOW_KEYS
+    assert (slow["found"], slow["slow_moves"], slow["uncached_moves"]) == (True, 1, 1)
+    assert (slow["bytes"], slow["total_ns"], slow["cycles"]) == (0x3E8000, UC_NS, UC_CYCLES)
+    assert (slow["throughput_mbps"], slow["wc_reference_mbps"]) == (3.303, 409.6)
+    assert (slow["wc_reference_source"], slow["wc_moves"], slow["slow_factor"]) == \
+        ("trace", 1, 4.0)
+    assert (slow["estimated_wc_ns"], slow["times_slower"]) == (10_000_000, 124.0)
+    assert slow["conflicts"] == [0] and report["conflicts"][0]["kind"] == "downgrade"
+    assert slow["description"].startswith("1 buffer move ran on UC- memory: 3.9 MiB in 1.24 s")
+    (moved,) = slow["moves"]
+    assert set(moved) == SLOW_MOVE_KEYS
+    assert (moved["fn"], moved["memtype"], moved["bytes"], moved["duration_ns"]) == \
+        ("drm_gem_vram_bo_driver_move", "UC-", 0x3E8000, UC_NS)
+    assert "write-combined it would take about 10.0 ms" in report["conflicts"][0]["explanation"]
+    _, out, _ = conflicts(capsys, "-i", seed_trace, "--format", "markdown")
+    assert "**1 conflict found; 1 buffer move ran slow on uncached memory.**" in out
+    assert "#### 2. slow buffer moves on UC-: 1 move, 3.9 MiB" in out
+    assert "| at " in out and "| UC- " in out
+
+
+def test_the_wc_reference_and_the_slow_factor_can_be_set(capsys, tmp_path):
+    path = write_trace(tmp_path / "uc-only.jsonl", seed_events(wc=False))
+    report = json.loads(conflicts(capsys, "-i", path, "--format", "json")[1])
+    assert (report["slow_moves"]["wc_reference_source"],
+            report["slow_moves"]["wc_reference_mbps"]) == ("default", 409.6)
+    report = json.loads(conflicts(capsys, "-i", path, "--format", "json",
+                                  "--wc-reference", "2048")[1])
+    assert report["slow_moves"]["wc_reference_source"] == "user"
+    assert report["slow_moves"]["estimated_wc_ns"] == 2_000_000
+    _, out, _ = conflicts(capsys, "-i", path, "--slow-factor", "500")
+    assert "ran slow" not in out
+    assert "none took 500x or more the time write-combined would take" in " ".join(out.split())
+
+
+def test_slow_moves_without_a_conflict_still_exit_1(capsys, tmp_path):
+    path = write_trace(tmp_path / "uc.jsonl", seed_move(10_689_092_000, TTM_BO, "UC-", "UC-",
+                                                        UC_NS, UC_CYCLES))
+    status, out, _ = conflicts(capsys, "-i", path)
+    assert status == EXIT_FINDINGS
+    assert "No conflicts, but 1 buffer move ran slow on uncached memory." in out
+    assert "1. slow buffer moves on UC-" in out
+    assert "No conflict above explains it" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--wc-reference", "0", "must be a positive number of MB/s, not '0'"),
+    ("--wc-reference", "abc", "must be a positive number of MB/s, e.g. 409.6, not 'abc'"),
+    ("--wc-reference", "-5", "must be a positive number of MB/s, not '-5'"),
+    ("--wc-reference", "nan", "not 'nan'"),
+    ("--slow-factor", "1", "must be a number above 1, not '1'"),
+    ("--slow-factor", "x", "must be a number above 1, e.g. 4, not 'x'"),
+])
+def test_bad_reference_or_factor_is_refused_with_one_line(run_memtrace, seed_trace, option,
+                                                            value, expected):
+    result = run_memtrace("conflicts", "-i", seed_trace, f"{option}={value}")
+    assert result.returncode == EXIT_ERROR and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and expected in result.stderr
+    assert result.stderr.startswith(f"memtrace conflicts: error: argument {option}: ")
+
+
+def test_the_seed_trace_from_the_command_line(run_memtrace, seed_trace):
+    result = run_memtrace("conflicts", "-i", seed_trace)
+    assert result.returncode == EXIT_FINDINGS and result.stderr == ""
+    assert "2. slow buffer moves on UC-: 1 move, 3.9 MiB" in result.stdout
 
 
 # -- -o ---------------------------------------------------------------------------------------
@@ -256,7 +365,10 @@ def test_help_documents_the_exit_status(capsys):
     with pytest.raises(SystemExit):
         main(["conflicts", "--help"])
     out = capsys.readouterr().out
-    assert "Exit status: 0 no conflicts, 1 conflicts found, 2 error" in out
+    assert "Exit status: 0 no findings, 1 conflicts or slow moves found, 2 error" in out
+    flat = " ".join(out.split())
+    assert "--wc-reference MB/S" in flat and "else 409.6 MB/s" in flat
+    assert "--slow-factor N" in flat and "(default: 4)" in flat
     assert "memtrace conflicts -- modprobe bochs" in out
 
 

@@ -1,0 +1,259 @@
+"""What the reporting commands (`conflicts`, `latency`, `report`) share: where events come
+from (a recorded trace read and checked field by field, the PCI devices that name its BARs),
+the workload's stdout kept off the report while tracing, the slow-move options and where the
+report goes."""
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import platform
+import sys
+from typing import List, Optional
+
+from memtrace.analysis.reservations import parse_pat_snapshot
+from memtrace.analysis.slow_moves import DEFAULT_SLOW_FACTOR, DEFAULT_WC_REFERENCE_MBPS
+from memtrace.errors import BadInput, MemtraceError
+from memtrace.safefile import create_private
+
+_INT_FIELDS = ("ts_ns", "cpu", "pid", "tid", "ret", "vaddr", "bytes", "duration_ns", "cycles")
+_STR_FIELDS = ("fn", "probe", "role", "comm", "requested", "granted", "granted_from",
+               "cycles_source", "caller")
+
+
+@dataclasses.dataclass
+class TraceSource:
+    """What the analysis was given, and what to tell the reader about where it came from."""
+
+    source: str                       # "live" or the trace file's path
+    kernel: Optional[str]
+    traced: bool
+    events: list
+    lost_events: int = 0
+    missed_returns: Optional[int] = None
+    backend: Optional[str] = None
+    backend_reason: Optional[str] = None
+    not_traced_reason: Optional[str] = None
+    snapshot: Optional[list] = None
+    pci_devices: list = dataclasses.field(default_factory=list)
+    notes: List[str] = dataclasses.field(default_factory=list)
+    seconds: Optional[float] = None
+    workload: Optional[list] = None
+    header: dict = dataclasses.field(default_factory=dict)   # a trace file's header line
+
+
+def read_recorded_trace(path):
+    """Read a trace written by `memtrace record` into a :class:`TraceSource`; BadInput
+    naming the line for anything malformed."""
+    from memtrace.tracefile import read_trace
+    trace = read_trace(path)
+    check_events(trace)
+    check_header_and_footer(trace)
+    header = trace.header
+    try:
+        snapshot = parse_pat_snapshot(header.get("pat_snapshot"))
+    except ValueError as err:
+        raise BadInput(f"{path}:1: {err}") from None
+    backend = header.get("backend") if isinstance(header.get("backend"), dict) else {}
+    footer = trace.footer or {}
+    source = TraceSource(source=path, kernel=header.get("kernel"), traced=True,
+                         events=trace.events, lost_events=trace.lost_events,
+                         missed_returns=footer.get("missed_returns"),
+                         backend=backend.get("name"), backend_reason=backend.get("reason"),
+                         snapshot=snapshot, seconds=footer.get("seconds"),
+                         workload=header.get("workload"), header=header)
+    if snapshot is None:
+        source.notes.append("The trace has no PAT snapshot"
+                            + (f" ({header['pat_snapshot_note']})"
+                               if header.get("pat_snapshot_note") else "")
+                            + ": reservations made before tracing are unknown.")
+    source.pci_devices = _pci_for_trace(header, source.notes)
+    return source
+
+
+def check_events(trace):
+    """Refuse events whose fields have the wrong type, naming the line (the header is 1)."""
+    for number, event in enumerate(trace.events, 2):
+        where = f"{trace.path}:{number}"
+        for name in _INT_FIELDS + ("start", "end", "size"):
+            value = getattr(event, name)
+            if value is not None and not isinstance(value, int):
+                raise BadInput(f"{where}: bad event: {name} must be an integer")
+        for name in _STR_FIELDS:
+            value = getattr(event, name)
+            if value is not None and not isinstance(value, str):
+                raise BadInput(f"{where}: bad event: {name} must be a string")
+        if not isinstance(event.stack, list) or not all(isinstance(f, str) for f in event.stack):
+            raise BadInput(f"{where}: bad event: stack must be a list of strings")
+
+
+def check_header_and_footer(trace):
+    """Refuse header and footer fields a report would print with the wrong type."""
+    footer_line = f"{trace.path}:{len(trace.events) + 2}"
+    checks = (
+        (f"{trace.path}:1", trace.header, "kernel", str),
+        (f"{trace.path}:1", trace.header, "workload", list),
+        (footer_line, trace.footer, "lost_events", int),
+        (footer_line, trace.footer, "missed_returns", int),
+        (footer_line, trace.footer, "seconds", (int, float)),
+    )
+    for where, record, name, kind in checks:
+        value = (record or {}).get(name)
+        if value is not None and not isinstance(value, kind):
+            raise BadInput(f"{where}: bad {name}: {value!r}")
+    workload = trace.header.get("workload") or []
+    if not all(isinstance(word, str) for word in workload):
+        raise BadInput(f"{trace.path}:1: bad workload: {workload!r}")
+
+
+def _pci_for_trace(header, notes):
+    """PCI devices for naming BARs: those the trace header carries, else this machine's
+    when the trace was recorded here."""
+    if header.get("pci_devices"):
+        from memtrace.probes.pci import device_from_record
+        try:
+            return [device_from_record(record) for record in header["pci_devices"]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise BadInput(f"line 1: bad pci_devices in the header ({err})") from None
+    if header.get("kernel") == platform.release() and header.get("hostname") == platform.node():
+        devices = read_pci(notes)
+        if devices:
+            notes.append("Devices and drivers are named from this machine's PCI devices, where "
+                         "the trace was recorded.")
+        return devices
+    notes.append("The trace was recorded on another machine or kernel, so PCI devices and "
+                 "drivers are not named.")
+    return []
+
+
+def read_pci(notes):
+    """This machine's PCI devices; an empty list and a note in ``notes`` when unreadable."""
+    from memtrace.probes import pci
+    try:
+        return pci.read_pci_devices()
+    except MemtraceError as err:
+        notes.append(f"PCI devices unreadable: {err.one_line()}")
+        return []
+
+
+def snapshot_tuples(environment):
+    """The ``(start, end, type)`` PAT reservations of a trace_environment() dict, or None
+    when it could not read them."""
+    if environment.get("pat_snapshot") is None:
+        return None
+    return [(int(r["start"], 16), int(r["end"], 16), r["type"])
+            for r in environment["pat_snapshot"]]
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send what the workload prints to stderr, so that stdout carries only the report
+    (a `--format json` report stays one JSON object). Yields a text stream on the real
+    stdout, for output that must reach it while tracing (interval tables)."""
+    import sys
+    sys.stdout.flush()
+    saved = os.dup(1)
+    real_stdout = os.fdopen(os.dup(saved), "w")
+    os.dup2(2, 1)
+    try:
+        yield real_stdout
+    finally:
+        with contextlib.suppress(OSError):
+            real_stdout.close()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+# -- options and output shared by the reporting commands ------------------------------------
+
+
+def _number(text, what):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what}, not '{text}'") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{what}, not '{text}'")
+    return value
+
+
+def wc_reference_type(text):
+    """argparse type of ``--wc-reference``: a positive number of MB/s."""
+    value = _number(text, "must be a positive number of MB/s, e.g. 409.6")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of MB/s, not '{text}'")
+    return value
+
+
+def slow_factor_type(text):
+    """argparse type of ``--slow-factor``: a number above 1."""
+    value = _number(text, "must be a number above 1, e.g. 4")
+    if value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number above 1, not '{text}'")
+    return value
+
+
+def add_slow_move_arguments(parser):
+    """Register ``--wc-reference`` and ``--slow-factor`` (analysis.slow_moves) on ``parser``."""
+    parser.add_argument("--wc-reference", type=wc_reference_type, metavar="MB/S",
+                        help="write-combined throughput that moves on UC/UC- memory are "
+                             "compared with (default: the trace's own WC moves, else "
+                             f"{DEFAULT_WC_REFERENCE_MBPS:g} MB/s, the seed's 4 MB framebuffer "
+                             "move write-combined under KVM on Sapphire Rapids)")
+    parser.add_argument("--slow-factor", type=slow_factor_type, metavar="N",
+                        default=DEFAULT_SLOW_FACTOR,
+                        help="a move on UC/UC- memory is slow when it takes at least N times "
+                             f"as long as at the WC reference (default: {DEFAULT_SLOW_FACTOR:g})")
+
+
+def add_output_arguments(parser):
+    """Register ``-o FILE`` and ``--force`` on ``parser``."""
+    parser.add_argument("-o", "--output", metavar="FILE",
+                        help="write the report to FILE (mode 0600, never through a symlink)")
+    parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
+
+
+class ReportOutput:
+    """Where a report goes: stdout, or FILE, created before any tracing (a bad path fails
+    first, not after minutes of tracing) and removed again when the command fails.
+
+    Use as a context manager; ``stream`` is the open file (None for stdout).
+    """
+
+    def __init__(self, path, force, command):
+        self.path, self.command = path, command
+        self.stream = create_private(path, force=force) if path else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, _exc, _tb):
+        if exc_type is not None and self.stream is not None:
+            self.stream.close()
+            os.unlink(self.path)
+        return False
+
+    def write(self, text):
+        """Write the whole report; for FILE, close it and say where it went on stderr."""
+        if self.stream is None:
+            sys.stdout.write(text)
+            return
+        with self.stream:
+            self.stream.write(text.encode())
+        print(f"memtrace {self.command}: report written to {self.path}", file=sys.stderr)
+
+
+def traced_with(source):
+    """``Traced with bcc (why) over 3.2 s while running `modprobe bochs`.`` for ``source``."""
+    backend = source.backend or "unknown backend"
+    if source.backend_reason:
+        backend += f" ({source.backend_reason})"
+    seconds = f" over {source.seconds:g} s" if source.seconds is not None else ""
+    workload = f" while running `{' '.join(source.workload)}`" if source.workload else ""
+    return f"Traced with {backend}{seconds}{workload}."
+
+
+def missed_returns_text(source):
+    """``, 3 returns missed``, or nothing when the count is unknown."""
+    return "" if source.missed_returns is None else f", {source.missed_returns} returns missed"
