@@ -2,10 +2,13 @@
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from memtrace.errors import BadInput
 from memtrace.probes.environment import trace_environment
+from memtrace.probes.process_watch import ProcessWatcher, ProcessWatchUnavailable
 from memtrace.probes.session import TraceSession
 from memtrace.safefile import create_private
 from memtrace.tracefile import TraceWriter
@@ -13,9 +16,10 @@ from memtrace.tracefile import TraceWriter
 DESCRIPTION = "record PAT reservations, ioremaps and TTM/DRM moves to a trace file"
 EPILOG = """\
 The file is JSON Lines (docs/trace-format.md): a header (kernel, CPU, backend and why,
-probes attached and substituted, PAT reservations at start), one line per call, and a footer
-with the counts of events, lost events and missed returns. It is created with mode 0600 and
-never through a symlink.
+probes attached and substituted, PAT reservations at start), one line per call, one per
+process start and exit and per DRM uevent (from the kernel's process connector and uevent
+socket, to see restart loops), and a footer with the counts of events, lost events and missed
+returns. It is created with mode 0600 and never through a symlink.
 
 examples:
   memtrace record -o bochs.jsonl -- modprobe bochs
@@ -67,33 +71,89 @@ def run(args):
     session = TraceSession(list(DEFAULT_TARGETS) + args.fn, backend=args.backend,
                            debug=args.debug)
     stream = create_private(args.output, force=args.force)
-    writers = []
+    writers, early_events = [], []
+    watch = ProcessWatcher(on_record=lambda record: writers[0].record(record))
 
-    def write_header(attached_session):
+    def on_event(event):
+        if writers:
+            writers[0].event(event)
+        else:  # read while detaching after a signal cut the attach short
+            early_events.append(event)
+
+    def start_writer(attached_session):
         header = trace_environment()
         header.update(attached_session.describe())
         header["workload"] = workload
         header["granted_at_return"] = getattr(attached_session.backend, "granted_at_return", None)
         writers.append(TraceWriter(stream, header))
+
+    def write_header(attached_session):
+        start_writer(attached_session)
+        _start_watch(watch)  # after attaching, before the workload
         what = f"running {' '.join(workload)}" if workload else "Ctrl-C to end"
         print(f"memtrace record: tracing {len(session.plan.probes)} functions with "
               f"{session.backend_name} ({session.backend_reason}); {what}", file=sys.stderr)
 
     with stream:
         try:
-            result = session.run(lambda event: writers[0].event(event), duration=args.duration,
-                                 workload=workload, on_attached=write_header)
+            try:
+                result = session.run(on_event, duration=args.duration, workload=workload,
+                                     on_attached=write_header)
+            finally:
+                _stop_watch(watch)
         except BaseException:
             if not writers:  # nothing was attached: leave no empty file behind
                 os.unlink(args.output)
             raise
+        if not writers:  # stopped by a signal while attaching: still a complete file
+            start_writer(session)
+            for event in early_events:
+                writers[0].event(event)
         writer, stats = writers[0], session.backend.stats
         footer = stats.as_dict()
         footer.update({"seconds": round(result.seconds, 3), "stopped_by": result.stopped_by,
                        "workload_status": result.workload_status,
-                       "stale_removed": session.removed_stale})
+                       "stale_removed": session.removed_stale,
+                       "process_watch": watch.stats()})
         writer.footer(footer)
     print(f"memtrace record: {writer.events} events written to {args.output}; "
           f"lost {stats.lost_events}, missed returns {stats.missed_returns}, "
-          f"attach failures {len(stats.attach_failures)}", file=sys.stderr)
+          f"attach failures {len(stats.attach_failures)}; {_watch_summary(watch, writer)}",
+          file=sys.stderr)
     return 0
+
+
+def _start_watch(watch):
+    """Start watching process starts/exits and DRM uevents; when that cannot be done here,
+    say so once and trace without it (the footer keeps the reason)."""
+    try:
+        watch.start()
+    except ProcessWatchUnavailable as err:
+        print(f"memtrace record: note: process watch unavailable: {err.one_line()}",
+              file=sys.stderr)
+    except (ImportError, OSError) as err:
+        watch.mark_unavailable(f"{type(err).__name__}: {err}")
+        print(f"memtrace record: note: process watch unavailable: {type(err).__name__}: "
+              f"{err}", file=sys.stderr)
+
+
+def _stop_watch(watch):
+    """Stop the watcher with Ctrl-C and SIGTERM held off: the footer still has to follow."""
+    if threading.current_thread() is not threading.main_thread():
+        watch.stop()
+        return
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        watch.stop()
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
+
+
+def _watch_summary(watch, writer):
+    stats = watch.stats()
+    if stats["status"] != "ok":
+        return "process watch unavailable"
+    return (f"{writer.processes} process records, {writer.uevents} DRM uevents, "
+            f"lost {stats['lost'] + stats['uevents']['lost']}")

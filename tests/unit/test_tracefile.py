@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 
 import pytest
 
@@ -111,3 +112,132 @@ def test_bad_event_field(tmp_path):
                     '{"type":"event","fn":"x","ts_ns":"soon"}\n')
     with pytest.raises(BadInput, match=r":2: bad event"):
         read_trace(str(path))
+
+
+# -- process and uevent lines ----------------------------------------------------------------
+
+SHELL_EXEC = {"type": "process", "what": "exec", "ts_ns": 20, "pid": 812, "tgid": 812,
+              "ppid": 790, "parent_name": "gdm-wayland-session", "name": "gnome-shell",
+              "exe": "/usr/bin/gnome-shell", "cmdline": ["/usr/bin/gnome-shell"]}
+SHELL_KILLED = {"type": "process", "what": "exit", "ts_ns": 40, "pid": 812, "tgid": 812,
+                "ppid": 790, "parent_name": "gdm-wayland-session", "name": "gnome-shell",
+                "exe": "/usr/bin/gnome-shell", "cmdline": ["/usr/bin/gnome-shell"],
+                "exit_code": None, "exit_signal": 9, "core_dumped": False, "wait_status": 9}
+CARD0_HOTPLUG = {"type": "uevent", "ts_ns": 30, "action": "change", "subsystem": "drm",
+                 "devpath": "/devices/pci0000:00/0000:00:02.0/drm/card0",
+                 "devname": "dri/card0", "devtype": "drm_minor", "hotplug": True,
+                 "seqnum": 2741, "properties": {"MAJOR": "226", "MINOR": "0"}}
+WATCH_OK = {"status": "ok", "reason": None, "read": 57, "records": 2, "lost": 0,
+            "overruns": 0, "uevents": {"status": "ok", "reason": None, "read": 3,
+                                       "records": 1, "lost": 0, "overruns": 0}}
+
+
+def _write_watched(path, footer=True):
+    with create_private(str(path)) as stream:
+        writer = TraceWriter(stream, {"kernel": "6.1.0-56-amd64"})
+        writer.event(WC_DOWNGRADE)
+        writer.process(SHELL_EXEC)
+        writer.record(CARD0_HOTPLUG)
+        writer.record(SHELL_KILLED)
+        if footer:
+            writer.footer({"lost_events": 0, "process_watch": WATCH_OK})
+
+
+def test_process_and_uevent_records_round_trip(tmp_path):
+    path = tmp_path / "t.jsonl"
+    _write_watched(path)
+    trace = read_trace(str(path))
+    assert trace.events == [WC_DOWNGRADE]
+    assert trace.processes == [SHELL_EXEC, SHELL_KILLED]
+    assert trace.uevents == [CARD0_HOTPLUG]
+    assert trace.process_watch == WATCH_OK
+    assert (trace.footer["events"], trace.footer["process_records"],
+            trace.footer["uevent_records"]) == (1, 2, 1)
+    # In the file, in the order written, each line naming its type.
+    kinds = [json.loads(line)["type"] for line in path.read_text().splitlines()]
+    assert kinds == ["header", "event", "process", "uevent", "process", "footer"]
+
+
+def test_a_trace_from_before_process_watching_still_reads(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"type":"header","format":"memtrace-trace","version":1}\n'
+                    '{"type":"event","fn":"memtype_reserve","ts_ns":1}\n'
+                    '{"type":"footer","events":1,"lost_events":0}\n')
+    trace = read_trace(str(path))
+    assert len(trace.events) == 1
+    assert trace.processes == [] and trace.uevents == [] and trace.process_watch is None
+
+
+def test_a_truncated_process_line_gives_one_clear_error(tmp_path):
+    path = tmp_path / "t.jsonl"
+    _write_watched(path, footer=False)
+    data = path.read_bytes()
+    path.write_bytes(data[:-15])
+    with pytest.raises(BadInput, match=r"t.jsonl:5: the last line is cut off") as caught:
+        read_trace(str(path))
+    assert caught.value.one_line().endswith("the file is truncated; record it again")
+    assert len(caught.value.one_line().splitlines()) == 1
+
+
+def test_missing_footer_after_process_lines_names_the_last_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    _write_watched(path, footer=False)
+    with pytest.raises(BadInput, match="has no footer after line 5"):
+        read_trace(str(path))
+    partial = read_trace(str(path), allow_partial=True)
+    assert partial.processes == [SHELL_EXEC, SHELL_KILLED] and partial.footer is None
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"type":"process","what":"exec","ts_ns":1,"pid":"812"}', "pid must be an integer"),
+    ('{"type":"process","what":"spawn","ts_ns":1,"pid":812}', "'what' must be exec, exit"),
+    ('{"type":"process","what":"exit","pid":812}', "ts_ns must be an integer"),
+    ('{"type":"process","what":"exec","ts_ns":1,"pid":812,"cmdline":"sh -c x"}',
+     "cmdline must be a list of strings"),
+    ('{"type":"process","what":"exit","ts_ns":1,"pid":812,"exit_signal":"KILL"}',
+     "exit_signal must be an integer"),
+    ('{"type":"uevent","action":"change"}', "uevent record: ts_ns must be an integer"),
+    ('{"type":"uevent","ts_ns":1,"properties":["HOTPLUG=1"]}', "properties must be an object"),
+])
+def test_bad_process_and_uevent_lines_name_the_line(tmp_path, line, message):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"type":"header","format":"memtrace-trace","version":1}\n' + line + "\n")
+    with pytest.raises(BadInput, match=r"t.jsonl:2: bad .*" + message.replace("(", r"\(")):
+        read_trace(str(path))
+
+
+def test_unknown_record_types_are_still_refused(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"type":"header","format":"memtrace-trace","version":1}\n'
+                    '{"type":"syscall","ts_ns":1}\n')
+    with pytest.raises(BadInput, match=r":2: unknown record type 'syscall'"):
+        read_trace(str(path))
+
+
+def test_the_writer_refuses_records_that_are_not_what_they_claim(tmp_path):
+    with create_private(str(tmp_path / "t.jsonl")) as stream:
+        writer = TraceWriter(stream, {})
+        with pytest.raises(ValueError):
+            writer.record({"type": "event", "ts_ns": 1})
+        with pytest.raises(ValueError):
+            writer.process(dict(SHELL_EXEC, ts_ns="soon"))
+
+
+def test_lines_from_two_threads_never_mix(tmp_path):
+    path = tmp_path / "t.jsonl"
+    with create_private(str(path)) as stream:
+        writer = TraceWriter(stream, {})
+
+        def processes():
+            for i in range(2000):
+                writer.process(dict(SHELL_EXEC, ts_ns=i))
+
+        watcher = threading.Thread(target=processes)
+        watcher.start()
+        for _ in range(2000):
+            writer.event(WC_DOWNGRADE)
+        watcher.join()
+        writer.footer({"lost_events": 0})
+    trace = read_trace(str(path))
+    assert len(trace.events) == 2000 and len(trace.processes) == 2000
+    assert [r["ts_ns"] for r in trace.processes] == list(range(2000))
