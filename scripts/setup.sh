@@ -10,10 +10,11 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
-# bcc comes from Debian (python3-bpfcc); PyPI's "bcc" is an unrelated library.
+# bcc comes from Debian (python3-bpfcc); PyPI's "bcc" is an unrelated library. chromium and
+# a font run the HTML report's browser test (headless; no display needed).
 PACKAGES="qemu-system-x86 initramfs-tools kmod pciutils
   linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 linux-headers-6.12-amd64
-  python3-bpfcc bpfcc-tools bpftool python3-venv python3-pip"
+  python3-bpfcc bpfcc-tools bpftool python3-venv python3-pip chromium fonts-dejavu-core"
 
 missing=""
 for pkg in $PACKAGES; do

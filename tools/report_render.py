@@ -1,0 +1,470 @@
+"""`memtrace report`: turn a report document (docs/report-json.md) into text, markdown or HTML.
+
+:func:`render_text` (mailing lists, 80 columns), :func:`render_markdown` (GitHub, GitLab,
+Bugzilla) and :func:`render_html` (one self-contained page with plots) read the document and
+nothing else; the document itself is the ``json`` format. Every format keeps one order: the
+findings with their evidence, the reservations, the latency per function and memory type,
+the timeline, the environment (one column per host), the notes. Times are shown relative to
+each host's first event, because each guest has its own monotonic clock; every format says
+how many events were lost, per host and in total.
+
+The other functions here are the wording and grouping the three formats share.
+"""
+
+import dataclasses
+import shlex
+from typing import Dict, List
+
+from memtrace.analysis.conflicts import human_duration, human_size
+from memtrace.analysis.reservations import is_downgrade
+
+__all__ = [
+    "TEXT_WIDTH",
+    "RENDERERS",
+    "render",
+    "render_text",
+    "render_markdown",
+    "render_html",
+    "KIND_NAMES",
+    "LATENCY_HEADERS",
+    "ReservationGroup",
+    "entries",
+    "host_names",
+    "host_record",
+    "origins",
+    "rel_time",
+    "phys_range",
+    "lost_line",
+    "headline",
+    "preamble",
+    "hosts_rows",
+    "finding_meta",
+    "quiet_hosts",
+    "reservation_flag",
+    "reservation_groups",
+    "group_priority",
+    "select",
+    "timeline_of",
+    "timeline_priority",
+    "process_text",
+    "type_change",
+    "latency_value",
+    "latency_groups",
+    "latency_cells",
+    "moved_cells",
+    "environment_rows",
+    "probe_notes",
+    "all_notes",
+]
+
+TEXT_WIDTH = 80
+
+KIND_NAMES = {
+    "downgrade": "downgrade",
+    "user-map-downgrade": "user mapping downgraded",
+    "refused": "refused",
+    "static": "uncached framebuffer",
+    "slow-moves": "slow moves",
+    "restart-loop": "restart loop",
+}
+# Which timeline entries to keep first when a host has more than the format shows.
+_TIMELINE_PRIORITY = {"conflict": 0, "exec": 1, "exit": 1, "uevent": 1, "move": 2,
+                      "reservation": 3, "free": 4}
+
+
+# -- shared by every format --------------------------------------------------------------------
+
+
+def entries(doc, key):
+    value = doc.get(key)
+    return value if isinstance(value, list) else []
+
+
+def host_names(doc):
+    """Host names in document order: ``hosts`` first, then any that only entries name."""
+    names = [h.get("name") for h in entries(doc, "hosts") if isinstance(h, dict)]
+    for key in ("findings", "reservations", "latency", "timeline"):
+        for entry in entries(doc, key):
+            if entry.get("host") not in names:
+                names.append(entry.get("host"))
+    return names
+
+
+def host_record(doc, name):
+    """The ``hosts`` entry called ``name``, or an empty dict."""
+    for host in entries(doc, "hosts"):
+        if host.get("name") == name:
+            return host
+    return {}
+
+
+def origins(doc):
+    """``{host: ts_ns}`` of each host's first event (timeline, reservations, findings):
+    the zero of the relative times every format shows."""
+    first: Dict[str, int] = {}
+    stamps = [(e.get("host"), e.get("ts_ns")) for key in ("timeline", "reservations")
+              for e in entries(doc, key)]
+    stamps += [(f.get("host"), f.get("first_ns")) for f in entries(doc, "findings")]
+    for host, ns in stamps:
+        if isinstance(ns, int) and (host not in first or ns < first[host]):
+            first[host] = ns
+    return first
+
+
+def rel_time(ns, origin):
+    """``ns`` as seconds after ``origin``: ``+1.203 s``; empty for None."""
+    if ns is None:
+        return ""
+    seconds = (ns - (origin if origin is not None else ns)) / 1e9
+    return f"{'+' if seconds >= 0 else '-'}{abs(seconds):.3f} s"
+
+
+def phys_range(start, end):
+    """``"0xfd000000", "0xfe000000"`` -> ``fd000000-fe000000``, as the kernel prints ranges."""
+    try:
+        return f"{int(start, 16):x}-{int(end, 16):x}"
+    except (TypeError, ValueError):
+        return f"{start}-{end}"
+
+
+def _count(value):
+    return "unknown" if value is None else str(value)
+
+
+def lost_line(doc):
+    """``Lost events: 12 in total (host-1: 0, host-2: 12).`` plus a warning when any were."""
+    per = ", ".join(f"{name}: {_count(host_record(doc, name).get('lost_events'))}"
+                    for name in host_names(doc))
+    total = doc.get("lost_events")
+    line = f"Lost events: {_count(total)} in total" + (f" ({per})." if per else ".")
+    lossy = [name for name in host_names(doc) if host_record(doc, name).get("lost_events")]
+    if lossy:
+        line += (f" Events were lost on {', '.join(lossy)}: what is reported there may be "
+                 "incomplete.")
+    return line
+
+
+def headline(doc):
+    """``3 hosts, 5 findings``."""
+    hosts, findings = len(host_names(doc)), len(entries(doc, "findings"))
+    return (f"{hosts} host{'s' if hosts != 1 else ''}, "
+            f"{findings} finding{'s' if findings != 1 else ''}")
+
+
+def preamble(doc):
+    """The sentences every format opens with."""
+    lines = [f"Generated {doc.get('generated_at') or 'at an unknown time'} by memtrace "
+             f"{doc.get('memtrace') or 'unknown'}."]
+    if doc.get("redacted"):
+        lines.append("Kernel addresses and host names are replaced by placeholders "
+                     "(<kaddr-N>, host-N); physical addresses are kept.")
+    lines.append(lost_line(doc))
+    lines.append("Times are seconds since each host's first event.")
+    return lines
+
+
+def hosts_rows(doc):
+    return [[name, host_record(doc, name).get("kernel") or "unknown",
+             host_record(doc, name).get("source") or "unknown"] for name in host_names(doc)]
+
+
+def finding_meta(finding, origin):
+    """``host-1, downgrade, 2 times, first at +0.256 s``."""
+    parts = [finding.get("host") or "unknown host",
+             KIND_NAMES.get(finding.get("kind"), finding.get("kind") or "finding")]
+    count = finding.get("count")
+    if isinstance(count, int) and count > 1:
+        parts.append(f"{count} times")
+    if finding.get("first_ns") is not None:
+        parts.append(f"first at {rel_time(finding['first_ns'], origin)}")
+    return ", ".join(parts)
+
+
+def quiet_hosts(doc):
+    with_findings = {f.get("host") for f in entries(doc, "findings")}
+    return [name for name in host_names(doc) if name not in with_findings]
+
+
+def reservation_flag(entry):
+    """``downgrade`` when the granted type is slower than the requested one, ``changed``
+    when it is another type that is not slower, None when it is the type asked for."""
+    requested, granted = entry.get("requested"), entry.get("granted")
+    if is_downgrade(requested, granted):
+        return "downgrade"
+    if requested and granted and requested != granted:
+        return "changed"
+    return None
+
+
+@dataclasses.dataclass
+class ReservationGroup:
+    """Reservations of one host that are the same but for their times: the first one,
+    and how many there were."""
+
+    first: dict
+    entries: List[dict]
+
+    @property
+    def count(self):
+        return len(self.entries)
+
+    @property
+    def flag(self):
+        return reservation_flag(self.first)
+
+    @property
+    def pids(self):
+        """The distinct pids that made these reservations, in order."""
+        return list(dict.fromkeys(e.get("pid") for e in self.entries))
+
+    @property
+    def freed(self):
+        """``all``, ``none`` or ``some`` of the group were freed while tracing."""
+        freed = [e.get("freed_ns") is not None for e in self.entries]
+        return "all" if all(freed) else "none" if not any(freed) else "some"
+
+
+def reservation_groups(doc, host):
+    """The reservations of ``host`` grouped by everything but time, in time order."""
+    groups: Dict[tuple, ReservationGroup] = {}
+    mine = [e for e in entries(doc, "reservations") if e.get("host") == host]
+    for entry in sorted(mine, key=lambda e: e.get("ts_ns") or 0):
+        key = tuple(entry.get(k) for k in ("start", "end", "requested", "granted", "fn",
+                                           "comm", "requester", "device"))
+        if key in groups:
+            groups[key].entries.append(entry)
+        else:
+            groups[key] = ReservationGroup(entry, [entry])
+    return list(groups.values())
+
+
+def select(items, limit, priority):
+    """At most ``limit`` of ``items``, those with the lowest ``priority(item)`` first (ties:
+    the earlier), kept in their order; and how many were left out."""
+    if limit is None or len(items) <= limit:
+        return list(items), 0
+    ranked = sorted(range(len(items)), key=lambda i: (priority(items[i]), i))[:limit]
+    return [items[i] for i in sorted(ranked)], len(items) - limit
+
+
+def group_priority(group):
+    """For :func:`select`: reservations that got another type than asked come first."""
+    return 0 if group.flag else 1
+
+
+def timeline_of(doc, host):
+    """The timeline entries of ``host`` in time order."""
+    mine = [e for e in entries(doc, "timeline") if e.get("host") == host]
+    return sorted(mine, key=lambda e: e.get("ts_ns") or 0)
+
+
+def timeline_priority(entry):
+    """For :func:`select`: conflicts, then process events, moves, reservations, frees."""
+    return _TIMELINE_PRIORITY.get(entry.get("kind"), 5)
+
+
+def process_text(entry, pids=None):
+    """``modprobe (233)``; ``gnome-shell (6 processes)`` when ``pids`` (of a
+    :class:`ReservationGroup`) holds several."""
+    comm, pid = entry.get("comm"), entry.get("pid")
+    if pids and len(pids) > 1:
+        return f"{comm or '?'} ({len(pids)} processes)"
+    if comm is None and pid is None:
+        return "unknown"
+    return f"{comm or '?'} ({pid})" if pid is not None else str(comm)
+
+
+def type_change(entry):
+    requested, granted = entry.get("requested") or "?", entry.get("granted") or "?"
+    return granted if requested == granted else f"{requested} -> {granted}"
+
+
+def _human_number(value):
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= limit:
+            return f"{value / limit:.1f}{suffix}"
+    return str(value)
+
+
+def latency_value(value, measure):
+    """A latency statistic: ``17.3 ms`` for nanoseconds, ``45.0M`` for cycles."""
+    if value is None:
+        return "-"
+    if measure in (None, "ns"):
+        return human_duration(value)
+    return _human_number(value)
+
+
+def latency_groups(doc):
+    """``[(host, fn, probe, measure, [rows])]`` in document order."""
+    groups: Dict[tuple, List[dict]] = {}
+    for row in entries(doc, "latency"):
+        key = (row.get("host"), row.get("fn"), row.get("probe"), row.get("measure"))
+        groups.setdefault(key, []).append(row)
+    return [(*key, rows) for key, rows in groups.items()]
+
+
+def latency_cells(row):
+    measure = row.get("measure")
+    mark = "" if row.get("exact", True) else "~"
+    cells = [row.get("memtype") or "-", _count(row.get("count")),
+             latency_value(row.get("min"), measure)]
+    cells += [mark + latency_value(row.get(k), measure) if row.get(k) is not None else "-"
+              for k in ("p50", "p90", "p99")]
+    cells += [latency_value(row.get("max"), measure), latency_value(row.get("total"), measure)]
+    return cells
+
+
+def moved_cells(row):
+    nbytes, rate = row.get("bytes"), row.get("throughput_mbps")
+    return [human_size(nbytes) if nbytes is not None else "-",
+            f"{rate:.1f}" if rate is not None else "-"]
+
+
+LATENCY_HEADERS = ["type", "calls", "min", "p50", "p90", "p99", "max", "total"]
+
+
+def _pat_text(pat):
+    if not isinstance(pat, dict):
+        return "unknown"
+    if pat.get("enabled") is None:
+        text = "unknown"
+    else:
+        text = "enabled" if pat.get("enabled") else "disabled"
+    if pat.get("nopat"):
+        text += " (nopat)"
+    flags = pat.get("cmdline_flags") or []
+    if flags:
+        text += f" ({' '.join(flags)})"
+    return text
+
+
+def _probes_lines(host):
+    probes = host.get("probes") or []
+    lines = [f"{len(probes)} function{'s' if len(probes) != 1 else ''}"]
+    for probe in probes:
+        if probe.get("how") not in (None, "exact"):
+            lines.append(f"{probe.get('requested')} as {probe.get('probed')} "
+                         f"({probe.get('how')})")
+    return lines
+
+
+def _device_lines(device):
+    head = " ".join(str(v) for v in (device.get("slot"), device.get("id"),
+                                     device.get("driver") or "no driver") if v)
+    lines = [head]
+    if device.get("name"):
+        lines.append(str(device["name"]))
+    for bar in device.get("bars") or []:
+        kind = " pref" if bar.get("prefetchable") else ""
+        reserved = bar.get("reservation") or "not reserved"
+        lines.append(f"BAR{bar.get('index')} {phys_range(bar.get('start'), bar.get('end'))}"
+                     f"{kind} {reserved}")
+    return lines
+
+
+def _seconds(value):
+    return "unknown" if value is None else f"{value:g} s"
+
+
+def environment_rows(doc):
+    """``[(fact, [lines of host 1], [lines of host 2], ...)]``: the environment table, one
+    column per host (rows are facts)."""
+    hosts = [host_record(doc, name) for name in host_names(doc)]
+    facts = [
+        ("source", lambda h: [h.get("source") or "unknown"]),
+        ("kernel", lambda h: [h.get("kernel") or "unknown"]),
+        ("command line", lambda h: [h.get("kernel_cmdline") or "unknown"]),
+        ("PAT", lambda h: [_pat_text(h.get("pat"))]),
+        ("CPU", lambda h: [h.get("cpu_model") or "unknown"]),
+        ("CPU flags", lambda h: [" ".join(h.get("cpu_flags") or []) or "none"]),
+        ("hypervisor", lambda h: [h.get("hypervisor") or "none detected"]),
+        ("MTRR", lambda h: (h.get("mtrr") or "not readable").splitlines() or [""]),
+        ("memtrace", lambda h: [h.get("memtrace") or "unknown"]),
+        ("backend", lambda h: [_backend_text(h.get("backend"))]),
+        ("probes", _probes_lines),
+        ("skipped", lambda h: [f"{s.get('requested')}: {s.get('reason')}"
+                               for s in h.get("skipped") or []] or ["none"]),
+        ("traced for", lambda h: [_seconds(h.get("seconds"))]),
+        ("workload", lambda h: [shlex.join(h["workload"]) if h.get("workload") else "none"]),
+        ("lost events", lambda h: [_count(h.get("lost_events"))]),
+        ("missed returns", lambda h: [_count(h.get("missed_returns"))]),
+        ("process watch", lambda h: [_watch_text(h.get("process_watch"))]),
+        ("PCI devices", lambda h: [line for d in h.get("pci_devices") or []
+                                   for line in _device_lines(d)] or ["none"]),
+    ]
+    return [(fact, *[get(h) for h in hosts]) for fact, get in facts]
+
+
+def _backend_text(backend):
+    if not isinstance(backend, dict) or not backend.get("name"):
+        return "unknown"
+    return backend["name"] + (f" ({backend['reason']})" if backend.get("reason") else "")
+
+
+def _watch_text(watch):
+    if not isinstance(watch, dict):
+        return "unknown"
+    text = str(watch.get("status") or "unknown")
+    if watch.get("reason"):
+        text += f" ({watch['reason']})"
+    if watch.get("lost"):
+        text += f", {watch['lost']} lost"
+    return text
+
+
+def probe_notes(doc):
+    """One sentence per distinct probing explanation, naming the hosts it applies to."""
+    seen: Dict[tuple, List[str]] = {}
+    for name in host_names(doc):
+        for probe in host_record(doc, name).get("probes") or []:
+            if probe.get("explanation"):
+                key = (probe.get("requested"), probe.get("probed"), probe.get("how"),
+                       probe.get("explanation"))
+                seen.setdefault(key, []).append(name)
+    notes = []
+    for (requested, probed, how, explanation), hosts in seen.items():
+        text = explanation.rstrip(".")
+        notes.append(f"{requested} is probed as {probed} ({how}) on {', '.join(hosts)}: "
+                     f"{text}.")
+    return notes
+
+
+def all_notes(doc):
+    return probe_notes(doc) + [str(n) for n in entries(doc, "notes")]
+
+
+# -- the formats -------------------------------------------------------------------------------
+
+
+def render_text(doc, width=TEXT_WIDTH):
+    """The report document ``doc`` as plain text, no line wider than ``width`` columns
+    (:mod:`memtrace.tools.report_text`)."""
+    from memtrace.tools import report_text
+    return report_text.render_text(doc, width)
+
+
+def render_markdown(doc):
+    """The report document ``doc`` as markdown for a GitHub, GitLab or Bugzilla comment
+    (:mod:`memtrace.tools.report_markdown`)."""
+    from memtrace.tools import report_markdown
+    return report_markdown.render_markdown(doc)
+
+
+def render_html(doc):
+    """The report document ``doc`` as one self-contained HTML page
+    (:mod:`memtrace.tools.report_html`)."""
+    from memtrace.tools import report_html
+    return report_html.render_html(doc)
+
+
+RENDERERS = {"text": render_text, "markdown": render_markdown, "html": render_html}
+
+
+def render(doc, fmt):
+    """``doc`` in format ``fmt`` (``text``, ``markdown`` or ``html``), as a string; the
+    ``json`` format is the document itself (``json.dumps(doc, indent=2)``)."""
+    if fmt == "json":
+        import json
+        return json.dumps(doc, indent=2) + "\n"
+    return RENDERERS[fmt](doc)
