@@ -2,11 +2,13 @@
 
 import os
 import platform
+import re
 import time
 
 from memtrace import __version__
 from memtrace.errors import MemtraceError
 from memtrace.probes import pat_memtype, pci
+from memtrace.probes.features import read_kernel_log
 
 # CPU flags that decide whether PAT matters: pat itself, self-snoop (KVM honours guest PAT
 # only with it on Intel), and whether we run under a hypervisor.
@@ -52,10 +54,31 @@ def pci_devices():
         return []
 
 
+_HYPERVISOR_LOG = re.compile(r"Hypervisor detected: (.+)")
+_PAT_LOG = re.compile(r"x86/PAT: (Configuration \[0-7\]:.*|.*disabled.*|PAT not supported.*)")
+
+
+def kernel_log_facts(log_text):
+    """``(hypervisor vendor, PAT line)`` the kernel logged at boot, each None when absent:
+    ``("KVM", "Configuration [0-7]: WB  WC  UC- UC  WB  WP  UC- WT")``."""
+    hypervisor = _HYPERVISOR_LOG.findall(log_text or "")
+    pat = _PAT_LOG.findall(log_text or "")
+    return (hypervisor[-1].strip() if hypervisor else None,
+            pat[-1].strip() if pat else None)
+
+
+def hypervisor_vendor(log_text, sys_hypervisor_type=None):
+    """The hypervisor the kernel found (``KVM``, ``Xen HVM``...), None when not named."""
+    if sys_hypervisor_type:
+        return sys_hypervisor_type.strip()
+    return kernel_log_facts(log_text)[0]
+
+
 def trace_environment():
     """The header fields describing this machine and this memtrace."""
     model, flags = cpu_model_and_flags(_read("/proc/cpuinfo"))
     reservations, note = pat_snapshot()
+    log = read_kernel_log()
     return {
         "memtrace": __version__,
         "kernel": platform.release(),
@@ -68,4 +91,7 @@ def trace_environment():
         "pat_snapshot": reservations,
         "pat_snapshot_note": note,
         "pci_devices": pci_devices(),
+        "hypervisor": hypervisor_vendor(log, _read("/sys/hypervisor/type")),
+        "pat_log": kernel_log_facts(log)[1],
+        "mtrr": _read("/proc/mtrr"),
     }

@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "record": "record",
     "conflicts": "conflicts",
     "latency": "latency",
+    "report": "report",
     "lab": "lab",
 }
 

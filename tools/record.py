@@ -66,11 +66,21 @@ def add_arguments(parser):
 
 def run(args):
     """Trace into the output file and print a one-line summary on stderr."""
-    workload = workload_argv(args)
+    record_trace(args.output, workload_argv(args), duration=args.duration,
+                 backend=args.backend, extra_functions=args.fn, debug=args.debug,
+                 force=args.force)
+    return 0
+
+
+def record_trace(path, workload, duration=None, backend="auto", extra_functions=(),
+                 debug=False, force=False, command="record"):
+    """Trace the default targets and ``extra_functions`` into a new trace file at ``path``
+    (0600, never through a symlink) until ``workload`` (argv) exits, ``duration`` seconds
+    pass, Ctrl-C or SIGTERM; print a one-line summary on stderr naming ``command``."""
     from memtrace.probes.plan import DEFAULT_TARGETS
-    session = TraceSession(list(DEFAULT_TARGETS) + args.fn, backend=args.backend,
-                           debug=args.debug)
-    stream = create_private(args.output, force=args.force)
+    session = TraceSession(list(DEFAULT_TARGETS) + list(extra_functions), backend=backend,
+                           debug=debug)
+    stream = create_private(path, force=force)
     writers, early_events = [], []
     watch = ProcessWatcher(on_record=lambda record: writers[0].record(record))
 
@@ -89,21 +99,21 @@ def run(args):
 
     def write_header(attached_session):
         start_writer(attached_session)
-        _start_watch(watch)  # after attaching, before the workload
+        _start_watch(watch, command)  # after attaching, before the workload
         what = f"running {' '.join(workload)}" if workload else "Ctrl-C to end"
-        print(f"memtrace record: tracing {len(session.plan.probes)} functions with "
+        print(f"memtrace {command}: tracing {len(session.plan.probes)} functions with "
               f"{session.backend_name} ({session.backend_reason}); {what}", file=sys.stderr)
 
     with stream:
         try:
             try:
-                result = session.run(on_event, duration=args.duration, workload=workload,
+                result = session.run(on_event, duration=duration, workload=workload,
                                      on_attached=write_header)
             finally:
                 _stop_watch(watch)
         except BaseException:
             if not writers:  # nothing was attached: leave no empty file behind
-                os.unlink(args.output)
+                os.unlink(path)
             raise
         if not writers:  # stopped by a signal while attaching: still a complete file
             start_writer(session)
@@ -116,24 +126,23 @@ def run(args):
                        "stale_removed": session.removed_stale,
                        "process_watch": watch.stats()})
         writer.footer(footer)
-    print(f"memtrace record: {writer.events} events written to {args.output}; "
+    print(f"memtrace {command}: {writer.events} events written to {path}; "
           f"lost {stats.lost_events}, missed returns {stats.missed_returns}, "
           f"attach failures {len(stats.attach_failures)}; {_watch_summary(watch, writer)}",
           file=sys.stderr)
-    return 0
 
 
-def _start_watch(watch):
+def _start_watch(watch, command):
     """Start watching process starts/exits and DRM uevents; when that cannot be done here,
     say so once and trace without it (the footer keeps the reason)."""
     try:
         watch.start()
     except ProcessWatchUnavailable as err:
-        print(f"memtrace record: note: process watch unavailable: {err.one_line()}",
+        print(f"memtrace {command}: note: process watch unavailable: {err.one_line()}",
               file=sys.stderr)
     except (ImportError, OSError) as err:
         watch.mark_unavailable(f"{type(err).__name__}: {err}")
-        print(f"memtrace record: note: process watch unavailable: {type(err).__name__}: "
+        print(f"memtrace {command}: note: process watch unavailable: {type(err).__name__}: "
               f"{err}", file=sys.stderr)
 
 

@@ -41,6 +41,9 @@ class TraceSource:
     seconds: Optional[float] = None
     workload: Optional[list] = None
     header: dict = dataclasses.field(default_factory=dict)   # a trace file's header line
+    footer: dict = dataclasses.field(default_factory=dict)   # a trace file's footer line
+    processes: list = dataclasses.field(default_factory=list)  # process exec/exit records
+    uevents: list = dataclasses.field(default_factory=list)    # DRM uevent records
 
 
 def read_recorded_trace(path):
@@ -62,7 +65,8 @@ def read_recorded_trace(path):
                          missed_returns=footer.get("missed_returns"),
                          backend=backend.get("name"), backend_reason=backend.get("reason"),
                          snapshot=snapshot, seconds=footer.get("seconds"),
-                         workload=header.get("workload"), header=header)
+                         workload=header.get("workload"), header=header, footer=footer,
+                         processes=trace.processes, uevents=trace.uevents)
     if snapshot is None:
         source.notes.append("The trace has no PAT snapshot"
                             + (f" ({header['pat_snapshot_note']})"

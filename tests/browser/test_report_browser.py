@@ -100,3 +100,22 @@ def test_screenshot(chromium, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", data[16:24]) == (1200, 1500)
     assert len(data) > 50_000  # a blank page compresses to a few kilobytes
+
+
+def test_report_command_html_from_lab_traces(chromium, run_memtrace, tmp_path):
+    traces = os.path.join(FIXTURES, "traces")
+    out = tmp_path / "lab.html"
+    done = run_memtrace("report", "-i", os.path.join(traces, "6.12-bcc-bochs.jsonl"),
+                        "-i", os.path.join(traces, "6.1-tracefs-qxl.jsonl"),
+                        "--format", "html", "-o", str(out))
+    assert done.returncode == 1, done.stderr   # findings: the bochs downgrade
+    done = run_memtrace("report", "-i", os.path.join(traces, "6.12-bcc-bochs.jsonl"),
+                        "-i", os.path.join(traces, "6.1-tracefs-qxl.jsonl"), "--format", "json")
+    doc = json.loads(done.stdout)
+    dom, messages = dump_dom(str(out))
+    assert messages == []
+    found = Classes(dom)
+    buckets = sum(1 for row in doc["latency"] for b in row["histogram"] if b[2] > 0)
+    assert found.classes.get("bar") == buckets > 0
+    assert found.classes.get("mark") == len(doc["reservations"]) > 0
+    assert "script" not in found.tags

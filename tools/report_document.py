@@ -1,0 +1,412 @@
+"""The report document (docs/report-json.md) built from traces.
+
+Each trace is one host. For each, the conflicts analysis, the slow-moves finding, restart
+loops from the process records, every reservation, latency per function and memory type,
+a timeline, and the environment are turned into JSON-ready objects with sentences a
+maintainer can read. The renderers (report_render) print this document and nothing else.
+No I/O here: the traces are already read.
+"""
+
+import time
+
+from memtrace import __version__
+from memtrace.analysis.conflicts import (
+    DOWNGRADE, REFUSED, STATIC, USER_MAP_DOWNGRADE, analyze, describe_impact,
+)
+from memtrace.analysis.events import ROLE_FREE, ROLE_IOREMAP, ROLE_MOVE, ROLE_TIMED
+from memtrace.analysis.latency import (
+    human_duration, human_size, latency_rows, slot_bounds, throughput_mbps,
+)
+from memtrace.analysis.redact import Redactor
+from memtrace.analysis.reservations import first_outside_frame, is_downgrade
+from memtrace.analysis.restarts import (
+    DEFAULT_MIN_RESTARTS, DEFAULT_WINDOW_S, exit_description, find_restart_loops,
+)
+from memtrace.analysis.slow_moves import (
+    DEFAULT_SLOW_FACTOR, describe_slow_moves, estimated_wc_ns,
+)
+from memtrace.analysis.snapshot import find_owner
+
+__all__ = ["build_document", "FORMAT", "VERSION"]
+
+FORMAT = "memtrace-report"
+VERSION = 1
+_EVIDENCE_EVENTS = 6       # requests listed one by one in a finding's evidence
+_STACK_FRAMES = 8
+_SLOW_REMEDY = ("The usual remedy is to have the driver map the memory the moves copy "
+                "through write-combined: ioremap_wc or devm_ioremap_wc instead of ioremap.")
+_PCI_CLASSES = {0x00: "unclassified", 0x01: "storage", 0x02: "network", 0x03: "display",
+                0x04: "multimedia", 0x05: "memory", 0x06: "bridge", 0x07: "communication",
+                0x08: "system", 0x0C: "serial bus"}
+
+
+def build_document(sources, redact=True, wc_reference_mbps=None,
+                   slow_factor=DEFAULT_SLOW_FACTOR, min_restarts=DEFAULT_MIN_RESTARTS,
+                   window_s=DEFAULT_WINDOW_S, generated_at=None):
+    """Build the report document of ``sources``.
+
+    :param sources: :class:`memtrace.tools.tracing_io.TraceSource` objects, one per host, in
+        the order they were given (named ``host-1``, ``host-2``...).
+    :param redact: replace kernel virtual addresses and host names by placeholders.
+    :return: the JSON-ready document.
+    """
+    doc = {
+        "format": FORMAT, "version": VERSION, "memtrace": __version__,
+        "generated_at": generated_at or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "redacted": bool(redact), "lost_events": 0, "hosts": [], "findings": [],
+        "reservations": [], "latency": [], "timeline": [], "notes": [],
+    }
+    redactor = Redactor()
+    for number, source in enumerate(sources, 1):
+        name = f"host-{number}"
+        host = _Host(name, source, wc_reference_mbps, slow_factor, min_restarts, window_s)
+        redactor.add_hostname(source.header.get("hostname"), name)
+        doc["hosts"].append(host.environment())
+        doc["findings"].extend(host.findings())
+        doc["reservations"].extend(host.reservations())
+        doc["latency"].extend(host.latency())
+        doc["timeline"].extend(host.timeline())
+        doc["notes"].extend(host.notes())
+        doc["lost_events"] += source.lost_events or 0
+    return redactor.document(doc) if redact else doc
+
+
+def _range(start, end):
+    return f"{start:x}-{end:x}"
+
+
+def _who(comm, pid):
+    return f"{comm or '?'}, pid {pid}" if pid is not None else (comm or "?")
+
+
+def _stack_line(label, frames):
+    frames = list(frames)
+    shown = " < ".join(frames[:_STACK_FRAMES])
+    more = len(frames) - _STACK_FRAMES
+    return f"{label}: {shown}" + (f" < ... ({more} more)" if more > 0 else "")
+
+
+class _Host:
+    """One trace's part of the document."""
+
+    def __init__(self, name, source, wc_reference_mbps, slow_factor, min_restarts, window_s):
+        self.name = name
+        self.source = source
+        self.report = analyze(source.events, source.snapshot, source.pci_devices,
+                              wc_reference_mbps=wc_reference_mbps, slow_factor=slow_factor)
+        self.loops = find_restart_loops(source.processes, min_restarts, window_s)
+        self.exits = {r.get("pid"): r for r in source.processes if r.get("what") == "exit"}
+        self.starts = {r.get("pid"): r for r in source.processes if r.get("what") == "exec"}
+        times = [e.ts_ns for e in source.events]
+        times += [r["ts_ns"] for r in source.processes + source.uevents if "ts_ns" in r]
+        self.t0 = min(times) if times else 0
+        self._finding_numbers = {}
+
+    def at(self, ts_ns):
+        """``+1.203 s``: a time relative to the host's first entry."""
+        return f"+{(ts_ns - self.t0) / 1e9:.3f} s"
+
+    def device(self, start, end):
+        """``0000:00:02.0 BAR0 (bochs-drm)`` for a range in a known BAR, else None."""
+        owner = find_owner(start, end, self.source.pci_devices, [])
+        if owner.kind != "pci":
+            return None
+        bar = "ROM" if owner.bar == 6 else f"BAR{owner.bar}"
+        return f"{owner.slot} {bar}" + (f" ({owner.driver})" if owner.driver else "")
+
+    # -- findings ---------------------------------------------------------------------------
+
+    def findings(self):
+        out = []
+        for conflict in self.report.conflicts:
+            out.append(self._conflict_finding(conflict))
+            self._finding_numbers[id(conflict)] = len(out)
+        slow = self.report.slow_moves
+        if slow is not None and slow.slow:
+            out.append(self._slow_finding(slow))
+        out.extend(self._loop_finding(loop, slow) for loop in self.loops)
+        return out
+
+    def _finding(self, kind, title, summary, evidence, remedy, first_ns, count):
+        return {"host": self.name, "kind": kind, "title": title, "summary": summary,
+                "evidence": evidence, "remedy": remedy, "first_ns": first_ns, "count": count}
+
+    def _conflict_finding(self, conflict):
+        where = _range(conflict.start, conflict.end)
+        titles = {
+            DOWNGRADE: f"{conflict.requested} request downgraded to {conflict.granted} on {where}",
+            USER_MAP_DOWNGRADE: (f"User mapping of {where} downgraded from "
+                                 f"{conflict.requested} to {conflict.granted}"),
+            REFUSED: (f"{conflict.requested or 'Mapping'} request refused on {where} "
+                      f"({conflict.error or 'error'})"),
+            STATIC: f"Display memory {where} reserved {conflict.granted}",
+        }
+        evidence = self._holder_evidence(conflict.holder)
+        for event in conflict.events[:_EVIDENCE_EVENTS]:
+            function = first_outside_frame(event.stack, event.caller) or event.fn
+            got = f"got {conflict.granted}" if conflict.granted else \
+                f"failed ({conflict.error or 'error'})"
+            evidence.append(f"{function} asked for {event.requested or conflict.requested} on "
+                            f"{_range(event.start, event.end)} at {self.at(event.ts_ns)} "
+                            f"({_who(event.comm, event.pid)}) and {got}")
+        if conflict.count > _EVIDENCE_EVENTS:
+            evidence.append(f"... and {conflict.count - _EVIDENCE_EVENTS} more such requests")
+        requester = conflict.requester
+        if requester is not None and requester.stack:
+            evidence.append(_stack_line("requester stack", requester.stack))
+        if conflict.reason:
+            evidence.append(f'the kernel printed: "{conflict.reason}"')
+        impact = describe_impact(conflict.impact)
+        if impact:
+            evidence.append(f"buffer moves on this mapping: {impact}")
+        if conflict.device:
+            evidence.append(f"device: {conflict.device}"
+                            + (f" ({conflict.driver}, {conflict.pci_id})" if conflict.driver
+                               else ""))
+        return self._finding(conflict.kind, titles[conflict.kind], conflict.explanation,
+                             evidence, conflict.remedy, conflict.first_ns, conflict.count)
+
+    def _holder_evidence(self, holder):
+        if holder is None:
+            return []
+        where = f"{_range(holder.start, holder.end)} {holder.type}"
+        device = self.device(holder.start, holder.end)
+        suffix = f", in {device}" if device else ""
+        who = holder.holder
+        if who.before_tracing:
+            return [f"{where} was already reserved when tracing started (PAT list){suffix}"]
+        lines = [f"{who.function or '?'} reserved {where} at {self.at(who.ts_ns)} "
+                 f"({_who(who.comm, who.pid)}){suffix}"]
+        if who.stack:
+            lines.append(_stack_line("holder stack", who.stack))
+        return lines
+
+    def _slow_finding(self, slow):
+        types = "/".join(slow.types)
+        title = (f"Buffer moves on {types} memory ran {slow.times_slower:.0f}x slower than "
+                 "write-combined")
+        summary = describe_slow_moves(slow)
+        causes = [self._finding_numbers[id(c)] for c in slow.conflicts
+                  if id(c) in self._finding_numbers]
+        if causes:
+            listed = ", ".join(str(n) for n in causes)
+            summary += (f" Their mappings are the downgrade{'s' if len(causes) > 1 else ''} "
+                        f"of finding{'s' if len(causes) > 1 else ''} {listed} on {self.name}.")
+        evidence = []
+        for move in slow.slow[:_EVIDENCE_EVENTS]:
+            call = move.outer
+            evidence.append(
+                f"{call.fn} moved {human_size(move.bytes)} in {human_duration(move.duration_ns)}"
+                f" ({throughput_mbps(move.bytes, move.duration_ns):.1f} MB/s) on "
+                f"{move.effective_type} at {self.at(call.ts_ns)} ({_who(call.comm, call.pid)});"
+                f" write-combined about "
+                f"{human_duration(estimated_wc_ns(move.bytes, slow.wc_reference_mbps))}")
+        if len(slow.slow) > _EVIDENCE_EVENTS:
+            evidence.append(f"... and {len(slow.slow) - _EVIDENCE_EVENTS} more slow moves")
+        evidence.append(f"slow means at least {slow.slow_factor:g}x the time at the WC "
+                        f"reference ({slow.wc_reference_mbps:.1f} MB/s, from "
+                        f"{slow.wc_reference_source})")
+        remedy = next((c.remedy for c in slow.conflicts if c.remedy), _SLOW_REMEDY)
+        first = slow.slow[0].outer.ts_ns
+        return self._finding("slow-moves", title, summary, evidence, remedy, first,
+                             len(slow.slow))
+
+    def _loop_finding(self, loop, slow):
+        title = f"{loop.name} restarted {loop.restarts} times in {loop.seconds:.0f} s"
+        summary = loop.describe()
+        if slow is not None and slow.slow:
+            summary += (" Buffer moves on uncached memory ran slow on this host meanwhile "
+                        "(the slow-moves finding): a likely cause when the program is a "
+                        "display server or compositor.")
+        evidence = []
+        for pid in loop.pids[:_EVIDENCE_EVENTS * 2]:
+            line = f"{loop.name} (pid {pid})"
+            start = self.starts.get(pid)
+            if start is not None:
+                line += f" started at {self.at(start['ts_ns'])}"
+            end = self.exits.get(pid)
+            if end is not None:
+                line += f", {exit_description(end)} at {self.at(end['ts_ns'])}"
+            evidence.append(line)
+        remedy = ("Find why it exits (its own log, `journalctl -b`), and whether the slow "
+                  "moves above keep it from drawing its first frames in time.") \
+            if slow is not None and slow.slow else None
+        return self._finding("restart-loop", title, summary, evidence, remedy, loop.first_ns,
+                             loop.count)
+
+    # -- tables -----------------------------------------------------------------------------
+
+    def reservations(self):
+        frees = {}
+        for event in sorted(self.source.events, key=lambda e: e.ts_ns):
+            if event.role == ROLE_FREE and event.start is not None:
+                frees.setdefault((event.start, event.end), []).append(event.ts_ns)
+        rows = []
+        for decision in self.report.decisions:
+            event = decision.event
+            if event.start is None or event.end is None:
+                continue
+            freed = [ts for ts in frees.get((event.start, event.end), ()) if ts > event.ts_ns]
+            freed_ns = freed[0] if freed else None
+            if freed_ns is not None:
+                frees[(event.start, event.end)].remove(freed_ns)
+            rows.append({
+                "host": self.name, "ts_ns": event.ts_ns, "duration_ns": event.duration_ns,
+                "start": hex(event.start), "end": hex(event.end),
+                "requested": event.requested, "granted": decision.granted, "fn": event.fn,
+                "comm": event.comm, "pid": event.pid,
+                "requester": first_outside_frame(event.stack, event.caller),
+                "freed_ns": freed_ns, "device": self.device(event.start, event.end),
+            })
+        return rows
+
+    def latency(self):
+        selected = [e for e in self.source.events if e.role in (ROLE_MOVE, ROLE_TIMED)]
+        rows = []
+        for row in latency_rows(selected, self.report.moves, "ns"):
+            dist = row.distribution
+            rows.append({
+                "host": self.name, "fn": row.fn, "probe": row.probe, "memtype": row.memtype,
+                "measure": row.measure, "count": dist.count, "min": dist.min,
+                "p50": dist.p50, "p90": dist.p90, "p99": dist.p99, "max": dist.max,
+                "total": dist.total, "exact": dist.exact,
+                "histogram": [[*slot_bounds(slot), count] for slot, count in dist.histogram],
+                "bytes": row.bytes,
+                "throughput_mbps": None if row.throughput_mbps is None
+                else round(row.throughput_mbps, 1),
+            })
+        return rows
+
+    def timeline(self):
+        entries = []
+        for record in self.source.processes:
+            pid, name = record.get("pid"), record.get("name") or record.get("exe") or "?"
+            if record.get("what") == "exec":
+                parent = f", started by {record['parent_name']}" \
+                    if record.get("parent_name") else ""
+                entries.append((record["ts_ns"], "exec", f"{name} (pid {pid}) started{parent}"))
+            elif record.get("what") == "exit":
+                entries.append((record["ts_ns"], "exit",
+                                f"{name} (pid {pid}) ended: {exit_description(record)}"))
+        for record in self.source.uevents:
+            text = f"DRM {record.get('action')} {record.get('devname') or record.get('devpath')}"
+            entries.append((record["ts_ns"], "uevent",
+                            text + (" (hotplug)" if record.get("hotplug") else "")))
+        for decision in self.report.decisions:
+            event = decision.event
+            if event.start is None:
+                continue
+            where = _range(event.start, event.end)
+            who = f"{_who(event.comm, event.pid)}, " \
+                f"{first_outside_frame(event.stack, event.caller) or event.fn}"
+            if decision.refused:
+                entries.append((event.ts_ns, "conflict",
+                                f"{who}: {event.requested} on {where} refused"))
+            elif is_downgrade(event.requested, decision.granted):
+                entries.append((event.ts_ns, "conflict", f"{who}: asked {event.requested} on "
+                                f"{where}, got {decision.granted}"))
+            else:
+                entries.append((event.ts_ns, "reservation",
+                                f"{who}: reserved {where} {decision.granted or '?'}"))
+        for event in self.source.events:
+            if event.role == ROLE_IOREMAP and event.start is not None:
+                returned = "NULL" if not event.vaddr else f"{event.vaddr:#x}"
+                size = event.size if event.size is not None else event.end - event.start
+                entries.append((event.ts_ns, "reservation", f"{event.fn}({event.start:#x}, "
+                                f"{size:#x}) = {returned} ({_who(event.comm, event.pid)}, "
+                                f"{first_outside_frame(event.stack, event.caller) or '?'})"))
+            if event.role == ROLE_FREE and event.start is not None:
+                entries.append((event.ts_ns, "free", f"{_who(event.comm, event.pid)}: freed "
+                                f"{_range(event.start, event.end)}"))
+        for move in self.report.moves:
+            call = move.outer
+            size = human_size(move.bytes) if move.bytes is not None else "? bytes"
+            on = f"on {move.effective_type}" if move.effective_type else "no iomem mapped"
+            entries.append((call.ts_ns, "move", f"{call.fn}: {size} in "
+                            f"{human_duration(move.duration_ns)}, {on} "
+                            f"({_who(call.comm, call.pid)})"))
+        entries.sort(key=lambda entry: entry[0])
+        return [{"host": self.name, "ts_ns": ts, "kind": kind, "text": text}
+                for ts, kind, text in entries]
+
+    # -- environment ------------------------------------------------------------------------
+
+    def environment(self):
+        header, footer, source = self.source.header, self.source.footer or {}, self.source
+        cmdline = header.get("kernel_cmdline")
+        words = (cmdline or "").split()
+        pat_words = [w for w in words if w == "nopat" or w.startswith(("pat=", "nopat="))]
+        flags = header.get("cpu_flags") or []
+        pat_log = header.get("pat_log")
+        if pat_log:
+            enabled = "disabled" not in pat_log and "not supported" not in pat_log
+        elif header.get("cpu_flags") is not None:
+            enabled = "pat" in flags and "nopat" not in words
+        else:
+            enabled = None
+        watch = footer.get("process_watch")
+        if isinstance(watch, dict):
+            lost = (watch.get("lost") or 0) + ((watch.get("uevents") or {}).get("lost") or 0)
+            process_watch = {"status": watch.get("status") or "unavailable",
+                             "reason": watch.get("reason"), "lost": lost}
+        else:
+            process_watch = {"status": "not recorded", "reason": None, "lost": 0}
+        return {
+            "name": self.name, "hostname": header.get("hostname"), "source": source.source,
+            "kernel": source.kernel,
+            "kernel_cmdline": cmdline,
+            "pat": {"enabled": enabled, "nopat": "nopat" in words, "cmdline_flags": pat_words},
+            "cpu_model": header.get("cpu_model"), "cpu_flags": list(flags),
+            "hypervisor": header.get("hypervisor"), "mtrr": header.get("mtrr"),
+            "memtrace": header.get("memtrace") or __version__,
+            "backend": {"name": source.backend, "reason": source.backend_reason},
+            "probes": [{"requested": p.get("requested"), "probed": p.get("probed"),
+                        "how": p.get("how"), "explanation": p.get("explanation") or ""}
+                       for p in header.get("probes") or () if isinstance(p, dict)],
+            "skipped": [{"requested": s.get("requested"), "reason": s.get("reason")}
+                        for s in header.get("skipped") or () if isinstance(s, dict)],
+            "lost_events": source.lost_events, "missed_returns": source.missed_returns,
+            "seconds": source.seconds, "workload": source.workload,
+            "process_watch": process_watch,
+            "pci_devices": self._pci_devices(),
+        }
+
+    def _pci_devices(self):
+        live = list(self.report.model.live) if self.report.model is not None else []
+        out = []
+        for device in self.source.pci_devices:
+            reserved = {bar.index: self._reservation_type(bar, live) for bar in device.bars}
+            if not device.is_display and not any(reserved.values()):
+                continue
+            out.append({
+                "slot": device.slot, "id": f"{device.vendor:04x}:{device.device:04x}",
+                "class": _PCI_CLASSES.get(device.pci_class >> 16, "other"), "name": None,
+                "driver": device.driver,
+                "bars": [{"index": bar.index, "start": hex(bar.start), "end": hex(bar.end),
+                          "prefetchable": bar.is_prefetchable,
+                          "reservation": reserved[bar.index]}
+                         for bar in device.bars if bar.is_memory],
+            })
+        return out
+
+    @staticmethod
+    def _reservation_type(bar, live):
+        if not bar.is_memory:
+            return None
+        types = sorted({r.type for r in live if r.overlaps(bar.start, bar.end)})
+        return "/".join(types) or None
+
+    def notes(self):
+        header, source = self.source.header, self.source
+        notes = [f"{self.name}: {note}" for note in source.notes]
+        if "hypervisor" in (header.get("cpu_flags") or []) and not header.get("hypervisor"):
+            notes.append(f"{self.name} runs under a hypervisor that does not name itself, as "
+                         "QEMU TCG guests do; TCG does not model memory types, so durations "
+                         "there show nothing about the cost of UC-.")
+        if source.lost_events:
+            notes.append(f"{self.name} lost {source.lost_events} events (the kernel's buffers "
+                         "were full): counts there may be low.")
+        if not source.processes and (source.footer or {}).get("process_watch") is None:
+            notes.append(f"{self.name}'s trace has no process records (recorded before "
+                         "memtrace watched processes): restart loops cannot be seen.")
+        return notes
