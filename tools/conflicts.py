@@ -145,7 +145,7 @@ def _live(args, workload):
 
 def _static_only(why):
     """The report of a kernel without probes: the PAT list and PCI devices only."""
-    from memtrace.tools.snapshot import read_state
+    from memtrace.probes.system_state import read_state
     state = read_state(None)
     if state.reservations is None:
         raise MemtraceError(f"could not trace ({why}) and could not read the PAT "

@@ -1,13 +1,10 @@
 """``memtrace snapshot``: PAT reservations, their owners and what looks wrong, no probes."""
 
-import os
 import textwrap
-from dataclasses import dataclass, field
-from typing import List, Optional
 
 from memtrace.analysis.snapshot import analyze_snapshot
-from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput, FeatureMissing, NotRoot
-from memtrace.probes import iomem, pat_memtype, pci
+from memtrace.errors import EXIT_FINDINGS, EXIT_OK
+from memtrace.probes.system_state import read_state
 from memtrace.tools.render import hex_range, print_json, table
 
 DESCRIPTION = "show PAT reservations, who owns them and what looks wrong (no probes needed)"
@@ -27,7 +24,6 @@ _OWNER_WIDTH = 40
 _FLAG_MARKER = "!"
 # Reading these fails in ordinary ways (not root, no debugfs, no PAT): the snapshot still
 # shows what it can. Malformed content (BadInput) is an error.
-_UNAVAILABLE = (NotRoot, FeatureMissing)
 
 
 def add_arguments(parser):
@@ -50,60 +46,6 @@ def run(args):
     else:
         print(_as_text(state, report))
     return EXIT_FINDINGS if report.findings else EXIT_OK
-
-
-@dataclass
-class _State:
-    """What was read, live or from a capture; ``reservations`` is None when unreadable."""
-
-    source: str
-    kernel_release: Optional[str]
-    pci_devices: list
-    reservations: Optional[list] = None
-    iomem: list = field(default_factory=list)
-    notes: List[str] = field(default_factory=list)
-
-
-def read_state(root):
-    """Read every source (live, or under ``root``); unavailable ones become notes."""
-    if root is not None and not os.path.isdir(root):
-        raise BadInput(
-            f"--root {root}: not a directory",
-            hint="give a directory written by tests/fixtures/capture_snapshot.py",
-        )
-    state = _State(
-        source=root or "live",
-        kernel_release=_kernel_release(root),
-        pci_devices=pci.read_pci_devices(_under(root, "/sys")),
-    )
-    if state.kernel_release is None:
-        state.notes.append(f"{root} has no kernel-release file; the kernel release is unknown")
-    try:
-        state.reservations = pat_memtype.read_pat_memtype_list(
-            _under(root, pat_memtype.DEFAULT_PATH)
-        )
-    except _UNAVAILABLE as err:
-        state.notes.append(f"No PAT reservations listed: {err.one_line()}")
-    try:
-        state.iomem = iomem.read_iomem(_under(root, iomem.DEFAULT_PATH))
-    except _UNAVAILABLE as err:
-        state.notes.append(f"Owners from /proc/iomem unavailable: {err.one_line()}")
-    return state
-
-
-def _under(root, live_path):
-    """Return ``live_path``, or its copy inside a capture directory ``root``."""
-    return live_path if root is None else os.path.join(root, live_path.lstrip("/"))
-
-
-def _kernel_release(root):
-    if root is None:
-        return os.uname().release
-    try:
-        with open(os.path.join(root, "kernel-release"), encoding="utf-8") as release_file:
-            return release_file.read().strip()
-    except FileNotFoundError:
-        return None
 
 
 def _as_text(state, report):

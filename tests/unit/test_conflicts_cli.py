@@ -9,7 +9,7 @@ import pytest
 
 from memtrace.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from memtrace.probes.features import running_kernel_features
-from memtrace.tools import snapshot as snapshot_tool
+from memtrace.probes import system_state as snapshot_tool
 from memtrace.tools.cli import main
 from memtrace.tracefile import TraceWriter
 from tests.conftest import FIXTURES
