@@ -364,7 +364,9 @@ class _Host:
                         "how": p.get("how"), "explanation": p.get("explanation") or ""}
                        for p in header.get("probes") or () if isinstance(p, dict)],
             "skipped": [{"requested": s.get("requested"), "reason": s.get("reason")}
-                        for s in header.get("skipped") or () if isinstance(s, dict)],
+                        for s in header.get("skipped") or () if isinstance(s, dict)]
+            + [{"requested": f.get("probe"), "reason": f"attach failed: {f.get('reason')}"}
+               for f in footer.get("attach_failures") or () if isinstance(f, dict)],
             "lost_events": source.lost_events, "missed_returns": source.missed_returns,
             "seconds": source.seconds, "workload": source.workload,
             "process_watch": process_watch,
