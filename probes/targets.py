@@ -353,7 +353,13 @@ def _suggestions(name, module, source):
         if other is not None:
             return f"did you mean {other}:{name}? (module {other} is not loaded)"
     pool = {n for n in pool if not n.startswith("__pfx_")}
-    close = difflib.get_close_matches(name, pool, n=3, cutoff=0.8)
+    # Near misses first; then looser matches, so that a name far from everything still gets
+    # the nearest few rather than nothing (a second or two over ~60,000 names).
+    close = []
+    for cutoff in (0.8, 0.6, 0.45):
+        close = difflib.get_close_matches(name, pool, n=3, cutoff=cutoff)
+        if close:
+            break
     if close:
         prefix = f"{module}:" if module else ""
         return "closest names: " + ", ".join(prefix + n for n in close)
