@@ -7,7 +7,7 @@ import sys
 import threading
 
 from memtrace.errors import BadInput
-from memtrace.probes.environment import trace_environment
+from memtrace.probes.environment import pci_devices, trace_environment
 from memtrace.probes.process_watch import ProcessWatcher, ProcessWatchUnavailable
 from memtrace.probes.session import TraceSession
 from memtrace.safefile import create_private
@@ -124,7 +124,9 @@ def record_trace(path, workload, duration=None, backend="auto", extra_functions=
         footer.update({"seconds": round(result.seconds, 3), "stopped_by": result.stopped_by,
                        "workload_status": result.workload_status,
                        "stale_removed": session.removed_stale,
-                       "process_watch": watch.stats()})
+                       "process_watch": watch.stats(),
+                       # Drivers bound while tracing (bochs-drm) name their BARs in reports.
+                       "pci_devices": pci_devices()})
         writer.footer(footer)
     print(f"memtrace {command}: {writer.events} events written to {path}; "
           f"lost {stats.lost_events}, missed returns {stats.missed_returns}, "

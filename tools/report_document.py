@@ -374,11 +374,16 @@ class _Host:
         }
 
     def _pci_devices(self):
+        """Display devices, and devices with a BAR that a traced reservation fell in."""
         live = list(self.report.model.live) if self.report.model is not None else []
+        traced = [(d.event.start, d.event.end) for d in self.report.decisions
+                  if d.event.start is not None and d.event.end is not None]
         out = []
         for device in self.source.pci_devices:
             reserved = {bar.index: self._reservation_type(bar, live) for bar in device.bars}
-            if not device.is_display and not any(reserved.values()):
+            touched = any(bar.is_memory and start < bar.end and bar.start < end
+                          for bar in device.bars for start, end in traced)
+            if not device.is_display and not touched:
                 continue
             out.append({
                 "slot": device.slot, "id": f"{device.vendor:04x}:{device.device:04x}",

@@ -72,7 +72,7 @@ def read_recorded_trace(path):
                             + (f" ({header['pat_snapshot_note']})"
                                if header.get("pat_snapshot_note") else "")
                             + ": reservations made before tracing are unknown.")
-    source.pci_devices = _pci_for_trace(header, source.notes)
+    source.pci_devices = _pci_for_trace(header, footer, source.notes)
     return source
 
 
@@ -111,13 +111,15 @@ def check_header_and_footer(trace):
         raise BadInput(f"{trace.path}:1: bad workload: {workload!r}")
 
 
-def _pci_for_trace(header, notes):
-    """PCI devices for naming BARs: those the trace header carries, else this machine's
-    when the trace was recorded here."""
-    if header.get("pci_devices"):
+def _pci_for_trace(header, footer, notes):
+    """PCI devices for naming BARs: those the trace footer carries (read when tracing ended,
+    so with the drivers the workload bound), else the header's, else this machine's when
+    the trace was recorded here."""
+    records = footer.get("pci_devices") or header.get("pci_devices")
+    if records:
         from memtrace.probes.pci import device_from_record
         try:
-            return [device_from_record(record) for record in header["pci_devices"]]
+            return [device_from_record(record) for record in records]
         except (KeyError, TypeError, ValueError) as err:
             raise BadInput(f"line 1: bad pci_devices in the header ({err})") from None
     if header.get("kernel") == platform.release() and header.get("hostname") == platform.node():
