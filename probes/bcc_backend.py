@@ -236,22 +236,10 @@ def clean_frames(frames, symbol):
     return list(frames[top:])
 
 
-def module_owners(kallsyms_text):
-    """{function name: modules defining it} for the module code symbols of kallsyms text."""
-    owners = {}
-    for line in kallsyms_text.splitlines():
-        if "[" not in line:   # vmlinux: most lines, skipped cheaply
-            continue
-        symbol = kallsyms.parse_kallsyms_line(line)
-        if symbol is not None and symbol.is_function and symbol.module:
-            owners.setdefault(symbol.name, set()).add(symbol.module)
-    return owners
-
-
 def pick_module(address, name, bcc_module, owners):
     """The module of the function ``name`` at ``address`` that bcc attributed to
-    ``bcc_module`` ("kernel" or None: vmlinux), checked against ``owners``
-    (module_owners()); None means vmlinux.
+    ``bcc_module`` ("kernel" or None: vmlinux), checked against ``owners``, the modules
+    kallsyms says define ``name`` (kallsyms.ModuleIndex.owners); None means vmlinux.
 
     bcc also reads a loading module's undefined symbols (type U), which carry the imported
     function's address and can win the lookup: drm_atomic_helper_commit then reads as
@@ -260,7 +248,7 @@ def pick_module(address, name, bcc_module, owners):
     if address < MODULES_VADDR:
         return None
     bcc_module = None if bcc_module in (None, "kernel") else bcc_module
-    found = owners.get(name, ())
+    found = owners
     if bcc_module in found or not found:
         return bcc_module
     if len(found) == 1:
@@ -276,19 +264,14 @@ class KernelSymbolizer:
     def __init__(self, bpf_class, kallsyms_path=kallsyms.KALLSYMS_PATH,
                  modules_path="/proc/modules", keep_offset=False):
         self._bpf_class = bpf_class
-        self.kallsyms_path = kallsyms_path
-        self.modules_path = modules_path
         self.keep_offset = keep_offset
-        self._modules = None
-        self._owners = None
+        self._index = kallsyms.ModuleIndex(kallsyms_path, modules_path)
         self._memo = {}
 
     def check(self, force=False):
         """Drop the caches when /proc/modules changed (or ``force``); True when dropped."""
-        modules = _read_text(self.modules_path)
-        if not force and modules == self._modules:
+        if not self._index.refresh(force):
             return False
-        self._modules, self._owners = modules, None
         self._memo.clear()
         self._bpf_class._sym_caches.pop(-1, None)
         return True
@@ -316,9 +299,8 @@ class KernelSymbolizer:
         else:
             name_offset, _, module = text.partition(" [")
             name = name_offset.split("+0x", 1)[0]
-            if self._owners is None:
-                self._owners = module_owners(_read_text(self.kallsyms_path))
-            module = pick_module(address, name, module.rstrip("]") or None, self._owners)
+            module = pick_module(address, name, module.rstrip("]") or None,
+                                 self._index.owners(name))
             shown = name_offset if self.keep_offset else name
             result = f"{shown} [{module}]" if module else shown
         self._memo[address] = result

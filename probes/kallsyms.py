@@ -173,3 +173,65 @@ def read_kallsyms(path=KALLSYMS_PATH):
     if len(table) == 0:
         raise BadInput(f"{path} lists no symbols", hint="is this a kallsyms file?")
     return table
+
+
+MODULES_PATH = "/proc/modules"
+
+
+def _read_optional(path):
+    try:
+        with open(path, encoding="ascii", errors="replace") as stream:
+            return stream.read()
+    except OSError:
+        return None
+
+
+class ModuleIndex:
+    """Which loaded module defines a kernel function, for naming stack frames while a trace
+    runs (both backends).
+
+    Only the module lines of kallsyms are parsed (``[module]`` marks them): vmlinux is most of
+    the file, and this is re-read whenever a module loads, which under emulation costs
+    seconds per full parse. A name both vmlinux and a module define therefore reads as the
+    module's; kallsyms has no such pair on the kernels memtrace is tested on.
+    """
+
+    def __init__(self, kallsyms_path=KALLSYMS_PATH, modules_path=MODULES_PATH):
+        self.kallsyms_path = kallsyms_path
+        self.modules_path = modules_path
+        self._table = None
+        self._modules = None
+
+    def refresh(self, force=False):
+        """Drop the index when /proc/modules changed since it was read (or ``force``);
+        return True when dropped."""
+        modules = _read_optional(self.modules_path)
+        if not force and modules == self._modules:
+            return False
+        self._modules, self._table = modules, None
+        return True
+
+    def _load(self):
+        if self._modules is None:
+            self._modules = _read_optional(self.modules_path)
+        text = _read_optional(self.kallsyms_path) or ""
+        module_lines = "\n".join(line for line in text.splitlines() if "[" in line)
+        self._table = parse_kallsyms(module_lines)
+
+    def owners(self, name):
+        """The modules whose code defines function ``name`` (empty: vmlinux or unknown)."""
+        if self._table is None:
+            self._load()
+        return {symbol.module for symbol in self._table.functions(name)}
+
+    def module_of(self, name, prefer=None):
+        """The module of function ``name``; None for vmlinux, unknown or ambiguous names
+        (``prefer`` settles a name several modules define). A name not found re-reads
+        kallsyms, but only when /proc/modules changed (a static symbol kallsyms lacks would
+        otherwise cost a re-read per stack)."""
+        owners = self.owners(name)
+        if not owners and self.refresh():
+            owners = self.owners(name)
+        if len(owners) == 1:
+            return owners.pop()
+        return prefer if prefer in owners else None

@@ -23,7 +23,7 @@ from typing import Callable, List, NamedTuple, Optional
 
 import psutil
 
-from memtrace.errors import FeatureMissing, MemtraceError, NotRoot
+from memtrace.errors import FeatureMissing, NotRoot
 from memtrace.probes import decode, features, kallsyms, probe_specs
 from memtrace.probes.backend import Backend
 from memtrace.probes.plan import fetch_offset
@@ -289,51 +289,6 @@ def error_reason(error_log_text, command):
     return None
 
 
-class ModuleLookup:
-    """Which module a kernel function belongs to, from /proc/kallsyms.
-
-    Modules load while a trace runs, so a name not found makes it re-read kallsyms, but only
-    when /proc/modules changed since the last read (a static symbol kallsyms lacks would
-    otherwise cost a full re-read per stack).
-    """
-
-    def __init__(self, kallsyms_path=kallsyms.KALLSYMS_PATH, modules_path="/proc/modules"):
-        self.kallsyms_path = kallsyms_path
-        self.modules_path = modules_path
-        self._table = None
-        self._modules = None
-
-    def _read_modules(self):
-        try:
-            with open(self.modules_path) as stream:
-                return stream.read()
-        except OSError:
-            return None
-
-    def _load(self):
-        self._modules = self._read_modules()
-        try:
-            self._table = kallsyms.read_kallsyms(self.kallsyms_path)
-        except MemtraceError:
-            self._table = kallsyms.SymbolTable([])
-
-    def module_of(self, name, prefer=None):
-        """The module of function ``name``; None for vmlinux, unknown or ambiguous names
-        (``prefer`` settles a name several modules define)."""
-        if self._table is None:
-            self._load()
-        found = self._table.functions(name)
-        if not found and self._read_modules() != self._modules:
-            self._load()
-            found = self._table.functions(name)
-        owners = {symbol.module for symbol in found}
-        if not owners or None in owners:
-            return None
-        if len(owners) == 1:
-            return owners.pop()
-        return prefer if prefer in owners else None
-
-
 @dataclass
 class _Entry:
     compiled: CompiledProbe
@@ -588,7 +543,7 @@ class TracefsBackend(Backend):
             raise FeatureMissing(f"{self.tracefs_dir} has no kprobe_events",
                                  "the kernel lacks CONFIG_KPROBE_EVENTS; try --backend bcc")
         tsc = self.options.get("tsc_mhz") or _tsc_mhz()
-        self._parser = TraceParser(self.compiled, self.on_event, ModuleLookup().module_of,
+        self._parser = TraceParser(self.compiled, self.on_event, kallsyms.ModuleIndex().module_of,
                                    _tgid_from_proc, tsc)
         self._make_instance()
         try:

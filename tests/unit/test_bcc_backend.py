@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from memtrace.probes import bcc_backend, decode, plan as plans
+from memtrace.probes import bcc_backend, decode, kallsyms, plan as plans
 from memtrace.probes.bcc_backend import (
     F_GRANTED,
     F_PMU,
@@ -16,7 +16,6 @@ from memtrace.probes.bcc_backend import (
     KernelSymbolizer,
     clean_frames,
     fill,
-    module_owners,
     parse_record,
     pick_module,
     program_cflags,
@@ -199,25 +198,32 @@ ffffffffc0900000 t bo_driver_move\t[qxl]
 """
 
 
-def test_module_owners_counts_code_symbols_only():
-    owners = module_owners(KALLSYMS)
-    assert owners["drm_atomic_helper_commit"] == {"drm_kms_helper"}
-    assert owners["bo_driver_move"] == {"drm_vram_helper", "qxl"}
-    assert "ioremap" not in owners
+def index_of(tmp_path, text):
+    (tmp_path / "kallsyms").write_text(text)
+    return kallsyms.ModuleIndex(str(tmp_path / "kallsyms"), str(tmp_path / "modules"))
 
 
-def test_pick_module_corrects_bccs_undefined_symbol_attribution():
-    owners = module_owners(KALLSYMS)
+def test_module_owners_counts_code_symbols_only(tmp_path):
+    index = index_of(tmp_path, KALLSYMS)
+    assert index.owners("drm_atomic_helper_commit") == {"drm_kms_helper"}
+    assert index.owners("bo_driver_move") == {"drm_vram_helper", "qxl"}
+    assert index.owners("ioremap") == set()
+
+
+def test_pick_module_corrects_bccs_undefined_symbol_attribution(tmp_path):
+    owners = index_of(tmp_path, KALLSYMS).owners
     # bcc read bochs' undefined entry for an import: the code lives in drm_kms_helper.
-    helper = pick_module(MODULE_AREA, "drm_atomic_helper_commit", "bochs", owners)
+    helper = pick_module(MODULE_AREA, "drm_atomic_helper_commit", "bochs",
+                         owners("drm_atomic_helper_commit"))
     assert helper == "drm_kms_helper"
-    assert pick_module(MODULE_AREA, "bochs_pci_probe", "bochs", owners) == "bochs"
-    assert pick_module(MODULE_AREA, "bo_driver_move", "qxl", owners) == "qxl"
+    assert pick_module(MODULE_AREA, "bochs_pci_probe", "bochs",
+                       owners("bochs_pci_probe")) == "bochs"
+    assert pick_module(MODULE_AREA, "bo_driver_move", "qxl", owners("bo_driver_move")) == "qxl"
     # vmlinux addresses are vmlinux, whatever module bcc names.
-    assert pick_module(0xFFFFFFFF81000010, "ioremap", "bochs", owners) is None
-    assert pick_module(0xFFFFFFFF81000010, "ioremap", "kernel", owners) is None
+    assert pick_module(0xFFFFFFFF81000010, "ioremap", "bochs", owners("ioremap")) is None
+    assert pick_module(0xFFFFFFFF81000010, "ioremap", "kernel", owners("ioremap")) is None
     # A module-area name kallsyms no longer lists (freed init code): trust bcc.
-    assert pick_module(MODULE_AREA, "bochs_init", "bochs", owners) == "bochs"
+    assert pick_module(MODULE_AREA, "bochs_init", "bochs", owners("bochs_init")) == "bochs"
 
 
 class _FakeBPF:

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from memtrace.errors import FeatureMissing
+from memtrace.probes import kallsyms as kallsyms_module
 from memtrace.probes import plan as plans
 from memtrace.probes import tracefs_backend as tb
 from memtrace.probes.kallsyms import parse_kallsyms
@@ -52,7 +53,7 @@ def registered_like_the_guest(kernel):
 def module_lookup(kernel, tmp_path):
     path = tmp_path / "kallsyms"
     path.write_text(fixture(f"kallsyms-{kernel}-bochs.txt"))
-    return tb.ModuleLookup(str(path), str(tmp_path / "no-modules")).module_of
+    return kallsyms_module.ModuleIndex(str(path), str(tmp_path / "no-modules")).module_of
 
 
 def parse_capture(kernel, tmp_path, chunks=None, tsc_mhz=None):
@@ -200,7 +201,7 @@ def test_module_names_come_from_kallsyms_and_it_is_reread_when_modules_change(tm
     kallsyms, modules = tmp_path / "kallsyms", tmp_path / "modules"
     kallsyms.write_text("ffffffff81000000 T memtype_reserve\n")
     modules.write_text("")
-    lookup = tb.ModuleLookup(str(kallsyms), str(modules))
+    lookup = kallsyms_module.ModuleIndex(str(kallsyms), str(modules))
     assert lookup.module_of("memtype_reserve") is None
     kallsyms.write_text(fixture("kallsyms-6.1-bochs.txt"))
     assert lookup.module_of("bochs_pci_probe") is None  # /proc/modules unchanged: no re-read
