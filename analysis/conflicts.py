@@ -188,11 +188,11 @@ def analyze(events, snapshot=None, pci_devices=(), static=True, wc_reference_mbp
     slow_moves = find_slow_moves(moves, wc_reference_mbps, slow_factor)
     slow_ids = {id(m) for m in slow_moves.slow} if slow_moves else set()
     conflicts = list(groups.values())
+    ran_on = _moves_by_conflict(conflicts, moves)
     slow_of = {}
     for conflict in conflicts:
-        ids = {id(event) for event in conflict.events}
         if conflict.kind != REFUSED:
-            ran = [m for m in moves if any(id(r) in ids for r in m.mappings)]
+            ran = ran_on[id(conflict)]
             conflict.impact = summarize(ran)
             slow_of[id(conflict)] = [m for m in ran if id(m) in slow_ids]
             if slow_of[id(conflict)]:
@@ -208,6 +208,25 @@ def analyze(events, snapshot=None, pci_devices=(), static=True, wc_reference_mbp
     if slow_moves is not None:
         slow_moves.conflicts.sort(key=conflicts.index)
     return Report(conflicts, moves, decisions, model, slow_moves)
+
+
+def _moves_by_conflict(conflicts, moves):
+    """``{id(conflict): the moves, in time order, that mapped one of its reservations}``,
+    in one pass over the moves (a long trace has thousands of both)."""
+    owners: Dict[int, list] = {}
+    for conflict in conflicts:
+        if conflict.kind != REFUSED:
+            for event in conflict.events:
+                owners.setdefault(id(event), []).append(conflict)
+    ran_on = {id(conflict): [] for conflict in conflicts}
+    for move in moves:
+        seen = set()
+        for mapping in move.mappings:
+            for conflict in owners.get(id(mapping), ()):
+                if id(conflict) not in seen:
+                    seen.add(id(conflict))
+                    ran_on[id(conflict)].append(move)
+    return ran_on
 
 
 def _name_processes(events):
