@@ -122,6 +122,9 @@ class Conflict:
     driver: Optional[str] = None
     pci_id: Optional[str] = None
     events: List[object] = dataclasses.field(default_factory=list, repr=False)
+    # The requesters already listed: a restart loop adds thousands, and a list search per
+    # event made grouping quadratic.
+    _requester_set: set = dataclasses.field(default_factory=set, repr=False, compare=False)
 
     @property
     def requester(self):
@@ -133,7 +136,8 @@ class Conflict:
         self.events.append(event)
         self.first_ns = event.ts_ns if self.first_ns is None else min(self.first_ns, event.ts_ns)
         self.last_ns = event.ts_ns if self.last_ns is None else max(self.last_ns, event.ts_ns)
-        if requester not in self.requesters:
+        if requester not in self._requester_set:
+            self._requester_set.add(requester)
             self.requesters.append(requester)
 
 
