@@ -15,13 +15,20 @@ opened with pyroute2:
   thread-group leaders become records; program details (name, executable, command line,
   parent) come from psutil as soon as the message is read, so a process that is already gone
   and reaped keeps only its pid.
+* taskstats (``NETLINK_GENERIC`` family ``TASKSTATS``, a listener registered for every
+  possible CPU): the kernel's accounting record of each exiting task, sent from ``do_exit()``
+  *before* the connector's exit message and carrying the task's ``comm``. psutil can name a
+  program only while its /proc entry exists; a program that ran briefly while memtrace was
+  busy is often exited and reaped before memtrace looks (seen in a TCG guest: a ``sleep``
+  killed after 0.3 s kept only its pid). Its exit still gets the kernel's name from
+  taskstats (``CONFIG_TASKSTATS``; without it exits keep what psutil found).
 * kobject uevents (``NETLINK_KOBJECT_UEVENT``, the kernel's multicast group): DRM ``add``,
   ``change`` (``HOTPLUG=1`` for connector changes), ``remove``... They carry no time, so their
   ``ts_ns`` is ``time.monotonic_ns()`` when memtrace read them.
 
 Nothing is hidden: every message read is counted, and messages the kernel dropped (gaps in the
 connector's per-CPU sequence numbers; ``ENOBUFS`` when a socket's buffer overflowed) are
-counted as lost. A background thread reads both sockets; ``stop()`` ends and joins it.
+counted as lost; a lost taskstats message costs at most one exit's name. A background thread reads both sockets; ``stop()`` ends and joins it.
 """
 
 import collections
@@ -43,6 +50,8 @@ __all__ = [
     "ProcessWatcher",
     "decode_wait_status",
     "describe_process",
+    "exit_names_from",
+    "open_exit_stats",
     "process_record",
     "uevent_record",
 ]
@@ -60,6 +69,19 @@ CN_VAL_PROC = 1
 # proc_event's what, cpu and timestamp_ns (16).
 _ACK_ERR_OFFSET = 52
 _NO_CPU = 0xFFFFFFFF           # acknowledgements of kernels before per-CPU sequence numbers
+
+# <linux/taskstats.h>: commands, attributes, and the offsets of the fields read from
+# struct taskstats; fields are only ever appended, so these hold for every version.
+TASKSTATS_CMD_GET = 1
+TASKSTATS_CMD_NEW = 2
+TASKSTATS_TYPE_PID = 1
+TASKSTATS_TYPE_STATS = 3
+TASKSTATS_TYPE_AGGR_PID = 4
+_TS_COMM_OFFSET, _TS_COMM_LEN = 80, 32
+_TS_PPID_OFFSET = 132
+_NLA_TYPE_MASK = 0x3FFF            # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+_NLMSG_ERROR = 2
+POSSIBLE_CPUS = "/sys/devices/system/cpu/possible"
 
 UEVENT_KERNEL_GROUP = 1        # the kernel's own uevents (2 is udevd's re-broadcast)
 UEVENT_SUBSYSTEMS = ("drm",)
@@ -200,6 +222,13 @@ class _SequenceGaps:
                 self.lost += gap
 
 
+def _refused(what, doing, err):
+    """The ProcessWatchUnavailable for an OSError while ``doing`` (a verb)."""
+    if err.errno in (errno.EPERM, errno.EACCES):
+        return ProcessWatchUnavailable(f"{what}: not allowed to {doing}", NEEDS_ROOT_HINT)
+    return ProcessWatchUnavailable(f"{what}: cannot {doing}: {os.strerror(err.errno)}")
+
+
 def _netlink_socket(factory, group, what, config):
     """Open a pyroute2 netlink socket and bind it to ``group``; return a plain non-blocking
     socket on the same kernel socket, owned by the caller.
@@ -234,11 +263,7 @@ def _netlink_socket(factory, group, what, config):
         try:
             sock.bind((0, group))
         except OSError as err:
-            if err.errno in (errno.EPERM, errno.EACCES):
-                raise ProcessWatchUnavailable(f"{what}: not allowed to listen",
-                                              NEEDS_ROOT_HINT) from None
-            raise ProcessWatchUnavailable(
-                f"{what}: cannot bind the netlink socket: {os.strerror(err.errno)}") from None
+            raise _refused(what, "listen", err) from None
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -260,27 +285,17 @@ def _control_message(action, port, ack):
     return msg.data
 
 
-def _subscribe(sock, ack, timeout=ACK_TIMEOUT_S):
-    """Send PROC_CN_MCAST_LISTEN and wait for the kernel's acknowledgement; return the
-    datagrams that came before it (real events, to be handled like any other)."""
-    what = "process connector"
-    try:
-        sock.send(_control_message(PROC_CN_MCAST_LISTEN, sock.getsockname()[0], ack))
-    except OSError as err:
-        if err.errno in (errno.EPERM, errno.EACCES):
-            raise ProcessWatchUnavailable(f"{what}: not allowed to subscribe",
-                                          NEEDS_ROOT_HINT) from None
-        raise ProcessWatchUnavailable(
-            f"{what}: cannot subscribe: {os.strerror(err.errno)}") from None
+def _read_until_answer(sock, is_answer, what, timeout, hint=None):
+    """Read ``sock`` until ``is_answer(datagram)``; return that datagram and those that came
+    before it (real events, to be handled like any other; None for an overrun). Raise
+    :class:`ProcessWatchUnavailable` after ``timeout`` seconds without the answer."""
     backlog = []
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ProcessWatchUnavailable(
-                f"{what}: the kernel did not acknowledge the subscription within {timeout:g} s",
-                "it answers only in the initial user and PID namespaces (not in a container), "
-                "on a kernel with CONFIG_PROC_EVENTS")
+                f"{what}: the kernel did not answer within {timeout:g} s", hint)
         readable, _, _ = select.select([sock], [], [], remaining)
         if not readable:
             continue
@@ -290,24 +305,41 @@ def _subscribe(sock, ack, timeout=ACK_TIMEOUT_S):
             continue
         except OSError as err:
             if err.errno == errno.ENOBUFS:
-                backlog.append(None)          # an overrun while subscribing: counted later
+                backlog.append(None)          # an overrun while waiting: counted later
                 continue
             raise ProcessWatchUnavailable(f"{what}: {os.strerror(err.errno)}") from None
-        # The answer: cn_msg.ack (offset 28) is ours + 1, proc_event.what (36) is NONE.
-        if len(data) >= _ACK_ERR_OFFSET + 4:
-            (cn_ack,) = struct.unpack_from("=I", data, 28)
-            (what_kind,) = struct.unpack_from("=I", data, 36)
-            if what_kind == PROC_EVENT_NONE and cn_ack == (ack + 1) & 0xFFFFFFFF:
-                (err,) = struct.unpack_from("=I", data, _ACK_ERR_OFFSET)
-                if err in (errno.EPERM, errno.EACCES):
-                    raise ProcessWatchUnavailable(f"{what}: the kernel refused the subscription",
-                                                  NEEDS_ROOT_HINT)
-                if err:
-                    raise ProcessWatchUnavailable(
-                        f"{what}: the kernel refused the subscription: {os.strerror(err)}")
-                backlog.append(data)          # counted like every other message
-                return backlog
+        if is_answer(data):
+            return data, backlog
         backlog.append(data)
+
+
+def _subscribe(sock, ack, timeout=ACK_TIMEOUT_S):
+    """Send PROC_CN_MCAST_LISTEN and wait for the kernel's acknowledgement; return the
+    datagrams that came before it (real events, to be handled like any other)."""
+    what = "process connector"
+    try:
+        sock.send(_control_message(PROC_CN_MCAST_LISTEN, sock.getsockname()[0], ack))
+    except OSError as err:
+        raise _refused(what, "subscribe", err) from None
+
+    def is_answer(data):
+        # cn_msg.ack (offset 28) is ours + 1, proc_event.what (36) is NONE.
+        return (len(data) >= _ACK_ERR_OFFSET + 4
+                and struct.unpack_from("=I", data, 36)[0] == PROC_EVENT_NONE
+                and struct.unpack_from("=I", data, 28)[0] == (ack + 1) & 0xFFFFFFFF)
+
+    answer, backlog = _read_until_answer(
+        sock, is_answer, what, timeout,
+        "it answers only in the initial user and PID namespaces (not in a container), "
+        "on a kernel with CONFIG_PROC_EVENTS")
+    (err,) = struct.unpack_from("=I", answer, _ACK_ERR_OFFSET)
+    if err in (errno.EPERM, errno.EACCES):
+        raise ProcessWatchUnavailable(f"{what}: the kernel refused the subscription",
+                                      NEEDS_ROOT_HINT)
+    if err:
+        raise ProcessWatchUnavailable(
+            f"{what}: the kernel refused the subscription: {os.strerror(err)}")
+    return backlog + [answer]             # the answer is counted like every other message
 
 
 def open_proc_connector(ack=None):
@@ -329,6 +361,152 @@ def open_uevent_socket():
     saying why not."""
     from pyroute2 import UeventSocket
     return _netlink_socket(UeventSocket, UEVENT_KERNEL_GROUP, "uevents", "CONFIG_NET")
+
+
+def _attributes(data, start, end):
+    """(type, value start, value end) of each netlink attribute in ``data[start:end]``."""
+    while start + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, start)
+        if length < 4 or start + length > end:
+            return
+        yield kind & _NLA_TYPE_MASK, start + 4, start + length
+        start += (length + 3) & ~3
+
+
+def exit_names_from(data):
+    """``[(pid, comm, ppid)]``: the exiting tasks in one taskstats datagram (a thread's pid is
+    its thread id). Messages that are not exit records (acknowledgements, errors) give
+    nothing."""
+    found = []
+    offset = 0
+    while offset + 20 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, offset)
+        if length < 16 or offset + length > len(data):
+            break
+        end = offset + length
+        if kind != _NLMSG_ERROR and data[offset + 16] == TASKSTATS_CMD_NEW:
+            for attr, start, stop in _attributes(data, offset + 20, end):
+                if attr != TASKSTATS_TYPE_AGGR_PID:
+                    continue
+                pid = stats = None
+                for inner, value, value_end in _attributes(data, start, stop):
+                    if inner == TASKSTATS_TYPE_PID and value_end - value >= 4:
+                        (pid,) = struct.unpack_from("=I", data, value)
+                    elif inner == TASKSTATS_TYPE_STATS and value_end - value >= _TS_PPID_OFFSET + 4:
+                        stats = value
+                if pid is None or stats is None:
+                    continue
+                comm = data[stats + _TS_COMM_OFFSET:stats + _TS_COMM_OFFSET + _TS_COMM_LEN]
+                comm = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
+                (ppid,) = struct.unpack_from("=I", data, stats + _TS_PPID_OFFSET)
+                found.append((pid, comm or None, ppid or None))
+        offset += (length + 3) & ~3
+    return found
+
+
+def _taskstats_request(family, attribute, cpus, port, seq):
+    from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+    from pyroute2.netlink.taskstats import tcmd
+    msg = tcmd()
+    msg["cmd"] = TASKSTATS_CMD_GET
+    msg["version"] = 1
+    msg["attrs"] = [[attribute, cpus]]
+    msg["header"]["type"] = family
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
+    msg["header"]["sequence_number"] = seq
+    msg["header"]["pid"] = port
+    msg.encode()
+    return msg.data
+
+
+def _possible_cpus():
+    try:
+        with open(POSSIBLE_CPUS, encoding="ascii") as src:
+            return src.read().strip()
+    except OSError:
+        return f"0-{max(os.cpu_count() or 1, 1) - 1}"
+
+
+class ExitStatsListener:
+    """A taskstats socket registered for the exits of every possible CPU; ``close()``
+    deregisters (the kernel also drops a listener whose socket is gone)."""
+
+    WHAT = "exit names (taskstats)"
+
+    def __init__(self, sock, family, cpus):
+        self.sock, self.family, self.cpus = sock, family, cpus
+
+    def fileno(self):
+        """The socket's descriptor, for select()."""
+        return self.sock.fileno()
+
+    def recv(self, size):
+        """One datagram, as ``socket.recv``."""
+        return self.sock.recv(size)
+
+    def close(self):
+        """Deregister and close; safe to call twice."""
+        if self.sock is None:
+            return
+        try:
+            self.sock.send(_taskstats_request(
+                self.family, "TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK", self.cpus,
+                self.sock.getsockname()[0], 2))
+        except OSError:
+            pass
+        self.sock.close()
+        self.sock = None
+
+
+def open_exit_stats(timeout=ACK_TIMEOUT_S):
+    """``(listener, datagrams read while registering)``: an :class:`ExitStatsListener`, or
+    :class:`ProcessWatchUnavailable` saying why not."""
+    from pyroute2 import TaskStats
+    from pyroute2.netlink.exceptions import NetlinkError
+    what = ExitStatsListener.WHAT
+    try:
+        resolver = TaskStats()
+        try:
+            resolver.bind()
+            family = resolver.prid
+        finally:
+            resolver.close()
+    except NetlinkError as err:
+        if err.code == errno.ENOENT:
+            raise ProcessWatchUnavailable(f"{what}: this kernel has no taskstats family "
+                                          "(built without CONFIG_TASKSTATS)",
+                                          "exits keep the names seen at exec") from None
+        raise ProcessWatchUnavailable(f"{what}: {os.strerror(err.code)}") from None
+    except OSError as err:
+        raise ProcessWatchUnavailable(f"{what}: cannot open a netlink socket: "
+                                      f"{os.strerror(err.errno)}") from None
+    except Exception as err:  # pyroute2's own failures must not end the trace
+        raise ProcessWatchUnavailable(
+            f"{what}: pyroute2 could not resolve the family: {type(err).__name__}: {err}"
+        ) from None
+    sock = _netlink_socket(TaskStats, 0, what, "CONFIG_TASKSTATS")
+    cpus = _possible_cpus()
+    try:
+        sock.send(_taskstats_request(family, "TASKSTATS_CMD_ATTR_REGISTER_CPUMASK", cpus,
+                                     sock.getsockname()[0], 1))
+        answer, backlog = _read_until_answer(
+            sock, lambda data: (len(data) >= 20
+                                and struct.unpack_from("=H", data, 4)[0] == _NLMSG_ERROR),
+            what, timeout)
+        (code,) = struct.unpack_from("=i", answer, 16)
+        if code in (-errno.EPERM, -errno.EACCES):
+            raise ProcessWatchUnavailable(f"{what}: the kernel refused the listener",
+                                          NEEDS_ROOT_HINT)
+        if code:
+            raise ProcessWatchUnavailable(f"{what}: the kernel refused the listener for "
+                                          f"CPUs {cpus}: {os.strerror(-code)}")
+        return ExitStatsListener(sock, family, cpus), backlog
+    except OSError as err:
+        sock.close()
+        raise _refused(what, "register", err) from None
+    except BaseException:
+        sock.close()
+        raise
 
 
 class _Source:
@@ -356,30 +534,37 @@ class ProcessWatcher:
 
     ``on_record(record)`` receives each record (a JSON-ready dict, docs/trace-format.md) in the
     watcher's thread; without it records are kept in ``records``. ``start()`` raises
-    :class:`ProcessWatchUnavailable` when the process connector cannot be used (uevents that
-    cannot be watched are only noted in ``stats()``); ``stop()`` reads what is left, ends the
-    subscription, closes the sockets and joins the thread. Also a context manager.
+    :class:`ProcessWatchUnavailable` when the process connector cannot be used (uevents or
+    taskstats that cannot be used are only noted in ``stats()``); ``stop()`` reads what is
+    left, ends the subscriptions, closes the sockets and joins the thread. Also a context
+    manager.
     """
 
     def __init__(self, on_record: Optional[Callable] = None, uevents=True,
                  lookup=describe_process, clock=time.monotonic_ns, open_proc=None,
-                 open_uevents=None):
+                 open_uevents=None, exit_names=True, open_exit_stats=None):
         self.records = []
         # Tests give other sockets; by default the module's openers, looked up at start().
         self._open_proc = open_proc
         self._open_uevents = open_uevents
+        self._open_exit_stats = open_exit_stats
+        self._want_exit_names = exit_names
         self._on_record = on_record or self.records.append
         self._want_uevents = uevents
         self._lookup = lookup
         self._clock = clock
         self.proc = _Source()
         self.uevent = _Source()
+        self.exit_stats = _Source()
         self.errors = 0
         self.first_error: Optional[str] = None
         self.stuck = False
         self._started = False
-        self._proc_sock = self._uevent_sock = None
+        self._proc_sock = self._uevent_sock = self._exit_sock = None
         self._backlog = []
+        self._exit_backlog = []
+        # pid (thread id) -> the kernel's comm at exit, until the connector's exit comes.
+        self._exit_names: "collections.OrderedDict[int, str]" = collections.OrderedDict()
         self._known: "collections.OrderedDict[int, dict]" = collections.OrderedDict()
         self._parents: "collections.OrderedDict[int, int]" = collections.OrderedDict()
         self._thread = None
@@ -410,6 +595,14 @@ class ProcessWatcher:
                     self.uevent.status, self.uevent.reason = "unavailable", err.one_line()
             else:
                 self.uevent.status, self.uevent.reason = "unavailable", "not asked for"
+            if self._want_exit_names:
+                try:
+                    self._exit_sock, self._exit_backlog = (
+                        self._open_exit_stats or open_exit_stats)()
+                except ProcessWatchUnavailable as err:
+                    self.exit_stats.status, self.exit_stats.reason = "unavailable", err.one_line()
+            else:
+                self.exit_stats.status, self.exit_stats.reason = "unavailable", "not asked for"
             self._wake_r, self._wake_w = os.pipe()
             self._thread = threading.Thread(target=self._run, name="memtrace-process-watch",
                                             daemon=True)
@@ -461,8 +654,11 @@ class ProcessWatcher:
         if not self._started and self.proc.status == "ok":
             self.proc.status, self.proc.reason = "unavailable", "tracing ended before it started"
             self.uevent.status, self.uevent.reason = "unavailable", self.proc.reason
+        if not self._started and self.exit_stats.status == "ok":
+            self.exit_stats.status, self.exit_stats.reason = "unavailable", self.proc.reason
         stats = self.proc.as_dict()
         stats["uevents"] = self.uevent.as_dict()
+        stats["exit_names"] = self.exit_stats.as_dict()
         if self.errors:
             stats["errors"] = self.errors
             stats["first_error"] = self.first_error
@@ -480,14 +676,22 @@ class ProcessWatcher:
                 else:
                     self._handle_proc(data)
             self._backlog = []
+            for data in self._exit_backlog:
+                if data is None:
+                    self.exit_stats.overruns += 1
+                else:
+                    self._handle_exit_stats(data)
+            self._exit_backlog = []
             while not self._stopping.is_set():
-                socks = [s for s in (self._proc_sock, self._uevent_sock) if s is not None]
+                # Exit stats first: a connector exit then finds its task's name waiting.
+                socks = [s for s in (self._exit_sock, self._proc_sock, self._uevent_sock)
+                         if s is not None]
                 readable, _, _ = select.select(socks + [self._wake_r], [], [], 1.0)
                 for sock in readable:
                     if sock is not self._wake_r:
                         self._drain(sock)
             # Stopping: what the kernel already queued still belongs to the trace.
-            for sock in (self._proc_sock, self._uevent_sock):
+            for sock in (self._exit_sock, self._proc_sock, self._uevent_sock):
                 if sock is not None:
                     self._drain(sock)
         except Exception as err:  # a bug must not kill the watch silently
@@ -497,8 +701,12 @@ class ProcessWatcher:
             self._close_sockets()
 
     def _drain(self, sock, limit=10000):
-        proc = sock is self._proc_sock
-        source = self.proc if proc else self.uevent
+        if sock is self._proc_sock:
+            source, handle = self.proc, self._handle_proc
+        elif sock is self._exit_sock:
+            source, handle = self.exit_stats, self._handle_exit_stats
+        else:
+            source, handle = self.uevent, self._handle_uevent
         for _ in range(limit):
             try:
                 data = sock.recv(65536)
@@ -509,10 +717,7 @@ class ProcessWatcher:
                     source.overruns += 1
                     continue
                 raise
-            if proc:
-                self._handle_proc(data)
-            else:
-                self._handle_uevent(data)
+            handle(data)
 
     def _handle_proc(self, data):
         for msg in self._proc_marshal.parse(data):
@@ -553,11 +758,29 @@ class ProcessWatcher:
             if details is None:
                 # Started before the watch: whatever /proc still shows of the exiting process.
                 details = self._lookup(pid)
+            kernel_name = self._exit_name(pid)
+            if kernel_name and not details.get("name"):
+                # Gone before psutil looked: the kernel's own name, sent just before.
+                details = dict(details, name=kernel_name)
+                self.exit_stats.records += 1
             parent = msg.get("parent_tgid")
             if parent and parent != details.get("ppid"):
                 details = dict(details, ppid=parent, parent_name=_process_name(parent))
             return process_record(msg, details)
         return None
+
+    def _handle_exit_stats(self, data):
+        for pid, comm, _ppid in exit_names_from(data):
+            self.exit_stats.read += 1
+            if comm:
+                _remember(self._exit_names, pid, comm)
+
+    def _exit_name(self, pid):
+        """The kernel's name for ``pid`` from its exit stats, which taskstats sends before the
+        connector's exit: read whatever is queued first."""
+        if self._exit_sock is not None and pid not in self._exit_names:
+            self._drain(self._exit_sock)
+        return self._exit_names.pop(pid, None)
 
     def _handle_uevent(self, data):
         now = self._clock()
@@ -593,7 +816,7 @@ class ProcessWatcher:
                 pass
 
     def _close_sockets(self):
-        for name in ("_proc_sock", "_uevent_sock"):
+        for name in ("_proc_sock", "_uevent_sock", "_exit_sock"):
             sock = getattr(self, name)
             if sock is not None:
                 sock.close()

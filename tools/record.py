@@ -146,6 +146,11 @@ def _start_watch(watch, command):
         watch.mark_unavailable(f"{type(err).__name__}: {err}")
         print(f"memtrace {command}: note: process watch unavailable: {type(err).__name__}: "
               f"{err}", file=sys.stderr)
+    else:
+        exit_names = watch.stats()["exit_names"]
+        if exit_names["status"] != "ok":
+            print(f"memtrace {command}: note: programs that end before memtrace reads /proc "
+                  f"will have no name: {exit_names['reason']}", file=sys.stderr)
 
 
 def _stop_watch(watch):

@@ -74,6 +74,26 @@ UEVENT_NULL = (b"change@/devices/virtual/mem/null\0ACTION=change\0"
                b"DEVPATH=/devices/virtual/mem/null\0SUBSYSTEM=mem\0SEQNUM=2742\0")
 
 
+def taskstats_datagram(*tasks, family=31, version=14):
+    """One taskstats exit message as the kernel sends it (kernel/taskstats.c): nlmsghdr,
+    genlmsghdr (TASKSTATS_CMD_NEW), and per task a nested TASKSTATS_TYPE_AGGR_PID holding
+    TASKSTATS_TYPE_PID and TASKSTATS_TYPE_STATS (struct taskstats of <linux/taskstats.h>,
+    here 344 bytes with the fields read set). ``tasks`` are (pid, comm, ppid)."""
+    def attr(kind, value):
+        data = struct.pack("=HH", 4 + len(value), kind) + value
+        return data + b"\0" * (-len(data) % 4)
+
+    body = b""
+    for pid, comm, ppid in tasks:
+        stats = bytearray(344)
+        struct.pack_into("=HI", stats, 0, version, 9)
+        stats[80:80 + len(comm)] = comm.encode()
+        struct.pack_into("=IIII", stats, 120, 0, 0, pid, ppid)
+        body += attr(0x8000 | 4, attr(1, struct.pack("=I", pid)) + attr(3, bytes(stats)))
+    genl = struct.pack("=BBH", 2, 1, 0)
+    return struct.pack("=IHHII", 16 + len(genl) + len(body), family, 0, 0, 0) + genl + body
+
+
 def parsed_uevent(data):
     from pyroute2.netlink.uevent import MarshalUevent
     [msg] = list(MarshalUevent().parse(data))
@@ -130,6 +150,29 @@ def test_a_drm_uevent_becomes_a_record():
 
 def test_other_subsystems_give_no_record():
     assert uevent_record(parsed_uevent(UEVENT_NULL), 9_000) is None
+
+
+def test_taskstats_exit_messages_give_each_tasks_pid_name_and_parent():
+    data = taskstats_datagram((5000, "sleep", 4999), (5001, "gnome-shell-cal", 4999))
+    assert pw.exit_names_from(data) == [(5000, "sleep", 4999), (5001, "gnome-shell-cal", 4999)]
+    # Two messages in one datagram, and the acknowledgement of the registration (an
+    # NLMSG_ERROR with error 0) which is no exit.
+    ack = struct.pack("=IHHIIi", 36, 2, 0, 1, 0, 0) + b"\0" * 16
+    assert pw.exit_names_from(ack + data + taskstats_datagram((7, "", 1))) == [
+        (5000, "sleep", 4999), (5001, "gnome-shell-cal", 4999), (7, None, 1)]
+    # A message cut short gives nothing rather than reading past its end.
+    assert pw.exit_names_from(data[:-100]) == []
+    assert pw.exit_names_from(ack + data[:-100]) == []
+
+
+def test_the_taskstats_registration_is_encoded_as_the_kernel_expects():
+    data = pw._taskstats_request(31, "TASKSTATS_CMD_ATTR_REGISTER_CPUMASK", "0-3", 4321, 1)
+    length, family, flags, seq, port = struct.unpack_from("=IHHII", data)
+    cmd, version = struct.unpack_from("=BB", data, 16)
+    attr_len, attr = struct.unpack_from("=HH", data, 20)
+    assert (length, family, flags & 0x5, seq, port) == (len(data), 31, 0x5, 1, 4321)
+    assert (cmd, version, attr) == (1, 1, 3)
+    assert data[24:20 + attr_len] == b"0-3\0"
 
 
 # -- the watcher's thread, on stand-in sockets -----------------------------------------------
@@ -204,7 +247,7 @@ def test_the_thread_turns_messages_into_records_counts_losses_and_ends(stand_ins
     ack = proc_datagram(NONE, struct.pack("=I", 0), cpu=0, seq=0)
     watcher = ProcessWatcher(lookup=lookup, clock=lambda: 77,
                              open_proc=lambda _ack: (proc, [ack]),
-                             open_uevents=lambda: uevents)
+                             open_uevents=lambda: uevents, exit_names=False)
     with watcher:
         for data in (fork_datagram(812, 4242, cpu=0, seq=1),
                      exec_datagram(4242, cpu=0, seq=2),
@@ -237,7 +280,7 @@ def test_the_thread_turns_messages_into_records_counts_losses_and_ends(stand_ins
 def test_an_exec_psutil_missed_gets_its_parent_from_the_fork(stand_ins):
     proc_kernel, proc, _uev_kernel, _uevents = stand_ins
     proc.overrun_after = None
-    watcher = ProcessWatcher(lookup=lambda pid: {}, uevents=False,
+    watcher = ProcessWatcher(lookup=lambda pid: {}, uevents=False, exit_names=False,
                              open_proc=lambda _ack: (proc, []))
     with watcher:
         proc_kernel.send(fork_datagram(os.getpid(), 5000, seq=1))
@@ -248,6 +291,49 @@ def test_an_exec_psutil_missed_gets_its_parent_from_the_fork(stand_ins):
     assert watcher.stats()["uevents"]["status"] == "unavailable"
 
 
+def test_an_exit_psutil_could_not_name_gets_the_kernels_name(stand_ins):
+    proc_kernel, proc, exits_kernel, exits = stand_ins
+    proc.overrun_after = None
+    watcher = ProcessWatcher(lookup=lambda pid: {}, uevents=False,
+                             open_proc=lambda _ack: (proc, []),
+                             open_exit_stats=lambda: (exits, []))
+    with watcher:
+        proc_kernel.send(exec_datagram(5000, seq=1))
+        assert wait_for(lambda: len(watcher.records) == 1)
+        # As the kernel does it: the task's exit stats first, then the connector's exit.
+        exits_kernel.send(taskstats_datagram((5001, "sleep", 1), (5000, "sleep", 4999)))
+        proc_kernel.send(exit_datagram(5000, signal.SIGKILL, seq=2))
+        assert wait_for(lambda: len(watcher.records) == 2)
+    started, ended = watcher.records
+    assert started["name"] is None                  # psutil found nothing at exec
+    assert ended["name"] == "sleep" and ended["exit_signal"] == signal.SIGKILL
+    assert exits.closed
+    stats = watcher.stats()["exit_names"]
+    assert stats == {"status": "ok", "reason": None, "read": 2, "records": 1, "lost": 0,
+                     "overruns": 0}
+
+
+def test_a_kernel_without_taskstats_still_watches_and_says_so(stand_ins):
+    proc_kernel, proc, _uev_kernel, _uevents = stand_ins
+    proc.overrun_after = None
+
+    def refuse():
+        raise ProcessWatchUnavailable("exit names (taskstats): this kernel has no taskstats "
+                                      "family (built without CONFIG_TASKSTATS)")
+
+    watcher = ProcessWatcher(lookup=lambda pid: {}, uevents=False,
+                             open_proc=lambda _ack: (proc, []), open_exit_stats=refuse)
+    with watcher:
+        proc_kernel.send(exec_datagram(5000, seq=1))
+        proc_kernel.send(exit_datagram(5000, 0, seq=2))
+        assert wait_for(lambda: len(watcher.records) == 2)
+    stats = watcher.stats()
+    assert stats["status"] == "ok"
+    assert stats["exit_names"]["status"] == "unavailable"
+    assert "CONFIG_TASKSTATS" in stats["exit_names"]["reason"]
+    assert watcher.records[1]["name"] is None
+
+
 def test_a_broken_record_handler_is_counted_not_fatal(stand_ins):
     proc_kernel, proc, _uev_kernel, _uevents = stand_ins
     proc.overrun_after = None
@@ -256,7 +342,7 @@ def test_a_broken_record_handler_is_counted_not_fatal(stand_ins):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     watcher = ProcessWatcher(on_record=refuse, lookup=lambda pid: {}, uevents=False,
-                             open_proc=lambda _ack: (proc, []))
+                             exit_names=False, open_proc=lambda _ack: (proc, []))
     with watcher:
         proc_kernel.send(exec_datagram(5000, seq=1))
         proc_kernel.send(exec_datagram(5001, seq=2))
@@ -367,6 +453,34 @@ def test_live_exec_and_exit_of_true_and_sleep(live_watcher):
     assert ended["ts_ns"] - started["ts_ns"] >= 200_000_000
     stats = live_watcher.stats()
     assert stats["status"] == "ok" and stats["read"] >= 8 and stats["lost"] == 0
+
+
+def test_live_exits_of_programs_psutil_never_saw_are_named_by_the_kernel():
+    # A lookup that always misses stands in for a watcher too slow to read /proc in time.
+    watcher = ProcessWatcher(lookup=lambda pid: {})
+    try:
+        watcher.start()
+    except ProcessWatchUnavailable as err:
+        pytest.skip(f"the process connector cannot be opened here: {err.one_line()}")
+    try:
+        if watcher.stats()["exit_names"]["status"] != "ok":
+            pytest.skip(f"taskstats cannot be used here: {watcher.stats()['exit_names']}")
+        pids = []
+        for _ in range(4):
+            child = subprocess.Popen(["sleep", "30"])     # returns once sleep is exec'd
+            child.kill()
+            child.wait()
+            pids.append(child.pid)
+        assert wait_for(lambda: len(_records_of(watcher, set(pids))) == 8)
+    finally:
+        watcher.stop()
+    for pid in pids:
+        started, ended = _records_of(watcher, {pid})
+        assert started["name"] is None and ended["name"] == "sleep"
+    [loop] = find_restart_loops(_records_of(watcher, set(pids)))
+    assert loop.name == "sleep" and loop.count == 4 and loop.pids == pids
+    stats = watcher.stats()["exit_names"]
+    assert stats["records"] >= 4 and stats["read"] >= 4
 
 
 def test_live_kill_loop_is_found(live_watcher):
@@ -482,6 +596,26 @@ def test_record_without_the_watch_notes_why_once_and_still_writes_the_trace(
     assert notes[1].endswith("process watch unavailable")        # the summary line
     assert len(notes) == 2
     assert not watcher_threads()
+
+
+def test_record_without_taskstats_notes_it_and_still_watches(fake_record, capsys, monkeypatch):
+    _open_or_skip().stop()
+
+    def refuse():
+        raise ProcessWatchUnavailable("exit names (taskstats): this kernel has no taskstats "
+                                      "family (built without CONFIG_TASKSTATS)",
+                                      "exits keep the names seen at exec")
+
+    monkeypatch.setattr(pw, "open_exit_stats", refuse)
+    trace = fake_record("true")
+    assert [r["what"] for r in trace.processes if r["pid"] in FakeSession.children] == [
+        "exec", "exit"]
+    assert trace.process_watch["status"] == "ok"
+    assert trace.process_watch["exit_names"]["status"] == "unavailable"
+    err = capsys.readouterr().err
+    assert ("memtrace record: note: programs that end before memtrace reads /proc will have "
+            "no name: exit names (taskstats): this kernel has no taskstats family (built "
+            "without CONFIG_TASKSTATS); exits keep the names seen at exec") in err.splitlines()
 
 
 def test_python_can_import_the_watcher_without_pyroute2_loaded():
