@@ -25,7 +25,9 @@ exit accounts for at most one restart. A *loop* is at least ``min_restarts`` res
 
 A program is its name as the kernel keeps it (``comm``, 15 characters), else its executable's
 file name: an exit seen without its exec (the process started before tracing) still matches
-the next start. Records without either cannot be matched and are skipped.
+the next start. A start whose process was gone before memtrace could name it takes the name
+of its exit (memtrace gets that from the kernel: :func:`with_exit_names`). Records without
+either cannot be matched and are skipped.
 
 Defaults, and why:
 
@@ -58,6 +60,7 @@ __all__ = [
     "find_restart_loops",
     "program_key",
     "timeline",
+    "with_exit_names",
 ]
 
 DEFAULT_MIN_RESTARTS = 3
@@ -72,6 +75,27 @@ def program_key(record):
     if not name and record.get("exe"):
         name = os.path.basename(record["exe"])
     return name[:COMM_LEN] if name else None
+
+
+def with_exit_names(process_records):
+    """``process_records`` in the same order, where an ``exec`` that has no name (its process
+    exited and was reaped before memtrace could read /proc) takes the name, and executable
+    when known, of its exit: the same pid's next record, when that is an ``exit`` (not an
+    exec of another program). Records given a name are copies with ``"name_from": "exit"``;
+    the others are the records given."""
+    by_pid: Dict[int, list] = {}
+    for record in sorted(process_records, key=lambda r: r.get("ts_ns", 0)):
+        if record.get("what") in ("exec", "exit") and record.get("pid") is not None:
+            by_pid.setdefault(record["pid"], []).append(record)
+    named = {}
+    for records in by_pid.values():
+        for record, following in zip(records, records[1:]):
+            if (record["what"] == "exec" and program_key(record) is None
+                    and following["what"] == "exit" and program_key(following) is not None):
+                named[id(record)] = dict(record, name=following.get("name"),
+                                         exe=record.get("exe") or following.get("exe"),
+                                         name_from="exit")
+    return [named.get(id(record), record) for record in process_records]
 
 
 def exit_description(record):
@@ -164,7 +188,8 @@ class RestartLoop:
 def _instances_and_restarts(process_records, failures_only):
     """Replay exec/exit records; return {key: [(previous instance, restarted instance)]},
     {key: [times of starts while another instance ran]} and {key: exe path}."""
-    records = sorted((r for r in process_records if r.get("what") in ("exec", "exit")),
+    records = sorted((r for r in with_exit_names(process_records)
+                      if r.get("what") in ("exec", "exit")),
                      key=lambda r: r["ts_ns"])
     running: Dict[int, _Instance] = {}            # pid -> the instance it runs now
     alive: Dict[str, set] = {}                    # key -> pids of instances seen starting
@@ -325,7 +350,7 @@ def timeline(process_records, uevents, events=None):
     """Process records, uevents and (optionally) memtrace Events in time order, as
     :class:`TimelineEntry` objects; entries at the same nanosecond keep that argument order."""
     entries = [TimelineEntry(r["ts_ns"], "process", _process_text(r), r)
-               for r in process_records]
+               for r in with_exit_names(process_records)]
     entries += [TimelineEntry(u["ts_ns"], "uevent", _uevent_text(u), u) for u in uevents]
     entries += [TimelineEntry(e.ts_ns, "event", _event_text(e), e) for e in events or ()]
     entries.sort(key=lambda entry: entry.ts_ns)

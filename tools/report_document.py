@@ -21,6 +21,7 @@ from memtrace.analysis.redact import Redactor
 from memtrace.analysis.reservations import first_outside_frame, is_downgrade
 from memtrace.analysis.restarts import (
     DEFAULT_MIN_RESTARTS, DEFAULT_WINDOW_S, exit_description, find_restart_loops,
+    with_exit_names,
 )
 from memtrace.analysis.slow_moves import (
     DEFAULT_SLOW_FACTOR, describe_slow_moves, estimated_wc_ns,
@@ -94,9 +95,10 @@ class _Host:
         self.source = source
         self.report = analyze(source.events, source.snapshot, source.pci_devices,
                               wc_reference_mbps=wc_reference_mbps, slow_factor=slow_factor)
-        self.loops = find_restart_loops(source.processes, min_restarts, window_s)
-        self.exits = {r.get("pid"): r for r in source.processes if r.get("what") == "exit"}
-        self.starts = {r.get("pid"): r for r in source.processes if r.get("what") == "exec"}
+        self.processes = with_exit_names(source.processes)
+        self.loops = find_restart_loops(self.processes, min_restarts, window_s)
+        self.exits = {r.get("pid"): r for r in self.processes if r.get("what") == "exit"}
+        self.starts = {r.get("pid"): r for r in self.processes if r.get("what") == "exec"}
         times = [e.ts_ns for e in source.events]
         times += [r["ts_ns"] for r in source.processes + source.uevents if "ts_ns" in r]
         self.t0 = min(times) if times else 0
@@ -279,7 +281,7 @@ class _Host:
 
     def timeline(self):
         entries = []
-        for record in self.source.processes:
+        for record in self.processes:
             pid, name = record.get("pid"), record.get("name") or record.get("exe") or "?"
             if record.get("what") == "exec":
                 parent = f", started by {record['parent_name']}" \
@@ -347,10 +349,14 @@ class _Host:
         watch = footer.get("process_watch")
         if isinstance(watch, dict):
             lost = (watch.get("lost") or 0) + ((watch.get("uevents") or {}).get("lost") or 0)
+            exit_names = watch.get("exit_names")
             process_watch = {"status": watch.get("status") or "unavailable",
-                             "reason": watch.get("reason"), "lost": lost}
+                             "reason": watch.get("reason"), "lost": lost,
+                             "exit_names": (exit_names.get("status") or "unavailable")
+                             if isinstance(exit_names, dict) else "not recorded"}
         else:
-            process_watch = {"status": "not recorded", "reason": None, "lost": 0}
+            process_watch = {"status": "not recorded", "reason": None, "lost": 0,
+                             "exit_names": "not recorded"}
         return {
             "name": self.name, "hostname": header.get("hostname"), "source": source.source,
             "kernel": source.kernel,

@@ -11,6 +11,7 @@ from memtrace.analysis.restarts import (
     DEFAULT_WINDOW_S,
     find_restart_loops,
     timeline,
+    with_exit_names,
 )
 
 S = 1_000_000_000
@@ -187,6 +188,41 @@ def test_two_programs_looping_together_are_two_loops_and_order_does_not_matter()
 def test_unnamed_processes_are_skipped():
     records = [dict(record, name=None, exe=None) for record in kill_loop(5)]
     assert find_restart_loops(records) == []
+
+
+def unnamed(record):
+    return dict(record, name=None, exe=None, cmdline=None)
+
+
+def test_a_start_gone_before_memtrace_looked_takes_the_name_of_its_exit():
+    # As recorded in a 6.12 TCG guest: the first of five `sleep`s was killed and reaped before
+    # psutil read /proc, so its exec has only a pid; its exit was named by the kernel.
+    records = kill_loop(5, every_s=0.6, lives_s=0.3, name="sleep", exe="/usr/bin/sleep")
+    records[0] = unnamed(records[0])
+    records[1] = dict(records[1], exe=None)
+    [loop] = find_restart_loops(records)
+    assert loop.name == "sleep" and loop.count == 5 and loop.pids == list(range(1000, 1005))
+    assert loop.program == "/usr/bin/sleep"             # from the instances psutil did see
+    named = with_exit_names(records)
+    assert named[0]["name"] == "sleep" and named[0]["name_from"] == "exit"
+    assert named[0]["exe"] is None
+    assert records[0]["name"] is None                   # the caller's records are untouched
+    assert named[1:] == records[1:]
+
+
+def test_a_start_that_execs_another_program_does_not_take_its_name():
+    records = [unnamed(exec_(0, 1000)), exec_(0.1, 1000, name="gnome-shell"),
+               exit_(3, 1000)]
+    assert with_exit_names(records) == records
+    # Nor does a start whose exit is unnamed too, or that never exits.
+    records = [unnamed(exec_(0, 1000)), unnamed(exit_(1, 1000)), unnamed(exec_(2, 1001))]
+    assert with_exit_names(records) == records
+
+
+def test_the_timeline_names_a_start_from_its_exit():
+    records = [unnamed(exec_(1, 1000)), exit_(2, 1000, name="sleep", exe=None)]
+    texts = [entry.text for entry in timeline(records, [])]
+    assert texts[0].startswith("exec sleep pid 1000")
 
 
 def test_timeline_merges_processes_uevents_and_events_in_time_order():
