@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from memtrace.analysis.restarts import with_exit_names
 from tests.conftest import REPO
 from tests.lab.conftest import LAB_KERNELS, memtrace_in_guest
 
@@ -62,6 +63,11 @@ def test_nothing_lost_and_backend_named(bochs_trace):
     assert footer["attach_failures"] == []
     assert footer["events"] == len(events) > 0
     assert footer["workload_status"] == 0
+    # The kernel's names of exiting tasks (taskstats) reached memtrace: sh, modprobe and
+    # python3 at least, threads and kernel workers too.
+    exit_names = footer["process_watch"]["exit_names"]
+    assert exit_names["status"] == "ok", exit_names
+    assert exit_names["read"] >= 3 and exit_names["lost"] == 0, exit_names
 
 
 def test_inlined_vram_move_is_substituted_and_said(bochs_trace):
@@ -183,3 +189,31 @@ def test_sigterm_while_attaching_detaches_and_still_writes_the_file(guest):
     footer = json.loads(session.read("early.jsonl").splitlines()[-1])
     assert footer["type"] == "footer" and footer["stopped_by"] == "signal"
     assert int(session.read("probes_after_early")) == 0
+
+
+# The workload stops memtrace (its parent) while three /bin/true run and are reaped, as when
+# memtrace is descheduled on a busy machine: once it runs again, /proc has nothing left of them.
+SHORT_LIVED = ("kill -STOP $PPID; for i in 1 2 3; do /bin/true; done; kill -CONT $PPID; "
+               "sleep 0.5")
+SHORT_LIVED_SCRIPT = (f"{memtrace_in_guest('record', '--backend', 'tracefs', '-o', 'short.jsonl', '--', 'sh', '-c', SHORT_LIVED)}"
+                      " 2> short.err; echo $? > short.rc")
+
+
+@pytest.mark.parametrize("series", LAB_KERNELS)
+def test_programs_gone_before_memtrace_looked_are_still_named(guest, series):
+    session = guest(series, "none", SHORT_LIVED_SCRIPT)
+    assert session.read("short.rc").strip() == "0", session.read("short.err")
+    lines = [json.loads(line) for line in session.read("short.jsonl").splitlines()]
+    processes = [line for line in lines if line["type"] == "process"]
+    [shell] = [p for p in processes if p["what"] == "exec" and p["cmdline"]
+               and p["cmdline"][-1] == SHORT_LIVED]
+    children = [p for p in processes if p["ppid"] == shell["pid"] and p["pid"] != shell["pid"]]
+    # kill (a shell builtin) forks nothing; each true and the sleep are one exec, one exit.
+    assert [p["name"] for p in children if p["what"] == "exit"] == ["true"] * 3 + ["sleep"]
+    trues = [p for p in children if p["what"] == "exec"][:3]
+    assert all(p["name"] is None for p in trues), trues    # psutil was too late
+    assert [p["name"] for p in with_exit_names(children) if p["what"] == "exec"] \
+        == ["true"] * 3 + ["sleep"]
+    watch = lines[-1]["process_watch"]
+    assert watch["lost"] == 0 and watch["exit_names"]["status"] == "ok", watch
+    assert watch["exit_names"]["records"] >= 3, watch     # named by the kernel

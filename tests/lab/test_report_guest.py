@@ -27,6 +27,7 @@ def test_restart_loop_is_flagged_and_the_steady_program_is_not(live_report):
     doc = live_report.json("r.json")
     host = doc["hosts"][0]
     assert host["process_watch"]["status"] == "ok", host["process_watch"]
+    assert host["process_watch"]["exit_names"] == "ok", host["process_watch"]
     loops = [f for f in doc["findings"] if f["kind"] == "restart-loop"]
     assert [f["title"].split()[0] for f in loops] == ["sleep"], loops
     assert loops[0]["count"] == 5
