@@ -369,6 +369,33 @@ class KernelFeatures:
         )
 
     @cached_property
+    def process_watch_check(self):
+        """Can memtrace see programs start and end (restart loops), DRM uevents, and the
+        kernel's names of programs that end before /proc can be read? Tried for real: a
+        watcher is started and stopped."""
+        name = "process-watch"
+        if self.root != "/":
+            return Check(name, INFO, "not checked: needs the running kernel's netlink sockets")
+        from memtrace.probes.process_watch import ProcessWatcher, ProcessWatchUnavailable
+        watcher = ProcessWatcher()
+        try:
+            watcher.start()
+        except ProcessWatchUnavailable as err:
+            return Check(name, WARN, err.message, "; ".join(
+                filter(None, [err.hint, "reports cannot show restart loops"])))
+        except (ImportError, OSError) as err:
+            return Check(name, WARN, f"{type(err).__name__}: {err}",
+                         "reports cannot show restart loops")
+        finally:
+            watcher.stop()
+        stats = watcher.stats()
+        missing = [stats[part]["reason"] for part in ("uevents", "exit_names")
+                   if stats[part]["status"] != "ok"]
+        if missing:
+            return Check(name, INFO, "; ".join(["process connector ok"] + missing))
+        return Check(name, OK, "process connector, DRM uevents and taskstats exit names")
+
+    @cached_property
     def cycle_counter_check(self):
         """Is the PMU cycle counter usable? Without one, cycles come from the TSC rate."""
         cycles, reason = probe_cycle_counter()
@@ -515,6 +542,7 @@ class KernelFeatures:
             self.bcc_check,
             self.btf_check,
             self.cycle_counter_check,
+            self.process_watch_check,
             self.pat_check,
             self.kallsyms_check,
             self.function_lists_check,

@@ -352,3 +352,68 @@ def test_ensure_mounted_mounts_in_a_private_namespace():
         "tracefs /sys/kernel/tracing True",
     ], result.stderr
     assert open("/proc/mounts").read() == before
+
+
+# -- process watch: tried for real on the running kernel -------------------------------------
+
+class _Watcher:
+    """Stands in for ProcessWatcher: fails to start with ``error``, else reports ``stats``."""
+
+    error = None
+    stats_given = None
+    stopped = 0
+
+    def start(self):
+        if self.error:
+            raise self.error
+        return self
+
+    def stop(self):
+        _Watcher.stopped += 1
+
+    def stats(self):
+        return self.stats_given
+
+
+def _running(monkeypatch, error=None, stats=None):
+    from memtrace.probes import process_watch
+    monkeypatch.setattr(_Watcher, "error", error)
+    monkeypatch.setattr(_Watcher, "stats_given", stats)
+    monkeypatch.setattr(_Watcher, "stopped", 0)
+    monkeypatch.setattr(process_watch, "ProcessWatcher", _Watcher)
+    return KernelFeatures(allow_mount=False, euid=0).process_watch_check
+
+
+def test_process_watch_refused_is_a_warning_with_what_it_costs(monkeypatch):
+    from memtrace.probes.process_watch import NEEDS_ROOT_HINT, ProcessWatchUnavailable
+    check = _running(monkeypatch, error=ProcessWatchUnavailable(
+        "process connector: not allowed to subscribe", NEEDS_ROOT_HINT))
+    assert check.status == WARN and check.detail == "process connector: not allowed to subscribe"
+    assert check.hint == f"{NEEDS_ROOT_HINT}; reports cannot show restart loops"
+    assert _Watcher.stopped == 1
+
+
+def test_process_watch_without_taskstats_is_information(monkeypatch):
+    ok = {"status": "ok", "reason": None}
+    check = _running(monkeypatch, stats=dict(ok, uevents=ok, exit_names={
+        "status": "unavailable", "reason": "exit names (taskstats): this kernel has no "
+        "taskstats family (built without CONFIG_TASKSTATS)"}))
+    assert check.status == INFO
+    assert check.detail.startswith("process connector ok; exit names (taskstats): ")
+    assert _Watcher.stopped == 1
+
+
+def test_process_watch_is_not_tried_on_another_machines_tree(host_like):
+    check = host_like.process_watch_check
+    assert check.status == INFO and check.detail.startswith("not checked")
+
+
+def test_process_watch_on_this_machine():
+    from memtrace.probes.process_watch import ProcessWatcher, ProcessWatchUnavailable
+    try:
+        ProcessWatcher(uevents=False, exit_names=False).start().stop()
+    except ProcessWatchUnavailable as err:
+        pytest.skip(f"the process connector cannot be opened here: {err.one_line()}")
+    check = KernelFeatures(allow_mount=False).process_watch_check
+    assert check.status in (OK, INFO), check
+    assert check.detail.startswith("process connector")
