@@ -719,8 +719,8 @@ class TracefsBackend(Backend):
             return False
 
     def detach(self):
-        """Remove triggers, disable, drain, count losses, then remove the instance and our
-        kprobe events. Safe to call twice and after a partial attach; what cannot be undone is
+        """Stop recording, remove triggers, disable, drain, count losses, then remove the
+        instance and our kprobe events. Safe to call twice and after a partial attach; what cannot be undone is
         listed in ``cleanup_problems`` (``remove_stale`` retries it next run)."""
         if self._detached:
             return
@@ -728,7 +728,13 @@ class TracefsBackend(Backend):
         if not self._instance_made:
             return  # attach never got as far as creating anything
         registered = [c for c in self.compiled if c.entry_registered]
-        # Triggers first: a stacktrace trigger keeps firing on a disabled event.
+        # Stop recording first: calls made between removing the stacktrace triggers and
+        # disabling the events would otherwise be recorded without their stacks (seen: a
+        # kworker's qxl moves at the end of a lab trace). Calls after this are after the trace.
+        if registered:
+            self._try("stopping the recording", _write, self._instance_path("tracing_on"),
+                      "0\n")
+        # Then triggers: a stacktrace trigger keeps firing on a disabled event.
         for compiled in registered:
             if compiled.stack_registered:
                 self._try(f"removing the trigger of {compiled.event}", _write,
