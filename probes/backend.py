@@ -10,6 +10,7 @@ class BackendStats:
 
     lost_events: int = 0          # dropped by a perf/ring buffer before memtrace read them
     missed_returns: int = 0       # kretprobe misses: calls whose return was not seen
+    missing_stacks: int = 0       # calls whose kernel stack could not be kept
     attached: List[str] = dataclasses.field(default_factory=list)
     attach_failures: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
     late_attached: List[str] = dataclasses.field(default_factory=list)  # on module load
@@ -19,6 +20,7 @@ class BackendStats:
         return {
             "lost_events": self.lost_events,
             "missed_returns": self.missed_returns,
+            "missing_stacks": self.missing_stacks,
             "attached": list(self.attached),
             "attach_failures": [{"probe": p, "reason": r} for p, r in self.attach_failures],
             "late_attached": list(self.late_attached),

@@ -809,9 +809,7 @@ class BccBackend(Backend):
             left_open = len(self._bpf["mt_entries"].items())
         self.stats.lost_events = max(counts["lost"], self._perf_lost)
         self.stats.missed_returns = counts["missed"] + left_open
-        if counts["no_stack"]:
-            self.notes.append(f"{counts['no_stack']} calls without a stack (stack map full "
-                              "or hash collision)")
+        self.stats.missing_stacks = counts["no_stack"]
         if counts["nested"]:
             self.notes.append(f"{counts['nested']} recursive calls folded into their "
                               "outermost call")

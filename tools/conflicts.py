@@ -15,8 +15,9 @@ from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput, MemtraceError
 from memtrace.tools.record import add_tracing_arguments, workload_argv
 from memtrace.tools.render import hex_range, table
 from memtrace.tools.tracing_io import (
-    ReportOutput, add_output_arguments, add_slow_move_arguments, missed_returns_text, traced_with,
-    TraceSource, read_pci, read_recorded_trace, snapshot_tuples, stdout_to_stderr,
+    ReportOutput, add_output_arguments, add_slow_move_arguments, missed_returns_text,
+    missing_stacks_note, traced_with, TraceSource, read_pci, read_recorded_trace,
+    snapshot_tuples, stdout_to_stderr,
 )
 
 DESCRIPTION = "find PAT reservation conflicts: who asked for which type, who forced it, the cost"
@@ -136,6 +137,8 @@ def _live(args, workload):
                          backend=session.backend_name, backend_reason=session.backend_reason,
                          snapshot=snapshot, seconds=round(result.seconds, 3),
                          workload=workload)
+    if missing_stacks_note(stats.missing_stacks):
+        source.notes.append(missing_stacks_note(stats.missing_stacks))
     if snapshot is None:
         source.notes.append(f"No PAT snapshot ({environment.get('pat_snapshot_note')}): "
                             "reservations made before tracing are unknown.")

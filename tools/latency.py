@@ -20,8 +20,9 @@ from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput
 from memtrace.tools.record import add_tracing_arguments, workload_argv
 from memtrace.tools.render import hex_range, table
 from memtrace.tools.tracing_io import (
-    ReportOutput, add_output_arguments, add_slow_move_arguments, missed_returns_text, traced_with,
-    TraceSource, read_pci, read_recorded_trace, snapshot_tuples, stdout_to_stderr,
+    ReportOutput, add_output_arguments, add_slow_move_arguments, missed_returns_text,
+    missing_stacks_note, traced_with, TraceSource, read_pci, read_recorded_trace,
+    snapshot_tuples, stdout_to_stderr,
 )
 
 DESCRIPTION = "time kernel functions: percentiles, log2 histograms, and what buffer moves cost"
@@ -455,6 +456,8 @@ def _live(args, workload, stream):
     stats = session.backend.stats
     source.events = live.selected
     source.lost_events, source.missed_returns = stats.lost_events, stats.missed_returns
+    if missing_stacks_note(stats.missing_stacks):
+        source.notes.append(missing_stacks_note(stats.missing_stacks))
     source.seconds = round(result.seconds, 3)
     rows, slow, causes = _analyse(live.selected, live.context, source, args, measure)
     aggregated, _, _ = live.aggregated_rows()

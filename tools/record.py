@@ -128,8 +128,9 @@ def record_trace(path, workload, duration=None, backend="auto", extra_functions=
                        # Drivers bound while tracing (bochs-drm) name their BARs in reports.
                        "pci_devices": pci_devices()})
         writer.footer(footer)
+    stacks = f", stacks missing {stats.missing_stacks}" if stats.missing_stacks else ""
     print(f"memtrace {command}: {writer.events} events written to {path}; "
-          f"lost {stats.lost_events}, missed returns {stats.missed_returns}, "
+          f"lost {stats.lost_events}, missed returns {stats.missed_returns}{stacks}, "
           f"attach failures {len(stats.attach_failures)}; {_watch_summary(watch, writer)}",
           file=sys.stderr)
 

@@ -73,6 +73,9 @@ def read_recorded_trace(path):
                                if header.get("pat_snapshot_note") else "")
                             + ": reservations made before tracing are unknown.")
     source.pci_devices = _pci_for_trace(header, footer, source.notes)
+    note = missing_stacks_note(footer.get("missing_stacks"))
+    if note:
+        source.notes.append(note)
     return source
 
 
@@ -258,6 +261,15 @@ def traced_with(source):
     seconds = f" over {source.seconds:g} s" if source.seconds is not None else ""
     workload = f" while running `{' '.join(source.workload)}`" if source.workload else ""
     return f"Traced with {backend}{seconds}{workload}."
+
+
+def missing_stacks_note(count):
+    """The note for ``count`` calls whose kernel stack was lost, or None when there are none."""
+    if not count:
+        return None
+    return (f"{count} calls have no kernel stack (the BPF stack map was full or two stacks "
+            "hashed alike): who reserved or asked for a range may be named by its caller "
+            "only.")
 
 
 def missed_returns_text(source):

@@ -38,14 +38,14 @@ CONFLICT_KEYS = {"kind", "start", "end", "requested", "granted", "granted_inferr
                  "remedy"}
 
 
-def write_trace(path, events, lost=0, header=None):
+def write_trace(path, events, lost=0, header=None, footer=None):
     """Write ``events`` as `memtrace record` would; return the path as a string."""
     with open(path, "wb") as stream:
         writer = TraceWriter(stream, dict(HEADER, **(header or {})))
         for event in events:
             writer.event(event)
-        writer.footer({"lost_events": lost, "missed_returns": 0, "seconds": 3.5,
-                       "stopped_by": "workload"})
+        writer.footer(dict({"lost_events": lost, "missed_returns": 0, "seconds": 3.5,
+                            "stopped_by": "workload"}, **(footer or {})))
     return str(path)
 
 
@@ -132,6 +132,18 @@ def test_lost_events_are_stated(capsys, tmp_path):
     path = write_trace(tmp_path / "lossy.jsonl", bochs_events(), lost=7)
     _, out, _ = conflicts(capsys, "-i", path)
     assert "Events: 14, 7 lost" in out and "Some events were lost" in out
+
+
+def test_calls_without_a_stack_are_stated(capsys, tmp_path):
+    path = write_trace(tmp_path / "stackless.jsonl", bochs_events(),
+                       footer={"missing_stacks": 2})
+    _, out, _ = conflicts(capsys, "-i", path)
+    assert "2 calls have no kernel stack (the BPF stack map was full" in " ".join(out.split())
+    _, out, _ = conflicts(capsys, "-i", path, "--format", "json")
+    assert any(note.startswith("2 calls have no kernel stack")
+               for note in json.loads(out)["notes"])
+    _, out, _ = conflicts(capsys, "-i", write_trace(tmp_path / "t.jsonl", bochs_events()))
+    assert "no kernel stack" not in out
 
 
 def test_a_trace_without_snapshot_says_so(capsys, tmp_path):

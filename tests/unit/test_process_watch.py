@@ -508,6 +508,7 @@ def _process_name(pid):
 class FakeStats:
     lost_events = 0
     missed_returns = 0
+    missing_stacks = 0
     attach_failures = []
 
     def as_dict(self):
