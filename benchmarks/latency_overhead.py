@@ -29,7 +29,6 @@ funclatency prints only the mean). The table gives medians over the rounds, with
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import time
 
 # Run as a script, this directory is on sys.path: share probe_overhead.py's workload and
 # helpers rather than copy them.
-from probe_overhead import COUNT, FUNCLATENCY, MEMTRACE, REPO, baseline, per_map_us
+from probe_overhead import COUNT, MEMTRACE, REPO, baseline, per_map_us, run_funclatency
 
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 FN = "memtype_reserve"
@@ -85,19 +84,8 @@ def with_latency(options):
 
 
 def with_funclatency():
-    """The workload while funclatency times memtype_reserve (probe_overhead.py's way, keeping
-    funclatency's output for its call count)."""
-    started = time.monotonic()
-    proc = subprocess.Popen([FUNCLATENCY, FN], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    for line in proc.stdout:
-        if line.startswith("Tracing"):
-            break
-    attach_s = time.monotonic() - started
-    us = baseline()
-    proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=300)
+    """The workload while funclatency times memtype_reserve, with its call count and mean."""
+    us, attach_s, output = run_funclatency(FN)
     match = _FUNCLATENCY_AVG.search(output)
     if not match:
         raise RuntimeError(f"funclatency printed no average:\n{output}")

@@ -66,11 +66,12 @@ def with_memtrace(backend):
     return per_map_us(stdout), attach_s, footer
 
 
-def with_funclatency():
-    """The workload while bcc's funclatency times memtype_reserve."""
+def run_funclatency(fn="memtype_reserve"):
+    """The workload while bcc's funclatency times ``fn``: ``(us per map, seconds to attach,
+    funclatency's output)``."""
     started = time.monotonic()
     # funclatency is Python: unbuffered, or its "Tracing ..." line never arrives through a pipe.
-    proc = subprocess.Popen([FUNCLATENCY, "memtype_reserve"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([FUNCLATENCY, fn], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     for line in proc.stdout:
@@ -79,8 +80,8 @@ def with_funclatency():
     attach_s = time.monotonic() - started
     us = baseline()
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
-    return us, attach_s
+    output, _ = proc.communicate(timeout=300)
+    return us, attach_s, output
 
 
 def main():
@@ -92,7 +93,7 @@ def main():
         results[backend] = {"us": us, "overhead_us": us - base, "attach_s": attach_s,
                             "events": footer["events"], "lost": footer["lost_events"]}
         print(json.dumps({backend: results[backend]}), file=sys.stderr, flush=True)
-    us, attach_s = with_funclatency()
+    us, attach_s, _output = run_funclatency()
     results["funclatency"] = {"us": us, "overhead_us": us - base, "attach_s": attach_s}
     print(json.dumps(results, indent=2))
 
