@@ -670,18 +670,10 @@ class ProcessWatcher:
 
     def _run(self):
         try:
-            for data in self._backlog:
-                if data is None:
-                    self.proc.overruns += 1
-                else:
-                    self._handle_proc(data)
-            self._backlog = []
-            for data in self._exit_backlog:
-                if data is None:
-                    self.exit_stats.overruns += 1
-                else:
-                    self._handle_exit_stats(data)
-            self._exit_backlog = []
+            # What came while subscribing; exit stats first, as in the loop below.
+            self._replay(self._exit_backlog, self.exit_stats, self._handle_exit_stats)
+            self._replay(self._backlog, self.proc, self._handle_proc)
+            self._exit_backlog, self._backlog = [], []
             while not self._stopping.is_set():
                 # Exit stats first: a connector exit then finds its task's name waiting.
                 socks = [s for s in (self._exit_sock, self._proc_sock, self._uevent_sock)
@@ -699,6 +691,14 @@ class ProcessWatcher:
         finally:
             self._unsubscribe()
             self._close_sockets()
+
+    @staticmethod
+    def _replay(backlog, source, handle):
+        for data in backlog:
+            if data is None:
+                source.overruns += 1
+            else:
+                handle(data)
 
     def _drain(self, sock, limit=10000):
         if sock is self._proc_sock:
