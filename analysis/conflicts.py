@@ -11,6 +11,16 @@ Kinds:
   or a pfn remap failed; with the message the kernel printed, rebuilt from the trace.
 - ``static``: from the snapshot alone, a display device's prefetchable BAR reserved UC- or
   UC (analysis.snapshot's uncached-framebuffer finding).
+- ``pat-disabled``: PAT is off (``nopat``, no CPU support, Xen PV ...), so a request for WC
+  (or WP) gets UC- page bits although the kernel's bookkeeping says WC.
+- ``upgrade``: an uncached request (UC-, UC) that got or effectively runs write-combined:
+  faster, but writes may be combined and reordered where the requester expected uncached
+  accesses (dangerous for register BARs). A warning.
+- ``mtrr-downgrade``: a request made slower by the MTRRs, with no reservation involved (a WB
+  request over an uncached MTRR becomes UC-, pat_x_mtrr_type). A warning.
+
+Every judgement uses the *effective* type (analysis.effective): the granted type as the CPU
+really uses it, after the PAT table and the MTRRs.
 
 Besides the conflicts, the report holds the buffer moves that ran slow on uncached memory
 (analysis.slow_moves), each linked to the conflicts whose reservations mapped them.
@@ -25,12 +35,14 @@ import errno
 from typing import Dict, List, Optional, Tuple
 
 from memtrace.analysis import memtypes
+from memtrace.analysis.effective_timeline import MemoryTypeContext, effective_by_event
 from memtrace.analysis.events import ROLE_IOREMAP, ROLE_RESERVE, ROLE_USER_MAP
 from memtrace.analysis.latency import human_duration, human_size
 from memtrace.analysis.moves import MoveSummary, find_moves, summarize
 from memtrace.analysis.reservations import (
-    BEFORE_TRACING, ReservationModel, first_outside_frame, frame_name, is_downgrade,
-    is_user_mapping_stack, new_memtype_allowed, replay,
+    BEFORE_TRACING, ModelCheck, ReservationModel, compare_with_kernel_list,
+    first_outside_frame, frame_name, is_downgrade, is_user_mapping_stack, new_memtype_allowed,
+    replay,
 )
 from memtrace.analysis.slow_moves import (
     DEFAULT_SLOW_FACTOR, SlowMoves, describe_reference, estimated_wc_ns, find_slow_moves,
@@ -42,6 +54,12 @@ __all__ = [
     "USER_MAP_DOWNGRADE",
     "REFUSED",
     "STATIC",
+    "PAT_DISABLED",
+    "UPGRADE",
+    "MTRR_DOWNGRADE",
+    "ERROR",
+    "WARNING",
+    "MemoryTypeContext",
     "Requester",
     "Conflict",
     "Report",
@@ -55,6 +73,14 @@ DOWNGRADE = "downgrade"
 USER_MAP_DOWNGRADE = "user-map-downgrade"
 REFUSED = "refused"
 STATIC = "static"
+PAT_DISABLED = "pat-disabled"
+UPGRADE = "upgrade"
+MTRR_DOWNGRADE = "mtrr-downgrade"
+
+# What decides the exit status: an ERROR finding (or a slow move) makes it 1; WARNING
+# findings are reported and leave it 0.
+ERROR = "error"
+WARNING = "warning"
 
 _WC_REMEDY = ("The usual remedy is to map the framebuffer write-combined at probe time in the "
               "driver that reserved it {holder_type} ({who}): ioremap_wc, devm_ioremap_wc or "
@@ -68,7 +94,29 @@ _AGREE_REMEDY = ("Make every mapping of this range ask for one type, or release 
 _MAPPING_PREFIXES = ("ioremap", "devm_ioremap", "pci_iomap", "pcim_iomap")
 _RESERVE_WRAPPERS = frozenset({"arch_io_reserve_memtype_wc", "memtype_reserve_io"})
 _UNKNOWN_COMM = "<...>"
-_KIND_ORDER = {DOWNGRADE: 0, USER_MAP_DOWNGRADE: 0, REFUSED: 0, STATIC: 1}
+_KIND_ORDER = {DOWNGRADE: 0, USER_MAP_DOWNGRADE: 0, REFUSED: 0, PAT_DISABLED: 0, STATIC: 1,
+               MTRR_DOWNGRADE: 2, UPGRADE: 2}
+_PAT_OFF_REMEDY = (
+    "Boot without `nopat`, on a CPU model that offers PAT (the VM's CPU needs the `pat` flag; "
+    "QEMU's -cpu host or a named model has it) and a kernel built with CONFIG_X86_PAT. On a Xen "
+    "PV guest PAT follows the PAT MSR Xen programs: use a PVH or HVM guest, or a kernel with "
+    "Xen PV PAT support. Until then, a driver that calls arch_phys_wc_add() gets "
+    "write-combining through an MTRR instead (most DRM drivers of real GPUs do; bochs does "
+    "not).")
+_UPGRADE_REMEDY = (
+    "If the requester relies on uncached ordering (registers, doorbells, a ring header read by "
+    "the device), map it outside the write-combined range or flush with a fence before the "
+    "device reads it; otherwise nothing to do.")
+_MTRR_REMEDY = (
+    "The firmware's MTRRs make this range uncached; ask for WC (ioremap_wc) where "
+    "write-combining is wanted, since a WC page overrides an uncached MTRR.")
+# Where a user mapping comes from, by a frame of its stack.
+_SYSFS_MMAP = {"pci_mmap_resource_wc": "_wc", "pci_mmap_resource_uc": ""}
+_FB_MMAP_PREFIXES = ("fb_mmap", "fb_io_mmap", "fb_deferred_io_mmap", "fb_sys_mmap",
+                     "drm_fbdev_fb_mmap", "drm_fb_helper_mmap")
+_DRM_MMAP_PREFIXES = ("drm_gem_mmap", "drm_gem_ttm_mmap", "ttm_bo_mmap", "drm_gem_vram_mmap",
+                      "drm_gem_shmem_mmap", "drm_gem_prime_mmap", "ttm_bo_vm_fault")
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +127,14 @@ class Requester:
     pid: Optional[int]
     function: Optional[str]
     stack: Tuple[str, ...] = ()
+    mapped: Optional[str] = None
 
     @classmethod
-    def of(cls, event):
-        """The requester of ``event``."""
+    def of(cls, event, pci_devices=()):
+        """The requester of ``event``; ``mapped`` names what a process mapped (a sysfs
+        resource file, /dev/fb0, a DRM node) when its stack shows it."""
         return cls(event.comm, event.pid, first_outside_frame(event.stack, event.caller),
-                   tuple(event.stack))
+                   tuple(event.stack), mapped_object(event, pci_devices))
 
     def describe(self):
         """``ttm_kmap_iter_linear_io_init [ttm] (modprobe, pid 175)``."""
@@ -121,6 +171,11 @@ class Conflict:
     device: Optional[str] = None
     driver: Optional[str] = None
     pci_id: Optional[str] = None
+    effective: Optional[str] = None
+    effective_reasons: Tuple[str, ...] = ()
+    holders: List[object] = dataclasses.field(default_factory=list)
+    chain: List[object] = dataclasses.field(default_factory=list)
+    mtrr_ranges: Tuple[object, ...] = ()
     events: List[object] = dataclasses.field(default_factory=list, repr=False)
     # The requesters already listed: a restart loop adds thousands, and a list search per
     # event made grouping quadratic.
@@ -130,6 +185,16 @@ class Conflict:
     def requester(self):
         """The first requester, or None (static findings)."""
         return self.requesters[0] if self.requesters else None
+
+    @property
+    def severity(self):
+        """``error`` (makes the exit status 1) or ``warning`` (reported only): upgrades,
+        MTRR downgrades and a PAT-off request an MTRR made write-combined after all."""
+        if self.kind in (UPGRADE, MTRR_DOWNGRADE):
+            return WARNING
+        if self.kind == PAT_DISABLED and not is_downgrade(self.requested, self.effective):
+            return WARNING
+        return ERROR
 
     def _add(self, event, requester):
         self.count += 1
@@ -153,14 +218,19 @@ class Report:
     model: ReservationModel
     slow_moves: Optional[SlowMoves] = None
 
+    context: MemoryTypeContext = dataclasses.field(default_factory=MemoryTypeContext)
+    model_check: Optional[ModelCheck] = None
+
     @property
     def findings(self):
-        """True when there is something to act on: a conflict, or a slow move."""
-        return bool(self.conflicts) or bool(self.slow_moves and self.slow_moves.slow)
+        """True when there is something to act on: a conflict of severity ``error``, or a
+        slow move (warnings alone are not)."""
+        return (any(c.severity == ERROR for c in self.conflicts)
+                or bool(self.slow_moves and self.slow_moves.slow))
 
 
 def analyze(events, snapshot=None, pci_devices=(), static=True, wc_reference_mbps=None,
-            slow_factor=DEFAULT_SLOW_FACTOR):
+            slow_factor=DEFAULT_SLOW_FACTOR, context=None, snapshot_end=None):
     """Find the conflicts and the slow moves in ``events``.
 
     :param events: Event objects in any order (they are sorted by ``ts_ns``).
@@ -173,22 +243,28 @@ def analyze(events, snapshot=None, pci_devices=(), static=True, wc_reference_mbp
     :param wc_reference_mbps: the write-combined throughput (MB/s) slow moves are measured
         against; None: the trace's WC moves, else the default (analysis.slow_moves).
     :param slow_factor: how many times the WC estimate an uncached move must take to be slow.
+    :param context: the :class:`MemoryTypeContext` (PAT state, MTRRs) that makes granted
+        types effective; None: both unknown, the effective type is the granted one.
+    :param snapshot_end: the kernel's PAT list read when tracing ended (``(start, end,
+        type)`` tuples), to check the model against (``Report.model_check``); None: unknown.
     :return: a :class:`Report`; conflicts in time order, static ones last.
     :raises ValueError: for a reference that is not positive or a factor not above 1.
     """
+    context = context or MemoryTypeContext()
     ordered = _name_processes(sorted(events, key=lambda e: e.ts_ns))
-    initial = ReservationModel(snapshot).live
-    model, decisions = replay(ordered, snapshot)
+    tracking = not context.pat_disabled
+    initial = ReservationModel(snapshot, tracking).live
+    model, decisions = replay(ordered, snapshot, tracking)
+    effective = effective_by_event(ordered, decisions, context)
+    for decision in decisions:
+        decision.effective = effective.get(id(decision.event))
     granted = {id(d.event): d.granted for d in decisions if d.granted and d.granted_inferred}
-    moves = find_moves(ordered, granted)
+    moves = find_moves(ordered, granted, {key: e.type for key, e in effective.items()})
     groups: Dict[tuple, Conflict] = {}
     user_windows = _windows(e for e in ordered if e.role == ROLE_USER_MAP)
     for decision in decisions:
-        if decision.refused:
-            _add_refusal(groups, decision)
-        elif is_downgrade(decision.event.requested, decision.granted):
-            _add_downgrade(groups, decision, user_windows)
-    _add_failed_wrappers(groups, ordered, decisions)
+        _classify(groups, decision, user_windows, pci_devices)
+    _add_failed_wrappers(groups, ordered, decisions, pci_devices)
     slow_moves = find_slow_moves(moves, wc_reference_mbps, slow_factor)
     slow_ids = {id(m) for m in slow_moves.slow} if slow_moves else set()
     conflicts = list(groups.values())
@@ -203,15 +279,39 @@ def analyze(events, snapshot=None, pci_devices=(), static=True, wc_reference_mbp
                 slow_moves.conflicts.append(conflict)
     if static and pci_devices:
         conflicts.extend(_static(initial, pci_devices, conflicts))
+    adopters = _adopters(decisions)
     for conflict in conflicts:
         _name_device(conflict, pci_devices)
+        conflict.chain = _chain(conflict, adopters)
         if not conflict.explanation:
             conflict.explanation, conflict.remedy = _explain(
-                conflict, _wc_estimate(slow_of.get(id(conflict)), slow_moves))
+                conflict, _wc_estimate(slow_of.get(id(conflict)), slow_moves), context)
     conflicts.sort(key=lambda c: (_KIND_ORDER[c.kind], c.first_ns or 0, c.start))
     if slow_moves is not None:
         slow_moves.conflicts.sort(key=conflicts.index)
-    return Report(conflicts, moves, decisions, model, slow_moves)
+    check = None
+    if snapshot_end is not None and snapshot is not None and tracking:
+        check = compare_with_kernel_list(model, snapshot_end)
+    return Report(conflicts, moves, decisions, model, slow_moves, context, check)
+
+
+def _classify(groups, decision, user_windows, pci_devices):
+    """Put one replayed reservation into the conflict it belongs to, if any."""
+    if decision.refused:
+        _add_refusal(groups, decision, pci_devices)
+        return
+    event, found = decision.event, decision.effective
+    effective = found.type if found is not None else decision.granted
+    if found is not None and found.pat_disabled:
+        _add_effective(groups, PAT_DISABLED, decision, effective, pci_devices)
+    elif event.requested in ("UC-", "UC") and "WC" in (decision.granted, effective):
+        _add_effective(groups, UPGRADE, decision, effective, pci_devices)
+    elif is_downgrade(event.requested, effective):
+        if decision.holder_entry is None and decision.granted != effective \
+                or decision.holder_entry is None and event.requested == "WB":
+            _add_effective(groups, MTRR_DOWNGRADE, decision, effective, pci_devices)
+        elif is_downgrade(event.requested, decision.granted):
+            _add_downgrade(groups, decision, effective, user_windows, pci_devices)
 
 
 def _moves_by_conflict(conflicts, moves):
@@ -260,17 +360,60 @@ def _group(groups, key, **fields):
     return groups[key]
 
 
-def _add_downgrade(groups, decision, user_windows):
+def _effective_fields(decision):
+    found = decision.effective
+    if found is None:
+        return {"effective": decision.granted}
+    return {"effective": found.type, "effective_reasons": tuple(found.reasons),
+            "mtrr_ranges": tuple(found.mtrr_ranges)}
+
+
+def _add_downgrade(groups, decision, effective, user_windows, pci_devices):
     event, holder = decision.event, decision.holder_entry
-    if holder is None and event.requested == "WB":
-        return  # a WB request over uncached MTRRs becomes UC- with no reservation involved
     user = is_user_mapping_stack(event.stack) or _inside(user_windows, event)
     kind = USER_MAP_DOWNGRADE if user else DOWNGRADE
-    key = (kind, event.start, event.end, event.requested, decision.granted, id(holder))
+    key = (kind, event.start, event.end, event.requested, decision.granted, effective,
+           id(holder))
     conflict = _group(groups, key, kind=kind, start=event.start, end=event.end,
-                      requested=event.requested, granted=decision.granted, holder=holder)
+                      requested=event.requested, granted=decision.granted, holder=holder,
+                      **_effective_fields(decision))
     conflict.granted_inferred = conflict.granted_inferred or decision.granted_inferred
-    conflict._add(event, Requester.of(event))
+    conflict._add(event, Requester.of(event, pci_devices))
+
+
+def _add_effective(groups, kind, decision, effective, pci_devices):
+    """A finding about the type the CPU uses: PAT off, an upgrade, an MTRR downgrade."""
+    event = decision.event
+    holder = decision.holder_entry if decision.granted != event.requested else None
+    key = (kind, event.start, event.end, event.requested, decision.granted, effective,
+           id(holder))
+    conflict = _group(groups, key, kind=kind, start=event.start, end=event.end,
+                      requested=event.requested, granted=decision.granted, holder=holder,
+                      **_effective_fields(decision))
+    conflict.granted_inferred = conflict.granted_inferred or decision.granted_inferred
+    conflict._add(event, Requester.of(event, pci_devices))
+
+
+def mapped_object(event, pci_devices=()):
+    """What a process mapped, when the stack of ``event`` shows a user mapping (an mmap or a
+    page fault on one): ``resource0_wc of 0000:00:02.0`` (sysfs), ``/dev/fb*`` (fbdev), ``a
+    DRM node``; else None (kernel mappings such as TTM's ioremap_wc)."""
+    names = [frame_name(frame) for frame in event.stack]
+    if not any("mmap" in name or name.endswith("_fault") for name in names):
+        return None
+    for name in names:
+        if name in _SYSFS_MMAP:
+            suffix = _SYSFS_MMAP[name]
+            owner = find_owner(event.start, event.end, pci_devices, []) \
+                if pci_devices and event.start is not None else None
+            if owner is not None and owner.kind == "pci" and owner.bar is not None:
+                return f"resource{owner.bar}{suffix} of {owner.slot}"
+            return f"a sysfs resource{suffix} file of a PCI device"
+    if any(name.startswith(_FB_MMAP_PREFIXES) for name in names):
+        return "/dev/fb* (fbdev emulation)"
+    if any(name.startswith(_DRM_MMAP_PREFIXES) for name in names):
+        return "a DRM node (/dev/dri/*)"
+    return None
 
 
 def _errno_name(ret):
@@ -284,7 +427,23 @@ def _cattr(short):
         return str(short)
 
 
-def _add_refusal(groups, decision):
+def _refusal_holders(decision):
+    """The entries whose types made the kernel refuse: the first overlapping entry (the type
+    compared against) and the one whose type differs from it; for a strict caller, the
+    first entry alone. ``(holder, holders)``: ``holder`` is the one of them whose type
+    differs from the request (the first when both do)."""
+    event, first, clash = decision.event, decision.first, decision.clash
+    holders = [entry for entry in (first, clash) if entry is not None]
+    if clash is not None and first is not None and clash is not first:
+        holders = [first, clash]
+    elif clash is not None:
+        holders = [clash]
+    differing = [entry for entry in holders if entry.type != event.requested]
+    holder = differing[0] if differing else (holders[0] if holders else None)
+    return holder, holders
+
+
+def _add_refusal(groups, decision, pci_devices=()):
     event, clash = decision.event, decision.clash
     reason = None
     if event.start >= event.end:
@@ -295,11 +454,13 @@ def _add_refusal(groups, decision):
                   f"{event.start:x}-{event.end:x} {_cattr(decision.found_type)}<->"
                   f"{_cattr(clash.type)}")
     error = _errno_name(event.ret)
-    key = (REFUSED, event.start, event.end, event.requested, error, id(clash))
+    holder, holders = _refusal_holders(decision)
+    key = (REFUSED, event.start, event.end, event.requested, error,
+           tuple(id(h) for h in holders))
     conflict = _group(groups, key, kind=REFUSED, start=event.start, end=event.end,
-                      requested=event.requested, granted=None, holder=clash, reason=reason,
-                      error=error)
-    conflict._add(event, Requester.of(event))
+                      requested=event.requested, granted=None, holder=holder, reason=reason,
+                      error=error, holders=holders)
+    conflict._add(event, Requester.of(event, pci_devices))
 
 
 def _failed_wrapper(event):
@@ -315,7 +476,7 @@ def _failed_wrapper(event):
     return event.role == ROLE_USER_MAP and event.ret < 0
 
 
-def _add_failed_wrappers(groups, ordered, decisions):
+def _add_failed_wrappers(groups, ordered, decisions, pci_devices=()):
     """Refusals seen only at a wrapper: the reservation succeeded with a type the caller
     may not use (``ioremap error for ...``), or the mapping failed for another reason.
     Inner wrappers are reported, the calls enclosing them and refusals already reported
@@ -334,10 +495,10 @@ def _add_failed_wrappers(groups, ordered, decisions):
             continue
         reported.setdefault(event.tid, []).append(event.ts_ns)
         inner = [d for d in by_tid.get(event.tid, ()) if event.ts_ns <= d.event.ts_ns <= end]
-        _add_wrapper_refusal(groups, event, inner[-1] if inner else None)
+        _add_wrapper_refusal(groups, event, inner[-1] if inner else None, pci_devices)
 
 
-def _add_wrapper_refusal(groups, event, inner):
+def _add_wrapper_refusal(groups, event, inner, pci_devices=()):
     requested, granted, holder, reason = event.requested, None, None, None
     start, end = event.start, event.end
     if inner is not None:
@@ -357,8 +518,9 @@ def _add_wrapper_refusal(groups, event, inner):
     error = "NULL" if event.role == ROLE_IOREMAP else _errno_name(event.ret)
     key = (REFUSED, start, end, requested, reason or error, id(holder))
     conflict = _group(groups, key, kind=REFUSED, start=start, end=end, requested=requested,
-                      granted=granted, holder=holder, reason=reason, error=error)
-    conflict._add(event, Requester.of(event))
+                      granted=granted, holder=holder, reason=reason, error=error,
+                      holders=[holder] if holder is not None else [])
+    conflict._add(event, Requester.of(event, pci_devices))
 
 
 def _value(short):
@@ -394,6 +556,56 @@ def _name_device(conflict, pci_devices):
         conflict.device = f"{owner.slot} {bar}"
         conflict.driver = owner.driver
         conflict.pci_id = owner.vendor_device
+
+
+# -- chains of adoption ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainLink:
+    """One entry of an adoption chain: the reservation that set a type first, or one that
+    asked for another type and silently adopted it. ``count`` folds repeats of the same
+    requester, range and types."""
+
+    start: int
+    end: int
+    type: str
+    requested: Optional[str]
+    holder: object          # reservations.Holder
+    adopted: bool
+    count: int = 1
+
+
+def _adopters(decisions):
+    """``{id(entry): [reservations that adopted its type]}``, in time order."""
+    adopters: Dict[int, list] = {}
+    for decision in decisions:
+        entry = decision.reservation
+        if entry is not None and entry.forced_by is not None:
+            adopters.setdefault(id(entry.forced_by), []).append(entry)
+    return adopters
+
+
+def _chain(conflict, adopters):
+    """Who came first and who adopted its type, for a finding with a holder whose type
+    others adopted; empty otherwise."""
+    first = conflict.holder
+    if first is None or id(first) not in adopters:
+        return []
+    links = [ChainLink(first.start, first.end, first.type, first.requested, first.holder,
+                       adopted=False)]
+    seen: Dict[tuple, int] = {}
+    for entry in adopters[id(first)]:
+        key = (entry.start, entry.end, entry.type, entry.requested, entry.holder.function,
+               entry.holder.comm)
+        if key in seen:
+            index = seen[key]
+            links[index] = dataclasses.replace(links[index], count=links[index].count + 1)
+            continue
+        seen[key] = len(links)
+        links.append(ChainLink(entry.start, entry.end, entry.type, entry.requested,
+                               entry.holder, adopted=True))
+    return links
 
 
 # -- the plain-language explanations ----------------------------------------------------------
@@ -457,7 +669,8 @@ def _impact_sentence(conflict, wc_estimate=None):
     if summary is None:
         return "No buffer move was seen running on it."
     estimate = f"; {wc_estimate}" if wc_estimate else ""
-    return f"Buffer moves ran on this {conflict.granted} mapping: {summary}{estimate}."
+    return (f"Buffer moves ran on this {conflict.effective or conflict.granted} mapping: "
+            f"{summary}{estimate}.")
 
 
 def _wc_remedy(conflict):
@@ -469,36 +682,114 @@ def _wc_remedy(conflict):
     return _WC_REMEDY.format(holder_type=holder.type, who=who)
 
 
-def _explain(conflict, wc_estimate=None):
+def _effective_clause(conflict):
+    """``, effective UC (MTRR reg00 ...)`` when the CPU uses another type than granted."""
+    if conflict.effective is None or conflict.effective == conflict.granted:
+        return ""
+    why = "; ".join(conflict.effective_reasons)
+    return f" (effective {conflict.effective}" + (f": {why}" if why else "") + ")"
+
+
+def _mapped_clause(requester):
+    return f" ({requester.mapped})" if requester is not None and requester.mapped else ""
+
+
+def _entry_text(entry):
+    owner = BEFORE_TRACING if entry.holder.before_tracing else entry.holder.describe()
+    return f"{_range(entry.start, entry.end)} {entry.type} (holder: {owner})"
+
+
+def _explain_refusal(conflict):
+    requester = conflict.requester
+    how = f"returned {conflict.error}" if conflict.error == "NULL" else \
+        f"failed with {conflict.error or 'an error'}"
+    first = (f"{requester.describe()} asked for {conflict.requested or 'a mapping'} on "
+             f"{_range(conflict.start, conflict.end)}{_mapped_clause(requester)} and it {how}"
+             f"{_times(conflict)}.")
+    holders = conflict.holders or ([conflict.holder] if conflict.holder is not None else [])
+    if len(holders) >= 2:
+        second = (f"The kernel compares a request with the first live reservation it "
+                  f"overlaps, {_entry_text(holders[0])}, and refuses it when another one it "
+                  f"overlaps has a different type: {_entry_text(holders[1])}. PAT allows one "
+                  "type per range.")
+    elif holders:
+        second = (f"It overlaps {_entry_text(holders[0])}, whose type differs from the one "
+                  "asked for, and the caller accepts no other type.")
+    else:
+        second = "memtrace saw no live reservation it clashed with."
+    if conflict.reason:
+        second += f' The kernel printed "{conflict.reason}".'
+    return f"{first} {second}", _AGREE_REMEDY if not holders else _wc_remedy(conflict)
+
+
+def _explain_pat_disabled(conflict, wc_estimate, context):
+    requester = conflict.requester
+    state = context.pat_state
+    why = state.reason or "PAT is disabled"
+    evidence = "; ".join(state.evidence)
+    first = (f"{requester.describe()} asked for {conflict.requested} on "
+             f"{_range(conflict.start, conflict.end)}{_mapped_clause(requester)}"
+             f"{_times(conflict)}; the kernel's bookkeeping says {conflict.granted}, but PAT "
+             f"is disabled ({why}" + (f"; evidence: {evidence}" if evidence else "") + ").")
+    reasons = " ".join(r if r.endswith(".") else r + "." for r in conflict.effective_reasons)
+    second = (f"The CPU uses {conflict.effective}: {reasons}" if reasons
+              else f"The CPU uses {conflict.effective}.")
+    if is_downgrade(conflict.requested, conflict.effective):
+        return " ".join((first, second, _impact_sentence(conflict, wc_estimate))), \
+            _PAT_OFF_REMEDY
+    return f"{first} {second}", None
+
+
+def _explain_upgrade(conflict):
+    requester = conflict.requester
+    first = (f"{requester.describe()} asked for {conflict.requested} on "
+             f"{_range(conflict.start, conflict.end)}{_mapped_clause(requester)} and got "
+             f"{conflict.granted}{_effective_clause(conflict)}{_times(conflict)}.")
+    if conflict.holder is not None and conflict.granted == "WC":
+        second = _holder_sentence(conflict)
+    else:
+        second = "An MTRR makes the range write-combining."
+    third = ("Accesses through it are write-combined: faster, but writes may be combined and "
+             "reordered where the requester expected uncached accesses.")
+    return " ".join((first, second, third)), _UPGRADE_REMEDY
+
+
+def _explain_mtrr_downgrade(conflict, wc_estimate):
+    requester = conflict.requester
+    first = (f"{requester.describe()} asked for {conflict.requested} on "
+             f"{_range(conflict.start, conflict.end)} and got {conflict.granted}"
+             f"{_effective_clause(conflict)}{_times(conflict)}.")
+    lines = "; ".join(r.describe() for r in conflict.mtrr_ranges)
+    second = (f"No reservation forced it: the MTRRs do ({lines})." if lines else
+              "No reservation forced it: the range's MTRR type is not write-back, and the "
+              "kernel makes a WB request there UC- (pat_x_mtrr_type).")
+    return " ".join((first, second, _impact_sentence(conflict, wc_estimate))), _MTRR_REMEDY
+
+
+def _explain(conflict, wc_estimate=None, context=None):
     """Return ``(explanation, remedy)`` in plain sentences for a traced conflict;
     ``wc_estimate`` is what its slow moves would take write-combined (see _wc_estimate)."""
     where = _range(conflict.start, conflict.end)
     requester = conflict.requester
     inferred = (" (memtrace inferred the granted type from the reservations it saw)"
                 if conflict.granted_inferred else "")
+    if conflict.kind == PAT_DISABLED:
+        return _explain_pat_disabled(conflict, wc_estimate, context or MemoryTypeContext())
+    if conflict.kind == UPGRADE:
+        return _explain_upgrade(conflict)
+    if conflict.kind == MTRR_DOWNGRADE:
+        return _explain_mtrr_downgrade(conflict, wc_estimate)
     if conflict.kind == DOWNGRADE:
         first = (f"{requester.describe()} asked for {conflict.requested} on {where} and got "
-                 f"{conflict.granted}{inferred}{_times(conflict)}.")
+                 f"{conflict.granted}{inferred}{_effective_clause(conflict)}{_times(conflict)}.")
         return " ".join((first, _holder_sentence(conflict),
                          _impact_sentence(conflict, wc_estimate))), \
             _wc_remedy(conflict)
     if conflict.kind == USER_MAP_DOWNGRADE:
-        first = (f"Process {requester.comm} (pid {requester.pid}) mapped {where} through "
-                 f"{requester.function} asking for {conflict.requested}, and the kernel "
-                 f"silently made the mapping {conflict.granted}{inferred}{_times(conflict)}.")
-        last = f"Every access through that mapping runs {conflict.granted}."
+        first = (f"Process {requester.comm} (pid {requester.pid}) mapped {where}"
+                 f"{_mapped_clause(requester)} through {requester.function} asking for "
+                 f"{conflict.requested}, and the kernel silently made the mapping "
+                 f"{conflict.granted}{inferred}{_effective_clause(conflict)}{_times(conflict)}.")
+        last = f"Every access through that mapping runs {conflict.effective or conflict.granted}."
         return " ".join((first, _holder_sentence(conflict), last)), _wc_remedy(conflict)
-    how = f"returned {conflict.error}" if conflict.error == "NULL" else \
-        f"failed with {conflict.error or 'an error'}"
-    first = (f"{requester.describe()} asked for {conflict.requested or 'a mapping'} on {where} "
-             f"and it {how}{_times(conflict)}.")
-    holder = conflict.holder
-    if holder is not None:
-        owner = BEFORE_TRACING if holder.holder.before_tracing else holder.holder.describe()
-        second = (f"It overlaps {_range(holder.start, holder.end)} {holder.type} "
-                  f"(holder: {owner}), and PAT allows one type per range.")
-    else:
-        second = "memtrace saw no live reservation it clashed with."
-    if conflict.reason:
-        second += f' The kernel printed "{conflict.reason}".'
-    return f"{first} {second}", _AGREE_REMEDY if holder is None else _wc_remedy(conflict)
+    return _explain_refusal(conflict)

@@ -16,6 +16,9 @@ ROLE_IOUNMAP = "iounmap"
 ROLE_USER_MAP = "user_map"    # a process mapping a BAR (track_pfn_remap ...)
 ROLE_MOVE = "move"            # TTM/DRM buffer moves
 ROLE_TIMED = "timed"          # any other function: timing only
+ROLE_MTRR_ADD = "mtrr_add"    # mtrr_add_page: an MTRR is set (or its use count raised)
+ROLE_MTRR_DEL = "mtrr_del"    # mtrr_del_page: an MTRR's use count drops (freed at zero)
+ROLE_PHYS_WC = "phys_wc"      # arch_phys_wc_add/del: WC through an MTRR when PAT is off
 
 HEX_FIELDS = ("start", "end", "size")
 
@@ -46,6 +49,8 @@ class Event:
     cycles_source: Optional[str] = None  # "pmu" | "tsc"
     caller: Optional[str] = None
     stack: List[str] = dataclasses.field(default_factory=list)
+    mtrr_type: Optional[str] = None   # MTRR events: UC WC WT WP WB
+    mtrr_reg: Optional[int] = None    # MTRR events: the variable-range register
 
     def to_record(self):
         """Return the event as a JSON-ready dict (hex strings for addresses, None dropped)."""

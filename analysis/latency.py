@@ -16,6 +16,7 @@ from fractions import Fraction
 from typing import Dict, List, Optional, Tuple
 
 from memtrace.analysis.events import ROLE_MOVE
+from memtrace.analysis.reservations import slowest
 
 __all__ = [
     "UNIT_NS",
@@ -216,8 +217,10 @@ def throughput_mbps(nbytes, ns):
 class LatencyRow:
     """The latency of one function, for moves one row per memory type they ran on.
 
-    ``memtype`` is the effective type of the mapping a move used (``UC-``, ``WC``...), None
-    for moves that mapped no iomem and for functions that are not moves. ``measure`` is
+    ``memtype`` is the effective type of the mapping a move used (the type the CPU uses:
+    ``UC`` for a UC- mapping under an uncached MTRR, ``WC``...), None for moves that mapped
+    no iomem and for functions that are not moves; ``granted`` is the slowest type the
+    kernel's bookkeeping gave those mappings (``UC-``). ``measure`` is
     ``ns`` or ``cycles``; ``cycles_source`` says where cycles came from (``pmu``, ``tsc``,
     ``pmu+tsc`` when mixed). ``bytes`` sums the calls that carry a byte count and
     ``throughput_mbps`` is over those that also carry a duration (MB = 10**6 bytes).
@@ -235,11 +238,17 @@ class LatencyRow:
     calls_with_bytes: int
     throughput_mbps: Optional[float]
     missing: int
+    granted: Optional[str] = None
 
 
 def _memtype_of_calls(moves):
     """``{id(call): effective type}`` for every call of every move."""
     return {id(call): move.effective_type for move in moves for call in move.calls}
+
+
+def _granted_of_calls(moves):
+    """``{id(call): granted type}`` for every call of every move."""
+    return {id(call): move.granted_type for move in moves for call in move.calls}
 
 
 def _cycles_source(events):
@@ -297,7 +306,15 @@ def latency_rows(selected, moves=(), measure="ns"):
         fn, probe, mover, memtype = key
         return fn_seen[fn], probe_seen[(fn, probe)], mover, _MEMTYPE_ORDER[memtype]
 
-    return [_row(*key, measure, groups[key]) for key in sorted(groups, key=order)]
+    granted_of = _granted_of_calls(moves)
+    rows = []
+    for key in sorted(groups, key=order):
+        row = _row(*key, measure, groups[key])
+        if row.mover:
+            row = dataclasses.replace(row, granted=slowest(
+                granted_of.get(id(e)) for e in groups[key]))
+        rows.append(row)
+    return rows
 
 
 def row_from_histogram(fn, probe, slots, total_ns, count, minimum=None, maximum=None):

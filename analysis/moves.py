@@ -26,28 +26,43 @@ class Move:
     """One outermost move call, the move calls inside it and the reservations it made.
 
     ``granted`` maps ``id(reservation event)`` to the type it got, for reservations whose
-    event does not carry one (filled in by the reservation model).
+    event does not carry one (filled in by the reservation model); ``effective`` maps it to
+    the type the CPU uses (analysis.effective_timeline), when known.
     """
 
     outer: object
     calls: List[object]
     mappings: List[object]
     granted: Dict[int, str] = dataclasses.field(default_factory=dict)
+    effective: Dict[int, str] = dataclasses.field(default_factory=dict)
 
     def granted_of(self, reservation):
         """The type ``reservation`` (one of ``mappings``) was granted, or None."""
         return reservation.granted or self.granted.get(id(reservation))
 
+    def effective_of(self, reservation):
+        """The type the CPU uses through ``reservation``: the effective type when known,
+        else the granted one."""
+        return self.effective.get(id(reservation)) or self.granted_of(reservation)
+
     @property
-    def effective_type(self):
-        """The slowest type the move's mappings got (``UC-`` for bochs' moves before the
-        fix), or None when the move mapped no iomem (system memory, pre-mapped BOs)."""
+    def granted_type(self):
+        """The slowest type the kernel's bookkeeping gave the move's mappings (``UC-`` for
+        bochs' moves before the fix), or None when the move mapped no iomem."""
         return slowest(self.granted_of(m) for m in self.mappings)
 
     @property
+    def effective_type(self):
+        """The slowest type the CPU used through the move's mappings (the granted type made
+        effective by the PAT state and MTRRs: ``UC`` for bochs' UC- mapping under the
+        lab's UC MTRR), or None when the move mapped no iomem (system memory, pre-mapped
+        BOs)."""
+        return slowest(self.effective_of(m) for m in self.mappings)
+
+    @property
     def downgraded(self):
-        """True when a mapping of this move got a slower type than it asked for."""
-        return any(is_downgrade(m.requested, self.granted_of(m)) for m in self.mappings)
+        """True when a mapping of this move runs slower than it asked for."""
+        return any(is_downgrade(m.requested, self.effective_of(m)) for m in self.mappings)
 
     def _first_known(self, field):
         values = [getattr(call, field) for call in self.calls]
@@ -76,7 +91,7 @@ def _end(event):
     return event.ts_ns + (event.duration_ns or 0)
 
 
-def find_moves(events, granted=None):
+def find_moves(events, granted=None, effective=None):
     """Group the move calls of ``events`` into :class:`Move` objects and link each to the
     reservations its thread made during it.
 
@@ -84,6 +99,7 @@ def find_moves(events, granted=None):
     since the thread's previous move.
 
     :param granted: optional ``{id(event): type}`` for reservations lacking ``granted``.
+    :param effective: optional ``{id(event): type}``, the effective type of reservations.
     :return: the moves in time order.
     """
     ordered = sorted(events, key=lambda e: e.ts_ns)
@@ -113,7 +129,7 @@ def find_moves(events, granted=None):
                 inside = [r for r in reserves_by_tid.get(tid, ())
                           if r.ts_ns <= outer.ts_ns
                           and (previous_end is None or r.ts_ns > previous_end)]
-            moves.append(Move(outer, group, inside, granted or {}))
+            moves.append(Move(outer, group, inside, granted or {}, effective or {}))
             previous_end = _end(outer)
     moves.sort(key=lambda move: move.outer.ts_ns)
     return moves

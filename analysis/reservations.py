@@ -34,6 +34,9 @@ __all__ = [
     "is_downgrade",
     "slowest",
     "new_memtype_allowed",
+    "ModelCheck",
+    "compare_with_kernel_list",
+    "is_untracked",
 ]
 
 BEFORE_TRACING = "before tracing"
@@ -229,6 +232,7 @@ class Decision:
     clash: Optional[Reservation] = None
     reservation: Optional[Reservation] = None
     found_type: Optional[str] = None
+    effective: object = None
 
 
 def parse_pat_snapshot(records):
@@ -254,14 +258,28 @@ def parse_pat_snapshot(records):
     return parsed
 
 
+# memtype_reserve() tracks nothing in the legacy ISA window (x86_platform.is_untracked_pat_range)
+# and answers WB there.
+ISA_START, ISA_END = 0xA0000, 0x100000
+
+
+def is_untracked(start, end):
+    """True for a range inside the ISA window the kernel does not track (0xa0000-0x100000)."""
+    return start >= ISA_START and end <= ISA_END
+
+
 class ReservationModel:
     """The live PAT entries, kept sorted in the kernel's order: by start, then by age.
 
     A sorted list is enough: a guest has tens to hundreds of live entries, and a lookup
     stops at the first entry starting at or after the end of the range.
+
+    ``tracking`` False models a kernel with PAT disabled: memtype_reserve() then returns the
+    requested type and keeps no list, so nothing is inserted and nothing conflicts.
     """
 
-    def __init__(self, snapshot=()):
+    def __init__(self, snapshot=(), tracking=True):
+        self.tracking = tracking
         self._seq = 0
         self.live: List[Reservation] = []
         self._keys: List[Tuple[int, int]] = []
@@ -306,6 +324,12 @@ class ReservationModel:
     def reserve(self, event):
         """Apply one ``memtype_reserve`` event and return its :class:`Decision`."""
         start, end, requested = event.start, event.end, event.requested
+        if not self.tracking or is_untracked(start, end):
+            if event.ret is not None and event.ret < 0:
+                return Decision(event, None, refused=True, found_type=requested)
+            untracked_type = requested if not self.tracking else "WB"
+            granted = event.granted or untracked_type
+            return Decision(event, granted, granted_inferred=event.granted is None)
         found = self.overlapping(start, end)
         first = found[0] if found else None
         if event.ret is not None and event.ret < 0:
@@ -367,14 +391,15 @@ class ReservationModel:
         return None
 
 
-def replay(events, snapshot=None):
+def replay(events, snapshot=None, tracking=True):
     """Replay the reserve and free events of ``events`` (in time order) over ``snapshot``.
 
     :param snapshot: ``(start, end, type)`` tuples (see :func:`parse_pat_snapshot`) or None.
+    :param tracking: False when PAT is disabled (the kernel keeps no list).
     :return: ``(model, decisions)``: the model at the end, and one :class:`Decision` per
         ``memtype_reserve`` event, in time order.
     """
-    model = ReservationModel(snapshot)
+    model = ReservationModel(snapshot, tracking)
     decisions = []
     for event in sorted(events, key=lambda e: e.ts_ns):
         if is_core_reserve(event):
@@ -382,3 +407,32 @@ def replay(events, snapshot=None):
         elif is_core_free(event):
             model.free(event)
     return model, decisions
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCheck:
+    """The model's live entries at the end of a trace against the kernel's own
+    ``pat_memtype_list`` read right after: ``missing`` are in the kernel's list and not in
+    the model, ``extra`` in the model and not in the list, as ``(start, end, type)``."""
+
+    kernel_entries: int
+    model_entries: int
+    missing: Tuple[Tuple[int, int, str], ...]
+    extra: Tuple[Tuple[int, int, str], ...]
+
+    @property
+    def agrees(self):
+        """True when the model holds exactly the kernel's entries (range and type)."""
+        return not self.missing and not self.extra
+
+
+def compare_with_kernel_list(model, kernel_list):
+    """Compare ``model.live`` with ``kernel_list`` (``(start, end, type)`` tuples, as
+    :func:`parse_pat_snapshot` returns), counting repeats: the kernel keeps one entry per
+    reservation, so two identical mappings are two entries."""
+    from collections import Counter
+    kernel = Counter((start, end, memtype) for start, end, memtype in kernel_list)
+    modelled = Counter((entry.start, entry.end, entry.type) for entry in model.live)
+    missing = tuple(sorted((kernel - modelled).elements()))
+    extra = tuple(sorted((modelled - kernel).elements()))
+    return ModelCheck(sum(kernel.values()), sum(modelled.values()), missing, extra)

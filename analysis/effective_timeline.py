@@ -1,0 +1,69 @@
+"""The effective memory type of every traced reservation, with the MTRRs in force at its time.
+
+``analysis.effective`` says what the CPU uses for one granted type over one range, given the
+PAT state and an MTRR table. A trace can change MTRRs while it runs (``mtrr_add_page`` and
+``mtrr_del_page`` events, e.g. a driver's ``arch_phys_wc_add`` with PAT off), so the table is
+replayed along the events: each reservation is judged against the MTRRs of its moment.
+
+Pure functions over :class:`memtrace.analysis.events.Event` objects and replayed
+:class:`memtrace.analysis.reservations.Decision` objects; no I/O.
+"""
+
+from typing import Dict, Optional
+
+from memtrace.analysis.effective import Effective, PatState, effective_type
+from memtrace.analysis.events import ROLE_MTRR_ADD, ROLE_MTRR_DEL
+
+__all__ = ["MemoryTypeContext", "effective_by_event"]
+
+
+class MemoryTypeContext:
+    """What decides the effective type besides the granted one: the PAT state and the MTRR
+    table when tracing started (None when unknown; the trace header's ``mtrr``)."""
+
+    def __init__(self, pat_state: Optional[PatState] = None, mtrr_table=None):
+        self.pat_state = pat_state if pat_state is not None else PatState(None, None)
+        self.mtrr_table = mtrr_table
+
+    @property
+    def pat_disabled(self):
+        """True when PAT is known to be off (``nopat``, no CPU support, Xen PV ...)."""
+        return self.pat_state.enabled is False
+
+
+def _apply_mtrr_change(table, event):
+    """Apply one successful ``mtrr_add_page``/``mtrr_del_page`` event to ``table``."""
+    if event.ret is None or event.ret < 0:
+        return
+    if event.role == ROLE_MTRR_ADD:
+        if event.start is None or event.end is None or event.mtrr_type is None:
+            return
+        table.add(event.ret, event.start, event.end - event.start, event.mtrr_type)
+    elif event.role == ROLE_MTRR_DEL:
+        register = event.mtrr_reg if event.mtrr_reg is not None else event.ret
+        size = None if event.start is None or event.end is None else event.end - event.start
+        table.delete(register, event.start, size)
+
+
+def effective_by_event(events, decisions, context) -> Dict[int, Effective]:
+    """``{id(reservation event): Effective}`` for every decision with a granted type.
+
+    :param events: the trace's events in time order (MTRR changes are taken from them).
+    :param decisions: the reservation model's decisions (reservations.replay), in time order.
+    :param context: a :class:`MemoryTypeContext`.
+    """
+    table = context.mtrr_table.copy() if context.mtrr_table is not None else None
+    by_event = {id(d.event): d for d in decisions}
+    effective: Dict[int, Effective] = {}
+    for event in events:
+        if table is not None and event.role in (ROLE_MTRR_ADD, ROLE_MTRR_DEL):
+            _apply_mtrr_change(table, event)
+            continue
+        decision = by_event.get(id(event))
+        if decision is None or decision.granted is None:
+            continue
+        found = effective_type(decision.granted, event.start, event.end, context.pat_state,
+                               table)
+        if found is not None:
+            effective[id(event)] = found
+    return effective
