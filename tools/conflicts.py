@@ -6,8 +6,8 @@ import textwrap
 
 from memtrace import __version__
 from memtrace.analysis.conflicts import (
-    DOWNGRADE, REFUSED, STATIC, USER_MAP_DOWNGRADE, analyze, describe_impact, human_duration,
-    human_size,
+    DOWNGRADE, ERROR, MTRR_DOWNGRADE, PAT_DISABLED, REFUSED, STATIC, UPGRADE,
+    USER_MAP_DOWNGRADE, analyze, describe_impact, human_duration, human_size,
 )
 from memtrace.analysis.latency import throughput_mbps
 from memtrace.analysis.slow_moves import describe_slow_moves, estimated_wc_ns
@@ -16,8 +16,10 @@ from memtrace.tools.record import add_tracing_arguments, workload_argv
 from memtrace.tools.render import hex_range, table
 from memtrace.tools.tracing_io import (
     ReportOutput, add_output_arguments, add_slow_move_arguments, missed_returns_text,
-    missing_stacks_note, traced_with, TraceSource, read_pci, read_recorded_trace,
-    snapshot_tuples, stdout_to_stderr,
+    memory_type_context, missing_stacks_note, model_check_line, pat_state_json, pat_state_line,
+    traced_with,
+    TraceSource, read_pci,
+    read_recorded_trace, snapshot_tuples, stdout_to_stderr,
 )
 
 DESCRIPTION = "find PAT reservation conflicts: who asked for which type, who forced it, the cost"
@@ -52,6 +54,9 @@ _KIND_TITLES = {
     USER_MAP_DOWNGRADE: "user mapping downgraded",
     REFUSED: "refused",
     STATIC: "uncached framebuffer",
+    PAT_DISABLED: "PAT disabled",
+    UPGRADE: "upgrade (warning)",
+    MTRR_DOWNGRADE: "MTRR downgrade (warning)",
 }
 _SLOW_ROWS = 20
 
@@ -78,7 +83,8 @@ def run(args):
         source = (read_recorded_trace(args.input) if args.input is not None
                   else _live(args, workload))
         report = analyze(source.events, source.snapshot, source.pci_devices,
-                         wc_reference_mbps=args.wc_reference, slow_factor=args.slow_factor)
+                         wc_reference_mbps=args.wc_reference, slow_factor=args.slow_factor,
+                         context=source.context, snapshot_end=source.snapshot_end)
         output.write(_RENDERERS[args.format](source, report))
     return EXIT_FINDINGS if report.findings else EXIT_OK
 
@@ -130,13 +136,17 @@ def _live(args, workload):
     with stdout_to_stderr():
         result = session.run(events.append, duration=args.duration, workload=workload,
                              on_attached=banner)
+    from memtrace.probes.environment import end_state
+    ended = end_state()
     stats = session.backend.stats
     snapshot = snapshot_tuples(environment)
     source = TraceSource(source="live", kernel=platform.release(), traced=True, events=events,
                          lost_events=stats.lost_events, missed_returns=stats.missed_returns,
                          backend=session.backend_name, backend_reason=session.backend_reason,
                          snapshot=snapshot, seconds=round(result.seconds, 3),
-                         workload=workload)
+                         workload=workload, context=memory_type_context(environment),
+                         snapshot_end=snapshot_tuples({"pat_snapshot":
+                                                       ended.get("pat_snapshot_end")}))
     if missing_stacks_note(stats.missing_stacks):
         source.notes.append(missing_stacks_note(stats.missing_stacks))
     if snapshot is None:
@@ -155,7 +165,11 @@ def _static_only(why):
                             f"reservations either: {' '.join(state.notes)}")
     source = TraceSource(source="live", kernel=state.kernel_release, traced=False, events=[],
                          not_traced_reason=why, pci_devices=state.pci_devices,
-                         snapshot=[(r.start, r.end, r.memtype) for r in state.reservations])
+                         snapshot=[(r.start, r.end, r.memtype) for r in state.reservations],
+                         context=memory_type_context({"pat": getattr(state, "pat", None),
+                                                      "mtrr": getattr(state, "mtrr_text", None),
+                                                      "mtrr_default":
+                                                          getattr(state, "mtrr_default", None)}))
     source.notes.extend(n for n in state.notes if not n.startswith("Owners from /proc/iomem"))
     return source
 
@@ -174,10 +188,18 @@ def _short(text, width):
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def _types_text(conflict):
+    """``WC -> UC-`` or, when the CPU uses another type, ``WC -> UC- (effective UC)``."""
+    text = f"{conflict.requested} -> {conflict.granted}"
+    if conflict.effective and conflict.effective != conflict.granted:
+        text += f" (effective {conflict.effective})"
+    return text
+
+
 def _title(conflict):
     what = _KIND_TITLES[conflict.kind]
-    if conflict.kind in (DOWNGRADE, USER_MAP_DOWNGRADE):
-        what += f" {conflict.requested} -> {conflict.granted}"
+    if conflict.kind in (DOWNGRADE, USER_MAP_DOWNGRADE, PAT_DISABLED, UPGRADE, MTRR_DOWNGRADE):
+        what += f" {_types_text(conflict)}"
     elif conflict.kind == REFUSED:
         what += f" {conflict.requested or ''} ({conflict.error or 'error'})".replace("  ", " ")
     elif conflict.granted:
@@ -192,20 +214,44 @@ def _device(conflict):
     return f"device: {conflict.device} ({conflict.pci_id}), driver {conflict.driver or '(none)'}"
 
 
+def _mapped(conflict):
+    mapped = sorted({r.mapped for r in conflict.requesters if r.mapped})
+    return f"mapped: {', '.join(mapped)}" if mapped else None
+
+
 def _parties(conflict):
     rows = [("requester", hex_range(conflict.start, conflict.end), conflict.requested or "-",
              _short(_who(r.comm, r.pid), 24), _short(r.function, 38))
             for r in conflict.requesters]
-    holder = conflict.holder
-    if holder is not None:
-        rows.append(("holder", hex_range(holder.start, holder.end), holder.type,
+    holders = conflict.holders or ([conflict.holder] if conflict.holder is not None else [])
+    labels = ["holder"] if len(holders) < 2 else ["holder (first)", "holder (differs)"]
+    for label, holder in zip(labels, holders):
+        rows.append((label, hex_range(holder.start, holder.end), holder.type,
                      _short(_who(holder.holder.comm, holder.holder.pid), 24),
                      _short(holder.holder.function, 38)))
     return rows
 
 
+def _chain_lines(conflict):
+    """``chain: fd000000-fe000000 UC- set by ... <- adopted by ...`` lines, or []."""
+    if not conflict.chain:
+        return []
+    lines = []
+    for link in conflict.chain:
+        who = ("before tracing" if link.holder.before_tracing
+               else f"{link.holder.function or '?'} ({link.holder.comm}, pid {link.holder.pid}) "
+                    f"at {link.holder.ts_ns / 1e9:.3f} s")
+        where = hex_range(link.start, link.end)
+        times = f", {link.count} times" if link.count > 1 else ""
+        if link.adopted:
+            lines.append(f"then {where} asked {link.requested}, adopted {link.type}: {who}{times}")
+        else:
+            lines.append(f"first {where} {link.type}: {who}")
+    return ["adoption chain: " + "; ".join(lines)]
+
+
 def _impact(conflict):
-    if conflict.kind in (REFUSED, STATIC):
+    if conflict.kind in (REFUSED, STATIC, UPGRADE):
         return None
     return f"impact: {describe_impact(conflict.impact) or 'no buffer move ran on it'}"
 
@@ -248,6 +294,7 @@ def _preamble(source):
         lines.append("Events: 0 (nothing traced), 0 lost.")
     if source.snapshot is not None:
         lines.append(f"PAT reservations at start: {len(source.snapshot)}.")
+    lines.append(pat_state_line(source.context))
     lines.extend(source.notes)
     return lines
 
@@ -261,10 +308,18 @@ def _slow_count(report):
 
 def _summary_line(source, report):
     slow = _slow_count(report)
-    if report.conflicts:
-        count = len(report.conflicts)
+    errors = [c for c in report.conflicts if c.severity == ERROR]
+    warnings = len(report.conflicts) - len(errors)
+    warned = f"{warnings} warning{'s' if warnings > 1 else ''}" if warnings else None
+    if errors:
+        count = len(errors)
         found = f"{count} conflict{'s' if count > 1 else ''} found"
+        found += f" and {warned}" if warned else ""
         return f"{found}; {slow}." if slow else f"{found}."
+    if warned and not slow:
+        return f"No conflicts, {warned} (they do not change the exit status)."
+    if warned:
+        return f"No conflicts, {warned}, but {slow}."
     if slow:
         return f"No conflicts, but {slow}."
     if not source.traced:
@@ -348,7 +403,9 @@ def render_text(source, report):
     """The report as plain text that fits 100 columns."""
     blocks = ["\n".join(_fill(line, "") for line in _preamble(source)),
               "\n".join(_fill(line, "") for line in (_summary_line(source, report),
-                                                      _uncached_note(report)) if line)]
+                                                      _uncached_note(report),
+                                                      model_check_line(report.model_check))
+                         if line)]
     for number, conflict in enumerate(report.conflicts, 1):
         parts = [textwrap.fill(f"{number}. {_title(conflict)}", width=_WIDTH,
                                subsequent_indent=_INDENT), _fill(conflict.explanation)]
@@ -358,7 +415,8 @@ def render_text(source, report):
         if rows:
             parts += ["", textwrap.indent(
                 table(rows, ["", "range", "type", "process (pid)", "function"]), _INDENT), ""]
-        for line in (_device(conflict), _when(conflict), _impact(conflict)):
+        for line in (_device(conflict), _mapped(conflict), _when(conflict),
+                     _impact(conflict), *_chain_lines(conflict)):
             if line:
                 parts.append(_fill(line))
         if conflict.reason:
@@ -389,8 +447,9 @@ def render_markdown(source, report):
     out = ["### memtrace conflicts", ""]
     out.extend(f"{_md(line)}  " for line in _preamble(source))
     out += ["", f"**{_summary_line(source, report)}**"]
-    if _uncached_note(report):
-        out += ["", _md(_uncached_note(report))]
+    for note in (_uncached_note(report), model_check_line(report.model_check)):
+        if note:
+            out += ["", _md(note)]
     for number, conflict in enumerate(report.conflicts, 1):
         out += ["", f"#### {number}. {_md(_title(conflict))}", "", _md(conflict.explanation)]
         if conflict.remedy:
@@ -399,8 +458,8 @@ def render_markdown(source, report):
         if rows:
             out += ["", table(rows, ["", "range", "type", "process (pid)", "function"],
                               fmt="github")]
-        details = [line for line in (_device(conflict), _when(conflict), _impact(conflict))
-                   if line]
+        details = [_md(line) for line in (_device(conflict), _mapped(conflict), _when(conflict),
+                                          _impact(conflict), *_chain_lines(conflict)) if line]
         if conflict.reason:
             details.append(f"kernel message: `{conflict.reason}`")
         if details:
@@ -431,7 +490,15 @@ def _holder_json(holder):
 
 def _requester_json(requester):
     return {"comm": requester.comm, "pid": requester.pid, "function": requester.function,
-            "stack": list(requester.stack)}
+            "stack": list(requester.stack), "mapped": requester.mapped}
+
+
+def _chain_json(link):
+    who = link.holder
+    return {"start": hex(link.start), "end": hex(link.end), "type": link.type,
+            "requested": link.requested, "adopted": link.adopted, "count": link.count,
+            "comm": who.comm, "pid": who.pid, "function": who.function, "ts_ns": who.ts_ns,
+            "before_tracing": who.before_tracing}
 
 
 def _conflict_json(conflict):
@@ -442,6 +509,9 @@ def _conflict_json(conflict):
         "end": hex(conflict.end),
         "requested": conflict.requested,
         "granted": conflict.granted,
+        "effective": conflict.effective,
+        "effective_reasons": list(conflict.effective_reasons),
+        "severity": conflict.severity,
         "granted_inferred": conflict.granted_inferred,
         "count": conflict.count,
         "first_ns": conflict.first_ns,
@@ -449,6 +519,8 @@ def _conflict_json(conflict):
         "requester": _requester_json(conflict.requester) if conflict.requester else None,
         "requesters": [_requester_json(r) for r in conflict.requesters],
         "holder": _holder_json(conflict.holder),
+        "holders": [_holder_json(h) for h in conflict.holders],
+        "chain": [_chain_json(link) for link in conflict.chain],
         "device": conflict.device,
         "pci_id": conflict.pci_id,
         "driver": conflict.driver,
@@ -469,6 +541,20 @@ def _slow_moves_json(report):
                 conflicts=[report.conflicts.index(c) for c in slow.conflicts])
 
 
+def _entry_json(entry):
+    start, end, memtype = entry
+    return {"start": hex(start), "end": hex(end), "type": memtype}
+
+
+def _model_check_json(check):
+    if check is None:
+        return None
+    return {"agrees": check.agrees, "kernel_entries": check.kernel_entries,
+            "model_entries": check.model_entries,
+            "missing": [_entry_json(e) for e in check.missing],
+            "extra": [_entry_json(e) for e in check.extra]}
+
+
 def render_json(source, report):
     """The report as one JSON object (docs/conflicts-json.md)."""
     import json
@@ -484,6 +570,8 @@ def render_json(source, report):
         "lost_events": source.lost_events,
         "missed_returns": source.missed_returns,
         "pat_snapshot": None if source.snapshot is None else len(source.snapshot),
+        "pat": pat_state_json(source.context),
+        "model_check": _model_check_json(report.model_check),
         "notes": source.notes,
         "conflicts": [_conflict_json(c) for c in report.conflicts],
         "slow_moves": _slow_moves_json(report),

@@ -21,8 +21,8 @@ from memtrace.tools.record import add_tracing_arguments, workload_argv
 from memtrace.tools.render import hex_range, table
 from memtrace.tools.tracing_io import (
     ReportOutput, add_output_arguments, add_slow_move_arguments, missed_returns_text,
-    missing_stacks_note, traced_with, TraceSource, read_pci, read_recorded_trace,
-    snapshot_tuples, stdout_to_stderr,
+    memory_type_context, missing_stacks_note, pat_state_json, pat_state_line, traced_with,
+    TraceSource, read_pci, read_recorded_trace, snapshot_tuples, stdout_to_stderr,
 )
 
 DESCRIPTION = "time kernel functions: percentiles, log2 histograms, and what buffer moves cost"
@@ -221,15 +221,17 @@ def _analyse(selected, context, source, args, measure):
     ``context`` (the reservations, mappings and moves traced)."""
     if not any(event.role == ROLE_MOVE for event in selected):
         return latency_rows(selected, (), measure), None, []
-    from memtrace.analysis.conflicts import DOWNGRADE, analyze
+    from memtrace.analysis.conflicts import DOWNGRADE, PAT_DISABLED, analyze
     report = analyze(context, source.snapshot, source.pci_devices, static=False,
-                     wc_reference_mbps=args.wc_reference, slow_factor=args.slow_factor)
+                     wc_reference_mbps=args.wc_reference, slow_factor=args.slow_factor,
+                     context=source.context)
     rows = latency_rows(_same_objects(selected, report.moves), report.moves, measure)
     slow = report.slow_moves
     if slow is not None and slow.conflicts:
         causes = list(slow.conflicts)
     else:
-        causes = [c for c in report.conflicts if c.kind == DOWNGRADE and c.impact.moves]
+        causes = [c for c in report.conflicts
+                  if c.kind in (DOWNGRADE, PAT_DISABLED) and c.impact.moves]
     return rows, slow, causes
 
 
@@ -358,7 +360,8 @@ class _LiveTrace:
         source = TraceSource(source="live", kernel=platform.release(), traced=True, events=[],
                              backend=self.session.backend_name,
                              backend_reason=self.session.backend_reason, snapshot=snapshot,
-                             workload=self.workload)
+                             workload=self.workload,
+                             context=memory_type_context(self.environment))
         if self.extras and snapshot is None:
             why = self.environment.get("pat_snapshot_note") or "tracing stopped before it was read"
             source.notes.append(f"No PAT snapshot ({why}): reservations made before tracing "
@@ -559,8 +562,10 @@ def _notes(result):
         lines.append(f"{missing} call{'s' if missing > 1 else ''} lacked {what} and {verb} "
                      "left out of the percentiles.")
     if result.has_movers:
-        lines.append("type: the memory type of the mapping a move copied through (the "
-                     "slowest if several); - for a move that mapped no I/O memory.")
+        lines.append("type: the effective memory type of the mapping a move copied through "
+                     "(the type the CPU uses after the PAT table and the MTRRs; the slowest "
+                     "if several); - for a move that mapped no I/O memory.")
+        lines.append(pat_state_line(source.context))
     lines.extend(source.notes)
     return lines
 
@@ -795,6 +800,7 @@ def _row_json(row, unit):
         "histogram": [{"slot": slot, "low": value(slot_bounds(slot)[0]),
                        "high": value(slot_bounds(slot)[1]), "count": count}
                       for slot, count in d.histogram],
+        "granted": row.granted,
         "bytes": row.bytes,
         "calls_with_bytes": row.calls_with_bytes,
         "bytes_per_call": _bytes_per_call(row),
@@ -811,6 +817,8 @@ def _cause_json(conflict):
         "end": hex(conflict.end),
         "requested": conflict.requested,
         "granted": conflict.granted,
+        "effective": conflict.effective,
+        "severity": conflict.severity,
         "holder": None if holder is None else {
             "start": hex(holder.start), "end": hex(holder.end), "type": holder.type,
             "function": holder.holder.function, "comm": holder.holder.comm,
@@ -856,6 +864,7 @@ def render_json(result):
                       for i in result.intervals],
         "slow_moves": _slow_json(result),
         "causes": [_cause_json(c) for c in result.causes],
+        "pat": pat_state_json(source.context),
     }
     return json.dumps(obj, indent=2) + "\n"
 

@@ -11,7 +11,8 @@ import time
 
 from memtrace import __version__
 from memtrace.analysis.conflicts import (
-    DOWNGRADE, REFUSED, STATIC, USER_MAP_DOWNGRADE, analyze, describe_impact,
+    DOWNGRADE, MTRR_DOWNGRADE, PAT_DISABLED, REFUSED, STATIC, UPGRADE, USER_MAP_DOWNGRADE,
+    analyze, describe_impact,
 )
 from memtrace.analysis.events import ROLE_FREE, ROLE_IOREMAP, ROLE_MOVE, ROLE_TIMED
 from memtrace.analysis.latency import (
@@ -27,6 +28,7 @@ from memtrace.analysis.slow_moves import (
     DEFAULT_SLOW_FACTOR, describe_slow_moves, estimated_wc_ns,
 )
 from memtrace.analysis.snapshot import find_owner
+from memtrace.tools.tracing_io import model_check_line, pat_state_line
 
 __all__ = ["build_document", "FORMAT", "VERSION"]
 
@@ -94,7 +96,8 @@ class _Host:
         self.name = name
         self.source = source
         self.report = analyze(source.events, source.snapshot, source.pci_devices,
-                              wc_reference_mbps=wc_reference_mbps, slow_factor=slow_factor)
+                              wc_reference_mbps=wc_reference_mbps, slow_factor=slow_factor,
+                              context=source.context, snapshot_end=source.snapshot_end)
         self.processes = with_exit_names(source.processes)
         self.loops = find_restart_loops(self.processes, min_restarts, window_s)
         self.exits = {r.get("pid"): r for r in self.processes if r.get("what") == "exit"}
@@ -129,21 +132,36 @@ class _Host:
         out.extend(self._loop_finding(loop, slow) for loop in self.loops)
         return out
 
-    def _finding(self, kind, title, summary, evidence, remedy, first_ns, count):
+    def _finding(self, kind, title, summary, evidence, remedy, first_ns, count,
+                 severity="error", effective=None):
         return {"host": self.name, "kind": kind, "title": title, "summary": summary,
-                "evidence": evidence, "remedy": remedy, "first_ns": first_ns, "count": count}
+                "evidence": evidence, "remedy": remedy, "first_ns": first_ns, "count": count,
+                "severity": severity, "effective": effective}
 
     def _conflict_finding(self, conflict):
         where = _range(conflict.start, conflict.end)
+        effective = ""
+        if conflict.effective and conflict.effective != conflict.granted:
+            effective = f" (effective {conflict.effective})"
         titles = {
-            DOWNGRADE: f"{conflict.requested} request downgraded to {conflict.granted} on {where}",
+            DOWNGRADE: (f"{conflict.requested} request downgraded to {conflict.granted}"
+                        f"{effective} on {where}"),
             USER_MAP_DOWNGRADE: (f"User mapping of {where} downgraded from "
-                                 f"{conflict.requested} to {conflict.granted}"),
+                                 f"{conflict.requested} to {conflict.granted}{effective}"),
             REFUSED: (f"{conflict.requested or 'Mapping'} request refused on {where} "
                       f"({conflict.error or 'error'})"),
             STATIC: f"Display memory {where} reserved {conflict.granted}",
+            PAT_DISABLED: (f"{conflict.requested} request on {where} is {conflict.effective}: "
+                           "PAT is disabled"),
+            UPGRADE: (f"{conflict.requested} request on {where} runs {conflict.effective} "
+                      "(upgrade, warning)"),
+            MTRR_DOWNGRADE: (f"{conflict.requested} request on {where} made "
+                             f"{conflict.effective} by the MTRRs (warning)"),
         }
-        evidence = self._holder_evidence(conflict.holder)
+        holders = conflict.holders if len(conflict.holders) > 1 else [conflict.holder]
+        evidence = []
+        for holder in holders:
+            evidence.extend(self._holder_evidence(holder))
         for event in conflict.events[:_EVIDENCE_EVENTS]:
             function = first_outside_frame(event.stack, event.caller) or event.fn
             got = f"got {conflict.granted}" if conflict.granted else \
@@ -165,8 +183,33 @@ class _Host:
             evidence.append(f"device: {conflict.device}"
                             + (f" ({conflict.driver}, {conflict.pci_id})" if conflict.driver
                                else ""))
+        mapped = sorted({r.mapped for r in conflict.requesters if r.mapped})
+        if mapped:
+            evidence.append(f"mapped: {', '.join(mapped)}")
+        for reason in conflict.effective_reasons:
+            evidence.append(f"effective type: {reason}")
+        evidence.extend(self._chain_evidence(conflict.chain))
         return self._finding(conflict.kind, titles[conflict.kind], conflict.explanation,
-                             evidence, conflict.remedy, conflict.first_ns, conflict.count)
+                             evidence, conflict.remedy, conflict.first_ns, conflict.count,
+                             conflict.severity, conflict.effective)
+
+    def _chain_evidence(self, chain):
+        """``adoption chain: first ... then ...`` lines: who set the type, who adopted it."""
+        lines = []
+        for link in chain:
+            who = link.holder
+            if who.before_tracing:
+                by = "before tracing"
+            else:
+                by = f"{who.function or '?'} at {self.at(who.ts_ns)} ({_who(who.comm, who.pid)})"
+            where = _range(link.start, link.end)
+            times = f", {link.count} times" if link.count > 1 else ""
+            if link.adopted:
+                lines.append(f"adoption chain: then {where} asked {link.requested} and adopted "
+                             f"{link.type}: {by}{times}")
+            else:
+                lines.append(f"adoption chain: first {where} {link.type}: {by}")
+        return lines
 
     def _holder_evidence(self, holder):
         if holder is None:
@@ -252,10 +295,19 @@ class _Host:
             freed_ns = freed[0] if freed else None
             if freed_ns is not None:
                 frees[(event.start, event.end)].remove(freed_ns)
+            found = decision.effective
+            entry = decision.reservation
+            adopted = entry.forced_by if entry is not None else None
             rows.append({
                 "host": self.name, "ts_ns": event.ts_ns, "duration_ns": event.duration_ns,
                 "start": hex(event.start), "end": hex(event.end),
-                "requested": event.requested, "granted": decision.granted, "fn": event.fn,
+                "requested": event.requested, "granted": decision.granted,
+                "effective": found.type if found is not None else decision.granted,
+                "effective_reasons": list(found.reasons) if found is not None else [],
+                "adopted_from": None if adopted is None else
+                f"{_range(adopted.start, adopted.end)} {adopted.type} "
+                f"({adopted.holder.describe()})",
+                "fn": event.fn,
                 "comm": event.comm, "pid": event.pid,
                 "requester": first_outside_frame(event.stack, event.caller),
                 "freed_ns": freed_ns, "device": self.device(event.start, event.end),
@@ -269,6 +321,7 @@ class _Host:
             dist = row.distribution
             rows.append({
                 "host": self.name, "fn": row.fn, "probe": row.probe, "memtype": row.memtype,
+                "granted": row.granted,
                 "measure": row.measure, "count": dist.count, "min": dist.min,
                 "p50": dist.p50, "p90": dist.p90, "p99": dist.p99, "max": dist.max,
                 "total": dist.total, "exact": dist.exact,
@@ -301,15 +354,18 @@ class _Host:
             where = _range(event.start, event.end)
             who = f"{_who(event.comm, event.pid)}, " \
                 f"{first_outside_frame(event.stack, event.caller) or event.fn}"
+            effective = decision.effective.type if decision.effective is not None \
+                else decision.granted
+            as_used = f" (effective {effective})" if effective != decision.granted else ""
             if decision.refused:
                 entries.append((event.ts_ns, "conflict",
                                 f"{who}: {event.requested} on {where} refused"))
-            elif is_downgrade(event.requested, decision.granted):
+            elif is_downgrade(event.requested, effective):
                 entries.append((event.ts_ns, "conflict", f"{who}: asked {event.requested} on "
-                                f"{where}, got {decision.granted}"))
+                                f"{where}, got {decision.granted}{as_used}"))
             else:
                 entries.append((event.ts_ns, "reservation",
-                                f"{who}: reserved {where} {decision.granted or '?'}"))
+                                f"{who}: reserved {where} {decision.granted or '?'}{as_used}"))
         for event in self.source.events:
             if event.role == ROLE_IOREMAP and event.start is not None:
                 returned = "NULL" if not event.vaddr else f"{event.vaddr:#x}"
@@ -339,13 +395,7 @@ class _Host:
         words = (cmdline or "").split()
         pat_words = [w for w in words if w == "nopat" or w.startswith(("pat=", "nopat="))]
         flags = header.get("cpu_flags") or []
-        pat_log = header.get("pat_log")
-        if pat_log:
-            enabled = "disabled" not in pat_log and "not supported" not in pat_log
-        elif header.get("cpu_flags") is not None:
-            enabled = "pat" in flags and "nopat" not in words
-        else:
-            enabled = None
+        state = source.context.pat_state
         watch = footer.get("process_watch")
         if isinstance(watch, dict):
             lost = (watch.get("lost") or 0) + ((watch.get("uevents") or {}).get("lost") or 0)
@@ -361,7 +411,11 @@ class _Host:
             "name": self.name, "hostname": header.get("hostname"), "source": source.source,
             "kernel": source.kernel,
             "kernel_cmdline": cmdline,
-            "pat": {"enabled": enabled, "nopat": "nopat" in words, "cmdline_flags": pat_words},
+            "pat": {"enabled": state.enabled, "nopat": "nopat" in words,
+                    "cmdline_flags": pat_words, "reason": state.reason,
+                    "evidence": list(state.evidence),
+                    "configuration": list(state.slots) if state.slots else None},
+            "model_check": self._model_check(),
             "cpu_model": header.get("cpu_model"), "cpu_flags": list(flags),
             "hypervisor": header.get("hypervisor"), "mtrr": header.get("mtrr"),
             "memtrace": header.get("memtrace") or __version__,
@@ -378,6 +432,16 @@ class _Host:
             "process_watch": process_watch,
             "pci_devices": self._pci_devices(),
         }
+
+    def _model_check(self):
+        """The model against the kernel's list at the end of the trace, or None."""
+        check = self.report.model_check
+        if check is None:
+            return None
+        return {"agrees": check.agrees, "kernel_entries": check.kernel_entries,
+                "model_entries": check.model_entries,
+                "missing": [f"{_range(s, e)} {t}" for s, e, t in check.missing],
+                "extra": [f"{_range(s, e)} {t}" for s, e, t in check.extra]}
 
     def _pci_devices(self):
         """Display devices, and devices with a BAR that a traced reservation fell in."""
@@ -412,6 +476,10 @@ class _Host:
     def notes(self):
         header, source = self.source.header, self.source
         notes = [f"{self.name}: {note}" for note in source.notes]
+        notes.append(f"{self.name}: {pat_state_line(source.context)}")
+        check_line = model_check_line(self.report.model_check)
+        if check_line:
+            notes.append(f"{self.name}: {check_line}")
         if "hypervisor" in (header.get("cpu_flags") or []) and not header.get("hypervisor"):
             notes.append(f"{self.name} runs under a hypervisor that does not name itself, as "
                          "QEMU TCG guests do; TCG does not model memory types, so durations "

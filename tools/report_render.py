@@ -66,6 +66,9 @@ KIND_NAMES = {
     "static": "uncached framebuffer",
     "slow-moves": "slow moves",
     "restart-loop": "restart loop",
+    "pat-disabled": "PAT disabled",
+    "upgrade": "upgrade (warning)",
+    "mtrr-downgrade": "MTRR downgrade (warning)",
 }
 # Which timeline entries to keep first when a host has more than the format shows.
 _TIMELINE_PRIORITY = {"conflict": 0, "exec": 1, "exit": 1, "uevent": 1, "move": 2,
@@ -189,7 +192,7 @@ def reservation_flag(entry):
     """``downgrade`` when the granted type is slower than the requested one, ``changed``
     when it is another type that is not slower, None when it is the type asked for."""
     requested, granted = entry.get("requested"), entry.get("granted")
-    if is_downgrade(requested, granted):
+    if is_downgrade(requested, entry.get("effective") or granted):
         return "downgrade"
     if requested and granted and requested != granted:
         return "changed"
@@ -229,8 +232,8 @@ def reservation_groups(doc, host):
     groups: Dict[tuple, ReservationGroup] = {}
     mine = [e for e in entries(doc, "reservations") if e.get("host") == host]
     for entry in sorted(mine, key=lambda e: e.get("ts_ns") or 0):
-        key = tuple(entry.get(k) for k in ("start", "end", "requested", "granted", "fn",
-                                           "comm", "requester", "device"))
+        key = tuple(entry.get(k) for k in ("start", "end", "requested", "granted", "effective",
+                                           "fn", "comm", "requester", "device"))
         if key in groups:
             groups[key].entries.append(entry)
         else:
@@ -275,8 +278,11 @@ def process_text(entry, pids=None):
 
 
 def type_change(entry):
+    """``WC -> UC-``, or ``WC -> UC- (UC)`` when the CPU uses another type than granted."""
     requested, granted = entry.get("requested") or "?", entry.get("granted") or "?"
-    return granted if requested == granted else f"{requested} -> {granted}"
+    text = granted if requested == granted else f"{requested} -> {granted}"
+    effective = entry.get("effective")
+    return f"{text} ({effective})" if effective and effective != entry.get("granted") else text
 
 
 def _human_number(value):

@@ -12,14 +12,17 @@ import platform
 import sys
 from typing import List, Optional
 
+from memtrace.analysis.effective_timeline import MemoryTypeContext
 from memtrace.analysis.reservations import parse_pat_snapshot
 from memtrace.analysis.slow_moves import DEFAULT_SLOW_FACTOR, DEFAULT_WC_REFERENCE_MBPS
 from memtrace.errors import BadInput, MemtraceError
+from memtrace.tools.render import hex_range
 from memtrace.safefile import create_private
 
-_INT_FIELDS = ("ts_ns", "cpu", "pid", "tid", "ret", "vaddr", "bytes", "duration_ns", "cycles")
+_INT_FIELDS = ("ts_ns", "cpu", "pid", "tid", "ret", "vaddr", "bytes", "duration_ns", "cycles",
+               "mtrr_reg")
 _STR_FIELDS = ("fn", "probe", "role", "comm", "requested", "granted", "granted_from",
-               "cycles_source", "caller")
+               "cycles_source", "caller", "mtrr_type")
 
 
 @dataclasses.dataclass
@@ -44,6 +47,23 @@ class TraceSource:
     footer: dict = dataclasses.field(default_factory=dict)   # a trace file's footer line
     processes: list = dataclasses.field(default_factory=list)  # process exec/exit records
     uevents: list = dataclasses.field(default_factory=list)    # DRM uevent records
+    # PAT state and MTRRs, which make granted types effective (analysis.effective)
+    context: MemoryTypeContext = dataclasses.field(default_factory=MemoryTypeContext)
+    # the kernel's PAT list read when tracing ended (the footer's pat_snapshot_end)
+    snapshot_end: Optional[list] = None
+
+
+def memory_type_context(environment):
+    """The :class:`MemoryTypeContext` of a trace header or a trace_environment() dict: the
+    PAT state (its ``pat`` object, else what older headers imply) and the MTRRs (``mtrr``
+    text and ``mtrr_default``); parts that are missing or malformed are unknown."""
+    from memtrace.analysis.effective import pat_state_from_header
+    from memtrace.analysis.mtrr import table_from_header
+    mtrr_text = environment.get("mtrr")
+    default = environment.get("mtrr_default")
+    table = table_from_header(mtrr_text if isinstance(mtrr_text, str) else None,
+                              default if isinstance(default, dict) else None)
+    return MemoryTypeContext(pat_state_from_header(environment), table)
 
 
 def read_recorded_trace(path):
@@ -66,7 +86,12 @@ def read_recorded_trace(path):
                          backend=backend.get("name"), backend_reason=backend.get("reason"),
                          snapshot=snapshot, seconds=footer.get("seconds"),
                          workload=header.get("workload"), header=header, footer=footer,
-                         processes=trace.processes, uevents=trace.uevents)
+                         processes=trace.processes, uevents=trace.uevents,
+                         context=memory_type_context(header))
+    try:
+        source.snapshot_end = parse_pat_snapshot(footer.get("pat_snapshot_end"))
+    except ValueError as err:
+        raise BadInput(f"{path}: footer: pat_snapshot_end: {err}") from None
     if snapshot is None:
         source.notes.append("The trace has no PAT snapshot"
                             + (f" ({header['pat_snapshot_note']})"
@@ -77,6 +102,51 @@ def read_recorded_trace(path):
     if note:
         source.notes.append(note)
     return source
+
+
+def pat_state_line(context):
+    """One sentence on the PAT state and MTRRs the effective types were judged with."""
+    state = context.pat_state
+    evidence = "; ".join(state.evidence)
+    if state.enabled is False:
+        text = (f"PAT is disabled ({state.reason or 'reason unknown'}"
+                + (f"; evidence: {evidence}" if evidence else "") + "): the kernel keeps no "
+                "reservation list and write-combining requests get UC- page bits.")
+    elif state.enabled:
+        text = "PAT is enabled" + (f" ({evidence})" if evidence else "") + "."
+    else:
+        text = "Whether PAT is enabled is unknown (the trace does not say); assumed enabled."
+    if context.mtrr_table is None:
+        return text + " MTRRs unknown: effective types ignore them."
+    return text + " Effective types combine each page's type with the MTRRs."
+
+
+def pat_state_json(context):
+    """The PAT state and MTRR knowledge a report was judged with, as JSON."""
+    state = context.pat_state
+    return {"enabled": state.enabled, "reason": state.reason, "evidence": list(state.evidence),
+            "configuration": list(state.slots) if state.slots else None,
+            "mtrrs_known": context.mtrr_table is not None}
+
+
+def model_check_line(check):
+    """One sentence on whether the model's reservations at the end equal the kernel's list;
+    None when the trace does not carry the list read at its end."""
+    if check is None:
+        return None
+    if check.agrees:
+        return (f"Model check: the {check.model_entries} reservations memtrace's model holds at "
+                "the end equal the kernel's pat_memtype_list read then.")
+    parts = []
+    if check.missing:
+        parts.append(f"{len(check.missing)} in the kernel's list but not in the model (e.g. "
+                     + ", ".join(f"{hex_range(s, e)} {t}" for s, e, t in check.missing[:3]) + ")")
+    if check.extra:
+        parts.append(f"{len(check.extra)} in the model but not in the list (e.g. "
+                     + ", ".join(f"{hex_range(s, e)} {t}" for s, e, t in check.extra[:3]) + ")")
+    return ("Model check: memtrace's model disagrees with the kernel's pat_memtype_list at the "
+            "end: " + "; ".join(parts) + ". Events were lost or a reservation path is not "
+            "probed; holders named above may be incomplete.")
 
 
 def check_events(trace):

@@ -146,9 +146,13 @@ def test_after_the_upstream_fix_there_is_nothing_to_report():
     assert [m.effective_type for m in report.moves] == ["WC"]
 
 
-def test_qxl_uncached_header_inside_wc_vram_is_not_a_conflict():
+def test_qxl_uncached_header_inside_wc_vram_is_an_upgrade_warning_not_a_conflict():
     report = analyze(qxl_events(), snapshot=[])
-    assert report.conflicts == []
+    (upgrade,) = report.conflicts
+    assert (upgrade.kind, upgrade.requested, upgrade.granted) == ("upgrade", "UC-", "WC")
+    assert upgrade.severity == "warning" and not report.findings
+    assert upgrade.holder is report.decisions[0].reservation
+    assert "reordered" in upgrade.explanation
     assert report.decisions[1].granted == "WC"
 
 
@@ -212,10 +216,22 @@ def test_free_then_reserve_is_no_conflict():
     assert analyze(events, snapshot=[]).conflicts == []
 
 
-def test_a_wb_request_made_uncached_by_the_mtrrs_is_not_reported():
+def test_a_wb_request_made_uncached_by_the_mtrrs_is_a_warning_naming_the_mtrr():
+    from memtrace.analysis.effective import pat_state_from_header
+    from memtrace.analysis.effective_timeline import MemoryTypeContext
+    from memtrace.analysis.mtrr import table_from_header
     events = [reserve(1, (0xC0000000, 0xC0001000), "WB", "UC-",
                       ["memtype_reserve", "__ioremap_caller", "ioremap_cache", "acpi_os_map"])]
-    assert analyze(events, snapshot=[]).conflicts == []
+    lab_mtrr = "reg00: base=0x0c0000000 ( 3072MB), size= 1024MB, count=1: uncachable\n"
+    context = MemoryTypeContext(pat_state_from_header({}), table_from_header(lab_mtrr, None))
+    report = analyze(events, snapshot=[], context=context)
+    (conflict,) = report.conflicts
+    assert (conflict.kind, conflict.requested, conflict.granted, conflict.effective) == \
+        ("mtrr-downgrade", "WB", "UC-", "UC")
+    assert conflict.severity == "warning" and not report.findings
+    assert conflict.holder is None
+    assert "No reservation forced it: the MTRRs do (reg00" in conflict.explanation
+    assert "c0000000" in conflict.explanation
 
 
 # -- user mappings ---------------------------------------------------------------------------
@@ -259,8 +275,14 @@ def test_ebusy_is_refused_with_the_kernel_message_and_the_clashing_entry():
     assert (conflict.kind, conflict.error, conflict.granted) == (REFUSED, "EBUSY", None)
     assert conflict.reason == ("x86/PAT: Xorg:812 conflicting memory types fd000000-fe000000 "
                                "uncached-minus<->write-combining")
-    assert (conflict.holder.start, conflict.holder.type) == (0xFD800000, "WC")
+    # Both entries together refused the WC request: the first (UC-, the type compared
+    # against) and the WC one that differs from it; the one differing from the request leads.
+    assert [(h.start, h.type) for h in conflict.holders] == [(0xFD000000, "UC-"),
+                                                             (0xFD800000, "WC")]
+    assert (conflict.holder.start, conflict.holder.type) == (0xFD000000, "UC-")
     assert "failed with EBUSY" in conflict.explanation
+    assert "first live reservation it overlaps, fd000000-fd800000 UC-" in conflict.explanation
+    assert "different type: fd800000-fe000000 WC" in conflict.explanation
     assert conflict.impact.moves == 0
 
 

@@ -26,7 +26,7 @@ HEADER = {
 }
 JSON_KEYS = {"memtrace", "kernel", "source", "backend", "backend_reason", "traced",
              "not_traced_reason", "events", "lost_events", "missed_returns", "pat_snapshot",
-             "notes", "conflicts", "slow_moves"}
+             "notes", "conflicts", "slow_moves", "pat", "model_check"}
 SLOW_KEYS = {"found", "description", "uncached_moves", "slow_moves", "bytes", "total_ns",
              "cycles", "throughput_mbps", "wc_reference_mbps", "wc_reference_source",
              "wc_moves", "estimated_wc_ns", "times_slower", "slow_factor", "moves", "conflicts"}
@@ -35,7 +35,7 @@ SLOW_MOVE_KEYS = {"ts_ns", "fn", "probe", "comm", "pid", "memtype", "bytes", "du
 CONFLICT_KEYS = {"kind", "start", "end", "requested", "granted", "granted_inferred", "count",
                  "first_ns", "last_ns", "requester", "requesters", "holder", "device",
                  "pci_id", "driver", "error", "kernel_message", "impact", "explanation",
-                 "remedy"}
+                 "remedy", "effective", "effective_reasons", "severity", "holders", "chain"}
 
 
 def write_trace(path, events, lost=0, header=None, footer=None):
@@ -94,7 +94,7 @@ def test_json_report_is_one_documented_object(capsys, bochs_trace):
         ("downgrade", "0xfd000000", "0xfd3e8000")
     assert (conflict["requested"], conflict["granted"], conflict["count"]) == ("WC", "UC-", 2)
     requester, holder = conflict["requester"], conflict["holder"]
-    assert set(requester) == {"comm", "pid", "function", "stack"}
+    assert set(requester) == {"comm", "pid", "function", "stack", "mapped"}
     assert "ttm_kmap_iter_linear_io_init [ttm]" in requester["stack"]
     assert (holder["start"], holder["end"], holder["type"]) == ("0xfd000000", "0xfe000000", "UC-")
     assert "bochs" in holder["function"] and not holder["before_tracing"]
@@ -119,13 +119,21 @@ def test_markdown_report_has_a_table_and_fenced_stacks(capsys, bochs_trace):
 
 
 def test_no_conflicts_in_a_qxl_trace_or_after_the_fix(capsys, tmp_path):
-    for name, events in (("qxl", qxl_events()), ("fixed", bochs_events(fixed=True))):
-        path = write_trace(tmp_path / f"{name}.jsonl", events)
-        status, out, _ = conflicts(capsys, "-i", path)
-        assert status == EXIT_OK, out
-        assert "No conflicts: each of the" in out and "0 lost" in out
-        status, out, _ = conflicts(capsys, "-i", path, "--format", "json")
-        assert status == EXIT_OK and json.loads(out)["conflicts"] == []
+    path = write_trace(tmp_path / "fixed.jsonl", bochs_events(fixed=True))
+    status, out, _ = conflicts(capsys, "-i", path)
+    assert status == EXIT_OK, out
+    assert "No conflicts: each of the" in out and "0 lost" in out
+    status, out, _ = conflicts(capsys, "-i", path, "--format", "json")
+    assert status == EXIT_OK and json.loads(out)["conflicts"] == []
+    # qxl's UC- header inside its WC VRAM is an upgrade: a warning, exit status 0.
+    path = write_trace(tmp_path / "qxl.jsonl", qxl_events())
+    status, out, _ = conflicts(capsys, "-i", path)
+    assert status == EXIT_OK, out
+    assert "No conflicts, 1 warning (they do not change the exit status)." in out
+    assert "upgrade (warning) UC- -> WC" in out
+    status, out, _ = conflicts(capsys, "-i", path, "--format", "json")
+    (upgrade,) = json.loads(out)["conflicts"]
+    assert status == EXIT_OK and (upgrade["kind"], upgrade["severity"]) == ("upgrade", "warning")
 
 
 def test_lost_events_are_stated(capsys, tmp_path):

@@ -36,21 +36,25 @@ SCHEMA = {
              "memtrace": str, "backend": dict, "probes": list, "skipped": list,
              "lost_events": NULLABLE_INT, "missed_returns": NULLABLE_INT,
              "seconds": (int, float, type(None)), "workload": (list, type(None)),
-             "process_watch": dict, "pci_devices": list},
+             "process_watch": dict, "pci_devices": list, "model_check": (dict, type(None))},
     "finding": {"host": str, "kind": str, "title": str, "summary": str, "evidence": list,
-                "remedy": NULLABLE_STR, "first_ns": NULLABLE_INT, "count": int},
+                "remedy": NULLABLE_STR, "first_ns": NULLABLE_INT, "count": int,
+                "severity": str, "effective": NULLABLE_STR},
     "reservation": {"host": str, "ts_ns": int, "duration_ns": NULLABLE_INT, "start": str,
                     "end": str, "requested": NULLABLE_STR, "granted": NULLABLE_STR, "fn": str,
                     "comm": NULLABLE_STR, "pid": NULLABLE_INT, "requester": NULLABLE_STR,
-                    "freed_ns": NULLABLE_INT, "device": NULLABLE_STR},
+                    "freed_ns": NULLABLE_INT, "device": NULLABLE_STR,
+                    "effective": NULLABLE_STR, "effective_reasons": list,
+                    "adopted_from": NULLABLE_STR},
     "latency": {"host": str, "fn": str, "probe": str, "memtype": NULLABLE_STR, "measure": str,
                 "count": int, "min": NULLABLE_INT, "p50": NULLABLE_INT, "p90": NULLABLE_INT,
                 "p99": NULLABLE_INT, "max": NULLABLE_INT, "total": int, "exact": bool,
                 "histogram": list, "bytes": NULLABLE_INT,
-                "throughput_mbps": (int, float, type(None))},
+                "throughput_mbps": (int, float, type(None)), "granted": NULLABLE_STR},
     "timeline": {"host": str, "ts_ns": int, "kind": str, "text": str},
 }
-KINDS = {"downgrade", "user-map-downgrade", "refused", "static", "slow-moves", "restart-loop"}
+KINDS = {"downgrade", "user-map-downgrade", "refused", "static", "slow-moves", "restart-loop",
+         "pat-disabled", "upgrade", "mtrr-downgrade"}
 TIMELINE_KINDS = {"exec", "exit", "uevent", "reservation", "free", "move", "conflict"}
 
 
@@ -101,15 +105,20 @@ def test_bochs_findings_name_holder_requester_and_cost(capsys):
     _status, doc = document(capsys, "-i", BOCHS)
     downgrade = doc["findings"][0]
     assert downgrade["kind"] == "downgrade"
-    assert downgrade["title"] == "WC request downgraded to UC- on fd000000-fd3e8000"
+    # granted UC-; the guest's MTRR reg00 makes the PCI hole uncached, so the CPU uses UC
+    assert downgrade["title"] == \
+        "WC request downgraded to UC- (effective UC) on fd000000-fd3e8000"
+    assert downgrade["severity"] == "error" and downgrade["effective"] == "UC"
     evidence = "\n".join(downgrade["evidence"])
     assert "bochs_pci_probe [bochs] reserved fd000000-fe000000 UC-" in evidence
     assert "ttm_kmap_iter_linear_io_init [ttm] asked for WC" in evidence
     assert "buffer moves on this mapping: 1 move, 3.9 MiB" in evidence
     assert "9388ccf69925" in downgrade["remedy"]
     uc = [r for r in doc["latency"] if r["fn"] == "drm_gem_vram_bo_driver_move"
-          and r["memtype"] == "UC-"]
-    assert uc and uc[0]["bytes"] == 0x3E8000
+          and r["memtype"] == "UC"]
+    assert uc and uc[0]["bytes"] == 0x3E8000 and uc[0]["granted"] == "UC-"
+    assert "adoption chain: first fd000000-fe000000 UC-: bochs_pci_probe [bochs]" in evidence
+    assert "adoption chain: then fd000000-fd3e8000 asked WC and adopted UC-" in evidence
 
 
 def test_two_traces_make_one_report_with_a_host_each(capsys):
