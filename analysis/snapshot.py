@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from memtrace.analysis import memtypes
+from memtrace.analysis.effective import PatState, effective_type
 
 __all__ = [
     "Owner",
@@ -19,6 +20,7 @@ __all__ = [
     "find_owner",
     "find_uncached_framebuffers",
     "find_type_overlaps",
+    "find_pat_disabled",
     "analyze_snapshot",
 ]
 
@@ -26,6 +28,7 @@ _UNCACHED_SHORT_NAMES = frozenset(memtype.short for memtype in memtypes.UNCACHED
 
 UNCACHED_FRAMEBUFFER = "uncached-framebuffer"
 OVERLAPPING_TYPES = "overlapping-types"
+PAT_DISABLED = "pat-disabled"
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class Owner:
 class Finding:
     """Something suspicious, in plain sentences.
 
-    :param kind: ``uncached-framebuffer`` or ``overlapping-types``.
+    :param kind: ``uncached-framebuffer``, ``overlapping-types`` or ``pat-disabled``.
     :param start: start of the affected range.
     :param end: exclusive end of the affected range.
     :param message: what is wrong and what it causes.
@@ -81,6 +84,8 @@ class AttributedReservation:
     memtype: str
     owner: Owner
     reason: Optional[str] = None
+    effective: Optional[str] = None
+    effective_reasons: tuple = ()
 
     @property
     def flagged(self):
@@ -126,10 +131,13 @@ def find_owner(start, end, pci_devices, iomem_entries):
     )
 
 
-def find_uncached_framebuffers(reservations, pci_devices):
+def find_uncached_framebuffers(reservations, pci_devices, effective_of=None):
     """Find display framebuffers (prefetchable memory BARs) reserved UC- or UC.
 
     An ordinary register BAR (not prefetchable) reserved UC- is normal and not reported.
+    ``effective_of`` maps a reservation to the type the CPU uses through it (a UC-
+    reservation under a WC MTRR is write-combined and not reported); None: the reserved
+    type.
 
     :return: ``(findings, flagged)`` where ``flagged`` maps each involved reservation to a
         list of short reasons.
@@ -146,6 +154,8 @@ def find_uncached_framebuffers(reservations, pci_devices):
                 reservation
                 for reservation in reservations
                 if reservation.memtype in _UNCACHED_SHORT_NAMES
+                and (effective_of is None
+                     or effective_of(reservation) in _UNCACHED_SHORT_NAMES)
                 and _overlap(reservation.start, reservation.end, bar.start, bar.end)
             ]
             if not uncached:
@@ -191,16 +201,69 @@ def find_type_overlaps(reservations):
     return findings, flagged
 
 
-def analyze_snapshot(reservations, iomem_entries, pci_devices):
+def find_pat_disabled(pat_state, pci_devices, mtrr_table=None):
+    """With PAT off, one finding per display framebuffer (prefetchable BAR): a
+    write-combining mapping of it gets UC- page bits, and what the MTRRs make of that.
+
+    :return: the findings; empty when PAT is on or unknown.
+    """
+    if pat_state is None or pat_state.enabled is not False:
+        return []
+    why = pat_state.reason or "PAT is disabled"
+    evidence = "; ".join(pat_state.evidence)
+    findings = []
+    for device in pci_devices:
+        if not device.is_display:
+            continue
+        for bar in device.bars:
+            if not (bar.is_memory and bar.is_prefetchable):
+                continue
+            found = effective_type("WC", bar.start, bar.end, pat_state, mtrr_table)
+            result = found.type if found is not None else "UC-"
+            driver = f"driver {device.driver}" if device.driver else "no driver bound"
+            message = (
+                f"PAT is disabled ({why}" + (f"; evidence: {evidence}" if evidence else "")
+                + f"). A write-combining mapping of the framebuffer {bar.label} of display "
+                f"device {device.slot} ({device.vendor_device}, {driver}), "
+                f"{bar.start:x}-{bar.end:x}, gets UC- page bits: effective {result}. The "
+                "kernel keeps no PAT reservation list with PAT off (pat_memtype_list is "
+                "absent), so a snapshot cannot show who maps what; `memtrace conflicts` "
+                "traces every mapping and what it costs."
+            )
+            remedy = (
+                "Boot without `nopat`, on a CPU model with the `pat` flag and a kernel with "
+                "CONFIG_X86_PAT (on Xen PV: a PVH or HVM guest); a driver that calls "
+                "arch_phys_wc_add() gets write-combining through an MTRR instead."
+            )
+            findings.append(Finding(PAT_DISABLED, bar.start, bar.end, message, remedy))
+    return findings
+
+
+def analyze_snapshot(reservations, iomem_entries, pci_devices, pat_state=None,
+                     mtrr_table=None):
     """Attribute every PAT reservation to an owner and collect the findings.
 
     :param reservations: PAT reservations (``start``, ``end`` exclusive, ``memtype``);
         they must be hashable, as ``PatReservation`` is.
     :param iomem_entries: the top-level ``/proc/iomem`` entries (may be empty).
     :param pci_devices: the PCI devices (may be empty).
-    :return: a :class:`SnapshotReport`; reservations keep their input order.
+    :param pat_state: the :class:`memtrace.analysis.effective.PatState`, None when unknown.
+    :param mtrr_table: the MTRRs (analysis.mtrr.MtrrTable), None when unknown.
+    :return: a :class:`SnapshotReport`; reservations keep their input order, each with its
+        effective type.
     """
-    framebuffer_findings, framebuffer_flags = find_uncached_framebuffers(reservations, pci_devices)
+    state = pat_state if pat_state is not None else PatState(None, None)
+    effective = {}
+    for reservation in reservations:
+        effective[reservation] = effective_type(reservation.memtype, reservation.start,
+                                                reservation.end, state, mtrr_table)
+
+    def effective_of(reservation):
+        found = effective.get(reservation)
+        return found.type if found is not None else reservation.memtype
+
+    framebuffer_findings, framebuffer_flags = find_uncached_framebuffers(
+        reservations, pci_devices, effective_of)
     overlap_findings, overlap_flags = find_type_overlaps(reservations)
     reasons: Dict[object, List[str]] = {}
     for flags in (framebuffer_flags, overlap_flags):
@@ -213,10 +276,13 @@ def analyze_snapshot(reservations, iomem_entries, pci_devices):
             reservation.memtype,
             find_owner(reservation.start, reservation.end, pci_devices, iomem_entries),
             "; ".join(reasons[reservation]) if reservation in reasons else None,
+            effective_of(reservation),
+            tuple(effective[reservation].reasons) if effective.get(reservation) else (),
         )
         for reservation in reservations
     ]
-    return SnapshotReport(attributed, framebuffer_findings + overlap_findings)
+    pat_findings = find_pat_disabled(pat_state, pci_devices, mtrr_table)
+    return SnapshotReport(attributed, pat_findings + framebuffer_findings + overlap_findings)
 
 
 def _uncached_framebuffer_finding(device, bar, memtype_names):

@@ -6,6 +6,7 @@ from memtrace.analysis.snapshot import analyze_snapshot
 from memtrace.errors import EXIT_FINDINGS, EXIT_OK
 from memtrace.probes.system_state import read_state
 from memtrace.tools.render import hex_range, print_json, table
+from memtrace.tools.tracing_io import memory_type_context, pat_state_json, pat_state_line
 
 DESCRIPTION = "show PAT reservations, who owns them and what looks wrong (no probes needed)"
 
@@ -20,7 +21,7 @@ The PAT list needs debugfs: mount -t debugfs none /sys/kernel/debug
 Exit status: 0 nothing suspicious, 1 findings, 2 error."""
 
 _WIDTH = 99
-_OWNER_WIDTH = 40
+_OWNER_WIDTH = 32
 _FLAG_MARKER = "!"
 # Reading these fails in ordinary ways (not root, no debugfs, no PAT): the snapshot still
 # shows what it can. Malformed content (BadInput) is an error.
@@ -40,17 +41,21 @@ def add_arguments(parser):
 def run(args):
     """Read the snapshot sources, analyse them and print the result; return the exit status."""
     state = read_state(args.root)
-    report = analyze_snapshot(state.reservations or [], state.iomem, state.pci_devices)
+    context = memory_type_context({"pat": state.pat, "mtrr": state.mtrr_text,
+                                   "mtrr_default": state.mtrr_default})
+    report = analyze_snapshot(state.reservations or [], state.iomem, state.pci_devices,
+                              context.pat_state, context.mtrr_table)
     if args.json:
-        print_json(_as_json(state, report))
+        print_json(_as_json(state, report, context))
     else:
-        print(_as_text(state, report))
+        print(_as_text(state, report, context))
     return EXIT_FINDINGS if report.findings else EXIT_OK
 
 
-def _as_text(state, report):
+def _as_text(state, report, context):
     source = "" if state.source == "live" else f" (captured in {state.source})"
     blocks = [f"Kernel {state.kernel_release or 'unknown'}{source}"]
+    blocks.append(_wrap(pat_state_line(context)))
     blocks.extend(_wrap(note) for note in state.notes)
     if state.reservations is not None:
         blocks.append(_reservation_table(report.reservations))
@@ -67,13 +72,14 @@ def _reservation_table(reservations):
             hex_range(reservation.start, reservation.end),
             _human_size(reservation.end - reservation.start),
             reservation.memtype,
+            reservation.effective or reservation.memtype,
             _shorten(reservation.owner.describe(), _OWNER_WIDTH),
             _FLAG_MARKER if reservation.flagged else "",
         )
         for reservation in reservations
     ]
     title = f"PAT reservations ({len(rows)}; {_FLAG_MARKER} = see findings):"
-    return title + "\n" + table(rows, ["range", "size", "type", "owner", "flag"])
+    return title + "\n" + table(rows, ["range", "size", "type", "effective", "owner", "flag"])
 
 
 def _bar_table(devices):
@@ -121,7 +127,7 @@ def _wrap(text, first_indent="", indent=""):
     )
 
 
-def _as_json(state, report):
+def _as_json(state, report, context):
     reservations = None
     if state.reservations is not None:
         reservations = [
@@ -130,6 +136,8 @@ def _as_json(state, report):
                 "end": f"{reservation.end:#x}",
                 "size": reservation.end - reservation.start,
                 "type": reservation.memtype,
+                "effective": reservation.effective,
+                "effective_reasons": list(reservation.effective_reasons),
                 "owner": _owner_json(reservation.owner),
                 "flagged": reservation.flagged,
                 "reason": reservation.reason,
@@ -167,6 +175,7 @@ def _as_json(state, report):
             for finding in report.findings
         ],
         "notes": state.notes,
+        "pat": pat_state_json(context),
     }
 
 

@@ -179,3 +179,48 @@ def test_a_reservation_with_two_problems_gives_both_reasons():
     assert report.reservations[0].reason == (
         "UC- on the framebuffer BAR0 of 0000:00:02.0; overlaps a WC reservation"
     )
+
+
+# -- effective types and PAT off ------------------------------------------------------------
+
+LAB_MTRR = "reg00: base=0x0c0000000 ( 3072MB), size= 1024MB, count=1: uncachable\n"
+
+
+def test_with_the_lab_mtrr_the_uc_minus_framebuffer_is_effectively_uc_and_flagged():
+    from memtrace.analysis.effective import PatState
+    from memtrace.analysis.mtrr import table_from_header
+    whole = PatReservation(0xFD000000, 0xFE000000, "UC-")
+    report = analyze_snapshot([whole], [], [display_device(FRAMEBUFFER, REGISTERS)],
+                              PatState(True, None), table_from_header(LAB_MTRR, None))
+    (row,) = report.reservations
+    assert (row.memtype, row.effective, row.flagged) == ("UC-", "UC", True)
+    assert any("reg00" in reason for reason in row.effective_reasons)
+
+
+def test_a_uc_minus_framebuffer_under_a_wc_mtrr_is_write_combined_and_not_flagged():
+    from memtrace.analysis.effective import PatState
+    from memtrace.analysis.mtrr import table_from_header
+    wc_mtrr = "reg00: base=0x0fd000000 ( 4048MB), size=   16MB, count=1: write-combining\n"
+    whole = PatReservation(0xFD000000, 0xFE000000, "UC-")
+    report = analyze_snapshot([whole], [], [display_device(FRAMEBUFFER, REGISTERS)],
+                              PatState(True, None), table_from_header(wc_mtrr, None))
+    (row,) = report.reservations
+    assert (row.memtype, row.effective, row.flagged) == ("UC-", "WC", False)
+    assert report.findings == []
+
+
+def test_pat_off_is_a_finding_per_display_framebuffer_naming_the_reason():
+    from memtrace.analysis.effective import PatState
+    from memtrace.analysis.mtrr import table_from_header
+    from memtrace.analysis.snapshot import PAT_DISABLED
+    state = PatState(False, None, "PAT support disabled via boot option",
+                     ("`nopat` on the kernel command line",))
+    report = analyze_snapshot([], [], [display_device(FRAMEBUFFER, REGISTERS)], state,
+                              table_from_header(LAB_MTRR, None))
+    (finding,) = report.findings
+    assert finding.kind == PAT_DISABLED
+    assert (finding.start, finding.end) == (0xFD000000, 0xFE000000)
+    assert "`nopat` on the kernel command line" in finding.message
+    assert "gets UC- page bits: effective UC" in finding.message
+    assert "keeps no PAT reservation list" in finding.message
+    assert "nopat" in finding.remedy

@@ -39,8 +39,9 @@ def test_bochs_framebuffer_is_flagged_in_the_table_and_explained(capsys):
     assert status == EXIT_FINDINGS and err == ""
     assert "Kernel 6.1.0-50-amd64" in out
     (whole_bar,) = row_starting(out, "fd000000-fe000000")
-    assert whole_bar.split() == ["fd000000-fe000000", "16M", "UC-", "0000:00:02.0", "BAR0",
-                                 "bochs-drm", "!"]
+    # type, then effective type (this capture has no /proc/mtrr: the same)
+    assert whole_bar.split() == ["fd000000-fe000000", "16M", "UC-", "UC-", "0000:00:02.0",
+                                 "BAR0", "bochs-drm", "!"]
     (ttm_map,) = row_starting(out, "fd000000-fd3e8000")
     assert "3.9M" in ttm_map and ttm_map.rstrip().endswith("!")
     (registers,) = row_starting(out, "febf0000-febf1000")
@@ -55,7 +56,8 @@ def test_qxl_write_combined_vram_is_not_flagged(capsys):
     assert status == EXIT_OK
     assert "No findings." in out and "Findings:" not in out
     (vram,) = row_starting(out, "f8000000-fc000000")
-    assert vram.split() == ["f8000000-fc000000", "64M", "WC", "0000:00:02.0", "BAR1", "qxl"]
+    assert vram.split() == ["f8000000-fc000000", "64M", "WC", "WC", "0000:00:02.0", "BAR1",
+                            "qxl"]
 
 
 @pytest.mark.parametrize("capture", [BOCHS, QXL, HOST])
