@@ -401,14 +401,18 @@ def mapped_object(event, pci_devices=()):
     names = [frame_name(frame) for frame in event.stack]
     if not any("mmap" in name or name.endswith("_fault") for name in names):
         return None
-    for name in names:
-        if name in _SYSFS_MMAP:
-            suffix = _SYSFS_MMAP[name]
-            owner = find_owner(event.start, event.end, pci_devices, []) \
-                if pci_devices and event.start is not None else None
-            if owner is not None and owner.kind == "pci" and owner.bar is not None:
-                return f"resource{owner.bar}{suffix} of {owner.slot}"
-            return f"a sysfs resource{suffix} file of a PCI device"
+    sysfs = next((_SYSFS_MMAP[name] for name in names if name in _SYSFS_MMAP), None)
+    if sysfs is None and "kernfs_fop_mmap" in names:
+        # pci_mmap_resource_{wc,uc} tail-call into the remap, so the stack often shows
+        # only kernfs: a sysfs file mapping PCI memory is a resourceN file, and the type it
+        # asked for says which one (resourceN_wc maps write-combining).
+        sysfs = "_wc" if event.requested == "WC" else ""
+    if sysfs is not None:
+        owner = find_owner(event.start, event.end, pci_devices, []) \
+            if pci_devices and event.start is not None else None
+        if owner is not None and owner.kind == "pci" and owner.bar is not None:
+            return f"resource{owner.bar}{sysfs} of {owner.slot}"
+        return f"a sysfs resource{sysfs} file of a PCI device"
     if any(name.startswith(_FB_MMAP_PREFIXES) for name in names):
         return "/dev/fb* (fbdev emulation)"
     if any(name.startswith(_DRM_MMAP_PREFIXES) for name in names):
@@ -726,7 +730,7 @@ def _explain_pat_disabled(conflict, wc_estimate, context):
     requester = conflict.requester
     state = context.pat_state
     why = state.reason or "PAT is disabled"
-    evidence = "; ".join(state.evidence)
+    evidence = "; ".join(state.evidence[:2])
     first = (f"{requester.describe()} asked for {conflict.requested} on "
              f"{_range(conflict.start, conflict.end)}{_mapped_clause(requester)}"
              f"{_times(conflict)}; the kernel's bookkeeping says {conflict.granted}, but PAT "
@@ -737,7 +741,8 @@ def _explain_pat_disabled(conflict, wc_estimate, context):
     if is_downgrade(conflict.requested, conflict.effective):
         return " ".join((first, second, _impact_sentence(conflict, wc_estimate))), \
             _PAT_OFF_REMEDY
-    return f"{first} {second}", None
+    return (f"{first} {second} An MTRR makes it write-combining after all, so nothing runs "
+            "uncached here."), None
 
 
 def _explain_upgrade(conflict):

@@ -363,3 +363,106 @@ def test_a_comm_the_tracer_could_not_resolve_is_taken_from_the_same_thread():
     bar.comm = "<...>"
     (conflict,) = analyze(events, snapshot=[]).conflicts
     assert conflict.holder.holder.comm == "modprobe"
+
+
+# -- effective types: PAT off, MTRRs, upgrades, what a process mapped -------------------------
+
+LAB_MTRR = "reg00: base=0x080000000 ( 2048MB), size= 2048MB, count=1: uncachable\n"
+NOPAT_STATE = {"pat": {"enabled": False, "configuration": "Configuration [0-7]: WB  WT  UC- UC"
+                       "  WB  WT  UC- UC  ", "reason": "the kernel was booted with nopat",
+                       "evidence": ["kernel log: x86/PAT: PAT support disabled via boot option."]}}
+
+
+def context_of(header, mtrr=LAB_MTRR):
+    from memtrace.analysis.effective import pat_state_from_header
+    from memtrace.analysis.effective_timeline import MemoryTypeContext
+    from memtrace.analysis.mtrr import table_from_header
+    return MemoryTypeContext(pat_state_from_header(header), table_from_header(mtrr, None))
+
+
+def test_with_pat_off_the_wc_request_is_granted_wc_but_runs_uc_and_is_an_error():
+    # With nopat, memtype_reserve returns the requested type and tracks nothing.
+    events = [reserve(1, BAR0, "UC-"),
+              reserve(2, TTM_BO, "WC", "WC", TTM_STACK)] + bochs_move(3, granted="WC")
+    report = analyze(events, snapshot=None, context=context_of(NOPAT_STATE))
+    (finding,) = report.conflicts
+    assert (finding.kind, finding.requested, finding.granted, finding.effective) == \
+        ("pat-disabled", "WC", "WC", "UC")
+    assert finding.severity == "error" and report.findings
+    assert finding.impact.moves == 1
+    assert "PAT is disabled (the kernel was booted with nopat" in finding.explanation
+    assert "UC- page bits" in finding.explanation and "reg00" in finding.explanation
+    assert "nopat" in finding.remedy
+    assert report.model.live == []          # the kernel keeps no list with PAT off
+    assert [m.effective_type for m in report.moves] == ["UC"]
+
+
+def test_with_pat_off_a_wc_mtrr_added_during_the_trace_makes_it_write_combined():
+    mtrr_add = call(2, "mtrr_add_page", ev.ROLE_MTRR_ADD, start=0xFD000000, end=0xFE000000,
+                    mtrr_type="WC", ret=1)
+    mtrr_del = call(1, "mtrr_del_page", ev.ROLE_MTRR_DEL, mtrr_reg=0, ret=0)
+    events = [mtrr_del, mtrr_add, reserve(3, BAR0, "UC-", stack=BOCHS_STACK),
+              reserve(4, TTM_BO, "WC", "WC", TTM_STACK)]
+    report = analyze(events, snapshot=None, context=context_of(NOPAT_STATE))
+    kinds = {c.kind: c for c in report.conflicts}
+    assert kinds["pat-disabled"].effective == "WC"
+    assert kinds["pat-disabled"].severity == "warning"
+    assert "write-combining after all" in kinds["pat-disabled"].explanation
+    assert (kinds["upgrade"].requested, kinds["upgrade"].effective) == ("UC-", "WC")
+    assert not report.findings   # only warnings: exit status 0
+
+
+def test_the_same_requests_before_the_mtrr_change_are_judged_with_the_old_mtrr():
+    mtrr_del = call(5, "mtrr_del_page", ev.ROLE_MTRR_DEL, mtrr_reg=0, ret=0)
+    events = [reserve(1, TTM_BO, "WC", "WC", TTM_STACK), mtrr_del,
+              reserve(6, TTM_BO, "WC", "WC", TTM_STACK)]
+    report = analyze(events, snapshot=None, context=context_of(NOPAT_STATE))
+    effective = [d.effective.type for d in report.decisions]
+    # before: UC- bits over the UC MTRR; after the UC MTRR is gone, the default (unknown
+    # here) leaves the page's own type.
+    assert effective == ["UC", "UC-"]
+
+
+def test_the_lab_mtrr_makes_the_bochs_downgrade_effectively_uc():
+    report = analyze(bochs_events(), snapshot=[], context=context_of({}))
+    (conflict,) = report.conflicts
+    assert (conflict.granted, conflict.effective) == ("UC-", "UC")
+    assert "MTRR reg00 80000000-100000000 is UC" in conflict.explanation
+    assert [m.effective_type for m in report.moves] == ["UC"]
+    assert [m.granted_type for m in report.moves] == ["UC-"]
+
+
+def test_a_user_mapping_names_the_sysfs_resource_file_of_its_bar():
+    _, devices = capture("guest-6.1-bochs")
+    events = [reserve(1, BAR0, "UC-"),
+              reserve(2, (0xFD000000, 0xFD001000), "WC", "UC-", MMAP_STACK,
+                      comm="fbtest", pid=4242)]
+    (conflict,) = analyze(events, snapshot=[], pci_devices=devices).conflicts
+    assert conflict.requester.mapped == "resource0_wc of 0000:00:02.0"
+    assert "(resource0_wc of 0000:00:02.0)" in conflict.explanation
+
+
+def test_a_kernel_mapping_names_no_mapped_file():
+    (conflict,) = analyze(bochs_events(), snapshot=[]).conflicts
+    assert all(r.mapped is None for r in conflict.requesters)
+
+
+def test_the_adoption_chain_lists_who_came_first_and_who_adopted():
+    (conflict,) = analyze(bochs_events(), snapshot=[]).conflicts
+    first, *adopted = conflict.chain
+    assert (first.start, first.end, first.type, first.adopted) == (*BAR0, "UC-", False)
+    assert first.holder.function.startswith("bochs_pci_probe")
+    assert [(link.start, link.end, link.requested, link.type, link.adopted)
+            for link in adopted] == [(*TTM_BO, "WC", "UC-", True)] * len(adopted)
+    assert len(adopted) == 2   # the move's mapping (modprobe) and the kworker's vmap
+
+
+def test_the_model_is_checked_against_the_kernels_list_at_the_end():
+    events = bochs_events()
+    agreeing = [(*REGS, "UC-"), (*BAR0, "UC-"), (*TTM_BO, "UC-")]
+    report = analyze(events, snapshot=[], snapshot_end=agreeing)
+    assert report.model_check.agrees
+    report = analyze(events, snapshot=[], snapshot_end=agreeing[:2] + [(*TTM_BO, "WC")])
+    check = report.model_check
+    assert not check.agrees
+    assert (check.missing, check.extra) == (((*TTM_BO, "WC"),), ((*TTM_BO, "UC-"),))
