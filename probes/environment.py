@@ -7,7 +7,7 @@ import time
 
 from memtrace import __version__
 from memtrace.errors import MemtraceError
-from memtrace.probes import pat_memtype, pci
+from memtrace.probes import mtrr_state, pat_memtype, pat_state, pci
 from memtrace.probes.features import read_kernel_log
 
 # CPU flags that decide whether PAT matters: pat itself, self-snoop (KVM honours guest PAT
@@ -75,10 +75,17 @@ def hypervisor_vendor(log_text, sys_hypervisor_type=None):
 
 
 def trace_environment():
-    """The header fields describing this machine and this memtrace."""
+    """The header fields describing this machine and this memtrace.
+
+    :return: a JSON-ready dict; ``pat`` is :func:`memtrace.probes.pat_state.read_pat_state`'s
+        verdict, ``mtrr`` the raw /proc/mtrr text (None when absent), ``mtrr_default`` the
+        MTRR default type (:func:`memtrace.probes.mtrr_state.read_mtrr_default`) or None with
+        ``mtrr_default_note`` saying why.
+    """
     model, flags = cpu_model_and_flags(_read("/proc/cpuinfo"))
     reservations, note = pat_snapshot()
     log = read_kernel_log()
+    mtrr_default, mtrr_default_note = mtrr_state.read_mtrr_default(kernel_log=log)
     return {
         "memtrace": __version__,
         "kernel": platform.release(),
@@ -94,4 +101,18 @@ def trace_environment():
         "hypervisor": hypervisor_vendor(log, _read("/sys/hypervisor/type")),
         "pat_log": kernel_log_facts(log)[1],
         "mtrr": _read("/proc/mtrr"),
+        "pat": pat_state.read_pat_state(kernel_log=log),
+        "mtrr_default": mtrr_default,
+        "mtrr_default_note": mtrr_default_note,
     }
+
+
+def end_state():
+    """What may have changed while tracing, read again when it ended: the footer fields.
+
+    :return: ``{"pat_snapshot_end": [{"start", "end", "type"}, ...] or None,
+        "pat_snapshot_end_note": str or None, "mtrr_end": the /proc/mtrr text or None}``.
+    """
+    reservations, note = pat_snapshot()
+    return {"pat_snapshot_end": reservations, "pat_snapshot_end_note": note,
+            "mtrr_end": _read("/proc/mtrr")}

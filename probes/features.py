@@ -35,6 +35,14 @@ NO_LIVE_PROBING_HINT = (
 )
 
 
+PAT_OFF_HINT = (
+    "tracing still works; with PAT off every write-combining request (ioremap_wc, WC mmaps) "
+    "gets UC- page bits, so framebuffer copies run uncached; boot without nopat (on Xen PV, "
+    "PAT also needs the hypervisor's PAT MSR to offer WC) to get WC; a driver using "
+    "arch_phys_wc_add gets WC through an MTRR instead"
+)
+
+
 @dataclass(frozen=True)
 class Check:
     """The outcome of one feature check; ``hint`` says what to do when it is not ok."""
@@ -410,44 +418,44 @@ class KernelFeatures:
         return Check("cycle-counter", INFO, f"{reason}; normal in a VM. {derived}; {tsc_text}")
 
     @cached_property
+    def pat_state(self):
+        """Whether PAT is on and why not, with the evidence (probes/pat_state.py)."""
+        from memtrace.probes.pat_state import read_pat_state
+
+        return read_pat_state(
+            None if self.root == "/" else self.root,
+            debugfs_dir=self.debugfs_dir,
+            kconfig=self.kconfig,
+        )
+
+    @cached_property
     def pat_check(self):
-        """Is x86 PAT on: CPU flag, no ``nopat``, and the kernel's pat_memtype_list?"""
-        try:
-            cmdline = self._read("/proc/cmdline").split()
-        except OSError:
-            cmdline = []
-        flags, _fields = parse_cpuinfo(self._cpuinfo)
-        if "nopat" in cmdline:
-            return Check(
-                "pat",
-                FAIL,
-                "PAT disabled by `nopat` on the kernel command line",
-                "boot without nopat: with PAT off there are no memory types to trace",
-            )
-        if "pat" not in flags:
-            return Check(
-                "pat",
-                FAIL,
-                "the CPU (or hypervisor) does not offer PAT (no `pat` flag)",
-                "give the VM a CPU model with PAT (e.g. -cpu host)",
-            )
-        facts = "cpu flag pat, no nopat"
+        """Is x86 PAT on? Off is a warning, not a failure: the calls are still traced, and
+        the memory types matter more (WC requests get UC- page bits)."""
+        state = self.pat_state
+        evidence = "; ".join(state["evidence"]) or "nothing could be read"
+        if state["enabled"] is False:
+            return Check("pat", WARN, f"PAT disabled ({state['reason']}; evidence: {evidence})",
+                         PAT_OFF_HINT)
+        if state["enabled"] is None:
+            return Check("pat", INFO, f"PAT state unknown (evidence: {evidence})",
+                         "run as root with debugfs mounted, or see `dmesg | grep x86/PAT`")
+        detail = "PAT enabled"
+        if state["configuration"]:
+            detail += f"; x86/PAT: {state['configuration']}"
+        ranges = self._pat_ranges()
+        if ranges is not None:
+            detail += f"; pat_memtype_list tracks {ranges} ranges"
+        return Check("pat", OK, detail)
+
+    def _pat_ranges(self):
         if not self.debugfs_dir:
-            return Check("pat", OK, f"{facts}; pat_memtype_list not checked (no debugfs)")
-        memtype_list = os.path.join(self.debugfs_dir, "x86", "pat_memtype_list")
+            return None
         try:
-            with open(memtype_list) as stream:
-                ranges = sum(1 for line in stream if line.startswith("PAT: "))
-        except FileNotFoundError:
-            return Check(
-                "pat",
-                WARN,
-                f"{facts}, but no x86/pat_memtype_list in debugfs",
-                "the kernel did not enable PAT (see `dmesg | grep x86/PAT`)",
-            )
-        except OSError as err:
-            return Check("pat", OK, f"{facts}; pat_memtype_list unreadable: {err.strerror}")
-        return Check("pat", OK, f"{facts}; pat_memtype_list tracks {ranges} ranges")
+            with open(os.path.join(self.debugfs_dir, "x86", "pat_memtype_list")) as stream:
+                return sum(1 for line in stream if line.startswith("PAT: "))
+        except OSError:
+            return None
 
     @cached_property
     def kallsyms(self):

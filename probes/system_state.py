@@ -1,13 +1,13 @@
-"""The machine's memory-type state at one moment: PAT reservations, PCI devices and
-/proc/iomem, live or from a capture directory (tests/fixtures/capture_snapshot.py).
-Sources that cannot be read become notes, not errors."""
+"""The machine's memory-type state at one moment: PAT reservations, PCI devices,
+/proc/iomem, whether PAT is on, and the MTRRs, live or from a capture directory
+(tests/fixtures/capture_snapshot.py). Sources that cannot be read become notes, not errors."""
 
 import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from memtrace.errors import BadInput, FeatureMissing, NotRoot
-from memtrace.probes import iomem, pat_memtype, pci
+from memtrace.probes import iomem, mtrr_state, pat_memtype, pat_state, pci
 
 __all__ = ["SystemState", "read_state"]
 
@@ -16,7 +16,13 @@ _UNAVAILABLE = (NotRoot, FeatureMissing)
 
 @dataclass
 class SystemState:
-    """What was read, live or from a capture; ``reservations`` is None when unreadable."""
+    """What was read, live or from a capture; ``reservations`` is None when unreadable.
+
+    ``pat`` is :func:`memtrace.probes.pat_state.read_pat_state`'s verdict, ``mtrr_text``
+    the raw /proc/mtrr (None when absent), ``mtrr_default`` the MTRR default type
+    (:func:`memtrace.probes.mtrr_state.read_mtrr_default`'s dict) or None, with
+    ``mtrr_default_note`` saying why (kept out of ``notes``: it is no reading failure).
+    """
 
     source: str
     kernel_release: Optional[str]
@@ -24,6 +30,10 @@ class SystemState:
     reservations: Optional[list] = None
     iomem: list = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    pat: Optional[dict] = None
+    mtrr_text: Optional[str] = None
+    mtrr_default: Optional[dict] = None
+    mtrr_default_note: Optional[str] = None
 
 
 def read_state(root):
@@ -50,7 +60,25 @@ def read_state(root):
         state.iomem = iomem.read_iomem(_under(root, iomem.DEFAULT_PATH))
     except _UNAVAILABLE as err:
         state.notes.append(f"Owners from /proc/iomem unavailable: {err.one_line()}")
+    _read_memory_types(state, root)
     return state
+
+
+def _read_memory_types(state, root):
+    """Fill ``pat``, ``mtrr_text``, ``mtrr_default`` and ``mtrr_default_note``."""
+    log = pat_state.read_kernel_log_under(root)
+    state.pat = pat_state.read_pat_state(root, kernel_log=log)
+    try:
+        with open(_under(root, "/proc/mtrr"), errors="replace") as mtrr_file:
+            state.mtrr_text = mtrr_file.read()
+    except OSError:
+        state.mtrr_text = None
+    # A capture keeps the MSR's 8 bytes at their offset in a copy of /dev/cpu/0/msr.
+    state.mtrr_default, state.mtrr_default_note = mtrr_state.read_mtrr_default(
+        _under(root, mtrr_state.MSR_DEVICE), kernel_log=log)
+    if root is not None and state.mtrr_default is None:
+        state.mtrr_default_note = ("the MTRR default type is unknown: the capture has no "
+                                   "dev/cpu/0/msr copy and no kernel log line giving it")
 
 
 def _under(root, live_path):

@@ -17,7 +17,8 @@ examples:
   memtrace doctor --cleanup    remove what memtrace runs killed with SIGKILL left in tracefs
                                (their own instance and kprobe group; nothing of other tools)
 
-statuses: ok, info (fine, worth knowing), warn (something optional is missing),
+statuses: ok, info (fine, worth knowing), warn (something optional is missing, or PAT is
+off: tracing works, and every write-combining request then gets UC-),
 FAIL (memtrace cannot do its job here).
 exit status: 0 when no check failed, 1 when at least one check failed, 2 on error.
 """
@@ -70,13 +71,15 @@ def format_check(check, name_width=_NAME_WIDTH):
 
 
 def report(features):
-    """Return the JSON-ready summary of ``features``: checks, verdict and usable backends."""
+    """Return the JSON-ready summary of ``features``: checks, verdict, usable backends and
+    the PAT state behind the ``pat`` check (probes/pat_state.py's dict)."""
     return {
         "kernel": features.release,
         "checks": [check.to_dict() for check in features.checks()],
         "live_probing": features.live_probing,
         "backends": features.backends,
         "verdict": features.verdict(),
+        "pat": getattr(features, "pat_state", None),
     }
 
 

@@ -7,7 +7,7 @@ import sys
 import threading
 
 from memtrace.errors import BadInput
-from memtrace.probes.environment import pci_devices, trace_environment
+from memtrace.probes.environment import end_state, pci_devices, trace_environment
 from memtrace.probes.process_watch import ProcessWatcher, ProcessWatchUnavailable
 from memtrace.probes.session import TraceSession
 from memtrace.safefile import create_private
@@ -16,10 +16,11 @@ from memtrace.tracefile import TraceWriter
 DESCRIPTION = "record PAT reservations, ioremaps and TTM/DRM moves to a trace file"
 EPILOG = """\
 The file is JSON Lines (docs/trace-format.md): a header (kernel, CPU, backend and why,
-probes attached and substituted, PAT reservations at start), one line per call, one per
-process start and exit and per DRM uevent (from the kernel's process connector and uevent
-socket, to see restart loops), and a footer with the counts of events, lost events and missed
-returns. It is created with mode 0600 and never through a symlink.
+probes attached and substituted, whether PAT is on, the MTRRs, PAT reservations at start),
+one line per call, one per process start and exit and per DRM uevent (from the kernel's
+process connector and uevent socket, to see restart loops), and a footer with the counts of
+events, lost events and missed returns, and the PAT reservations and MTRRs at the end. It is
+created with mode 0600 and never through a symlink.
 
 examples:
   memtrace record -o bochs.jsonl -- modprobe bochs
@@ -127,6 +128,8 @@ def record_trace(path, workload, duration=None, backend="auto", extra_functions=
                        "process_watch": watch.stats(),
                        # Drivers bound while tracing (bochs-drm) name their BARs in reports.
                        "pci_devices": pci_devices()})
+        # After the workload and the detach: what the trace changed (reservations, MTRRs).
+        footer.update(end_state())
         writer.footer(footer)
     stacks = f", stacks missing {stats.missing_stacks}" if stats.missing_stacks else ""
     print(f"memtrace {command}: {writer.events} events written to {path}; "

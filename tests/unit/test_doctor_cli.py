@@ -100,21 +100,60 @@ def test_exit_status_is_0_when_only_warnings_and_information(monkeypatch, capsys
 
 
 def test_exit_status_is_1_when_a_check_failed(monkeypatch, capsys):
-    assert _run_with(monkeypatch, [Check("pat", FAIL, "nopat", "boot without nopat")]) == 1
-    assert "FAIL  pat" in capsys.readouterr().out
+    assert _run_with(monkeypatch, [Check("kprobes", FAIL, "none", "use memtrace lab")]) == 1
+    assert "FAIL  kprobes" in capsys.readouterr().out
 
 
 def test_json_lists_every_check(monkeypatch, capsys):
-    checks = [Check("kprobes", OK, "fine"), Check("pat", FAIL, "nopat", "boot without it")]
+    checks = [Check("kprobes", OK, "fine"), Check("root", FAIL, "uid 1000", "run with sudo")]
     _run_with(monkeypatch, checks, "--json")
     report = json.loads(capsys.readouterr().out)
     assert report["checks"][1] == {
-        "name": "pat",
+        "name": "root",
         "status": "fail",
-        "detail": "nopat",
-        "hint": "boot without it",
+        "detail": "uid 1000",
+        "hint": "run with sudo",
     }
     assert report["live_probing"] is True
+    assert report["pat"] is None  # the stand-in has no PAT state
+
+
+def _nopat_guest_features(tmp_path):
+    from memtrace.probes import features
+    from tests.unit.test_features import build_lab_like, write
+
+    root = str(tmp_path)
+    release = build_lab_like(root)
+    write(root, "/proc/cmdline", "root=hostroot ro nopat\n")
+    write(root, "/kernel-log", "x86/PAT: PAT support disabled via boot option.\n"
+          "x86/PAT: Configuration [0-7]: WB  WT  UC- UC  WB  WT  UC- UC  \n")
+    os.remove(os.path.join(root, "sys/kernel/debug/x86/pat_memtype_list"))
+    return features.KernelFeatures(root=root, release=release, euid=0)
+
+
+def test_pat_off_is_a_warning_with_reason_evidence_and_what_it_costs(tmp_path, monkeypatch,
+                                                                     capsys):
+    from memtrace.probes import features
+    kernel = _nopat_guest_features(tmp_path)
+    monkeypatch.setattr(features, "import_bcc", lambda: ("0.26.0", None))
+    monkeypatch.setattr(features, "probe_cycle_counter", lambda: (None, "no PMU"))
+    monkeypatch.setattr(doctor, "running_kernel_features", lambda allow_mount: kernel)
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    pat = [i for i, line in enumerate(lines) if line.startswith("WARN  pat ")]
+    assert pat, out
+    text = " ".join(line.strip() for line in lines[pat[0]:pat[0] + 12])
+    assert "PAT disabled (the kernel was booted with nopat; evidence: kernel log: x86/PAT: PAT " \
+           "support disabled via boot option.;" in text
+    assert "hint: tracing still works; with PAT off every write-combining request " \
+           "(ioremap_wc, WC mmaps) gets UC- page bits, so framebuffer copies run uncached" in text
+    assert "verdict: live probing possible" in out
+    assert cli.main(["doctor", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["pat"]["enabled"] is False
+    assert report["pat"]["reason"] == "the kernel was booted with nopat"
+    assert {c["name"]: c["status"] for c in report["checks"]}["pat"] == "warn"
 
 
 def test_long_details_wrap_under_100_columns_and_ok_lines_have_no_hint():
