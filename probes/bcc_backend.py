@@ -26,7 +26,7 @@ import time
 from typing import Dict, List
 
 from memtrace.errors import FeatureMissing, NotRoot
-from memtrace.probes import decode, features, kallsyms
+from memtrace.probes import decode, features, kallsyms, probe_specs
 from memtrace.probes.backend import Backend
 from memtrace.probes.plan import fetch_offset
 
@@ -73,7 +73,6 @@ int mt_return_{{id}}(struct pt_regs *ctx)
 }
 """
 
-_KIND_BYTES = {"u8": 1, "u16": 2, "u32": 4, "u64": 8, "x64": 8}
 _RET_EXPR = {
     "s32": "(s64)(s32)PT_REGS_RC(ctx)",
     "u32": "(s64)(u32)PT_REGS_RC(ctx)",
@@ -103,7 +102,8 @@ def _arg_expr(arg):
 def _fetch_lines(probe):
     lines = []
     for index, fetch in enumerate(probe.spec.fetch):
-        size = _KIND_BYTES[fetch.kind]
+        # Signed kinds are kept zero-extended; decode.py restores the sign.
+        size = probe_specs.KIND_BYTES[fetch.kind]
         arg = _arg_expr(fetch.arg)
         offset = fetch_offset(probe, fetch)
         if fetch.field is None:

@@ -5,7 +5,13 @@ import dataclasses
 from typing import Dict, List, Optional
 
 from memtrace.analysis import events, memtypes
-from memtrace.probes.probe_specs import PAGE_SIZE
+from memtrace.probes.mtrr_state import mtrr_type_name
+from memtrace.probes.probe_specs import (
+    KIND_BYTES,
+    PAGE_SIZE,
+    PHYS_WC_HANDLE_OFFSET,
+    SIGNED_KINDS,
+)
 
 
 @dataclasses.dataclass
@@ -46,9 +52,39 @@ def _memtype_name(value):
     return memtypes.from_value(value).short
 
 
+def _typed_values(spec, values):
+    """``values`` with signed fetches read back as negative numbers where they are: bcc
+    hands the register zero-extended, tracefs prints it signed."""
+    out = dict(values)
+    for fetch in spec.fetch:
+        if fetch.kind in SIGNED_KINDS and fetch.name in out:
+            bits = KIND_BYTES[fetch.kind] * 8
+            value = out[fetch.name] & ((1 << bits) - 1)
+            out[fetch.name] = value - (1 << bits) if value >> (bits - 1) else value
+    return out
+
+
+def _decode_mtrr(spec, values, ret, event):
+    """Fill ``mtrr_type`` and ``mtrr_reg`` of an MTRR event."""
+    if "mtrr_type" in values:
+        event.mtrr_type = mtrr_type_name(values["mtrr_type"])
+    else:
+        event.mtrr_type = spec.mtrr_type
+    reg = values.get("reg")
+    if reg is not None and reg >= 0:
+        event.mtrr_reg = reg
+    elif "handle" in values and values["handle"] >= PHYS_WC_HANDLE_OFFSET:
+        event.mtrr_reg = values["handle"] - PHYS_WC_HANDLE_OFFSET
+    elif ret is not None and spec.ret_mtrr == "reg" and ret >= 0:
+        event.mtrr_reg = ret
+    elif ret is not None and spec.ret_mtrr == "handle" and ret >= PHYS_WC_HANDLE_OFFSET:
+        event.mtrr_reg = ret - PHYS_WC_HANDLE_OFFSET
+
+
 def to_event(probe, call):
     """Decode ``call`` seen at planned ``probe`` (a probes.plan.PlannedProbe) into an Event."""
-    spec, values = probe.spec, call.values
+    spec = probe.spec
+    values = _typed_values(spec, call.values)
     ret = _signed_pointer(call.ret) if spec.returns == "x64" else call.ret
     event = events.Event(
         ts_ns=call.ts_ns, fn=probe.fn, probe=probe.probe_name, role=spec.role,
@@ -60,6 +96,10 @@ def to_event(probe, call):
     if "pfn" in values:
         start = values["pfn"] * PAGE_SIZE
     size = values.get("size")
+    if "pages" in values:
+        size = values["pages"] * PAGE_SIZE
+        if size == 0:
+            start = size = None  # mtrr_del_page(reg, 0, 0): a register, no range
     if "resource_size" in values:
         # Without BTF the member at that offset may hold pages (<= 6.1) or bytes (>= 6.2).
         unit = probe.field_units.get("resource_size")
@@ -89,6 +129,8 @@ def to_event(probe, call):
         event.granted, event.granted_from = _memtype_name(values["granted"]), "argument"
     elif call.granted_raw is not None:
         event.granted, event.granted_from = _memtype_name(call.granted_raw), "return"
+    if spec.mtrr_type is not None or spec.ret_mtrr is not None or "mtrr_type" in values:
+        _decode_mtrr(spec, values, ret, event)
     if "addr" in values:
         event.vaddr = values["addr"]
     elif spec.role == events.ROLE_IOREMAP and spec.returns == "x64" and ret and ret > 0:

@@ -15,6 +15,11 @@ from memtrace.analysis import events
 # x86-64 SysV argument registers, in the spelling kprobe_events uses.
 ARG_REGISTERS = ("di", "si", "dx", "cx", "r8", "r9")
 PAGE_SIZE = 4096
+# The fetch types both backends read: bytes each, and whether the value is signed.
+KIND_BYTES = {"u8": 1, "u16": 2, "u32": 4, "u64": 8, "x64": 8, "s32": 4}
+SIGNED_KINDS = frozenset({"s32"})
+# arch_phys_wc_add returns an MTRR register plus this (MTRR_TO_PHYS_WC_OFFSET, mtrr.c).
+PHYS_WC_HANDLE_OFFSET = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,8 +27,13 @@ class Fetch:
     """One value read at function entry: argument ``arg`` (1-based), optionally
     dereferenced at ``field`` of the struct it points to.
 
-    ``kind`` is the C type read: u8, u32, u64 or x64 (an address). ``field`` is a
+    ``kind`` is the C type read: u8, u32, s32, u64 or x64 (an address). ``field`` is a
     (struct name, member path) pair resolved through BTF, e.g. ("ttm_resource", "size").
+
+    Names mean something to the decoder (probes/decode.py): ``start``/``end``/``size`` are
+    bytes, ``pfn`` a page frame number and ``pages`` a length in pages, ``requested`` and
+    ``granted`` an ``enum page_cache_mode``, ``mtrr_type`` an MTRR type number, ``reg`` an
+    MTRR register (negative: none named), ``handle`` an arch_phys_wc_add handle.
     """
 
     name: str
@@ -40,7 +50,10 @@ class ProbeSpec:
     asks WC), else None. ``granted_via_arg``: an ``enum page_cache_mode *`` argument the
     function writes the granted type into; it is read again at return. ``returns``: how to
     read the return value ("s32", "x64" for pointers, None for void). ``stack``: capture a
-    kernel stack (reservations and mappings: who asked).
+    kernel stack (reservations and mappings: who asked). ``mtrr_type``: the MTRR type the
+    function asks for when fixed by its name (arch_phys_wc_add asks WC). ``ret_mtrr``: what
+    the return value says about MTRRs: "reg" (the register, or -errno) or "handle"
+    (arch_phys_wc_add's register + 1000; 0 when PAT made an MTRR unnecessary; or -errno).
     """
 
     symbol: str
@@ -50,6 +63,8 @@ class ProbeSpec:
     granted_via_arg: Optional[int] = None
     returns: Optional[str] = "s32"
     stack: bool = False
+    mtrr_type: Optional[str] = None
+    ret_mtrr: Optional[str] = None
 
 
 _PHYS_RANGE = (Fetch("start", 1), Fetch("end", 2))
@@ -93,6 +108,22 @@ SPECS = {spec.symbol: spec for spec in (
     ProbeSpec("pfnmap_track", events.ROLE_USER_MAP,
               (Fetch("pfn", 1), Fetch("size", 2)), stack=True),
     ProbeSpec("reserve_pfn_range", events.ROLE_USER_MAP, _PHYS_SIZE, stack=True),
+    # mtrr_add_page(unsigned long base /* pfn */, unsigned long size /* pages */,
+    #               unsigned int type, bool increment): the register, or -errno.
+    ProbeSpec("mtrr_add_page", events.ROLE_MTRR_ADD,
+              (Fetch("pfn", 1), Fetch("pages", 2), Fetch("mtrr_type", 3, "u32")),
+              stack=True, ret_mtrr="reg"),
+    # mtrr_del_page(int reg, unsigned long base /* pfn */, unsigned long size /* pages */):
+    # base and size name the range only when reg < 0. Returns the register, or -errno.
+    ProbeSpec("mtrr_del_page", events.ROLE_MTRR_DEL,
+              (Fetch("reg", 1, "s32"), Fetch("pfn", 2), Fetch("pages", 3)),
+              stack=True, ret_mtrr="reg"),
+    # arch_phys_wc_add(unsigned long base, unsigned long size), both in bytes.
+    ProbeSpec("arch_phys_wc_add", events.ROLE_PHYS_WC, _PHYS_SIZE, stack=True,
+              mtrr_type="WC", ret_mtrr="handle"),
+    # void arch_phys_wc_del(int handle)
+    ProbeSpec("arch_phys_wc_del", events.ROLE_PHYS_WC, (Fetch("handle", 1, "s32"),),
+              returns=None, stack=True, mtrr_type="WC"),
     ProbeSpec("ttm_move_memcpy", events.ROLE_MOVE,
               (Fetch("clear", 1, "u8"), Fetch("num_pages", 2, "u32")), returns=None),
     ProbeSpec("ttm_bo_move_memcpy", events.ROLE_MOVE,

@@ -23,6 +23,7 @@ FREE = "free"  # a reservation or mapping is released
 IOREMAP = "ioremap"  # the kernel maps MMIO with a chosen cache mode
 MOVER = "mover"  # TTM/DRM copies a buffer object (the slow path when memory is UC-)
 MAPPING = "mapping"  # a user mmap of PFNs (PCI BAR sysfs files, TTM faults) takes a type
+MTRR = "mtrr"  # an MTRR is added or removed: the memory type below PAT's
 
 # How a request was resolved.
 EXACT = "exact"
@@ -81,6 +82,10 @@ def _ioremap(name, essential=False, role=IOREMAP):
     return Target(name, role, (Candidate(name),), essential=essential)
 
 
+def _mtrr(name):
+    return Target(name, MTRR, (Candidate(name),))
+
+
 TARGETS = (
     Target(
         "memtype_reserve",
@@ -137,6 +142,12 @@ TARGETS = (
             ),
         ),
     ),
+    # /proc/mtrr writes and drivers' mtrr_add() reach mtrr_add_page/mtrr_del_page;
+    # arch_phys_wc_add adds a WC MTRR only when PAT is off (through mtrr_add_page).
+    _mtrr("mtrr_add_page"),
+    _mtrr("mtrr_del_page"),
+    _mtrr("arch_phys_wc_add"),
+    _mtrr("arch_phys_wc_del"),
     Target("ttm_move_memcpy", MOVER, (Candidate("ttm_move_memcpy"),), module="ttm"),
     Target("ttm_bo_move_memcpy", MOVER, (Candidate("ttm_bo_move_memcpy"),), module="ttm"),
     Target(

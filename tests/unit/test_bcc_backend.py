@@ -278,3 +278,47 @@ def test_the_c_file_and_the_python_side_agree():
     for flag, value in (("MT_F_RET", F_RET), ("MT_F_GRANTED", F_GRANTED), ("MT_F_PMU", F_PMU)):
         assert f"#define {flag} {value}" in text
     assert f"#define MT_MODNAME_LEN {bcc_backend.MODNAME_LEN}" in text
+
+
+def test_mtrr_probes_read_their_arguments_and_restore_the_sign(default_plan):
+    text = program_text(default_plan)
+    add = _probe(default_plan, "mtrr_add_page")
+    entry = _function(text, f"mt_entry_{default_plan.probes.index(add)}")
+    assert "e.values[2] = (u64)(u32)PT_REGS_PARM3(ctx);" in entry  # the MTRR type
+    assert f"mt_enter(ctx, {default_plan.probes.index(add)}, &e, 1)" in entry
+    delete = _probe(default_plan, "mtrr_del_page")
+    delete_id = default_plan.probes.index(delete)
+    # int reg: kept zero-extended in the record; decoding gives -1 back.
+    assert "e.values[0] = (u64)(u32)PT_REGS_PARM1(ctx);" in _function(text,
+                                                                      f"mt_entry_{delete_id}")
+    layout = record_struct(3)
+    record = parse_record(layout, _record_bytes(
+        layout, delete_id, [0xFFFFFFFF, 0xFD000, 0x1000], valid=0b111, flags=F_RET, ret=-22))
+    event = decode.to_event(delete, raw_call(delete, record))
+    assert (event.role, event.mtrr_reg, event.ret) == ("mtrr_del", None, -22)
+    assert (event.start, event.end, event.size) == (0xFD000000, 0xFE000000, 0x1000000)
+    record = parse_record(layout, _record_bytes(
+        layout, delete_id, [1, 0, 0], valid=0b111, flags=F_RET, ret=1))
+    event = decode.to_event(delete, raw_call(delete, record))
+    assert (event.mtrr_reg, event.start, event.size) == (1, None, None)
+
+
+def test_mtrr_add_and_phys_wc_records_decode(default_plan):
+    layout = record_struct(3)
+    add = _probe(default_plan, "mtrr_add_page")
+    record = parse_record(layout, _record_bytes(
+        layout, default_plan.probes.index(add), [0xFD000, 0x1000, 1], valid=0b111,
+        flags=F_RET, ret=1))
+    event = decode.to_event(add, raw_call(add, record))
+    assert (event.role, event.start, event.end, event.size) == (
+        "mtrr_add", 0xFD000000, 0xFE000000, 0x1000000)
+    assert (event.mtrr_type, event.mtrr_reg, event.requested) == ("WC", 1, None)
+    wc = _probe(default_plan, "arch_phys_wc_add")
+    # PAT on: arch_phys_wc_add does nothing and returns 0, so no register.
+    record = parse_record(layout, _record_bytes(
+        layout, default_plan.probes.index(wc), [0xFD000000, 0x1000000, 0], valid=0b11,
+        flags=F_RET, ret=0))
+    event = decode.to_event(wc, raw_call(wc, record))
+    assert (event.role, event.start, event.size, event.ret) == (
+        "phys_wc", 0xFD000000, 0x1000000, 0)
+    assert (event.mtrr_type, event.mtrr_reg) == ("WC", None)

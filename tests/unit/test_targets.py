@@ -16,6 +16,7 @@ from memtrace.probes.targets import (
     IOREMAP,
     MAPPING,
     MOVER,
+    MTRR,
     RESERVE,
     TARGETS,
     SymbolSource,
@@ -23,11 +24,12 @@ from memtrace.probes.targets import (
     resolve,
     split_request,
 )
+from tests.lab_kernels import lab_release_params
 
 HOST_KALLSYMS = os.path.join(
     os.path.dirname(__file__), "..", "fixtures", "host-6.18", "proc", "kallsyms"
 )
-DEBIAN_RELEASES = ("6.1.0-56-amd64", "6.12.117+deb12-amd64")
+DEBIAN_RELEASES = lab_release_params()
 
 # Names and types as a pre-5.6 kernel (4.19-era) lists them.
 OLD_KERNEL = parse_kallsyms(
@@ -60,7 +62,7 @@ def debian_modules(release):
 def test_table_covers_every_role_and_names_each_target_once():
     names = [t.name for t in TARGETS]
     assert len(names) == len(set(names))
-    assert {t.role for t in TARGETS} == {RESERVE, FREE, IOREMAP, MOVER, MAPPING}
+    assert {t.role for t in TARGETS} == {RESERVE, FREE, IOREMAP, MOVER, MAPPING, MTRR}
     for target in TARGETS:
         assert target.candidates, target.name
         assert target.name in target.symbols or target.inlined_into, target.name
@@ -261,3 +263,32 @@ def test_module_glob_expands_from_the_module_file_before_the_module_loads(host_k
     assert all(name.startswith("ttm:ttm_bo_move_") for name in names)
     with pytest.raises(NotTraceable):
         expand_requests(["ttm:no_such_*"], host_kallsyms, files)
+
+
+MTRR_FUNCTIONS = ("mtrr_add_page", "mtrr_del_page", "arch_phys_wc_add", "arch_phys_wc_del")
+
+
+def test_mtrr_functions_are_optional_default_targets():
+    from memtrace.probes.plan import DEFAULT_TARGETS
+    for name in MTRR_FUNCTIONS:
+        target = find_target(name)
+        assert target.role == MTRR and not target.essential and target.module is None
+        assert name in DEFAULT_TARGETS
+
+
+def test_a_kernel_without_mtrr_functions_skips_them(host):
+    # The 6.18 host's kallsyms excerpt has none of them: the default plan goes on without.
+    from memtrace.probes.plan import DEFAULT_TARGETS, build_plan
+    plan = build_plan(DEFAULT_TARGETS, host, lambda *_: None, strict=False)
+    skipped = dict(plan.skipped)
+    for name in MTRR_FUNCTIONS:
+        assert "no function " + name in skipped[name]
+    assert "memtype_reserve" in {p.fn for p in plan.probes}
+
+
+def test_mtrr_functions_resolve_where_the_kernel_has_them():
+    table = parse_kallsyms("".join(f"ffffffff8106{i}000 T {name}\n"
+                                   for i, name in enumerate(MTRR_FUNCTIONS)))
+    for name in MTRR_FUNCTIONS:
+        resolution = resolve(name, SymbolSource(table))
+        assert (resolution.symbol, resolution.how, resolution.module) == (name, EXACT, None)

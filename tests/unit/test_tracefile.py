@@ -241,3 +241,108 @@ def test_lines_from_two_threads_never_mix(tmp_path):
     trace = read_trace(str(path))
     assert len(trace.events) == 2000 and len(trace.processes) == 2000
     assert [r["ts_ns"] for r in trace.processes] == list(range(2000))
+
+
+# -- MTRR events and the end-of-trace state ----------------------------------------------------
+
+MTRR_ADD = Event(ts_ns=20, fn="mtrr_add_page", probe="mtrr_add_page", role="mtrr_add",
+                 comm="sh", start=0xFD000000, end=0xFE000000, size=0x1000000, ret=1,
+                 caller="mtrr_write", mtrr_type="WC", mtrr_reg=1)
+MTRR_DEL_REG0 = Event(ts_ns=30, fn="mtrr_del_page", probe="mtrr_del_page", role="mtrr_del",
+                      ret=0, mtrr_reg=0)
+
+
+def test_mtrr_fields_round_trip(tmp_path):
+    path = tmp_path / "t.jsonl"
+    _write(path, [MTRR_ADD, MTRR_DEL_REG0])
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[1]["mtrr_type"] == "WC" and lines[1]["mtrr_reg"] == 1
+    assert lines[1]["start"] == "0xfd000000" and lines[1]["role"] == "mtrr_add"
+    assert lines[2]["mtrr_reg"] == 0  # register 0 is a register, not "none"
+    assert "mtrr_type" not in lines[2] and "start" not in lines[2]
+    assert read_trace(str(path)).events == [MTRR_ADD, MTRR_DEL_REG0]
+    assert Event.from_record(MTRR_ADD.to_record()) == MTRR_ADD
+
+
+class _Stats:
+    lost_events = missed_returns = missing_stacks = 0
+    attach_failures = []
+
+    def as_dict(self):
+        return {"lost_events": 0, "missed_returns": 0, "missing_stacks": 0, "attached": [],
+                "attach_failures": [], "late_attached": []}
+
+
+class _Session:
+    """Stands in for TraceSession: attaches nothing, changes the MTRRs "while tracing"."""
+
+    order = []
+
+    def __init__(self, requests, backend="auto", debug=False):
+        import argparse
+        self.plan = argparse.Namespace(probes=[])
+        self.backend_name, self.backend_reason = "tracefs", "test"
+        self.backend = argparse.Namespace(stats=_Stats(), granted_at_return=True)
+        self.removed_stale = []
+
+    def describe(self):
+        return {"backend": {"name": "tracefs", "reason": "test"}, "probes": [], "skipped": []}
+
+    def run(self, on_event, duration=None, workload=None, on_attached=None):
+        from memtrace.probes.session import SessionResult
+        on_attached(self)
+        on_event(MTRR_ADD)
+        _Session.order.append("detached")
+        return SessionResult(0.1, 0, "workload")
+
+
+def test_record_writes_the_end_state_into_the_footer(tmp_path, monkeypatch):
+    import argparse
+
+    from memtrace.probes import process_watch
+    from memtrace.tools import record
+
+    def end_state():
+        _Session.order.append("end_state")
+        return {"pat_snapshot_end": [{"start": "0xfd000000", "end": "0xfe000000",
+                                      "type": "UC-"}],
+                "pat_snapshot_end_note": None,
+                "mtrr_end": "reg01: base=0x0fd000000 ( 4048MB), size=   16MB, count=1: "
+                            "write-combining\n"}
+
+    def no_watch(self):
+        raise process_watch.ProcessWatchUnavailable("not here")
+
+    _Session.order = []
+    monkeypatch.setattr(record, "TraceSession", _Session)
+    monkeypatch.setattr(record, "trace_environment", lambda: {"kernel": "test", "pat": {
+        "enabled": False, "configuration": None, "reason": "the kernel was booted with nopat",
+        "evidence": ["/proc/cmdline has nopat"]}, "mtrr_default": None,
+        "mtrr_default_note": "the MTRR default type is unknown: /dev/cpu/0/msr is absent "
+                             "(modprobe msr to read it)"})
+    monkeypatch.setattr(record, "end_state", end_state)
+    monkeypatch.setattr(record, "pci_devices", lambda: [])
+    monkeypatch.setattr(process_watch.ProcessWatcher, "start", no_watch)
+    out = tmp_path / "t.jsonl"
+    args = argparse.Namespace(output=str(out), force=False, backend="auto", duration=None,
+                              fn=[], command=["--", "true"], debug=False)
+    assert record.run(args) == 0
+    trace = read_trace(str(out))
+    assert _Session.order == ["detached", "end_state"]
+    assert trace.footer["pat_snapshot_end"] == [
+        {"start": "0xfd000000", "end": "0xfe000000", "type": "UC-"}]
+    assert trace.footer["pat_snapshot_end_note"] is None
+    assert trace.footer["mtrr_end"].startswith("reg01: base=0x0fd000000")
+    assert trace.header["pat"]["reason"] == "the kernel was booted with nopat"
+    assert trace.header["mtrr_default"] is None
+    assert trace.events == [MTRR_ADD]
+
+
+def test_end_state_reads_the_pat_list_and_the_mtrrs_now(monkeypatch):
+    from memtrace.probes import environment
+    monkeypatch.setattr(environment, "pat_snapshot", lambda: (None, "debugfs is not mounted"))
+    monkeypatch.setattr(environment, "_read",
+                        lambda path: "reg00: ...\n" if path == "/proc/mtrr" else None)
+    assert environment.end_state() == {"pat_snapshot_end": None,
+                                       "pat_snapshot_end_note": "debugfs is not mounted",
+                                       "mtrr_end": "reg00: ...\n"}

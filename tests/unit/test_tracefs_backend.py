@@ -428,3 +428,131 @@ def test_comm_fetched_at_the_hit_beats_ftraces_comm_cache():
     assert "comm=" in entry
     _, found = pair([entry, ret])
     assert [e.comm for e in found] == ["modprobe"]
+
+
+# -- MTRR probes (lines from a 6.12 lab guest booted with nopat, writing /proc/mtrr) ------------
+
+MTRR_TRACE = """\
+              sh-255     [000] .....   436.024453: mtrr_add_page: (mtrr_add_page+0x4/0x4c0) pfn=0xfd000 pages=0x1000 mtrr_type=1 comm="sh"
+              sh-255     [000] .....   436.024974: <stack trace>
+ => kprobe_trace_func
+ => kprobe_dispatcher
+ => aggr_pre_handler
+ => kprobe_ftrace_handler
+ => 0xffffffffc04fb0de
+ => mtrr_add_page
+ => mtrr_write
+ => proc_reg_write
+ => vfs_write
+ => ksys_write
+ => do_syscall_64
+ => entry_SYSCALL_64_after_hwframe
+              sh-255     [000] .....   436.030565: mtrr_add_page__ret: (mtrr_write+0x1da/0x220 <- mtrr_add_page) ret=1
+              sh-255     [000] .....   437.678892: mtrr_del_page: (mtrr_del_page+0x4/0x1f0) reg=1 pfn=0x0 pages=0x0 comm="sh"
+              sh-255     [000] .....   437.679017: <stack trace>
+ => kprobe_trace_func
+ => mtrr_del_page
+ => mtrr_write
+              sh-255     [000] .N...   437.680927: mtrr_del_page__ret: (mtrr_write+0xcb/0x220 <- mtrr_del_page) ret=1
+              sh-255     [000] .....   438.000001: mtrr_del_page: (mtrr_del_page+0x4/0x1f0) reg=-1 pfn=0xfd000 pages=0x1000 comm="sh"
+              sh-255     [000] .....   438.000002: <stack trace>
+ => mtrr_del_page
+              sh-255     [000] .....   438.000003: mtrr_del_page__ret: (mtrr_ioctl+0x1/0x2 <- mtrr_del_page) ret=-22
+"""
+
+
+def mtrr_plan():
+    names = ("mtrr_add_page", "mtrr_del_page", "arch_phys_wc_add", "arch_phys_wc_del")
+    table = parse_kallsyms("".join(f"ffffffff8106{i}000 T {n}\n" for i, n in enumerate(names)))
+    return plans.build_plan(names, SymbolSource(table), lambda *_: None, strict=True)
+
+
+def test_mtrr_probe_lines():
+    compiled = {c.planned.fn: c for c in tb.compile_plan(mtrr_plan(), "memtrace_7")}
+    assert compiled["mtrr_add_page"].entry == (
+        "p:memtrace_7/mtrr_add_page mtrr_add_page pfn=%di:x64 pages=%si:x64 "
+        "mtrr_type=%dx:u32 comm=$comm")
+    assert compiled["mtrr_add_page"].ret == (
+        "r:memtrace_7/mtrr_add_page__ret mtrr_add_page ret=$retval:s32")
+    assert compiled["mtrr_del_page"].entry == (
+        "p:memtrace_7/mtrr_del_page mtrr_del_page reg=%di:s32 pfn=%si:x64 pages=%dx:x64 "
+        "comm=$comm")
+    assert compiled["arch_phys_wc_add"].entry == (
+        "p:memtrace_7/arch_phys_wc_add arch_phys_wc_add start=%di:x64 size=%si:x64 comm=$comm")
+    assert compiled["arch_phys_wc_del"].entry == (
+        "p:memtrace_7/arch_phys_wc_del arch_phys_wc_del handle=%di:s32 comm=$comm")
+    assert compiled["arch_phys_wc_del"].ret == (
+        "r:memtrace_7/arch_phys_wc_del__ret arch_phys_wc_del")
+
+
+def test_mtrr_lines_become_mtrr_events():
+    compiled = tb.compile_plan(mtrr_plan(), "memtrace_7")
+    for c in compiled:
+        c.entry_registered, c.return_registered, c.stack_registered = True, c.ret, True
+    found = []
+    parser = tb.TraceParser(compiled, found.append)
+    parser.feed(MTRR_TRACE)
+    parser.flush()
+    add, delete, refused = found
+    assert (add.role, add.start, add.end, add.size) == (
+        "mtrr_add", 0xFD000000, 0xFE000000, 0x1000000)
+    assert (add.mtrr_type, add.mtrr_reg, add.ret, add.comm) == ("WC", 1, 1, "sh")
+    assert add.stack[:2] == ["mtrr_add_page", "mtrr_write"] and add.caller == "mtrr_write"
+    assert add.duration_ns == 6_112_000
+    # Deleting by register: the kernel ignores base and size, so no range.
+    assert (delete.role, delete.mtrr_reg, delete.ret) == ("mtrr_del", 1, 1)
+    assert (delete.start, delete.end, delete.size, delete.mtrr_type) == (None,) * 4
+    # Deleting by range (reg -1) that failed: the range, no register.
+    assert (refused.start, refused.end, refused.mtrr_reg, refused.ret) == (
+        0xFD000000, 0xFE000000, None, -22)
+
+
+# vesafb (6.1 lab guest, nopat, vga=0x317 video=vesafb:mtrr:3) unbound and bound again.
+PHYS_WC_TRACE = """\
+              sh-232     [000] .N...   591.667220: arch_phys_wc_del: (arch_phys_wc_del+0x0/0x40) handle=1001 comm="sh"
+              sh-232     [000] .N...   591.667450: <stack trace>
+ => kprobe_ftrace_handler
+ => arch_phys_wc_del
+ => vesafb_destroy
+ => unregister_framebuffer
+              sh-232     [000] .N...   591.667494: mtrr_del_page: (mtrr_del_page+0x0/0x1c0) reg=1 pfn=0x0 pages=0x0 comm="sh"
+              sh-232     [000] .N...   591.667518: <stack trace>
+ => mtrr_del_page
+ => vesafb_destroy
+              sh-232     [000] .....   591.674914: mtrr_del_page__ret: ([unknown/kretprobe'd] <- mtrr_del_page) ret=1
+              sh-232     [000] .....   591.674996: arch_phys_wc_del__ret: (vesafb_destroy+0x28/0x60 <- arch_phys_wc_del)
+              sh-232     [000] .....   592.742958: arch_phys_wc_add: (arch_phys_wc_add+0x0/0x60) start=0xfd000000 size=0x1000000 comm="sh"
+              sh-232     [000] .....   592.743108: <stack trace>
+ => arch_phys_wc_add
+ => vesafb_probe.cold
+              sh-232     [000] .....   592.743142: mtrr_add_page: (mtrr_add_page+0x0/0x440) pfn=0xfd000 pages=0x1000 mtrr_type=1 comm="sh"
+              sh-232     [000] .....   592.743162: <stack trace>
+ => mtrr_add_page
+ => arch_phys_wc_add
+              sh-232     [000] .....   592.750429: mtrr_add_page__ret: (arch_phys_wc_add+0x43/0x60 <- mtrr_add_page) ret=1
+              sh-232     [000] .....   592.750459: arch_phys_wc_add__ret: (vesafb_probe.cold+0x2a7/0x590 <- arch_phys_wc_add) ret=1001
+"""
+
+
+def test_a_drivers_wc_mtrr_through_arch_phys_wc():
+    compiled = tb.compile_plan(mtrr_plan(), "memtrace_7")
+    for c in compiled:
+        c.entry_registered, c.return_registered, c.stack_registered = True, c.ret, True
+    found = []
+    parser = tb.TraceParser(compiled, found.append)
+    parser.feed(PHYS_WC_TRACE)
+    parser.flush()
+    by_fn = {e.fn: e for e in found}
+    assert [e.fn for e in found] == ["mtrr_del_page", "arch_phys_wc_del", "mtrr_add_page",
+                                     "arch_phys_wc_add"]
+    wc_del = by_fn["arch_phys_wc_del"]
+    assert (wc_del.role, wc_del.mtrr_type, wc_del.mtrr_reg, wc_del.ret) == (
+        "phys_wc", "WC", 1, None)
+    assert wc_del.caller == "vesafb_destroy" and wc_del.start is None
+    assert by_fn["mtrr_del_page"].caller is None  # its return address was a kretprobe's
+    wc_add = by_fn["arch_phys_wc_add"]
+    assert (wc_add.start, wc_add.end, wc_add.ret, wc_add.mtrr_reg, wc_add.mtrr_type) == (
+        0xFD000000, 0xFE000000, 1001, 1, "WC")
+    inner = by_fn["mtrr_add_page"]
+    assert (inner.mtrr_reg, inner.caller, inner.stack) == (
+        1, "arch_phys_wc_add", ["mtrr_add_page", "arch_phys_wc_add"])
