@@ -22,3 +22,47 @@ def run_memtrace():
         return subprocess.run(memtrace_argv(*args), capture_output=True, text=True,
                               timeout=timeout, cwd=cwd or REPO, check=False)
     return _run
+
+
+# -- in CI a skip is a failure ---------------------------------------------------------------
+
+# Skips that state a premise about the machine, which the set-up cannot change; any other
+# skip in CI means the set-up did not provide what the test needs (a lab kernel, a module).
+MACHINE_PREMISE_SKIPS = (
+    "the running kernel has kprobes; the static path is not taken",
+    "premise: the running kernel has no kprobes",
+    "the process connector cannot be opened here",
+    "taskstats cannot be used here",
+    "no private mount namespace here",
+    "mounting needs root and unshare(1)",
+)
+
+
+def running_in_ci():
+    """True when the CI environment variable is set, as CI services (and .ci/run's callers)
+    set it; ``CI=false`` or ``CI=0`` mean no."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _skip_reason(report):
+    if isinstance(report.longrepr, tuple):
+        reason = report.longrepr[2]
+    else:
+        reason = str(report.longrepr)
+    return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI, turn a skip into a failure that gives the skip's reason, unless the reason is
+    one of :data:`MACHINE_PREMISE_SKIPS`."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or hasattr(report, "wasxfail") or not running_in_ci():
+        return
+    reason = _skip_reason(report)
+    if reason.startswith(MACHINE_PREMISE_SKIPS):
+        return
+    report.outcome = "failed"
+    report.longrepr = (f"skipped under CI={os.environ['CI']}, where a skip means the set-up "
+                       f"failed: {reason}")

@@ -23,10 +23,11 @@ from memtrace.probes.features import (
     running_kernel_features,
     tsc_mhz,
 )
+from tests.lab_kernels import lab_release, requires_lab_kernel
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 HOST_KALLSYMS = os.path.join(FIXTURES, "host-6.18", "proc", "kallsyms")
-DEBIAN_6_1 = "6.1.0-56-amd64"
+DEBIAN_6_1 = lab_release("6.1")
 
 EPYC_CPUINFO = (
     "processor\t: 0\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 2596.138\n"
@@ -185,14 +186,52 @@ def test_usable_cycle_counter(host_like, monkeypatch):
 
 def test_pat_enabled_counts_tracked_ranges(lab_like):
     assert lab_like.pat_check.status == OK
+    assert lab_like.pat_check.detail.startswith("PAT enabled")
     assert "tracks 1 ranges" in lab_like.pat_check.detail
 
 
-def test_nopat_fails_the_pat_check(tmp_path, no_hardware):
+def test_pat_enabled_names_the_configuration_line(tmp_path, no_hardware):
     release = build_lab_like(str(tmp_path))
-    write(str(tmp_path), "/proc/cmdline", "root=/dev/root nopat\n")
+    write(str(tmp_path), "/kernel-log",
+          "x86/PAT: Configuration [0-7]: WB  WC  UC- UC  WB  WP  UC- WT  \n")
+    check = KernelFeatures(root=str(tmp_path), release=release, euid=0).pat_check
+    assert check.status == OK
+    assert "x86/PAT: Configuration [0-7]: WB  WC  UC- UC  WB  WP  UC- WT;" in check.detail
+
+
+def _nopat_guest(root):
+    """A lab guest booted with nopat: the kernel said so, and made no pat_memtype_list."""
+    release = build_lab_like(root)
+    write(root, "/proc/cmdline", "root=/dev/root nopat\n")
+    write(root, "/kernel-log", "x86/PAT: PAT support disabled via boot option.\n"
+          "x86/PAT: Configuration [0-7]: WB  WT  UC- UC  WB  WT  UC- UC  \n")
+    os.remove(os.path.join(root, "sys/kernel/debug/x86/pat_memtype_list"))
+    return release
+
+
+def test_nopat_warns_with_the_reason_and_evidence_and_does_not_fail(tmp_path, no_hardware):
+    release = _nopat_guest(str(tmp_path))
     kernel = KernelFeatures(root=str(tmp_path), release=release, euid=0)
-    assert kernel.pat_check.status == FAIL and "nopat" in kernel.pat_check.detail
+    check = kernel.pat_check
+    assert check.status == WARN
+    assert check.detail.startswith("PAT disabled (the kernel was booted with nopat; evidence: "
+                                   "kernel log: x86/PAT: PAT support disabled via boot option.")
+    assert "/proc/cmdline has nopat" in check.detail
+    assert "no x86/pat_memtype_list" in check.detail
+    assert check.hint.startswith("tracing still works; with PAT off every write-combining "
+                                 "request (ioremap_wc, WC mmaps) gets UC- page bits")
+    assert "arch_phys_wc_add gets WC through an MTRR" in check.hint
+    assert kernel.live_probing and "live probing possible" in kernel.verdict()
+
+
+def test_cpu_without_pat_warns(tmp_path, no_hardware):
+    release = build_lab_like(str(tmp_path))
+    write(str(tmp_path), "/proc/cpuinfo", "processor\t: 0\nflags\t\t: fpu constant_tsc\n")
+    write(str(tmp_path), "/kernel-log", "x86/PAT: PAT not supported by the CPU.\n")
+    os.remove(os.path.join(tmp_path, "sys/kernel/debug/x86/pat_memtype_list"))
+    check = KernelFeatures(root=str(tmp_path), release=release, euid=0).pat_check
+    assert check.status == WARN
+    assert "does not offer PAT" in check.detail and "/proc/cpuinfo flags lack pat" in check.detail
 
 
 def test_pat_list_missing_while_debugfs_is_mounted(tmp_path, no_hardware):
@@ -200,6 +239,14 @@ def test_pat_list_missing_while_debugfs_is_mounted(tmp_path, no_hardware):
     os.remove(os.path.join(tmp_path, "sys/kernel/debug/x86/pat_memtype_list"))
     kernel = KernelFeatures(root=str(tmp_path), release=release, euid=0)
     assert kernel.pat_check.status == WARN
+    assert "did not create x86/pat_memtype_list" in kernel.pat_check.detail
+
+
+def test_pat_state_unknown_is_information(host_like):
+    # No debugfs, no kernel log, the flag and the config say nothing decisive.
+    check = host_like.pat_check
+    assert check.status == INFO and check.detail.startswith("PAT state unknown")
+    assert "/proc/cpuinfo flags include pat" in check.detail
 
 
 def test_function_lists_are_read_in_the_guest(lab_like):
@@ -232,10 +279,7 @@ def test_notrace_targets_are_marked_when_ftrace_lists_are_readable(lab_like):
     assert "notrace: kprobe only" in checks["ioremap_wc"].detail
 
 
-@pytest.mark.skipif(
-    not os.path.isdir(f"/lib/modules/{DEBIAN_6_1}/kernel"),
-    reason=f"/lib/modules/{DEBIAN_6_1} not installed (the set-up script adds it)",
-)
+@requires_lab_kernel("6.1")
 def test_unloaded_module_target_will_be_probed_when_it_loads(tmp_path, no_hardware):
     build_lab_like(str(tmp_path), release=DEBIAN_6_1)
     os.rmdir(os.path.join(tmp_path, f"lib/modules/{DEBIAN_6_1}/build/include"))

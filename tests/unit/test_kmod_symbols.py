@@ -1,7 +1,7 @@
 """Module files that are not loaded: will MOD:SYM exist once the module loads?
 
 The real Debian module files come from the set-up script (the lab kernels' packages); the
-tests that read them skip, naming the file, when it is absent.
+tests that read them skip, saying what to install, when their lab kernel is absent.
 """
 
 import gzip
@@ -21,9 +21,10 @@ from memtrace.probes.kmod_symbols import (
     parse_modules_dep,
     read_module_file,
 )
+from tests.lab_kernels import lab_release, missing_lab_kernel
 
-DEBIAN_6_1 = "6.1.0-56-amd64"
-DEBIAN_6_12 = "6.12.117+deb12-amd64"
+DEBIAN_6_1 = lab_release("6.1")
+DEBIAN_6_12 = lab_release("6.12")
 DRM = "kernel/drivers/gpu/drm"
 VRAM_HELPER_6_1 = f"/lib/modules/{DEBIAN_6_1}/{DRM}/drm_vram_helper.ko"
 TTM_6_1 = f"/lib/modules/{DEBIAN_6_1}/{DRM}/ttm/ttm.ko"
@@ -31,11 +32,13 @@ VRAM_HELPER_6_12 = f"/lib/modules/{DEBIAN_6_12}/{DRM}/drm_vram_helper.ko.xz"
 TTM_6_12 = f"/lib/modules/{DEBIAN_6_12}/{DRM}/ttm/ttm.ko.xz"
 
 
-def needs(path):
-    """Skip unless the module file ``path`` is installed (scripts/setup.sh installs it)."""
-    return pytest.mark.skipif(
-        not os.path.exists(path), reason=f"{path} not installed (the set-up script adds it)"
-    )
+def needs(series, path):
+    """Skip unless the ``series`` lab kernel and its module file ``path`` are installed
+    (scripts/setup.sh installs both)."""
+    missing = missing_lab_kernel(series)
+    if missing is None and not os.path.exists(path):
+        missing = f"{path} not installed (the set-up script adds it)"
+    return pytest.mark.skipif(missing is not None, reason=missing or f"{path} is installed")
 
 
 def build_elf(functions, objects=()):
@@ -223,7 +226,7 @@ def test_modules_builtin_marks_built_in_modules(tmp_path):
     assert not files.is_builtin("drm_vram_helper")
 
 
-@needs(VRAM_HELPER_6_1)
+@needs("6.1", VRAM_HELPER_6_1)
 def test_debian_6_1_vram_helper_inlines_the_move_into_bo_driver_move():
     functions = parse_elf_functions(read_module_file(VRAM_HELPER_6_1))
     assert functions["bo_driver_move"].binding == "local"
@@ -231,14 +234,14 @@ def test_debian_6_1_vram_helper_inlines_the_move_into_bo_driver_move():
     assert "drm_gem_vram_bo_driver_move_notify" in functions
 
 
-@needs(TTM_6_1)
+@needs("6.1", TTM_6_1)
 def test_debian_6_1_ttm_has_the_memcpy_move_path():
     functions = parse_elf_functions(read_module_file(TTM_6_1))
     for name in ("ttm_move_memcpy", "ttm_bo_move_memcpy", "ttm_kmap_iter_linear_io_init"):
         assert functions[name].binding == "global"
 
 
-@needs(VRAM_HELPER_6_12)
+@needs("6.12", VRAM_HELPER_6_12)
 def test_debian_6_12_xz_vram_helper_inlines_the_move_too():
     files = ModuleFiles(DEBIAN_6_12)
     vram = files.functions("drm_vram_helper")
@@ -247,20 +250,20 @@ def test_debian_6_12_xz_vram_helper_inlines_the_move_too():
     assert not vram.has("drm_gem_vram_bo_driver_move")
 
 
-@needs(TTM_6_1)
+@needs("6.1", TTM_6_1)
 def test_debian_6_1_ttm_carries_its_btf():
     btf = elf_section(read_module_file(TTM_6_1), ".BTF")
     assert btf[:2] == b"\x9f\xeb"  # BTF magic 0xeB9F, little-endian
 
 
-@needs(TTM_6_12)
+@needs("6.12", TTM_6_12)
 def test_debian_6_12_xz_ttm_found_through_modules_dep():
     ttm = ModuleFiles(DEBIAN_6_12).functions("ttm")
     assert ttm.path == TTM_6_12
     assert ttm.has("ttm_move_memcpy") and ttm.has("ttm_bo_move_memcpy")
 
 
-@needs(VRAM_HELPER_6_1)
+@needs("6.1", VRAM_HELPER_6_1)
 def test_truncated_real_module_is_bad_input(tmp_path):
     path = tmp_path / "drm_vram_helper.ko"
     with open(VRAM_HELPER_6_1, "rb") as source:
@@ -269,7 +272,7 @@ def test_truncated_real_module_is_bad_input(tmp_path):
         parse_elf_functions(read_module_file(str(path)), origin=str(path))
 
 
-@needs(VRAM_HELPER_6_1)
+@needs("6.1", VRAM_HELPER_6_1)
 def test_gzip_copy_of_a_real_module_reads_the_same(tmp_path):
     path = tmp_path / "drm_vram_helper.ko.gz"
     with open(VRAM_HELPER_6_1, "rb") as source, gzip.open(path, "wb") as target:
