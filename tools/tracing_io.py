@@ -92,7 +92,11 @@ def read_recorded_trace(path):
         source.snapshot_end = parse_pat_snapshot(footer.get("pat_snapshot_end"))
     except ValueError as err:
         raise BadInput(f"{path}: footer: pat_snapshot_end: {err}") from None
-    if snapshot is None:
+    if snapshot is None and source.context.pat_disabled:
+        source.notes.append("With PAT off the kernel keeps no reservation list, so the trace "
+                            "has no PAT snapshot and no conflict between reservations can "
+                            "happen.")
+    elif snapshot is None:
         source.notes.append("The trace has no PAT snapshot"
                             + (f" ({header['pat_snapshot_note']})"
                                if header.get("pat_snapshot_note") else "")
@@ -107,7 +111,9 @@ def read_recorded_trace(path):
 def pat_state_line(context):
     """One sentence on the PAT state and MTRRs the effective types were judged with."""
     state = context.pat_state
-    evidence = "; ".join(state.evidence)
+    evidence = "; ".join(state.evidence[:2])
+    if len(state.evidence) > 2:
+        evidence += f"; {len(state.evidence) - 2} more in --format json"
     if state.enabled is False:
         text = (f"PAT is disabled ({state.reason or 'reason unknown'}"
                 + (f"; evidence: {evidence}" if evidence else "") + "): the kernel keeps no "
