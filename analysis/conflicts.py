@@ -35,6 +35,7 @@ import errno
 from typing import Dict, List, Optional, Tuple
 
 from memtrace.analysis import memtypes
+from memtrace.analysis.effective import effective_type
 from memtrace.analysis.effective_timeline import MemoryTypeContext, effective_by_event
 from memtrace.analysis.events import ROLE_IOREMAP, ROLE_RESERVE, ROLE_USER_MAP
 from memtrace.analysis.latency import human_duration, human_size
@@ -42,7 +43,7 @@ from memtrace.analysis.moves import MoveSummary, find_moves, summarize
 from memtrace.analysis.reservations import (
     BEFORE_TRACING, ModelCheck, ReservationModel, compare_with_kernel_list,
     first_outside_frame, frame_name, is_downgrade, is_user_mapping_stack, new_memtype_allowed,
-    replay,
+    replay, slowest,
 )
 from memtrace.analysis.slow_moves import (
     DEFAULT_SLOW_FACTOR, SlowMoves, describe_reference, estimated_wc_ns, find_slow_moves,
@@ -278,7 +279,7 @@ def analyze(events, snapshot=None, pci_devices=(), static=True, wc_reference_mbp
             if slow_of[id(conflict)]:
                 slow_moves.conflicts.append(conflict)
     if static and pci_devices:
-        conflicts.extend(_static(initial, pci_devices, conflicts))
+        conflicts.extend(_static(initial, model, decisions, pci_devices, conflicts, context))
     adopters = _adopters(decisions)
     for conflict in conflicts:
         _name_device(conflict, pci_devices)
@@ -534,19 +535,44 @@ def _value(short):
         return -1
 
 
-def _static(initial, pci_devices, traced):
-    """Static findings from the snapshot, except on BARs a traced conflict explains."""
-    findings, flagged = find_uncached_framebuffers(initial, pci_devices)
+def _static(initial, model, decisions, pci_devices, traced, context):
+    """Uncached display framebuffers no traced conflict explains: reserved so when tracing
+    started (the snapshot), or by a driver while tracing and still at the end (cirrus maps
+    its whole VRAM UC- and asks for nothing else). Judged on effective types."""
+    made = {id(d.reservation): d for d in decisions if d.reservation is not None}
+    held_at_start = {id(entry) for entry in initial}
+    entries = list(initial) + [e for e in model.live
+                               if id(e) in made and id(e) not in held_at_start]
+    effective = {}
+    for entry in entries:
+        decision = made.get(id(entry))
+        if decision is not None and decision.effective is not None:
+            effective[id(entry)] = decision.effective
+        else:
+            effective[id(entry)] = effective_type(entry.type, entry.start, entry.end,
+                                                  context.pat_state, context.mtrr_table)
+
+    def effective_of(entry):
+        found = effective.get(id(entry))
+        return found.type if found is not None else entry.type
+
+    findings, flagged = find_uncached_framebuffers(entries, pci_devices, effective_of)
     out = []
     for finding in findings:
         if any(c.holder is not None and c.holder.overlaps(finding.start, finding.end)
                for c in traced):
             continue
         held = [r for r in flagged if r.overlaps(finding.start, finding.end)]
+        first = held[0] if held else None
+        found = effective.get(id(first)) if first is not None else None
         conflict = Conflict(STATIC, finding.start, finding.end, None,
                             "/".join(sorted({r.type for r in held})), count=len(held),
-                            holder=held[0] if held else None, explanation=finding.message,
-                            remedy=finding.remedy)
+                            holder=first, explanation=finding.message,
+                            remedy=finding.remedy,
+                            effective=slowest(effective_of(r) for r in held),
+                            effective_reasons=tuple(found.reasons) if found else ())
+        if first is not None and not first.holder.before_tracing:
+            conflict.first_ns = conflict.last_ns = first.holder.ts_ns
         out.append(conflict)
     return out
 

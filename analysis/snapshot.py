@@ -27,6 +27,10 @@ __all__ = [
 _UNCACHED_SHORT_NAMES = frozenset(memtype.short for memtype in memtypes.UNCACHED)
 
 UNCACHED_FRAMEBUFFER = "uncached-framebuffer"
+# A display device's prefetchable BAR smaller than this is a register window, not graphics
+# memory: virtio-vga's 16 KiB virtio configuration BAR is prefetchable and rightly UC-.
+# Framebuffers and VRAM are megabytes (bochs 16 MiB, cirrus 32 MiB, qxl 64 MiB).
+FRAMEBUFFER_MIN_BYTES = 1 << 20
 OVERLAPPING_TYPES = "overlapping-types"
 PAT_DISABLED = "pat-disabled"
 
@@ -134,8 +138,8 @@ def find_owner(start, end, pci_devices, iomem_entries):
 def find_uncached_framebuffers(reservations, pci_devices, effective_of=None):
     """Find display framebuffers (prefetchable memory BARs) reserved UC- or UC.
 
-    An ordinary register BAR (not prefetchable) reserved UC- is normal and not reported.
-    ``effective_of`` maps a reservation to the type the CPU uses through it (a UC-
+    An ordinary register BAR (not prefetchable, or smaller than
+    :data:`FRAMEBUFFER_MIN_BYTES`) reserved UC- is normal and not reported. ``effective_of`` maps a reservation to the type the CPU uses through it (a UC-
     reservation under a WC MTRR is write-combined and not reported); None: the reserved
     type.
 
@@ -148,7 +152,8 @@ def find_uncached_framebuffers(reservations, pci_devices, effective_of=None):
         if not device.is_display:
             continue
         for bar in device.bars:
-            if not (bar.is_memory and bar.is_prefetchable):
+            if not (bar.is_memory and bar.is_prefetchable) \
+                    or bar.end - bar.start < FRAMEBUFFER_MIN_BYTES:
                 continue
             uncached = [
                 reservation

@@ -466,3 +466,33 @@ def test_the_model_is_checked_against_the_kernels_list_at_the_end():
     check = report.model_check
     assert not check.agrees
     assert (check.missing, check.extra) == (((*TTM_BO, "WC"),), ((*TTM_BO, "UC-"),))
+
+
+def _display(*bars, driver):
+    from memtrace.probes.pci import PciDevice
+    return PciDevice("0000:00:02.0", 0x030000, 0x1013, 0x00B8, 0x1AF4, 0x1100, driver, bars)
+
+
+def test_a_driver_mapping_its_whole_vram_uncached_while_tracing_is_reported():
+    # cirrus: devm_ioremap() of the whole 32 MiB VRAM, no WC request anywhere.
+    from memtrace.probes.pci import PciBar
+    vram = PciBar(0, 0xFC000000, 0xFE000000, 0x42208)
+    cirrus_stack = ["memtype_reserve", "__ioremap_caller", "devm_ioremap",
+                    "cirrus_pci_probe [cirrus]"]
+    events = [reserve(1, (0xFC000000, 0xFE000000), "UC-", stack=cirrus_stack)]
+    report = analyze(events, snapshot=[], pci_devices=[_display(vram, driver="cirrus")],
+                     context=context_of({}))
+    (finding,) = report.conflicts
+    assert (finding.kind, finding.granted, finding.effective) == (STATIC, "UC-", "UC")
+    assert finding.holder.holder.function == "cirrus_pci_probe [cirrus]"
+    assert finding.first_ns == 1 and report.findings
+
+
+def test_a_small_prefetchable_register_bar_of_a_display_device_is_not_a_framebuffer():
+    # virtio-vga: the 16 KiB virtio configuration BAR is prefetchable and rightly UC-.
+    from memtrace.probes.pci import PciBar
+    config = PciBar(2, 0xFE000000, 0xFE004000, 0x4220C)
+    events = [reserve(1, (0xFE000000, 0xFE001000), "UC-",
+                      stack=["memtype_reserve", "__ioremap_caller", "pci_iomap_range"])]
+    report = analyze(events, snapshot=[], pci_devices=[_display(config, driver="virtio-pci")])
+    assert report.conflicts == []
