@@ -21,6 +21,42 @@ ROLE_MTRR_DEL = "mtrr_del"    # mtrr_del_page: an MTRR's use count drops (freed 
 ROLE_PHYS_WC = "phys_wc"      # arch_phys_wc_add/del: WC through an MTRR when PAT is off
 
 HEX_FIELDS = ("start", "end", "size")
+_INT_FIELDS = ("ts_ns", "cpu", "pid", "tid", "ret", "vaddr", "bytes", "duration_ns", "cycles",
+               "mtrr_reg")
+_STR_FIELDS = ("fn", "probe", "role", "comm", "requested", "granted", "granted_from",
+               "cycles_source", "caller", "mtrr_type")
+MEMORY_TYPES = ("WB", "WC", "UC-", "UC", "WT", "WP")
+MTRR_TYPES = ("UC", "WC", "WT", "WP", "WB")
+# Bounds on what one event may carry: a kernel symbol is short, a stack is at most 127
+# frames (PERF_MAX_STACK_DEPTH), and numbers fit the 64-bit registers they were read from.
+MAX_STRING = 4096
+MAX_STACK = 256
+_U64 = 1 << 64
+
+
+def _integer(key, value):
+    """``value`` as an integer field: a real int (not a bool, not a float) in 64 bits."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{key} must be an integer")
+    if not -_U64 < value < _U64:
+        raise ValueError(f"{key} is out of the 64-bit range")
+    return value
+
+
+def _address(key, value):
+    """A physical address or size: a hex string (or an int) in 0 .. 2**64."""
+    if isinstance(value, str):
+        if len(value) > 18:
+            raise ValueError(f"{key} must be a hex number of at most 64 bits")
+        try:
+            value = int(value, 16)
+        except ValueError:
+            raise ValueError(f"{key} must be a hex number") from None
+    elif not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{key} must be a hex string")
+    if not 0 <= value <= _U64:
+        raise ValueError(f"{key} must be between 0 and 2**64")
+    return value
 
 
 @dataclasses.dataclass
@@ -66,18 +102,44 @@ class Event:
 
     @classmethod
     def from_record(cls, record):
-        """Build an Event from a dict written by to_record(); raise ValueError when it
-        lacks a required field or a field has the wrong type."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        """Build an Event from a dict written by to_record(); raise ValueError naming the
+        field when one is missing, of the wrong type or out of range (a trace may come
+        from someone else: every number is checked before any analysis sees it)."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
         values = {}
         for key, value in record.items():
             if key not in known:
                 continue
+            if value is None:
+                continue
             if key in HEX_FIELDS:
-                value = int(value, 16) if isinstance(value, str) else int(value)
+                value = _address(key, value)
+            elif key in _INT_FIELDS:
+                value = _integer(key, value)
+            elif key in _STR_FIELDS:
+                if not isinstance(value, str):
+                    raise ValueError(f"{key} must be a string")
+                if len(value) > MAX_STRING:
+                    raise ValueError(f"{key} is longer than {MAX_STRING} characters")
+            elif key == "stack":
+                if not isinstance(value, list) or not all(isinstance(f, str) for f in value):
+                    raise ValueError("stack must be a list of strings")
+                if len(value) > MAX_STACK or any(len(f) > MAX_STRING for f in value):
+                    raise ValueError(f"stack is longer than {MAX_STACK} frames of at most "
+                                     f"{MAX_STRING} characters")
             values[key] = value
         if "ts_ns" not in values or "fn" not in values:
             raise ValueError("an event needs ts_ns and fn")
-        if not isinstance(values["ts_ns"], int):
-            raise ValueError("ts_ns must be an integer")
+        for key in ("requested", "granted"):
+            if key in values and values[key] not in MEMORY_TYPES:
+                raise ValueError(f"{key} must be one of {', '.join(MEMORY_TYPES)}, "
+                                 f"not {values[key]!r}")
+        if "mtrr_type" in values and values["mtrr_type"] not in MTRR_TYPES:
+            raise ValueError(f"mtrr_type must be one of {', '.join(MTRR_TYPES)}")
+        for key in ("ts_ns", "duration_ns", "cycles", "bytes", "cpu", "pid", "tid"):
+            if key in values and values[key] < 0:
+                raise ValueError(f"{key} must not be negative")
+        start, end = values.get("start"), values.get("end")
+        if start is not None and end is not None and start > end:
+            raise ValueError("start must not be after end")
         return cls(**values)

@@ -7,6 +7,8 @@ keeps what it saw; such a file has no footer.
 
 import dataclasses
 import json
+import os
+import stat
 import threading
 from typing import List, Optional
 
@@ -111,25 +113,28 @@ def read_trace(path, allow_partial=False):
     A file without a footer (a killed recording, or a truncated copy) is refused unless
     ``allow_partial``, because its loss counts are unknown.
     """
-    try:
-        handle = open(path, "rb")
-    except OSError as err:
-        raise BadInput(f"cannot read {path}: {err.strerror}") from None
+    handle = _open_regular(path)
     header, footer, events, processes, uevents = None, None, [], [], []
     number = 0
     with handle:
-        for number, raw in enumerate(handle, 1):
+        for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE + 1), b""), 1):
             where = f"{path}:{number}"
+            if len(raw) > MAX_LINE:
+                raise BadInput(f"{where}: a line longer than {MAX_LINE >> 20} MiB; this is not "
+                               "a trace memtrace wrote", "give a file written by "
+                               "'memtrace record -o FILE'")
             if not raw.endswith(b"\n"):
                 raise BadInput(f"{where}: the last line is cut off; the file is truncated",
                                "record it again")
             try:
-                record = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                record = json.loads(raw, parse_constant=_refuse_constant)
+            except (UnicodeDecodeError, ValueError, RecursionError) as err:
                 if number == 1:
                     raise BadInput(f"{path} is not a memtrace trace (line 1 is not JSON)",
                                    "give a file written by 'memtrace record -o FILE'") from None
-                raise BadInput(f"{where}: corrupted line ({err.__class__.__name__})") from None
+                what = "nested too deeply" if isinstance(err, RecursionError) else \
+                    err.__class__.__name__
+                raise BadInput(f"{where}: corrupted line ({what})") from None
             if not isinstance(record, dict):
                 raise BadInput(f"{where}: expected a JSON object")
             kind = record.get("type")
@@ -157,6 +162,29 @@ def read_trace(path, allow_partial=False):
         raise BadInput(f"{path} has no footer after line {number}: the recording was "
                        "killed or the file truncated, so its loss counts are unknown")
     return Trace(header, events, footer, path, processes, uevents)
+
+
+# The longest line memtrace reads: a header with a machine's PCI devices and PAT list is tens
+# of KiB, an event with a 127-frame stack a few; anything far longer is not a trace.
+MAX_LINE = 8 << 20
+
+
+def _open_regular(path):
+    """Open ``path`` for reading if it is a regular file. A FIFO with no writer would block
+    forever and /dev/zero is one endless line: both are refused before reading."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise BadInput(f"cannot read {path}: {err.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadInput(f"{path} is not a regular file (a pipe, device or directory)",
+                       "give the trace file written by 'memtrace record -o FILE'")
+    return os.fdopen(fd, "rb")
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a number a trace may hold")
 
 
 _PROCESS_INTS = ("pid", "tgid", "ppid", "exit_code", "exit_signal", "wait_status")
