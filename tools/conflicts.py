@@ -79,7 +79,7 @@ def run(args):
         workload = None
     else:
         workload = workload_argv(args)
-    with ReportOutput(args.output, args.force, "conflicts") as output:
+    with ReportOutput(args.output, args.force, "conflicts", inputs=[args.input]) as output:
         source = (read_recorded_trace(args.input) if args.input is not None
                   else _live(args, workload))
         report = analyze(source.events, source.snapshot, source.pci_devices,

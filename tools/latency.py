@@ -127,7 +127,7 @@ def run(args):
         workload = None
     else:
         workload = workload_argv(args)
-    with ReportOutput(args.output, args.force, "latency") as output:
+    with ReportOutput(args.output, args.force, "latency", inputs=[args.input]) as output:
         if args.input is not None:
             result = _from_trace(args)
         else:

@@ -78,7 +78,7 @@ def run(args):
         workload = None
     else:
         workload = workload_argv(args)
-    with ReportOutput(args.output, args.force, "report") as output:
+    with ReportOutput(args.output, args.force, "report", inputs=args.input) as output:
         sources = [read_recorded_trace(path) for path in args.input] if args.input \
             else [_live(args, workload)]
         document = build_document(sources, redact=not args.no_redact,

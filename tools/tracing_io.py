@@ -17,7 +17,7 @@ from memtrace.analysis.reservations import parse_pat_snapshot
 from memtrace.analysis.slow_moves import DEFAULT_SLOW_FACTOR, DEFAULT_WC_REFERENCE_MBPS
 from memtrace.errors import BadInput, MemtraceError
 from memtrace.tools.render import hex_range
-from memtrace.safefile import create_private
+from memtrace.safefile import AtomicOutput, refuse_inputs
 
 _INT_FIELDS = ("ts_ns", "cpu", "pid", "tid", "ret", "vaddr", "bytes", "duration_ns", "cycles",
                "mtrr_reg")
@@ -300,32 +300,36 @@ def add_output_arguments(parser):
 
 
 class ReportOutput:
-    """Where a report goes: stdout, or FILE, created before any tracing (a bad path fails
-    first, not after minutes of tracing) and removed again when the command fails.
+    """Where a report goes: stdout, or FILE, checked before any tracing (a bad path fails
+    first, not after minutes of tracing), never one of ``inputs``, and written whole or not
+    at all (memtrace.safefile.AtomicOutput): a failing command leaves an older FILE intact.
 
     Use as a context manager; ``stream`` is the open file (None for stdout).
     """
 
-    def __init__(self, path, force, command):
+    def __init__(self, path, force, command, inputs=()):
         self.path, self.command = path, command
-        self.stream = create_private(path, force=force) if path else None
+        self.output = None
+        if path:
+            refuse_inputs(path, [name for name in inputs if name])
+            self.output = AtomicOutput(path, force=force)
+        self.stream = self.output.stream if self.output else None
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, _exc, _tb):
-        if exc_type is not None and self.stream is not None:
-            self.stream.close()
-            os.unlink(self.path)
+        if exc_type is not None and self.output is not None:
+            self.output.discard()
         return False
 
     def write(self, text):
-        """Write the whole report; for FILE, close it and say where it went on stderr."""
-        if self.stream is None:
+        """Write the whole report; for FILE, commit it and say where it went on stderr."""
+        if self.output is None:
             sys.stdout.write(text)
             return
-        with self.stream:
-            self.stream.write(text.encode())
+        self.output.write(text.encode())
+        self.output.commit()
         print(f"memtrace {self.command}: report written to {self.path}", file=sys.stderr)
 
 

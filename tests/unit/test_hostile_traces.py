@@ -119,3 +119,64 @@ def test_an_endless_line_is_refused_at_the_limit(capsys, tmp_path):
         out.write(b" " * (MAX_LINE + 10))
     status, out, err = run(capsys, "conflicts", "-i", str(path))
     assert_one_line_error(status, out, err, f"{path}:2", "longer than")
+
+
+# -- files: -o never touches an input, --force replaces only a complete new file --------------
+
+
+def good_trace(tmp_path, name="t.jsonl"):
+    return write_lines(tmp_path / name, HEADER, GOOD, FOOTER)
+
+
+@pytest.mark.parametrize("command", ["conflicts", "latency", "report"])
+def test_output_onto_the_input_is_refused_and_the_input_kept(capsys, tmp_path, command):
+    path = good_trace(tmp_path)
+    before = open(path, "rb").read()
+    link = tmp_path / "other-name.jsonl"
+    os.link(path, link)   # the same file under another name: compared by inode
+    extra = ["--fn", "memtype_reserve"] if command == "latency" else []
+    for output in (path, str(link)):
+        status, out, err = run(capsys, command, "-i", path, "-o", output, "--force", *extra)
+        assert_one_line_error(status, out, err, "is the input", "refusing to overwrite")
+    assert open(path, "rb").read() == before
+
+
+def test_force_with_bad_input_keeps_the_previous_report(capsys, tmp_path):
+    report = tmp_path / "report.md"
+    status, _, _ = run(capsys, "report", "-i", good_trace(tmp_path), "-o", str(report))
+    assert status in (0, 1)
+    previous = report.read_bytes()
+    broken = write_lines(tmp_path / "bad.jsonl", HEADER, dict(GOOD, granted="XX"), FOOTER)
+    status, out, err = run(capsys, "report", "-i", broken, "-o", str(report), "--force")
+    assert_one_line_error(status, out, err, "granted must be one of")
+    assert report.read_bytes() == previous
+    assert [p.name for p in tmp_path.iterdir() if "memtrace-tmp" in p.name] == []
+
+
+def test_a_full_disk_is_one_line_and_the_previous_report_is_intact(capsys, tmp_path,
+                                                                   monkeypatch):
+    import errno
+    from memtrace import safefile
+    report = tmp_path / "report.md"
+    report.write_bytes(b"the previous report\n")
+    real_write = safefile.AtomicOutput.write
+
+    class FullStream:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.stream, name)
+
+    def write_on_full_disk(self, data):
+        self.stream = FullStream(self.stream)
+        return real_write(self, data)
+    monkeypatch.setattr(safefile.AtomicOutput, "write", write_on_full_disk)
+    status, out, err = run(capsys, "conflicts", "-i", good_trace(tmp_path), "-o", str(report),
+                           "--force")
+    assert_one_line_error(status, out, err, "No space left on device")
+    assert report.read_bytes() == b"the previous report\n"
+    assert [p.name for p in tmp_path.iterdir() if "memtrace-tmp" in p.name] == []
