@@ -6,6 +6,7 @@ Pure functions over records from ``memtrace.probes``: :class:`PatReservation`-li
 objects with their ``bars``. All ranges are ``[start, end)``.
 """
 
+import heapq
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -168,30 +169,35 @@ def find_uncached_framebuffers(reservations, pci_devices, effective_of=None):
             memtype_names = "/".join(sorted({reservation.memtype for reservation in uncached}))
             for reservation in uncached:
                 reason = f"{reservation.memtype} on the framebuffer {bar.label} of {device.slot}"
-                flagged.setdefault(reservation, []).append(reason)
+                _add_reason(flagged, reservation, reason)
             findings.append(_uncached_framebuffer_finding(device, bar, memtype_names))
     return findings, flagged
 
 
 def find_type_overlaps(reservations):
-    """Find pairs of PAT reservations that overlap but have different memory types.
+    """Find PAT reservations that overlap reservations of another memory type.
 
     The kernel refuses or downgrades such requests, so a pair in the list means the tracked
-    state is inconsistent.
+    state is inconsistent. One sweep over the reservations sorted by start, keeping the
+    live ones per type in a heap by end: linear in the list (times the six types) however
+    many identical entries overlap. Each reservation is paired with, for every other type,
+    the live reservation of that type reaching furthest.
 
     :return: ``(findings, flagged)`` like :func:`find_uncached_framebuffers`.
     """
     findings = []
     flagged = {}
+    live: Dict[str, list] = {}   # type -> heap of (-end, position, reservation)
     ordered = sorted(reservations, key=lambda reservation: (reservation.start, reservation.end))
-    for position, first in enumerate(ordered):
-        for second in ordered[position + 1 :]:
-            if second.start >= first.end:
-                break
-            if second.memtype == first.memtype:
+    for position, second in enumerate(ordered):
+        for memtype, heap in live.items():
+            while heap and -heap[0][0] <= second.start:
+                heapq.heappop(heap)
+            if memtype == second.memtype or not heap:
                 continue
-            flagged.setdefault(first, []).append(f"overlaps a {second.memtype} reservation")
-            flagged.setdefault(second, []).append(f"overlaps a {first.memtype} reservation")
+            first = heap[0][2]
+            _add_reason(flagged, first, f"overlaps a {second.memtype} reservation")
+            _add_reason(flagged, second, f"overlaps a {first.memtype} reservation")
             findings.append(
                 Finding(
                     OVERLAPPING_TYPES,
@@ -203,6 +209,7 @@ def find_type_overlaps(reservations):
                     "the shared range may use either type.",
                 )
             )
+        heapq.heappush(live.setdefault(second.memtype, []), (-second.end, position, second))
     return findings, flagged
 
 
@@ -273,7 +280,8 @@ def analyze_snapshot(reservations, iomem_entries, pci_devices, pat_state=None,
     reasons: Dict[object, List[str]] = {}
     for flags in (framebuffer_flags, overlap_flags):
         for reservation, reservation_reasons in flags.items():
-            reasons.setdefault(reservation, []).extend(reservation_reasons)
+            for reason in reservation_reasons:
+                _add_reason(reasons, reservation, reason)
     attributed = [
         AttributedReservation(
             reservation.start,
@@ -329,6 +337,14 @@ def _iomem_name(start, end, iomem_entries):
     if deepest is None:
         return " + ".join(entry.name for entry in overlapping) or None
     return deepest.name
+
+
+def _add_reason(flagged, reservation, reason):
+    """Add ``reason`` to ``flagged[reservation]`` once. Identical list lines are equal keys,
+    so a list of thousands of them must not grow one key's reasons without bound."""
+    reasons = flagged.setdefault(reservation, [])
+    if reason not in reasons:
+        reasons.append(reason)
 
 
 def _overlap(start, end, other_start, other_end):

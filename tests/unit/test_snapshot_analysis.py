@@ -224,3 +224,16 @@ def test_pat_off_is_a_finding_per_display_framebuffer_naming_the_reason():
     assert "gets UC- page bits: effective UC" in finding.message
     assert "keeps no PAT reservation list" in finding.message
     assert "nopat" in finding.remedy
+
+
+def test_thousands_of_identical_overlapping_lines_stay_linear():
+    # A hostile or broken list: identical entries are equal keys, and each used to collect
+    # every other's reason (16k lines took 65 s and 11.8 GB).
+    same = [PatReservation(0xFD000000, 0xFE000000, "UC-") for _ in range(5000)]
+    wc = PatReservation(0xFD000000, 0xFD001000, "WC")
+    report = analyze_snapshot(same + [wc], [], [display_device(FRAMEBUFFER, REGISTERS)])
+    reasons = {r.reason for r in report.reservations}
+    assert all(reason.count("on the framebuffer") <= 1 for reason in reasons if reason)
+    assert max(len(reason) for reason in reasons if reason) < 200
+    overlaps = [f for f in report.findings if f.kind == OVERLAPPING_TYPES]
+    assert len(overlaps) == 5000   # each UC- entry with the WC one, once
