@@ -15,6 +15,10 @@ fi
 PACKAGES="qemu-system-x86 initramfs-tools kmod pciutils
   linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 linux-headers-6.12-amd64
   python3-bpfcc bpfcc-tools bpftool python3-venv python3-pip chromium fonts-dejavu-core"
+# The .deb's dependencies (scripts/build-deb), so that its test installs it without the
+# network and runs it on Debian's python3 alone; groff checks the generated man pages and
+# man-db shows the installed ones.
+PACKAGES="$PACKAGES python3-tabulate python3-psutil python3-pyroute2 groff-base man-db"
 
 missing=""
 for pkg in $PACKAGES; do
@@ -33,6 +37,9 @@ if ! .venv/bin/python -c 'import memtrace.tools.cli, tabulate, psutil, pyroute2,
     /usr/bin/python3 -m venv --system-site-packages .venv
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 fi
+# Test and build tools added to .[test] later (vermin, shtab) reach an existing venv too.
+.venv/bin/python -c 'import vermin, shtab' 2>/dev/null \
+    || .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 
 .venv/bin/memtrace lab --prepare
 echo "setup.sh: done; .venv/bin/memtrace is ready"

@@ -74,6 +74,9 @@ def add_arguments(parser):
 
 def run(args):
     """Trace (or read a trace), find the conflicts, print them; return the exit status."""
+    if getattr(args, "dump_program", False):  # Namespaces built by hand lack it
+        from memtrace.tools.record import dump_program
+        return dump_program(args, "conflicts")
     if args.input is not None:
         _refuse_live_options(args)
         workload = None

@@ -122,6 +122,8 @@ class _Latency:
 def run(args):
     """Time the functions (live or from a trace), print the report; return the exit status."""
     _check_options(args)
+    if getattr(args, "dump_program", False):  # Namespaces built by hand lack it
+        return _dump_program(args)
     if args.input is not None:
         _refuse_live_options(args)
         workload = None
@@ -134,6 +136,29 @@ def run(args):
             result = _live(args, workload, output.stream)
         output.write(_RENDERERS[args.format](result))
     return EXIT_FINDINGS if result.slow_found else EXIT_OK
+
+
+def _dump_program(args):
+    """``--dump-program``: print the probes `_live` would attach (the functions asked for,
+    the default targets when a move is among them) and which of them bcc would sum in the
+    kernel, by `_live`'s rule; attach nothing."""
+    from memtrace.probes.plan import DEFAULT_TARGETS
+    from memtrace.tools.record import dump_program
+    patterns = list(args.fn)
+    extras = [t for t in DEFAULT_TARGETS if t not in patterns] if _asks_for_mover(patterns) \
+        else []
+
+    def aggregated(plan):
+        if _measure(args.unit) != "ns":
+            return frozenset()
+        chosen = [p for p in plan.probes
+                  if any(_matches(pattern, p.fn, p.probe_name, p.resolution.requested)
+                         for pattern in patterns)]
+        return frozenset(p.probe_name for p in chosen
+                         if p.spec.role != ROLE_MOVE and not (extras and p.fn in DEFAULT_TARGETS))
+
+    return dump_program(args, "latency", patterns + extras, required=tuple(patterns),
+                        aggregate=aggregated)
 
 
 def _check_options(args):

@@ -40,8 +40,27 @@ def add_tracing_arguments(parser):
                         help="stop after S seconds (default: when CMD exits, or Ctrl-C)")
     parser.add_argument("--fn", action="append", default=[], metavar="NAME",
                         help="also time this function (globs and MOD:SYM allowed; repeatable)")
+    parser.add_argument("--dump-program", action="store_true",
+                        help="print what would be attached (the BPF C program for bcc, the "
+                             "kprobe_events lines for tracefs) and the resolved probes, then "
+                             "exit 0 without attaching anything or running CMD")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS]",
                         help="workload to run while tracing (an argv, no shell)")
+
+
+def dump_program(args, command, requests=None, required=(), aggregate=None):
+    """``--dump-program`` of a tracing command: print what it would attach for ``requests``
+    (default: the default targets and --fn) with --backend; attach nothing; return 0."""
+    from memtrace.probes.dump_program import dump_program as dump
+    from memtrace.probes.plan import DEFAULT_TARGETS
+    if getattr(args, "input", None):
+        raise BadInput("--dump-program shows what live tracing would attach; -i reads a "
+                       "recorded trace", "drop -i")
+    workload = workload_argv(args)
+    if requests is None:
+        requests = list(DEFAULT_TARGETS) + list(args.fn)
+    return dump(requests, args.backend, command=command, required=required,
+                aggregate=aggregate, workload=workload)
 
 
 def workload_argv(args):
@@ -67,6 +86,8 @@ def add_arguments(parser):
 
 def run(args):
     """Trace into the output file and print a one-line summary on stderr."""
+    if getattr(args, "dump_program", False):  # Namespaces built by hand lack it
+        return dump_program(args, "record")
     record_trace(args.output, workload_argv(args), duration=args.duration,
                  backend=args.backend, extra_functions=args.fn, debug=args.debug,
                  force=args.force)

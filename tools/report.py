@@ -76,6 +76,9 @@ def run(args):
             raise BadInput("-i reads recorded traces; --duration, --backend, --fn and -- CMD "
                            "apply only to live tracing", "drop them, or drop -i to trace live")
         workload = None
+    if getattr(args, "dump_program", False):  # Namespaces built by hand lack it
+        from memtrace.tools.record import dump_program
+        return dump_program(args, "report")
     else:
         workload = workload_argv(args)
     with ReportOutput(args.output, args.force, "report", inputs=args.input) as output:
