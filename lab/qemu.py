@@ -22,6 +22,10 @@ from memtrace.lab.initramfs import ensure_initramfs
 QEMU = "qemu-system-x86_64"
 GUEST_INIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guest-init.sh")
 VGA_MODELS = ("std", "qxl", "none")
+# Display devices QEMU adds with -device NAME (instead of -vga): bochs-display is bochs-drm's
+# device without VGA compatibility, cirrus-vga is what -vga cirrus adds, virtio-vga is
+# virtio-gpu with a VGA BAR.
+DISPLAY_DEVICES = ("bochs-display", "cirrus-vga", "virtio-vga")
 NINEP_OPTIONS = "trans=virtio,version=9p2000.L,msize=512000"
 # The guest mounts tmpfs here, hiding whatever the host has below them.
 GUEST_TMPFS = ("/tmp", "/run")
@@ -101,16 +105,36 @@ TCG_CPUS = 1
 KVM_CPUS = 2
 
 
+def display_arguments(vga="std", device=None):
+    """Return the QEMU arguments that give the guest its display device.
+
+    :param vga: a ``-vga`` model of :data:`VGA_MODELS`
+    :param device: one of :data:`DISPLAY_DEVICES`, added with ``-device`` in place of the
+        ``-vga`` one (``vga`` must then be ``none``), or None
+    :raises LabError: for an unknown model or device, or both a ``-vga`` model and a device
+    """
+    if vga not in VGA_MODELS:
+        raise LabError(f"unknown --vga '{vga}'", f"use one of: {', '.join(VGA_MODELS)}")
+    if device is None:
+        return ["-vga", vga]
+    if device not in DISPLAY_DEVICES:
+        raise LabError(f"unknown --device '{device}'", f"use one of: {', '.join(DISPLAY_DEVICES)}")
+    if vga != "none":
+        raise LabError(f"--vga {vga} and --device {device} both add a display device",
+                       "give one of them")
+    return ["-vga", "none", "-device", device]
+
+
 def qemu_command(kernel, initrd, job_dir, shares, vga="std", accel="tcg", memory_mb=2048,
-                 cpus=None, append_extra=()):
+                 cpus=None, append_extra=(), device=None):
     """Return the QEMU argv for one lab boot; ``append_extra`` adds kernel parameters.
 
-    ``cpus`` defaults to :data:`TCG_CPUS` under TCG and :data:`KVM_CPUS` under KVM.
+    ``cpus`` defaults to :data:`TCG_CPUS` under TCG and :data:`KVM_CPUS` under KVM;
+    ``vga`` and ``device`` are as for :func:`display_arguments`.
     """
     if cpus is None:
         cpus = TCG_CPUS if accel == "tcg" else KVM_CPUS
-    if vga not in VGA_MODELS:
-        raise LabError(f"unknown --vga '{vga}'", f"use one of: {', '.join(VGA_MODELS)}")
+    display = display_arguments(vga, device)
     append = " ".join([
         "console=ttyS0", "root=hostroot", "rootfstype=9p", f"rootflags={NINEP_OPTIONS}", "ro",
         f"init={GUEST_INIT}", "panic=-1", "oops=panic", *append_extra,
@@ -120,7 +144,8 @@ def qemu_command(kernel, initrd, job_dir, shares, vga="std", accel="tcg", memory
         "-m", str(memory_mb), "-smp", str(cpus),
         "-display", "none", "-monitor", "none",
         "-serial", f"file:{os.path.join(job_dir, 'console.log')}",
-        "-vga", vga,
+        # Before the 9p shares, so that a -device display gets slot 00:02.0 as -vga does.
+        *display,
         "-kernel", kernel.image, "-initrd", initrd, "-append", append,
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={job_dir},mount_tag=memtrace-job,security_model=none,multidevs=remap",
@@ -165,8 +190,13 @@ class _Follower:
 
 
 def run_in_guest(kernel, argv, vga="std", timeout=600, workdir=None, accel=None,
-                 cache_dir=None, keep_console=None, stream=True, append_extra=()):
+                 cache_dir=None, keep_console=None, stream=True, append_extra=(), device=None,
+                 readonly_paths=()):
     """Boot ``kernel``, run ``argv`` as root in ``workdir`` and return a GuestRun.
+
+    The display device is ``vga`` or, with ``vga="none"``, ``device`` (see
+    :func:`display_arguments`). ``readonly_paths`` are host directories the command needs
+    besides memtrace's own (shared read-only where the guest's tmpfs would hide them).
 
     The command's output is copied to our stdout/stderr as it appears when ``stream`` is
     true. Raises LabTimeout when the guest outlives ``timeout`` seconds and LabError when
@@ -179,17 +209,18 @@ def run_in_guest(kernel, argv, vga="std", timeout=600, workdir=None, accel=None,
     if workdir == "/":
         raise LabError("refusing to share / writable into the guest",
                        "run from a project directory or pass --workdir DIR")
+    display_arguments(vga, device)  # a wrong device is an error before anything is built
     cache_dir = cache_dir or default_cache_dir()
     initrd = ensure_initramfs(cache_dir, kernel)
     accel = accel or detect_accel(cache_dir, kernel)
     with tempfile.TemporaryDirectory(prefix="memtrace-lab-") as job_dir:
-        shares = plan_shares(workdir, _memtrace_paths())
+        shares = plan_shares(workdir, _memtrace_paths() | set(readonly_paths))
         with open(os.path.join(job_dir, "shares"), "w", encoding="utf-8") as out:
             out.writelines(f"{tag} {mode} {path}\n" for tag, mode, path in shares)
         with open(os.path.join(job_dir, "cmd.sh"), "w", encoding="utf-8") as out:
             out.write(_command_script(argv, workdir))
         cmd = qemu_command(kernel, initrd, job_dir, shares, vga=vga, accel=accel,
-                           append_extra=append_extra)
+                           append_extra=append_extra, device=device)
         try:
             return _boot(cmd, job_dir, timeout, accel, keep_console, stream)
         finally:

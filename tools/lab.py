@@ -17,6 +17,7 @@ examples:
   memtrace lab -- uname -r
   memtrace lab --kernel 6.1 --vga std -- sh -c 'modprobe bochs && memtrace snapshot'
   memtrace lab --vga qxl -- sh -c 'modprobe qxl && cat /sys/kernel/debug/x86/pat_memtype_list'
+  memtrace lab --device virtio-vga -- sh -c 'modprobe virtio-gpu && memtrace snapshot'
   memtrace lab --append iomem=relaxed -- CMD
                                   let user space map BARs a driver claimed (Debian kernels
                                   have CONFIG_IO_STRICT_DEVMEM)
@@ -31,9 +32,13 @@ def add_arguments(parser):
     """Register `memtrace lab`'s options on ``parser``."""
     parser.add_argument("--kernel", metavar="6.1|6.12|RELEASE",
                         help="kernel series or full release (default: newest installed)")
-    parser.add_argument("--vga", choices=qemu.VGA_MODELS, default="std",
+    parser.add_argument("--vga", choices=qemu.VGA_MODELS,
                         help="display device: std is 1234:1111 (bochs-drm), qxl is QXL "
-                             "(default: std)")
+                             "(default: std, or none with --device)")
+    parser.add_argument("--device", choices=qemu.DISPLAY_DEVICES,
+                        help="a display device QEMU adds with -device instead of a -vga one: "
+                             "bochs-display (bochs-drm, no VGA), cirrus-vga (cirrus), "
+                             "virtio-vga (virtio-gpu)")
     parser.add_argument("--timeout", type=float, default=600, metavar="S",
                         help="stop the guest after S seconds (default: 600)")
     parser.add_argument("--keep-console", metavar="F", help="save the guest's console log to F")
@@ -73,14 +78,18 @@ def run(args):
         raise BadInput("no command given", "put it after --, e.g. memtrace lab -- uname -r")
     if args.timeout <= 0:
         raise BadInput("--timeout must be positive")
+    vga = args.vga or ("none" if args.device else "std")
+    if args.device and vga != "none":
+        raise BadInput(f"--vga {vga} and --device {args.device} both add a display device",
+                       "give one of them")
     kernel = kernels.select_kernel(args.kernel)
     workdir = os.path.realpath(args.workdir or os.getcwd())
     if not os.path.isdir(workdir):
         raise BadInput(f"--workdir {workdir} is not a directory")
     accel = None if args.accel == "auto" else args.accel
-    result = qemu.run_in_guest(kernel, command, vga=args.vga, timeout=args.timeout,
+    result = qemu.run_in_guest(kernel, command, vga=vga, timeout=args.timeout,
                                workdir=workdir, accel=accel, keep_console=args.keep_console,
-                               append_extra=args.append)
+                               append_extra=args.append, device=args.device)
     print(f"memtrace lab: {kernel.release} ({result.accel}), command exited {result.exit_status}"
           f" after {result.seconds:.1f} s", file=sys.stderr)
     return result.exit_status

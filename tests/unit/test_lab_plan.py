@@ -48,3 +48,30 @@ def test_kernel_selection_by_series_and_release(tmp_path):
     with pytest.raises(LabError) as missing:
         kernels.select_kernel("6.12", str(tmp_path / "none"), str(modules))
     assert "apt-get install linux-image-6.12-amd64" in missing.value.one_line()
+
+
+@pytest.mark.parametrize("device", qemu.DISPLAY_DEVICES)
+def test_device_replaces_the_vga_one_and_takes_the_first_free_slot(tmp_path, device):
+    kernel = kernels.LabKernel("6.12.117+deb12-amd64", "/boot/vmlinuz-x", "/lib/modules/x")
+    cmd = qemu.qemu_command(kernel, "/cache/initrd", str(tmp_path), [], vga="none",
+                            device=device)
+    assert cmd[cmd.index("-vga") + 1] == "none"
+    assert cmd[cmd.index("-device") + 1] == device
+    # Added before the 9p devices, it gets 00:02.0 as a -vga device does.
+    assert cmd.index("-device") < cmd.index("-virtfs")
+
+
+def test_device_with_a_vga_model_or_unknown_is_refused(tmp_path):
+    kernel = kernels.LabKernel("6.12.117+deb12-amd64", "/boot/vmlinuz-x", "/lib/modules/x")
+    with pytest.raises(LabError, match="both add a display device"):
+        qemu.qemu_command(kernel, "/cache/initrd", str(tmp_path), [], vga="std",
+                          device="virtio-vga")
+    with pytest.raises(LabError, match="unknown --device 'vmware-svga'"):
+        qemu.qemu_command(kernel, "/cache/initrd", str(tmp_path), [], vga="none",
+                          device="vmware-svga")
+
+
+def test_lab_refuses_a_vga_model_and_a_device_together(run_memtrace):
+    proc = run_memtrace("lab", "--vga", "std", "--device", "bochs-display", "--", "true")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "both add a display device" in proc.stderr
