@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "conflicts": "conflicts",
     "latency": "latency",
     "report": "report",
+    "bench": "bench",
     "lab": "lab",
 }
 

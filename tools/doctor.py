@@ -12,7 +12,8 @@ DESCRIPTION = "check kernel features and resolve every function memtrace probes"
 EPILOG = """\
 examples:
   memtrace doctor              one line per check; a hint below each one that is not ok
-  memtrace doctor --json       the same for scripts, plus "live_probing" and "backends"
+  memtrace doctor --json       the same for scripts, plus "live_probing", "backends" and
+                               "bench" (whether `memtrace bench` can run here)
   memtrace doctor --no-mount   change nothing: do not mount a missing debugfs or tracefs
   memtrace doctor --cleanup    remove what memtrace runs killed with SIGKILL left in tracefs
                                (their own instance and kprobe group; nothing of other tools)
@@ -89,8 +90,10 @@ def run(args):
     if args.cleanup:
         return cleanup(features)
     checks = features.checks()
+    from memtrace.tools.bench import readiness
+    bench_ok, bench_line = readiness()
     if args.json:
-        print_json(report(features))
+        print_json(dict(report(features), bench={"can_run": bench_ok, "detail": bench_line}))
     else:
         print(f"memtrace doctor: kernel {features.release}")
         name_width = max(len(check.name) for check in checks)
@@ -98,5 +101,6 @@ def run(args):
             print("\n".join(format_check(check, name_width)))
         print()
         print("\n".join(textwrap.wrap(f"verdict: {features.verdict()}", WIDTH)))
+        print("\n".join(textwrap.wrap(f"bench: {bench_line}", WIDTH)))
     sys.stdout.flush()
     return EXIT_FINDINGS if any(check.status == FAIL for check in checks) else EXIT_OK

@@ -7,6 +7,7 @@ import time
 
 from memtrace.analysis.restarts import DEFAULT_MIN_RESTARTS, DEFAULT_WINDOW_S
 from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput, MemtraceError
+from memtrace.tools.bench import report_section
 from memtrace.tools.record import add_tracing_arguments, record_trace, workload_argv
 from memtrace.tools.report_document import build_document
 from memtrace.tools.report_render import render
@@ -35,6 +36,10 @@ after 5 starts in 10 s, so 3 in a minute is well inside what a user would call a
 Kernel virtual addresses and host names are replaced by placeholders unless --no-redact;
 physical addresses stay (maintainers need them).
 
+Live, the report ends its tracing with `memtrace bench` and adds its result as a section
+(what each memory type costs on this machine, and whether the host honours the guest's
+types); --no-bench skips it. Reports from -i have no bench section.
+
 examples:
   memtrace report -i bochs.jsonl -o report.md                 # markdown, for GitHub/GitLab
   memtrace report -i guest1.jsonl -i guest2.jsonl --format html -o report.html
@@ -62,11 +67,18 @@ def add_arguments(parser):
     parser.add_argument("--restart-window", type=float, default=DEFAULT_WINDOW_S, metavar="S",
                         help=f"within S seconds (default: {DEFAULT_WINDOW_S:g})")
     add_slow_move_arguments(parser)
+    parser.add_argument("--no-bench", action="store_true",
+                        help="live: do not run `memtrace bench` after tracing (by default "
+                             "the report gets a bench section: what each memory type costs "
+                             "here and whether the host honours it)")
     add_tracing_arguments(parser)
 
 
 def run(args):
     """Read the traces (or trace live), build the report, write it; return the exit status."""
+    if getattr(args, "dump_program", False):  # Namespaces built by hand lack it
+        from memtrace.tools.record import dump_program
+        return dump_program(args, "report")
     if args.restarts < 1:
         raise BadInput("--restarts must be at least 1")
     if not args.restart_window > 0:
@@ -76,19 +88,18 @@ def run(args):
             raise BadInput("-i reads recorded traces; --duration, --backend, --fn and -- CMD "
                            "apply only to live tracing", "drop them, or drop -i to trace live")
         workload = None
-    if getattr(args, "dump_program", False):  # Namespaces built by hand lack it
-        from memtrace.tools.record import dump_program
-        return dump_program(args, "report")
     else:
         workload = workload_argv(args)
     with ReportOutput(args.output, args.force, "report", inputs=args.input) as output:
         sources = [read_recorded_trace(path) for path in args.input] if args.input \
             else [_live(args, workload)]
+        # After tracing, so that the bench's own mappings stay out of the trace.
+        bench = None if args.input else report_section(args.no_bench)
         document = build_document(sources, redact=not args.no_redact,
                                   generated_at=_generated_at(),
                                   wc_reference_mbps=args.wc_reference,
                                   slow_factor=args.slow_factor, min_restarts=args.restarts,
-                                  window_s=args.restart_window)
+                                  window_s=args.restart_window, bench=bench)
         output.write(render(document, args.format))
     return EXIT_FINDINGS if document["findings"] else EXIT_OK
 

@@ -45,12 +45,15 @@ _PCI_CLASSES = {0x00: "unclassified", 0x01: "storage", 0x02: "network", 0x03: "d
 
 def build_document(sources, redact=True, wc_reference_mbps=None,
                    slow_factor=DEFAULT_SLOW_FACTOR, min_restarts=DEFAULT_MIN_RESTARTS,
-                   window_s=DEFAULT_WINDOW_S, generated_at=None):
+                   window_s=DEFAULT_WINDOW_S, generated_at=None, bench=None):
     """Build the report document of ``sources``.
 
     :param sources: :class:`memtrace.tools.tracing_io.TraceSource` objects, one per host, in
         the order they were given (named ``host-1``, ``host-2``...).
     :param redact: replace kernel virtual addresses and host names by placeholders.
+    :param bench: a live report's bench section (``{status, reason, result}``, see
+        :func:`memtrace.tools.bench.report_section`); None leaves the document without
+        one, as reports built from recorded traces are.
     :return: the JSON-ready document.
     """
     doc = {
@@ -71,6 +74,8 @@ def build_document(sources, redact=True, wc_reference_mbps=None,
         doc["timeline"].extend(host.timeline())
         doc["notes"].extend(host.notes())
         doc["lost_events"] += source.lost_events or 0
+    if bench is not None:
+        doc["bench"] = bench
     return redactor.document(doc) if redact else doc
 
 

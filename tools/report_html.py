@@ -129,9 +129,9 @@ def _header(doc):
             out.append(element("p", esc(line), class_="preamble"))
     out.append(_table(["host", "kernel", "source"],
                       [[esc(c) for c in row] for row in rr.hosts_rows(doc)], class_="hosts"))
-    links = [("findings", "Findings"), ("reservations", "Reservations"),
-             ("latency", "Latency"), ("timeline", "Timeline"),
-             ("environment", "Environment"), ("notes", "Notes")]
+    links = [("findings", "Findings")] + ([("bench", "Bench")] if "bench" in doc else []) + [
+        ("reservations", "Reservations"), ("latency", "Latency"), ("timeline", "Timeline"),
+        ("environment", "Environment"), ("notes", "Notes")]
     out.append(element("nav", "".join(element("a", esc(t), href=f"#{i}") for i, t in links)))
     return element("header", "\n".join(out))
 
@@ -243,6 +243,41 @@ def _timeline(doc, origin):
                               row_classes=["downgrade" if e.get("kind") == "conflict" else None
                                            for e in entries]))
     return element("section", "\n".join(out), id="timeline")
+
+
+def _bench(doc):
+    """The report's bench section: verdict, mappings table, details, costs, notes."""
+    section = doc.get("bench")
+    out = [element("h2", "Bench")]
+    bench = section.get("result") if isinstance(section, dict) else None
+    if not isinstance(bench, dict):
+        out.append(element("p", esc(rr.bench_status(section)), class_="quiet"))
+        return element("section", "\n".join(out), id="bench")
+    for line in [rr.bench_title(bench)] + rr.bench_preamble(bench):
+        out.append(element("p", esc(line), class_="preamble"))
+    line, evidence = rr.bench_verdict(bench)
+    out.append(element("p", element("strong", esc(line)), class_="verdict"))
+    if evidence:
+        out.append(element("ul", "".join(element("li", esc(e)) for e in evidence),
+                           class_="evidence"))
+    by_name = {m.get("name"): m for m in bench.get("mappings") or []}
+    rows = []
+    headers, table_rows = rr.bench_table(bench)
+    for row in table_rows:
+        mapping = by_name.get(row[0]) or {}
+        rows.append([(esc(row[0]), "mono"), _type_badge(mapping.get("effective"))
+                     + " " + esc(row[1])] + [(esc(c), "num") for c in row[2:]])
+    if rows:
+        out.append(element("p", esc(rr.BENCH_LEGEND), class_="explain"))
+        out.append(_table(headers, rows, class_="bench"))
+    for title, lines in (("Mappings", rr.bench_details(bench)),
+                         ("What a frame costs through the uncached reservations",
+                          rr.bench_costs(bench)),
+                         ("Notes", rr.bench_notes(bench))):
+        if lines:
+            out.append(element("h3", esc(title)))
+            out.append(element("ul", "".join(element("li", esc(n)) for n in lines)))
+    return element("section", "\n".join(out), id="bench")
 
 
 def _environment(doc):
@@ -640,9 +675,11 @@ def render_html(doc):
     title = f"memtrace report: {rr.headline(doc)}"
     body = "\n".join([
         _header(doc),
-        element("main", "\n".join([_findings(doc, origin), _reservations(doc, origin),
-                                   _latency(doc), _timeline(doc, origin), _environment(doc),
-                                   _notes(doc)])),
+        element("main", "\n".join([_findings(doc, origin)]
+                                  + ([_bench(doc)] if "bench" in doc else [])
+                                  + [_reservations(doc, origin),
+                                     _latency(doc), _timeline(doc, origin),
+                                     _environment(doc), _notes(doc)])),
         element("footer", esc(f"Written by memtrace {doc.get('memtrace') or 'unknown'} "
                               f"(report format {doc.get('format')} version "
                               f"{doc.get('version')}). This page loads nothing from the "

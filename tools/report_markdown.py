@@ -10,7 +10,7 @@ import re
 from memtrace.tools import report_render as rr
 from memtrace.tools.render import table
 
-__all__ = ["render_markdown", "md", "md_block"]
+__all__ = ["render_markdown", "render_bench_markdown", "md", "md_block"]
 
 # Rows shown per host before "and N more (see --format json)".
 MARKDOWN_RESERVATIONS = 50
@@ -153,6 +153,48 @@ def _md_timeline(doc, origin):
     return out
 
 
+def _md_bench_body(bench, level):
+    """The bench's verdict, mappings table, details, costs and notes as markdown lines;
+    ``level`` is the heading level of its parts."""
+    hashes = "#" * level
+    line, evidence = rr.bench_verdict(bench)
+    out = [f"**{md(line)}**", ""] + [f"- {md(e)}" for e in evidence] + [""]
+    headers, rows = rr.bench_table(bench)
+    if rows:
+        out += [md_block(rr.BENCH_LEGEND), "", _md_table(rows, headers), ""]
+    details = rr.bench_details(bench)
+    if details:
+        out += [f"{hashes} Mappings", ""] + [f"- {md(d)}" for d in details] + [""]
+    costs = rr.bench_costs(bench)
+    if costs:
+        out += [f"{hashes} What a frame costs through the uncached reservations", ""]
+        out += [f"- {md(c)}" for c in costs] + [""]
+    notes = rr.bench_notes(bench)
+    if notes:
+        out += [f"{hashes} Notes", ""] + [f"- {md(n)}" for n in notes] + [""]
+    return out
+
+
+def render_bench_markdown(bench):
+    """The bench document ``bench`` (docs/bench-json.md) as markdown."""
+    out = [f"## memtrace bench: {md(rr.bench_title(bench))}", ""]
+    out += [md_block(line) + "  " for line in rr.bench_preamble(bench)] + [""]
+    out += _md_bench_body(bench, 3)
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _md_bench(doc):
+    """The report's bench section, when the document has one (live reports)."""
+    section = doc.get("bench")
+    out = ["### Bench", ""]
+    result = section.get("result") if isinstance(section, dict) else None
+    if not isinstance(result, dict):
+        return out + [md_block(rr.bench_status(section)), ""]
+    out += [md_block(line) + "  " for line in [rr.bench_title(result)]
+            + rr.bench_preamble(result)] + [""]
+    return out + _md_bench_body(result, 4)
+
+
 def render_markdown(doc):
     """The report document ``doc`` as markdown for a GitHub, GitLab or Bugzilla comment."""
     origin = rr.origins(doc)
@@ -160,6 +202,8 @@ def render_markdown(doc):
     out += [md_block(line) + "  " for line in rr.preamble(doc)] + [""]
     out += [_md_table(rr.hosts_rows(doc), ["host", "kernel", "source"]), ""]
     out += _md_findings(doc, origin)
+    if "bench" in doc:
+        out += _md_bench(doc)
     out += _md_reservations(doc, origin)
     out += _md_latency(doc)
     out += _md_timeline(doc, origin)

@@ -55,6 +55,19 @@ __all__ = [
     "environment_rows",
     "probe_notes",
     "all_notes",
+    "BENCH_HEADERS",
+    "BENCH_LEGEND",
+    "bench_type",
+    "bench_cell",
+    "bench_rows",
+    "bench_table",
+    "bench_title",
+    "bench_preamble",
+    "bench_verdict",
+    "bench_details",
+    "bench_costs",
+    "bench_notes",
+    "bench_status",
 ]
 
 TEXT_WIDTH = 80
@@ -474,3 +487,139 @@ def render(doc, fmt):
         import json
         return json.dumps(doc, indent=2) + "\n"
     return RENDERERS[fmt](doc)
+
+
+# -- the bench section (docs/bench-json.md; a live report's "bench") ---------------------------
+
+BENCH_HEADERS = ["mapping", "type", "write", "read", "copy", "ms/frame", "x WB", "x WC"]
+BENCH_LEGEND = ("write, read, copy: MB/s at the median pass, +- the coefficient of variation "
+                "of the passes; ms/frame, x WB and x WC (how many times the time of the WB "
+                "reference, anonymous RAM, and of the fastest WC mapping) are for writes, or "
+                "for reads (marked r) where a mapping is only read.")
+
+
+def bench_type(mapping):
+    """``WC -> UC- (UC)``, ``WB``, or ``unknown`` for a mapping whose type is not known."""
+    if not mapping.get("granted"):
+        return "unknown"
+    entry = dict(mapping)
+    if not entry.get("requested") or mapping.get("kind") in ("dumb", "fbdev"):
+        entry["requested"] = entry.get("granted")
+    return type_change(entry)
+
+
+def bench_cell(fig):
+    """``4350+-3%`` (MB/s and its spread) for one operation's figures; ``-`` when not
+    measured."""
+    if not isinstance(fig, dict) or fig.get("median_mbps") is None:
+        return "-"
+    cv = fig.get("cv") or 0
+    return f"{fig['median_mbps']:.0f}+-{cv * 100:.0f}%"
+
+
+def _ratio(value):
+    return "-" if value is None else f"{value:.2f}"
+
+
+def bench_table(bench):
+    """``(headers, rows)`` of the mappings table: :func:`bench_rows` without the columns
+    nothing was measured in (``x WC`` when no write-combined mapping was)."""
+    rows = bench_rows(bench)
+    keep = [i for i, _ in enumerate(BENCH_HEADERS)
+            if i < 2 or any(row[i] != "-" for row in rows)]
+    return [BENCH_HEADERS[i] for i in keep], [[row[i] for i in keep] for row in rows]
+
+
+def bench_rows(bench):
+    """The rows of the mappings table (:data:`BENCH_HEADERS`), one per measured mapping."""
+    rows = []
+    for mapping in bench.get("mappings") or []:
+        if mapping.get("status") != "measured":
+            continue
+        figs = mapping.get("figures") or {}
+        main = figs.get("write") or figs.get("read")
+        mark = "" if figs.get("write") else " r"
+        rows.append([mapping.get("name") or "?", bench_type(mapping),
+                     bench_cell(figs.get("write")), bench_cell(figs.get("read")),
+                     bench_cell(figs.get("copy")),
+                     f"{main['frame_ms']:.2f}{mark}" if main else "-",
+                     _ratio(main.get("ratio_to_wb")) + mark if main else "-",
+                     _ratio(main.get("ratio_to_wc")) + (mark if main.get("ratio_to_wc")
+                                                         is not None else "")
+                     if main else "-"])
+    return rows
+
+
+def bench_title(bench):
+    """``0000:00:02.0 1234:1111 bochs-drm, /dev/dri/card0, kernel 6.12...``."""
+    device = bench.get("device") or {}
+    parts = [" ".join(str(v) for v in (device.get("slot"), device.get("id"),
+                                       device.get("driver") or "no driver") if v)]
+    if device.get("card"):
+        parts.append(str(device["card"]))
+    parts.append(f"kernel {bench.get('kernel') or 'unknown'}")
+    return ", ".join(parts)
+
+
+def bench_preamble(bench):
+    """The sentences that open the bench: what a frame is, how many passes, who ran it."""
+    user = bench.get("user") or {}
+    who = "root" if user.get("root") else f"uid {user.get('uid')} (not root)"
+    frame = bench.get("frame_bytes")
+    frame_text = f"{frame} bytes ({frame:#x})" if isinstance(frame, int) else "unknown"
+    return [f"A frame is {frame_text}; {bench.get('runs')} timed passes per operation and "
+            f"mapping; run as {who}.",
+            f"Generated {bench.get('generated_at') or 'at an unknown time'} by memtrace "
+            f"{bench.get('memtrace') or 'unknown'}."]
+
+
+def bench_verdict(bench):
+    """``(the verdict line, [evidence sentences])``."""
+    verdict = bench.get("verdict") or {}
+    return (f"Verdict: {verdict.get('text') or 'none'}",
+            [str(e) for e in verdict.get("evidence") or []])
+
+
+def bench_details(bench):
+    """One sentence per mapping: where it lies, where its type comes from, where it was
+    written; or why it was not measured."""
+    lines = []
+    for mapping in bench.get("mappings") or []:
+        name = mapping.get("name") or "?"
+        if mapping.get("status") != "measured":
+            lines.append(f"{name}: {mapping.get('status')}: {mapping.get('reason') or ''}"
+                         .rstrip(": "))
+            continue
+        parts = []
+        if mapping.get("placement"):
+            parts.append(f"in {mapping['placement']}")
+        if mapping.get("type_source"):
+            parts.append(f"type: {mapping['type_source']}")
+        if mapping.get("effective_reasons"):
+            parts.append("effective: " + "; ".join(mapping["effective_reasons"]))
+        if mapping.get("writes"):
+            parts.append(f"writes: {mapping['writes']}")
+        if mapping.get("reason"):
+            parts.append(str(mapping["reason"]))
+        lines.append(f"{name}: " + "; ".join(parts))
+    return lines
+
+
+def bench_costs(bench):
+    """The sentences saying what a frame through each uncached reservation costs here."""
+    return [str(c.get("text")) for c in bench.get("costs") or [] if c.get("text")]
+
+
+def bench_notes(bench):
+    """The notes, then the method."""
+    return [str(n) for n in bench.get("notes") or []] + \
+        [str(m) for m in bench.get("method") or []]
+
+
+def bench_status(section):
+    """For a report's ``bench`` section that holds no result: why, as a sentence."""
+    if not isinstance(section, dict):
+        return "No bench."
+    if section.get("status") == "skipped":
+        return f"Not measured: {section.get('reason') or 'skipped'}."
+    return f"The bench could not run: {section.get('reason') or 'unknown error'}."

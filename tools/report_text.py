@@ -12,7 +12,7 @@ from typing import Dict, List
 from memtrace.tools import report_render as rr
 from memtrace.tools.render import table
 
-__all__ = ["render_text", "wrap", "fit_table"]
+__all__ = ["render_text", "render_bench_text", "wrap", "fit_table"]
 
 TEXT_WIDTH = rr.TEXT_WIDTH
 # Rows shown per host before "and N more (see --format json)".
@@ -260,6 +260,49 @@ def _text_environment(doc, width):
     return [_heading("Environment"), fit_table(rows, ["", *rr.host_names(doc)], width)]
 
 
+def _bench_blocks(bench, width):
+    """The bench's verdict, mappings table, details, costs and notes as text blocks."""
+    line, evidence = rr.bench_verdict(bench)
+    blocks = ["\n".join([_fill(line, width)] + [_bullet(e, width, "  ") for e in evidence])]
+    headers, rows = rr.bench_table(bench)
+    if rows:
+        blocks.append("\n".join([_fill(rr.BENCH_LEGEND, width),
+                                 fit_table(rows, headers, width)]))
+    details = rr.bench_details(bench)
+    if details:
+        blocks.append("\n".join(["Mappings:"] + [_bullet(d, width, "  ") for d in details]))
+    costs = rr.bench_costs(bench)
+    if costs:
+        blocks.append("\n".join(["What a frame costs through the uncached reservations:"]
+                                + [_bullet(c, width, "  ") for c in costs]))
+    notes = rr.bench_notes(bench)
+    if notes:
+        blocks.append("\n".join(["Notes:"] + [_bullet(n, width, "  ") for n in notes]))
+    return blocks
+
+
+def render_bench_text(bench, width=TEXT_WIDTH):
+    """The bench document ``bench`` (docs/bench-json.md) as plain text, no line wider than
+    ``width`` columns."""
+    title = "memtrace bench: " + rr.bench_title(bench)
+    head = wrap(title, width, "", "  ")
+    head.append("=" * min(width, max(len(line) for line in head)))
+    head += [_fill(line, width) for line in rr.bench_preamble(bench)]
+    return "\n\n".join(["\n".join(head)] + _bench_blocks(bench, width)) + "\n"
+
+
+def _text_bench(doc, width):
+    """The report's bench section, when the document has one (live reports)."""
+    section = doc.get("bench")
+    blocks = [_heading("Bench")]
+    result = section.get("result") if isinstance(section, dict) else None
+    if not isinstance(result, dict):
+        return blocks + [_fill(rr.bench_status(section), width)]
+    blocks.append("\n".join(_fill(line, width) for line in
+                            [rr.bench_title(result)] + rr.bench_preamble(result)))
+    return blocks + _bench_blocks(result, width)
+
+
 def render_text(doc, width=TEXT_WIDTH):
     """The report document ``doc`` as plain text, no line wider than ``width`` columns."""
     origin = rr.origins(doc)
@@ -270,6 +313,8 @@ def render_text(doc, width=TEXT_WIDTH):
     head += ["", "Hosts:", _indent_block(hosts, "  ")]
     blocks = ["\n".join(head)]
     blocks += _text_findings(doc, width, origin)
+    if "bench" in doc:
+        blocks += _text_bench(doc, width)
     blocks += _text_reservations(doc, width, origin)
     blocks += _text_latency(doc, width)
     blocks += _text_timeline(doc, width, origin)
