@@ -249,8 +249,8 @@ def finding_of(conflict):
     """The fields of one ``memtrace conflicts`` JSON conflict the table shows (absent -> None);
     of the holder, only its range and type."""
     finding = {key: conflict.get(key) for key in
-               ("kind", "start", "end", "requested", "granted", "effective", "count", "device",
-                "driver")}
+               ("kind", "start", "end", "requested", "granted", "effective", "severity", "count",
+                "device", "driver")}
     holder = conflict.get("holder")
     finding["holder"] = ({key: holder.get(key) for key in ("start", "end", "type")}
                          if isinstance(holder, dict) else None)
