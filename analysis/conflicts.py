@@ -370,22 +370,21 @@ def _effective_fields(decision):
 
 
 def _add_downgrade(groups, decision, effective, user_windows, pci_devices):
-    event, holder = decision.event, decision.holder_entry
+    event = decision.event
     user = is_user_mapping_stack(event.stack) or _inside(user_windows, event)
-    kind = USER_MAP_DOWNGRADE if user else DOWNGRADE
-    key = (kind, event.start, event.end, event.requested, decision.granted, effective,
-           id(holder))
-    conflict = _group(groups, key, kind=kind, start=event.start, end=event.end,
-                      requested=event.requested, granted=decision.granted, holder=holder,
-                      **_effective_fields(decision))
-    conflict.granted_inferred = conflict.granted_inferred or decision.granted_inferred
-    conflict._add(event, Requester.of(event, pci_devices))
+    _add_decision(groups, USER_MAP_DOWNGRADE if user else DOWNGRADE, decision, effective,
+                  decision.holder_entry, pci_devices)
 
 
 def _add_effective(groups, kind, decision, effective, pci_devices):
     """A finding about the type the CPU uses: PAT off, an upgrade, an MTRR downgrade."""
+    holder = decision.holder_entry if decision.granted != decision.event.requested else None
+    _add_decision(groups, kind, decision, effective, holder, pci_devices)
+
+
+def _add_decision(groups, kind, decision, effective, holder, pci_devices):
+    """Add one replayed reservation to the finding of its kind, range, types and holder."""
     event = decision.event
-    holder = decision.holder_entry if decision.granted != event.requested else None
     key = (kind, event.start, event.end, event.requested, decision.granted, effective,
            id(holder))
     conflict = _group(groups, key, kind=kind, start=event.start, end=event.end,
