@@ -3,7 +3,7 @@
 The file loads nothing: no script, no external style sheet, font or image, and a
 Content-Security-Policy that forbids them, so it can be attached to a bug and opened
 offline. It needs no JavaScript (tooltips are SVG ``<title>`` elements) and prints
-readably. Same order as the other formats (:mod:`memtrace.tools.report_render`): the
+readably. Same order as the other formats (:mod:`memtrace.tools.report_words`): the
 findings, the reservations, the latency per function and memory type with a histogram per
 function, the timeline with a plot of reservations across the physical address range, the
 environment with one column per host, the notes. Every string from the document is escaped.
@@ -13,7 +13,7 @@ import math
 import re
 from typing import Dict
 
-from memtrace.tools import report_render as rr
+from memtrace.tools import report_words as rr
 from memtrace.tools.svg import element, esc, fmt, log2_ticks, nice_ticks
 
 __all__ = ["render_html", "MEMTYPE_COLOURS"]

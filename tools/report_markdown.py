@@ -1,13 +1,14 @@
 """`memtrace report` as markdown for GitHub, GitLab and Bugzilla comments.
 
-Every string from the document is escaped (:func:`md`): kernel symbols and process names
-must not open links, emphasis, code spans or HTML tags, nor end a table cell. The order and
-the shared wording come from :mod:`memtrace.tools.report_render`.
+Every string from the document is escaped (:func:`memtrace.escape.md`): kernel symbols and
+process names must not open links, emphasis, code spans or HTML tags, nor end a table cell. The order and
+the shared wording come from :mod:`memtrace.tools.report_words`.
 """
 
 import re
 
-from memtrace.tools import report_render as rr
+from memtrace.escape import md, md_block
+from memtrace.tools import report_words as rr
 from memtrace.tools.render import table
 
 __all__ = ["render_markdown", "render_bench_markdown", "md", "md_block"]
@@ -16,34 +17,8 @@ __all__ = ["render_markdown", "render_bench_markdown", "md", "md_block"]
 MARKDOWN_RESERVATIONS = 50
 MARKDOWN_TIMELINE = 50
 
-_MD_SPECIAL = re.compile(r"([\\`*<|~&])")
-# "_" can only close emphasis when no letter or digit follows it, so escaping those runs is
-# enough; "__ioremap_caller" stays readable.
-_MD_UNDERSCORES = re.compile(r"(?<!_)_+(?![0-9A-Za-z_])")
-_MD_LINK = re.compile(r"\](?=[(\[])")
 _MD_PADDING = re.compile(r" {2,}\|")
 _MD_RULE = re.compile(r"\|-+")
-_MD_LINE_START = re.compile(r"^(\s*)([#>+=\[-]|\d+(?=[.)]))")
-
-
-def md(text):
-    """``text`` escaped for inline markdown: nothing in it can open a link, emphasis, code,
-    an HTML tag or end a table cell. Backslash escapes are used only where needed, so kernel
-    symbols such as ``ttm_bo_vmap [ttm]`` stay readable in the raw text."""
-    text = _MD_SPECIAL.sub(r"\\\1", "" if text is None else str(text))
-    text = _MD_UNDERSCORES.sub(lambda m: "\\_" * len(m.group(0)), text)
-    text = _MD_LINK.sub("]\\\\", text)
-    return text.replace("\n", " ")
-
-
-def md_block(text):
-    """Like :func:`md`, for text that starts a paragraph or list item: a leading ``#``,
-    ``>``, ``-``, ``+``, ``=``, ``[`` or ``1.`` is escaped so that it stays text."""
-    def escape(match):
-        lead, mark = match.groups()
-        # "1." is escaped after the digits: CommonMark has no escape for a digit.
-        return lead + (mark + "\\" if mark[0].isdigit() else "\\" + mark)
-    return _MD_LINE_START.sub(escape, md(text), count=1)
 
 
 def _md_cell(lines):

@@ -3,13 +3,14 @@
 Tables are narrowed to fit by wrapping their widest columns; long lists (reservations,
 timeline) are cut per host with "... and N more (see --format json)", keeping downgrades and
 process events first. The order and the shared wording come from
-:mod:`memtrace.tools.report_render`.
+:mod:`memtrace.tools.report_words`.
 """
 
 import re
 from typing import Dict, List
 
-from memtrace.tools import report_render as rr
+from memtrace.escape import text_tree
+from memtrace.tools import report_words as rr
 from memtrace.tools.render import table
 
 __all__ = ["render_text", "render_bench_text", "wrap", "fit_table"]
@@ -284,6 +285,7 @@ def _bench_blocks(bench, width):
 def render_bench_text(bench, width=TEXT_WIDTH):
     """The bench document ``bench`` (docs/bench-json.md) as plain text, no line wider than
     ``width`` columns."""
+    bench = text_tree(bench)
     title = "memtrace bench: " + rr.bench_title(bench)
     head = wrap(title, width, "", "  ")
     head.append("=" * min(width, max(len(line) for line in head)))
@@ -304,7 +306,9 @@ def _text_bench(doc, width):
 
 
 def render_text(doc, width=TEXT_WIDTH):
-    """The report document ``doc`` as plain text, no line wider than ``width`` columns."""
+    """The report document ``doc`` as plain text, no line wider than ``width`` columns;
+    control characters in its strings are shown escaped (:func:`memtrace.escape.text`)."""
+    doc = text_tree(doc)
     origin = rr.origins(doc)
     title = f"memtrace report: {rr.headline(doc)}"
     head = [title, "=" * len(title), ""]

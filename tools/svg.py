@@ -4,15 +4,16 @@ Every string that reaches markup goes through :func:`esc`: report documents carr
 symbol and process names, which are untrusted.
 """
 
-import html
 import math
+
+from memtrace import escape
 
 __all__ = ["esc", "attrs", "element", "fmt", "nice_ticks", "log2_ticks"]
 
 
 def esc(value):
     """``value`` as text safe inside an element or a double-quoted attribute."""
-    return html.escape("" if value is None else str(value), quote=True)
+    return escape.html(value)
 
 
 def fmt(number):
