@@ -11,8 +11,11 @@ FIXTURES = os.path.join(REPO, "tests", "fixtures")
 
 
 def memtrace_argv(*args):
-    """The argv that runs this checkout's memtrace, on the host or inside a lab guest."""
-    return [sys.executable, "-m", "memtrace", *args]
+    """The argv that runs this checkout's memtrace, on the host or inside a lab guest.
+
+    PYTHONPATH names the checkout so that, from any directory, it is imported rather than a
+    memtrace Debian package another test has installed on this machine meanwhile."""
+    return ["env", f"PYTHONPATH={REPO}", sys.executable, "-m", "memtrace", *args]
 
 
 @pytest.fixture
