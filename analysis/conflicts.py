@@ -143,9 +143,24 @@ class Requester:
         return f"{self.function} ({who})" if self.function else who
 
 
+# What a merged finding keeps of its repeats: the first few events (evidence), distinct
+# requesters and processes; the rest are counted (``count``, ``process_count``).
+EVENT_SAMPLE = 8
+REQUESTER_SAMPLE = 16
+PROCESS_SAMPLE = 16
+
+
 @dataclasses.dataclass(eq=False)
 class Conflict:
-    """One finding, repeats grouped.
+    """One finding, identical repeats merged: same kind, range, requested, granted and
+    effective type and holder (function, range, type); requests of the same range by
+    several functions are one finding with several ``requesters``.
+
+    ``count`` (also ``occurrences``) is how many were merged, ``first_ns``/``last_ns``
+    (also ``first_ts_ns``/``last_ts_ns``) when; ``events`` keeps the first
+    :data:`EVENT_SAMPLE` of them, ``requesters`` the first :data:`REQUESTER_SAMPLE` distinct
+    ones and ``processes`` the first :data:`PROCESS_SAMPLE` distinct ``(comm, pid)``;
+    ``process_count`` counts them all.
 
     ``holder`` is the :class:`memtrace.analysis.reservations.Reservation` whose type forced
     a downgrade or clashed with a refused request (None when unknown). ``impact`` sums the
@@ -178,9 +193,27 @@ class Conflict:
     chain: List[object] = dataclasses.field(default_factory=list)
     mtrr_ranges: Tuple[object, ...] = ()
     events: List[object] = dataclasses.field(default_factory=list, repr=False)
-    # The requesters already listed: a restart loop adds thousands, and a list search per
-    # event made grouping quadratic.
+    processes: List[Tuple[str, int]] = dataclasses.field(default_factory=list)
+    process_count: int = 0
+    # Distinct requesters and processes seen (a set, not a list search per event: a restart
+    # loop adds thousands).
     _requester_set: set = dataclasses.field(default_factory=set, repr=False, compare=False)
+    _process_set: set = dataclasses.field(default_factory=set, repr=False, compare=False)
+
+    @property
+    def occurrences(self):
+        """How many identical findings were merged into this one (>= 1 for traced ones)."""
+        return self.count
+
+    @property
+    def first_ts_ns(self):
+        """Kernel time of the first merged occurrence, or None."""
+        return self.first_ns
+
+    @property
+    def last_ts_ns(self):
+        """Kernel time of the last merged occurrence, or None."""
+        return self.last_ns
 
     @property
     def requester(self):
@@ -199,12 +232,19 @@ class Conflict:
 
     def _add(self, event, requester):
         self.count += 1
-        self.events.append(event)
+        if len(self.events) < EVENT_SAMPLE:
+            self.events.append(event)
         self.first_ns = event.ts_ns if self.first_ns is None else min(self.first_ns, event.ts_ns)
         self.last_ns = event.ts_ns if self.last_ns is None else max(self.last_ns, event.ts_ns)
-        if requester not in self._requester_set:
+        if len(self.requesters) < REQUESTER_SAMPLE and requester not in self._requester_set:
             self._requester_set.add(requester)
             self.requesters.append(requester)
+        process = (event.comm, event.pid)
+        if process not in self._process_set:
+            self._process_set.add(process)
+            self.process_count += 1
+            if len(self.processes) < PROCESS_SAMPLE:
+                self.processes.append(process)
 
 
 @dataclasses.dataclass
@@ -263,13 +303,16 @@ def analyze(events, snapshot=None, pci_devices=(), static=True, wc_reference_mbp
     moves = find_moves(ordered, granted, {key: e.type for key, e in effective.items()})
     groups: Dict[tuple, Conflict] = {}
     user_windows = _windows(e for e in ordered if e.role == ROLE_USER_MAP)
+    owner_of = {}     # id(reservation event) -> its finding, for the moves that mapped it
     for decision in decisions:
-        _classify(groups, decision, user_windows, pci_devices)
+        conflict = _classify(groups, decision, user_windows, pci_devices)
+        if conflict is not None:
+            owner_of[id(decision.event)] = conflict
     _add_failed_wrappers(groups, ordered, decisions, pci_devices)
     slow_moves = find_slow_moves(moves, wc_reference_mbps, slow_factor)
     slow_ids = {id(m) for m in slow_moves.slow} if slow_moves else set()
     conflicts = list(groups.values())
-    ran_on = _moves_by_conflict(conflicts, moves)
+    ran_on = _moves_by_conflict(conflicts, moves, owner_of)
     slow_of = {}
     for conflict in conflicts:
         if conflict.kind != REFUSED:
@@ -297,40 +340,38 @@ def analyze(events, snapshot=None, pci_devices=(), static=True, wc_reference_mbp
 
 
 def _classify(groups, decision, user_windows, pci_devices):
-    """Put one replayed reservation into the conflict it belongs to, if any."""
+    """Put one replayed reservation into the conflict it belongs to, if any; return that
+    conflict (None for none, and for refusals, which map nothing)."""
     if decision.refused:
         _add_refusal(groups, decision, pci_devices)
-        return
+        return None
     event, found = decision.event, decision.effective
     effective = found.type if found is not None else decision.granted
     if found is not None and found.pat_disabled:
-        _add_effective(groups, PAT_DISABLED, decision, effective, pci_devices)
-    elif event.requested in ("UC-", "UC") and "WC" in (decision.granted, effective):
-        _add_effective(groups, UPGRADE, decision, effective, pci_devices)
-    elif is_downgrade(event.requested, effective):
+        return _add_effective(groups, PAT_DISABLED, decision, effective, pci_devices)
+    if event.requested in ("UC-", "UC") and "WC" in (decision.granted, effective):
+        return _add_effective(groups, UPGRADE, decision, effective, pci_devices)
+    if is_downgrade(event.requested, effective):
         if decision.holder_entry is None and decision.granted != effective \
                 or decision.holder_entry is None and event.requested == "WB":
-            _add_effective(groups, MTRR_DOWNGRADE, decision, effective, pci_devices)
-        elif is_downgrade(event.requested, decision.granted):
-            _add_downgrade(groups, decision, effective, user_windows, pci_devices)
+            return _add_effective(groups, MTRR_DOWNGRADE, decision, effective, pci_devices)
+        if is_downgrade(event.requested, decision.granted):
+            return _add_downgrade(groups, decision, effective, user_windows, pci_devices)
+    return None
 
 
-def _moves_by_conflict(conflicts, moves):
+def _moves_by_conflict(conflicts, moves, owner_of):
     """``{id(conflict): the moves, in time order, that mapped one of its reservations}``,
-    in one pass over the moves (a long trace has thousands of both)."""
-    owners: Dict[int, list] = {}
-    for conflict in conflicts:
-        if conflict.kind != REFUSED:
-            for event in conflict.events:
-                owners.setdefault(id(event), []).append(conflict)
+    in one pass over the moves (a long trace has thousands of both); ``owner_of`` maps
+    ``id(reservation event)`` to its (non-refusal) finding."""
     ran_on = {id(conflict): [] for conflict in conflicts}
     for move in moves:
         seen = set()
         for mapping in move.mappings:
-            for conflict in owners.get(id(mapping), ()):
-                if id(conflict) not in seen:
-                    seen.add(id(conflict))
-                    ran_on[id(conflict)].append(move)
+            conflict = owner_of.get(id(mapping))
+            if conflict is not None and id(conflict) not in seen:
+                seen.add(id(conflict))
+                ran_on[id(conflict)].append(move)
     return ran_on
 
 
@@ -372,26 +413,38 @@ def _effective_fields(decision):
 def _add_downgrade(groups, decision, effective, user_windows, pci_devices):
     event = decision.event
     user = is_user_mapping_stack(event.stack) or _inside(user_windows, event)
-    _add_decision(groups, USER_MAP_DOWNGRADE if user else DOWNGRADE, decision, effective,
-                  decision.holder_entry, pci_devices)
+    return _add_decision(groups, USER_MAP_DOWNGRADE if user else DOWNGRADE, decision,
+                         effective, decision.holder_entry, pci_devices)
 
 
 def _add_effective(groups, kind, decision, effective, pci_devices):
     """A finding about the type the CPU uses: PAT off, an upgrade, an MTRR downgrade."""
     holder = decision.holder_entry if decision.granted != decision.event.requested else None
-    _add_decision(groups, kind, decision, effective, holder, pci_devices)
+    return _add_decision(groups, kind, decision, effective, holder, pci_devices)
 
 
 def _add_decision(groups, kind, decision, effective, holder, pci_devices):
     """Add one replayed reservation to the finding of its kind, range, types and holder."""
     event = decision.event
+    requester = Requester.of(event, pci_devices)
     key = (kind, event.start, event.end, event.requested, decision.granted, effective,
-           id(holder))
+           _holder_signature(holder))
     conflict = _group(groups, key, kind=kind, start=event.start, end=event.end,
                       requested=event.requested, granted=decision.granted, holder=holder,
                       **_effective_fields(decision))
     conflict.granted_inferred = conflict.granted_inferred or decision.granted_inferred
-    conflict._add(event, Requester.of(event, pci_devices))
+    conflict._add(event, requester)
+    return conflict
+
+
+def _holder_signature(entry):
+    """What makes two holders the same for merging findings: the function that reserved,
+    its range and type (a driver loaded 10,000 times holds the same BAR 10,000 times, each
+    time through a new reservation); None for no holder."""
+    if entry is None:
+        return None
+    return (entry.start, entry.end, entry.type, entry.holder.before_tracing,
+            entry.holder.function)
 
 
 def mapped_object(event, pci_devices=()):
@@ -459,12 +512,13 @@ def _add_refusal(groups, decision, pci_devices=()):
                   f"{_cattr(clash.type)}")
     error = _errno_name(event.ret)
     holder, holders = _refusal_holders(decision)
+    requester = Requester.of(event, pci_devices)
     key = (REFUSED, event.start, event.end, event.requested, error,
-           tuple(id(h) for h in holders))
+           tuple(_holder_signature(h) for h in holders))
     conflict = _group(groups, key, kind=REFUSED, start=event.start, end=event.end,
                       requested=event.requested, granted=None, holder=holder, reason=reason,
                       error=error, holders=holders)
-    conflict._add(event, Requester.of(event, pci_devices))
+    conflict._add(event, requester)
 
 
 def _failed_wrapper(event):
@@ -520,11 +574,14 @@ def _add_wrapper_refusal(groups, event, inner, pci_devices=()):
     if start is None:
         return
     error = "NULL" if event.role == ROLE_IOREMAP else _errno_name(event.ret)
-    key = (REFUSED, start, end, requested, reason or error, id(holder))
+    requester = Requester.of(event, pci_devices)
+    # The kernel's message names the process (comm:pid): repeats differ only there.
+    key = (REFUSED, start, end, requested, error, reason is not None,
+           _holder_signature(holder))
     conflict = _group(groups, key, kind=REFUSED, start=start, end=end, requested=requested,
                       granted=granted, holder=holder, reason=reason, error=error,
                       holders=[holder] if holder is not None else [])
-    conflict._add(event, Requester.of(event, pci_devices))
+    conflict._add(event, requester)
 
 
 def _value(short):
