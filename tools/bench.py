@@ -45,6 +45,8 @@ Needs no kprobes and no bcc; without root, only a card node you can open (udev g
 examples:
   memtrace bench                          the first display device, as text
   memtrace bench --format json -o b.json  docs/bench-json.md
+  memtrace bench --format openmetrics -o /var/lib/prometheus/node-exporter/memtrace-bench.prom --force
+                                          Prometheus metrics (docs/metrics.md)
   memtrace bench --device 0000:00:02.0 --runs 10 --size 0x800000
 
 exit status: 0 measured, 2 error (one line on stderr saying what to do).
@@ -96,21 +98,27 @@ def add_arguments(parser):
                              "at 32 bpp)")
     parser.add_argument("--runs", type=runs_type, default=DEFAULT_RUNS, metavar="N",
                         help=f"timed passes per operation and mapping (default: {DEFAULT_RUNS})")
-    parser.add_argument("--format", choices=("text", "markdown", "json"), default="text",
-                        help="text (default), markdown, or json (docs/bench-json.md)")
+    parser.add_argument("--format", choices=("text", "markdown", "json", "openmetrics"),
+                        default="text", help="text (default), markdown, json "
+                        "(docs/bench-json.md) or openmetrics (Prometheus, docs/metrics.md)")
     add_output_arguments(parser)
 
 
 def run(args):
     """Measure, write the result; return the exit status."""
-    with ReportOutput(args.output, args.force, "bench") as output:
+    from memtrace.tools.openmetrics import MetricsOutput
+    output_class = MetricsOutput if args.format == "openmetrics" else ReportOutput
+    with output_class(args.output, args.force, "bench") as output:
         doc = run_bench(args.device, args.size, args.runs)
         output.write(render(doc, args.format))
     return EXIT_OK
 
 
 def render(doc, fmt):
-    """The bench document ``doc`` as ``text``, ``markdown`` or ``json``."""
+    """The bench document ``doc`` as ``text``, ``markdown``, ``json`` or ``openmetrics``."""
+    if fmt == "openmetrics":
+        from memtrace.tools.openmetrics import bench_families, render as render_metrics
+        return render_metrics(bench_families(doc))
     if fmt == "json":
         import json
         return json.dumps(doc, indent=2) + "\n"

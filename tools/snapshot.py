@@ -1,12 +1,16 @@
 """``memtrace snapshot``: PAT reservations, their owners and what looks wrong, no probes."""
 
+import json
 import textwrap
 
 from memtrace.analysis.snapshot import analyze_snapshot
-from memtrace.errors import EXIT_FINDINGS, EXIT_OK
+from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput
 from memtrace.probes.system_state import read_state
-from memtrace.tools.render import hex_range, print_json, table
-from memtrace.tools.tracing_io import memory_type_context, pat_state_json, pat_state_line
+from memtrace.tools import openmetrics
+from memtrace.tools.render import hex_range, table
+from memtrace.tools.tracing_io import (
+    ReportOutput, memory_type_context, pat_state_json, pat_state_line,
+)
 
 DESCRIPTION = "show PAT reservations, who owns them and what looks wrong (no probes needed)"
 
@@ -14,12 +18,16 @@ EPILOG = """\
 examples:
   memtrace snapshot                  # the live system (root: debugfs, /proc/iomem)
   memtrace snapshot --json           # the same as one JSON object
+  memtrace snapshot --format openmetrics -o /var/lib/prometheus/node-exporter/memtrace.prom --force
+                                     # metrics for node_exporter's textfile collector
+                                     # (docs/metrics.md; memtrace-snapshot.timer does this)
   memtrace snapshot --root tests/fixtures/guest-6.1-bochs
                                      # a snapshot written by tests/fixtures/capture_snapshot.py
 
 The PAT list needs debugfs: mount -t debugfs none /sys/kernel/debug
 Exit status: 0 nothing suspicious, 1 findings, 2 error."""
 
+FORMATS = ("text", "json", "openmetrics")
 _WIDTH = 99
 _OWNER_WIDTH = 32
 _FLAG_MARKER = "!"
@@ -29,7 +37,14 @@ _FLAG_MARKER = "!"
 
 def add_arguments(parser):
     """Add the snapshot options to ``parser``."""
+    parser.add_argument("--format", choices=FORMATS, default=None,
+                        help="text (default), json (as --json) or openmetrics (Prometheus "
+                             "metrics, docs/metrics.md)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("-o", "--output", metavar="FILE",
+                        help="write to FILE, replaced atomically (openmetrics: mode 0644, for "
+                             "node_exporter's textfile collector); never through a symlink")
+    parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
     parser.add_argument(
         "--root",
         metavar="DIR",
@@ -40,16 +55,34 @@ def add_arguments(parser):
 
 def run(args):
     """Read the snapshot sources, analyse them and print the result; return the exit status."""
+    if args.json and args.format not in (None, "json"):
+        raise BadInput(f"--json and --format {args.format} contradict each other",
+                       "give one of them")
+    fmt = "json" if args.json else args.format or "text"
+    output_class = openmetrics.MetricsOutput if fmt == "openmetrics" else ReportOutput
+    with output_class(args.output, args.force, "snapshot") as output:
+        return _snapshot(args, fmt, output)
+
+
+def _snapshot(args, fmt, output):
     state = read_state(args.root)
     context = memory_type_context({"pat": state.pat, "mtrr": state.mtrr_text,
                                    "mtrr_default": state.mtrr_default})
     report = analyze_snapshot(state.reservations or [], state.iomem, state.pci_devices,
                               context.pat_state, context.mtrr_table)
-    if args.json:
-        print_json(_as_json(state, report, context))
-    else:
-        print(_as_text(state, report, context))
+    output.write(_render(fmt, state, report, context))
     return EXIT_FINDINGS if report.findings else EXIT_OK
+
+
+def _render(fmt, state, report, context):
+    if fmt == "json":
+        return json.dumps(_as_json(state, report, context), indent=2) + "\n"
+    if fmt == "openmetrics":
+        return openmetrics.render(openmetrics.snapshot_families(
+            state.kernel_release, context.pat_state.enabled,
+            None if state.reservations is None else report.reservations,
+            state.pci_devices, report.findings))
+    return _as_text(state, report, context) + "\n"
 
 
 def _as_text(state, report, context):
