@@ -8,11 +8,11 @@ its version string. ``resolve`` turns a requested name into the symbol to probe,
 NotTraceable saying why not.
 """
 
-import difflib
 import re
 from dataclasses import dataclass
 from typing import FrozenSet, NamedTuple, Optional, Tuple
 
+from memtrace.analysis.name_index import NameIndex, closest_by_tiers
 from memtrace.errors import MemtraceError, NotTraceable
 from memtrace.probes.kallsyms import SymbolTable, clone_base
 from memtrace.probes.kmod_symbols import ModuleFiles
@@ -363,14 +363,10 @@ def _suggestions(name, module, source):
         other = _unloaded_target_module_with(name, source)
         if other is not None:
             return f"did you mean {other}:{name}? (module {other} is not loaded)"
-    pool = {n for n in pool if not n.startswith("__pfx_")}
+    index = NameIndex(n for n in pool if not n.startswith("__pfx_"))
     # Near misses first; then looser matches, so that a name far from everything still gets
-    # the nearest few rather than nothing (a second or two over ~60,000 names).
-    close = []
-    for cutoff in (0.8, 0.6, 0.45):
-        close = difflib.get_close_matches(name, pool, n=3, cutoff=cutoff)
-        if close:
-            break
+    # the nearest few rather than nothing.
+    close = closest_by_tiers(index.ranked(name, cutoff=0.45), (0.8, 0.6, 0.45))
     if close:
         prefix = f"{module}:" if module else ""
         return "closest names: " + ", ".join(prefix + n for n in close)

@@ -1,7 +1,6 @@
 """`memtrace latency`: how long kernel functions take, and what each buffer move cost."""
 
 import dataclasses
-import difflib
 import fnmatch
 import math
 import platform
@@ -15,8 +14,11 @@ from memtrace.analysis.events import ROLE_MOVE, ROLE_TIMED
 from memtrace.analysis.latency import (
     UNIT_NS, latency_rows, row_from_histogram, slot_bounds, subtract_histograms,
 )
+from memtrace.analysis.name_index import NameIndex
 from memtrace.analysis.slow_moves import describe_slow_moves
 from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput
+from memtrace.probes.backend import reader_notes
+from memtrace.tools import workload_fate
 from memtrace.tools.record import add_tracing_arguments, workload_argv
 from memtrace.tools.render import hex_range, table
 from memtrace.tools.tracing_io import (
@@ -134,6 +136,7 @@ def run(args):
             result = _from_trace(args)
         else:
             result = _live(args, workload, output.stream)
+        workload_fate.apply(result.source, "latency", traced_anything=result.selected > 0)
         output.write(_RENDERERS[args.format](result))
     return EXIT_FINDINGS if result.slow_found else EXIT_OK
 
@@ -321,7 +324,7 @@ def _closest(pattern, events):
     if not names:
         return "the trace holds no calls at all"
     word = pattern.rpartition(":")[2].strip("*?[]")
-    close = difflib.get_close_matches(word, sorted(names), n=3, cutoff=0.0)
+    close = NameIndex(names).closest(word, n=3)
     return "closest functions in the trace: " + ", ".join(close)
 
 
@@ -399,7 +402,7 @@ class _LiveTrace:
         """Rows of the probes summed in the kernel; with ``minus`` (histograms, totals of an
         earlier read) only what happened since."""
         backend = self.session.backend
-        aggregated = getattr(backend, "aggregated", frozenset())
+        aggregated = backend.aggregated
         if not aggregated:
             return [], {}, {}
         histograms, totals = backend.histograms(), backend.totals()
@@ -486,7 +489,9 @@ def _live(args, workload, stream):
     source.lost_events, source.missed_returns = stats.lost_events, stats.missed_returns
     if missing_stacks_note(stats.missing_stacks):
         source.notes.append(missing_stacks_note(stats.missing_stacks))
+    source.notes.extend(reader_notes(session.backend.notes, session.backend.cleanup_problems))
     source.seconds = round(result.seconds, 3)
+    source.footer = workload_fate.fate_fields(result.workload_status, result.stopped_by)
     rows, slow, causes = _analyse(live.selected, live.context, source, args, measure)
     aggregated, _, _ = live.aggregated_rows()
     order = [p.probe_name for p in chosen]
@@ -870,7 +875,7 @@ def render_json(result):
         "backend": source.backend,
         "backend_reason": source.backend_reason,
         "seconds": source.seconds,
-        "workload": source.workload,
+        **workload_fate.json_fields(source),
         "unit": unit,
         "measure": result.measure,
         "events": result.selected,
