@@ -19,6 +19,9 @@ PACKAGES="qemu-system-x86 initramfs-tools kmod pciutils
 # network and runs it on Debian's python3 alone; groff checks the generated man pages and
 # man-db shows the installed ones.
 PACKAGES="$PACKAGES python3-tabulate python3-psutil python3-pyroute2 groff-base man-db"
+# The fleet test (tests/fleet) runs Prometheus and node_exporter's binaries itself on
+# loopback ports; the exposition's unit tests parse with the official Python client.
+PACKAGES="$PACKAGES prometheus prometheus-node-exporter python3-prometheus-client"
 
 missing=""
 for pkg in $PACKAGES; do
@@ -28,6 +31,13 @@ done
 if [ -n "$missing" ]; then
     echo "setup.sh: installing$missing"
     apt-get update -q
+    # No service a package ships (prometheus, node_exporter on :9090, :9100) may start here:
+    # policy-rc.d's 101 means "not now" to invoke-rc.d and deb-systemd-invoke.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
 fi
 
