@@ -373,6 +373,7 @@ class BccBackend(Backend):
     """
 
     name = "bcc"
+    has_histograms = True
 
     def __init__(self, plan, on_event, options=None):
         super().__init__(plan, on_event, options)
@@ -381,7 +382,6 @@ class BccBackend(Backend):
         self.aggregated = frozenset(names if wanted is True else names & set(wanted))
         self.aggregate = bool(self.aggregated)
         self.all_aggregated = self.aggregated == names
-        self.notes: List[str] = []
         self.compile_seconds = None
         self.attach_seconds = None
         self._bpf = None
@@ -403,6 +403,11 @@ class BccBackend(Backend):
         self._final_counters = None
         self._final_histograms = None
         self._final_totals = None
+
+    @property
+    def returns_carry_arguments(self):
+        """See Backend: the entry keeps the arguments in a map its return reads."""
+        return True
 
     # -- attach ---------------------------------------------------------------------------
 
@@ -761,11 +766,15 @@ class BccBackend(Backend):
     # -- detach ---------------------------------------------------------------------------
 
     def _detach_one(self, kind, event, fn_name):
-        with contextlib.suppress(Exception):
+        """Detach one probe; return None, or why bcc could not (one line)."""
+        try:
             if kind == "kprobe":
                 self._bpf.detach_kprobe(event=event, fn_name=fn_name)
             else:
                 self._bpf.detach_kretprobe(event=event, fn_name=fn_name)
+        except Exception as err:  # noqa: B902 - bcc raises plain Exception
+            return f"detaching the {kind} of {event}: {err}"
+        return None
 
     def detach(self):
         """Stop waiting for modules, resume held tasks, remove the entry probes, let running
@@ -787,16 +796,21 @@ class BccBackend(Backend):
             for wanted in ("kprobe", "kretprobe"):
                 for steps in self._attached.values():
                     for kind, event, fn in steps:
-                        if kind == wanted:
-                            self._detach_one(kind, event, fn)
+                        problem = self._detach_one(kind, event, fn) if kind == wanted else None
+                        if problem:
+                            self.cleanup_problems.append(problem)
                 with contextlib.suppress(Exception):
                     self._drain()
             self._final_stats()
         finally:
             self._release_held()
             box = []
-            with contextlib.suppress(Exception), _captured_stderr(box):
-                self._bpf.cleanup()
+            try:
+                with _captured_stderr(box):
+                    self._bpf.cleanup()
+            except Exception as err:  # noqa: B902 - bcc raises plain Exception
+                # The kernel frees the programs when this process exits anyway.
+                self.cleanup_problems.append(f"closing the BPF program: {err}")
             self._bpf = None
         self._raise_failure()
 

@@ -16,6 +16,7 @@ from typing import List, Optional
 from memtrace.analysis.granted import GrantedFromMapSync
 from memtrace.errors import BadInput, FeatureMissing, MemtraceError
 from memtrace.probes import btf, kmod_symbols, plan as plans
+from memtrace.probes.module_watch import ModuleWatch
 from memtrace.probes.features import running_kernel_features
 
 BACKEND_CLASSES = {
@@ -107,6 +108,7 @@ class TraceSession:
         self.options.setdefault("debug", debug)
         self.backend = None
         self.removed_stale = []
+        self.modules = None
 
     def describe(self):
         """Backend, reason and probes, JSON-ready, for headers."""
@@ -146,6 +148,7 @@ class TraceSession:
         previous_term = signal.signal(signal.SIGTERM, _raise_stop)
         try:
             self.backend.attach()
+            self.modules = ModuleWatch(self.plan.probes)
             if on_attached:
                 on_attached(self)
             child = _start_workload(workload) if workload else None
@@ -161,6 +164,7 @@ class TraceSession:
             try:
                 if child is not None and child.poll() is None:
                     _end_workload(child)
+                self._check_modules(force=True)
                 self.backend.detach()
                 for ready in completer.flush():
                     on_event(ready)
@@ -170,9 +174,16 @@ class TraceSession:
         status = child.returncode if child is not None else None
         return SessionResult(time.monotonic() - started, status, stopped_by)
 
+    def _check_modules(self, force=False):
+        """Note in the backend's notes every probed module unloaded (or loaded) since the
+        last check."""
+        if self.modules is not None:
+            self.backend.notes.extend(self.modules.check(force))
+
     def _wait(self, child, duration, started, on_tick=None, tick_seconds=None):
         next_tick = started + tick_seconds if on_tick and tick_seconds else None
         while True:
+            self._check_modules()
             if next_tick is not None and time.monotonic() >= next_tick:
                 on_tick(self)
                 next_tick += tick_seconds

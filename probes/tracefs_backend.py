@@ -508,14 +508,17 @@ class TracefsBackend(Backend):
         self.compiled = compile_plan(plan, self.group)
         self.granted_at_return = False
         self.clock = None
-        self.notes = []
-        self.cleanup_problems = []
         self._retarg_ok = None
         self._instance_made = False
         self._fd = None
         self._raw = None
         self._parser = None
         self._detached = False
+
+    @property
+    def returns_carry_arguments(self):
+        """See Backend: ``$argN`` in return probes (Linux 6.9+); None before attach."""
+        return self.granted_at_return if self._parser is not None else None
 
     def program(self):
         """The kprobe_events lines this backend writes (``--dump-program``), first choices."""

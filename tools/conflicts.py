@@ -12,6 +12,7 @@ from memtrace.analysis.conflicts import (
 from memtrace.analysis.latency import throughput_mbps
 from memtrace.analysis.slow_moves import describe_slow_moves, estimated_wc_ns
 from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput, MemtraceError
+from memtrace.probes.backend import reader_notes
 from memtrace.tools.record import add_tracing_arguments, workload_argv
 from memtrace.tools.render import hex_range, table
 from memtrace.tools.tracing_io import (
@@ -152,6 +153,7 @@ def _live(args, workload):
                                                        ended.get("pat_snapshot_end")}))
     if missing_stacks_note(stats.missing_stacks):
         source.notes.append(missing_stacks_note(stats.missing_stacks))
+    source.notes.extend(reader_notes(session.backend.notes, session.backend.cleanup_problems))
     if snapshot is None:
         source.notes.append(f"No PAT snapshot ({environment.get('pat_snapshot_note')}): "
                             "reservations made before tracing are unknown.")

@@ -7,6 +7,7 @@ import sys
 import threading
 
 from memtrace.errors import BadInput
+from memtrace.probes.backend import footer_fields, reader_notes
 from memtrace.probes.environment import end_state, pci_devices, trace_environment
 from memtrace.probes.process_watch import ProcessWatcher, ProcessWatchUnavailable
 from memtrace.probes.session import TraceSession
@@ -116,7 +117,7 @@ def record_trace(path, workload, duration=None, backend="auto", extra_functions=
         header = trace_environment()
         header.update(attached_session.describe())
         header["workload"] = workload
-        header["granted_at_return"] = getattr(attached_session.backend, "granted_at_return", None)
+        header["granted_at_return"] = attached_session.backend.returns_carry_arguments
         writers.append(TraceWriter(stream, header))
 
     def write_header(attached_session):
@@ -142,7 +143,7 @@ def record_trace(path, workload, duration=None, backend="auto", extra_functions=
             for event in early_events:
                 writers[0].event(event)
         writer, stats = writers[0], session.backend.stats
-        footer = stats.as_dict()
+        footer = footer_fields(session.backend)
         footer.update({"seconds": round(result.seconds, 3), "stopped_by": result.stopped_by,
                        "workload_status": result.workload_status,
                        "stale_removed": session.removed_stale,
@@ -157,6 +158,8 @@ def record_trace(path, workload, duration=None, backend="auto", extra_functions=
           f"lost {stats.lost_events}, missed returns {stats.missed_returns}{stacks}, "
           f"attach failures {len(stats.attach_failures)}; {_watch_summary(watch, writer)}",
           file=sys.stderr)
+    for note in reader_notes(session.backend.notes, session.backend.cleanup_problems):
+        print(f"memtrace {command}: note: {note}", file=sys.stderr)
 
 
 def _start_watch(watch, command):

@@ -16,6 +16,7 @@ from memtrace.analysis.effective_timeline import MemoryTypeContext
 from memtrace.analysis.reservations import parse_pat_snapshot
 from memtrace.analysis.slow_moves import DEFAULT_SLOW_FACTOR, DEFAULT_WC_REFERENCE_MBPS
 from memtrace.errors import BadInput, MemtraceError
+from memtrace.probes.backend import reader_notes
 from memtrace.tools.render import hex_range
 from memtrace.safefile import AtomicOutput, refuse_inputs
 
@@ -105,6 +106,7 @@ def read_recorded_trace(path):
     note = missing_stacks_note(footer.get("missing_stacks"))
     if note:
         source.notes.append(note)
+    source.notes.extend(reader_notes(footer.get("backend_notes"), footer.get("cleanup_problems")))
     return source
 
 

@@ -466,6 +466,7 @@ class FakeBackend:
     def __init__(self, name, aggregated):
         self.stats = BackendStats(lost_events=3, missed_returns=1)
         self.aggregated = aggregated
+        self.notes, self.cleanup_problems = ["events through a BPF ring buffer"], []
         self.hist, self.sums = {}, {}
 
     def histograms(self):

@@ -525,7 +525,8 @@ class FakeSession:
     def __init__(self, requests, backend="auto", debug=False):
         self.plan = argparse.Namespace(probes=["memtype_reserve"])
         self.backend_name, self.backend_reason = "tracefs", "test"
-        self.backend = argparse.Namespace(stats=FakeStats(), granted_at_return=True)
+        self.backend = argparse.Namespace(stats=FakeStats(), returns_carry_arguments=True,
+                                          notes=[], cleanup_problems=[])
         self.removed_stale = []
 
     def describe(self):

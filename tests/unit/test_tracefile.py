@@ -282,7 +282,8 @@ class _Session:
         import argparse
         self.plan = argparse.Namespace(probes=[])
         self.backend_name, self.backend_reason = "tracefs", "test"
-        self.backend = argparse.Namespace(stats=_Stats(), granted_at_return=True)
+        self.backend = argparse.Namespace(stats=_Stats(), returns_carry_arguments=True,
+                                          notes=[], cleanup_problems=[])
         self.removed_stale = []
 
     def describe(self):
