@@ -93,10 +93,6 @@ def with_funclatency():
             "exact": "histogram", "lost": None}
 
 
-def _cell(value, fmt="{:.1f}"):
-    return "-" if value is None else fmt.format(value)
-
-
 def _spread(values, fmt="{:.1f}"):
     """``median (min-max)`` of ``values``, or the one value."""
     if len(values) == 1:

@@ -35,11 +35,6 @@ class KernelSymbol(NamedTuple):
         """True when the entry is code (t, T, w or W)."""
         return self.type in TEXT_TYPES
 
-    @property
-    def is_global(self):
-        """True for an exported-linkage symbol (upper-case type letter)."""
-        return self.type.isupper()
-
 
 def _is_pseudo_module(owner):
     # JIT-ed BPF programs and ftrace trampolines are listed like modules but are none.
@@ -122,23 +117,6 @@ class SymbolTable:
             for name, entries in self._by_name.items()
             if any(s.is_function and (module is None or s.module == module) for s in entries)
         }
-
-
-def parse_kallsyms_line(line):
-    """Parse one kallsyms line into a KernelSymbol, or return None if it is malformed."""
-    fields = line.split()
-    if len(fields) not in (3, 4) or len(fields[1]) != 1:
-        return None
-    try:
-        address = int(fields[0], 16)
-    except ValueError:
-        return None
-    module = None
-    if len(fields) == 4:
-        if not (fields[3].startswith("[") and fields[3].endswith("]") and len(fields[3]) > 2):
-            return None
-        module = fields[3][1:-1]
-    return KernelSymbol(address, fields[1], fields[2], module)
 
 
 _LINE_RE = re.compile(r"^([0-9a-fA-F]+) (\S) (\S+)(?:[ \t]+\[(\S+)\])?[ \t]*$", re.M)
