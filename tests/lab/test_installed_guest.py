@@ -204,6 +204,19 @@ def test_installed_command_man_page_and_completion_on_this_machine(installed_deb
     assert completed.stdout.strip() == "conflicts", completed.stderr
 
 
+def test_installed_metrics_timers_are_not_enabled(installed_deb):
+    """The package installs the node_exporter timers (docs/metrics.md) and enables none."""
+    units = ("memtrace-snapshot.service", "memtrace-snapshot.timer", "memtrace-bench.service",
+             "memtrace-bench.timer")
+    for unit in units:
+        assert os.path.isfile(f"/lib/systemd/system/{unit}"), unit
+    enabled = [os.path.join(top, name) for top, _dirs, names in os.walk("/etc/systemd")
+               for name in names if name.startswith("memtrace")]
+    assert enabled == []
+    listed = _run(["dpkg-query", "-L", PACKAGE]).stdout.split()
+    assert all(f"/lib/systemd/system/{unit}" in listed for unit in units)
+
+
 def _checks(session):
     assert session.read("check.rc").strip() == "0", session.read("check.err")
     return json.loads(session.read("check.json"))

@@ -193,3 +193,56 @@ def test_deb_command_runs_on_debians_python3_from_a_throwaway_root(deb, tmp_path
     text = subprocess.run(["sh", "-c", f"zcat '{man}' | groff -man -Tascii -P-cbou -ww"],
                           capture_output=True, text=True, check=True)
     assert text.stderr == "" and "OVERHEAD" in text.stdout and "EXAMPLES" in text.stdout
+
+
+# -- the metrics timers (docs/metrics.md) --------------------------------------------------
+
+UNITS = ("memtrace-snapshot.service", "memtrace-snapshot.timer", "memtrace-bench.service",
+         "memtrace-bench.timer")
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+
+
+def test_deb_ships_the_metrics_timers_disabled(deb, tmp_path):
+    listing = subprocess.run(["dpkg-deb", "-c", deb], capture_output=True, text=True,
+                             check=True).stdout
+    files = {line.split()[5].lstrip(".") for line in listing.splitlines()}
+    assert {f"/lib/systemd/system/{unit}" for unit in UNITS} <= files
+    # Nothing enables them: no wants/ symlink shipped, no maintainer script enables one.
+    assert not [f for f in files if f.startswith("/etc/systemd") or ".wants/" in f]
+    scripts = subprocess.run(["dpkg-deb", "-I", deb, "postinst", "prerm"], capture_output=True,
+                             text=True, check=True).stdout
+    assert not re.search(r"systemctl\s+(?:--\S+\s+)*enable|deb-systemd-helper", scripts)
+    assert "systemctl stop memtrace-snapshot.timer memtrace-bench.timer" in scripts
+    root = tmp_path / "root"
+    subprocess.run(["dpkg-deb", "-x", deb, str(root)], check=True)
+    units = root / "lib/systemd/system"
+    snapshot = (units / "memtrace-snapshot.service").read_text()
+    assert (f"ExecStart=/usr/bin/memtrace snapshot --format openmetrics -o "
+            f"{TEXTFILE_DIR}/memtrace.prom --force\n") in snapshot
+    assert "SuccessExitStatus=1\n" in snapshot         # findings are not a failure
+    bench = (units / "memtrace-bench.service").read_text()
+    assert f"-o {TEXTFILE_DIR}/memtrace-bench.prom --force\n" in bench
+    assert "OnUnitActiveSec=5min" in (units / "memtrace-snapshot.timer").read_text()
+    assert "OnUnitActiveSec=6h" in (units / "memtrace-bench.timer").read_text()
+    for timer in ("memtrace-snapshot.timer", "memtrace-bench.timer"):
+        assert "WantedBy=timers.target" in (units / timer).read_text()
+
+
+def test_metrics_units_pass_systemd_analyze_verify(deb, tmp_path):
+    """``systemd-analyze verify`` on the installed tree (dpkg -x): the units parse without a
+    warning and their ExecStart is the package's /usr/bin/memtrace. The targets they name
+    come from this machine's systemd."""
+    import shutil
+    if shutil.which("systemd-analyze") is None or not os.path.isdir("/lib/systemd/system"):
+        pytest.skip("systemd-analyze is not installed here")
+    root = tmp_path / "root"
+    subprocess.run(["dpkg-deb", "-x", deb, str(root)], check=True)
+    units = root / "lib/systemd/system"
+    for name in os.listdir("/lib/systemd/system"):
+        source = os.path.join("/lib/systemd/system", name)
+        if name.endswith((".target", ".slice")) and os.path.isfile(source):
+            shutil.copy(source, units / name)
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", f"--root={root}",
+                           *[str(units / unit) for unit in UNITS]],
+                          capture_output=True, text=True, check=False)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
