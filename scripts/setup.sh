@@ -48,7 +48,7 @@ if ! .venv/bin/python -c 'import memtrace.tools.cli, tabulate, psutil, pyroute2,
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 fi
 # Test and build tools added to .[test] later (vermin, shtab) reach an existing venv too.
-.venv/bin/python -c 'import vermin, shtab, xdist' 2>/dev/null \
+.venv/bin/python -c 'import vermin, shtab, xdist, mypy' 2>/dev/null && [ -x .venv/bin/ruff ] \
     || .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 
 .venv/bin/memtrace lab --prepare
