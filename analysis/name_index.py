@@ -23,7 +23,7 @@ _SEP = "\n"
 def _trigrams(word: str) -> Set[str]:
     """The trigrams of ``word`` padded with the separator, so that the ends count too."""
     padded = f"{_SEP}{word}{_SEP}"
-    return {padded[i:i + 3] for i in range(len(padded) - 2)}
+    return {padded[i : i + 3] for i in range(len(padded) - 2)}
 
 
 class NameIndex:
@@ -87,8 +87,9 @@ class NameIndex:
         return [name for _, name in self.ranked(word, cutoff)[:n]]
 
 
-def closest_by_tiers(ranked: List[Tuple[float, str]], cutoffs: Iterable[float],
-                     n: int = 3) -> List[str]:
+def closest_by_tiers(
+    ranked: List[Tuple[float, str]], cutoffs: Iterable[float], n: int = 3
+) -> List[str]:
     """The best ``n`` names of ``ranked`` (from NameIndex.ranked) at the first of ``cutoffs``
     that any name reaches: near misses alone when there are some, else the looser ones."""
     for cutoff in cutoffs:

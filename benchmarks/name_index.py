@@ -27,8 +27,13 @@ import time
 from memtrace.analysis.name_index import NameIndex, closest_by_tiers
 from memtrace.probes.kallsyms import read_kallsyms
 
-WORDS = ("drm_gem_vram_bo_drver_move", "memtype_reserv", "ioremap_wcc", "ttm_move_memcopy",
-         "remap_pfn_ranges")
+WORDS = (
+    "drm_gem_vram_bo_drver_move",
+    "memtype_reserv",
+    "ioremap_wcc",
+    "ttm_move_memcopy",
+    "remap_pfn_ranges",
+)
 CUTOFFS = (0.8, 0.6, 0.45)
 
 
@@ -57,12 +62,17 @@ def _command(fn):
     memtrace = os.path.join(os.path.dirname(sys.executable), "memtrace")
     before = os.times()
     started = time.perf_counter()
-    done = subprocess.run([memtrace, "latency", "--dump-program", "--fn", fn],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [memtrace, "latency", "--dump-program", "--fn", fn],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.perf_counter() - started
     after = os.times()
-    cpu = (after.children_user - before.children_user
-           + after.children_system - before.children_system)
+    cpu = (
+        after.children_user - before.children_user + after.children_system - before.children_system
+    )
     last = (done.stderr or done.stdout).strip().splitlines()[-1]
     return wall, cpu, done.returncode, last
 
@@ -82,8 +92,10 @@ def main():
     print("|---|---|---|---|---|")
     for fn in ("drm_gem_vram_bo_drver_move", "memtype_reserve"):
         wall, cpu, code, last = _command(fn)
-        print(f"| `memtrace latency --dump-program --fn {fn}` | {wall:.2f} | {cpu:.2f} | {code} "
-              f"| {last[:90]} |")
+        print(
+            f"| `memtrace latency --dump-program --fn {fn}` | {wall:.2f} | {cpu:.2f} | {code} "
+            f"| {last[:90]} |"
+        )
 
 
 if __name__ == "__main__":

@@ -12,20 +12,102 @@ from memtrace.probes.targets import SymbolSource, resolve
 
 # The names a user means, with the neighbours a real kernel has next to them.
 REAL = (
-    "memtype_reserve", "memtype_reserve_io", "memtype_free", "memtype_free_io",
-    "memtype_kernel_map_sync", "ioremap", "ioremap_wc", "ioremap_uc", "ioremap_wt",
-    "ioremap_cache", "ioremap_prot", "iounmap", "remap_pfn_range", "remap_pfn_range_notrack",
-    "pfnmap_track", "pfnmap_untrack", "ttm_move_memcpy", "ttm_bo_move_memcpy",
-    "ttm_bo_move_accel_cleanup", "drm_gem_vram_bo_driver_move",
-    "drm_gem_vram_driver_dumb_create", "drm_gem_vram_bo_driver_move_notify",
-    "arch_phys_wc_add", "arch_phys_wc_del", "mtrr_add_page", "mtrr_del_page",
+    "memtype_reserve",
+    "memtype_reserve_io",
+    "memtype_free",
+    "memtype_free_io",
+    "memtype_kernel_map_sync",
+    "ioremap",
+    "ioremap_wc",
+    "ioremap_uc",
+    "ioremap_wt",
+    "ioremap_cache",
+    "ioremap_prot",
+    "iounmap",
+    "remap_pfn_range",
+    "remap_pfn_range_notrack",
+    "pfnmap_track",
+    "pfnmap_untrack",
+    "ttm_move_memcpy",
+    "ttm_bo_move_memcpy",
+    "ttm_bo_move_accel_cleanup",
+    "drm_gem_vram_bo_driver_move",
+    "drm_gem_vram_driver_dumb_create",
+    "drm_gem_vram_bo_driver_move_notify",
+    "arch_phys_wc_add",
+    "arch_phys_wc_del",
+    "mtrr_add_page",
+    "mtrr_del_page",
 )
-_PREFIXES = ("drm", "ttm", "pci", "acpi", "ext4", "xfs", "nvme", "usb", "snd", "net", "tcp",
-             "mm", "kvm", "x86", "blk", "scsi", "virtio", "i915", "amdgpu", "btrfs", "sched")
-_PARTS = ("gem", "bo", "dev", "queue", "page", "map", "buf", "ctx", "irq", "dma", "vram", "fence",
-          "reg", "sync", "node", "list", "cache", "range", "res", "mem", "io", "work", "timer")
-_VERBS = ("init", "exit", "alloc", "free", "get", "put", "add", "del", "move", "copy", "read",
-          "write", "create", "destroy", "lookup", "attach", "detach", "reserve", "release")
+_PREFIXES = (
+    "drm",
+    "ttm",
+    "pci",
+    "acpi",
+    "ext4",
+    "xfs",
+    "nvme",
+    "usb",
+    "snd",
+    "net",
+    "tcp",
+    "mm",
+    "kvm",
+    "x86",
+    "blk",
+    "scsi",
+    "virtio",
+    "i915",
+    "amdgpu",
+    "btrfs",
+    "sched",
+)
+_PARTS = (
+    "gem",
+    "bo",
+    "dev",
+    "queue",
+    "page",
+    "map",
+    "buf",
+    "ctx",
+    "irq",
+    "dma",
+    "vram",
+    "fence",
+    "reg",
+    "sync",
+    "node",
+    "list",
+    "cache",
+    "range",
+    "res",
+    "mem",
+    "io",
+    "work",
+    "timer",
+)
+_VERBS = (
+    "init",
+    "exit",
+    "alloc",
+    "free",
+    "get",
+    "put",
+    "add",
+    "del",
+    "move",
+    "copy",
+    "read",
+    "write",
+    "create",
+    "destroy",
+    "lookup",
+    "attach",
+    "detach",
+    "reserve",
+    "release",
+)
 _SUFFIXES = ("", "", "", "", ".cold", ".isra.0", ".constprop.0", "_locked", "_notify")
 
 
@@ -47,15 +129,18 @@ def index():
     return NameIndex(kernel_names())
 
 
-@pytest.mark.parametrize("typed, meant", [
-    ("drm_gem_vram_bo_drver_move", "drm_gem_vram_bo_driver_move"),
-    ("memtype_reserv", "memtype_reserve"),
-    ("memtype_resrve", "memtype_reserve"),
-    ("ioremap_wcc", "ioremap_wc"),
-    ("ttm_move_memcopy", "ttm_move_memcpy"),
-    ("remap_pfn_ranges", "remap_pfn_range"),
-    ("arch_phys_wc_dell", "arch_phys_wc_del"),
-])
+@pytest.mark.parametrize(
+    "typed, meant",
+    [
+        ("drm_gem_vram_bo_drver_move", "drm_gem_vram_bo_driver_move"),
+        ("memtype_reserv", "memtype_reserve"),
+        ("memtype_resrve", "memtype_reserve"),
+        ("ioremap_wcc", "ioremap_wc"),
+        ("ttm_move_memcopy", "ttm_move_memcpy"),
+        ("remap_pfn_ranges", "remap_pfn_range"),
+        ("arch_phys_wc_dell", "arch_phys_wc_del"),
+    ],
+)
 def test_a_misspelt_name_suggests_the_meant_one_first(index, typed, meant):
     assert index.closest(typed, n=3)[0] == meant
 
@@ -90,8 +175,9 @@ def test_a_small_pool_is_ranked_whole():
 
 
 def test_resolve_names_the_closest_kernel_functions_of_a_kernel_sized_kallsyms():
-    text = "".join(f"ffffffff{0x81000000 + i * 16:08x} t {name}\n"
-                   for i, name in enumerate(kernel_names()))
+    text = "".join(
+        f"ffffffff{0x81000000 + i * 16:08x} t {name}\n" for i, name in enumerate(kernel_names())
+    )
     source = SymbolSource(parse_kallsyms(text))
     with pytest.raises(NotTraceable) as caught:
         resolve("drm_gem_vram_bo_drver_move", source)
