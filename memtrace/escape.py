@@ -45,7 +45,10 @@ def text_tree(value, multiline=("mtrr",)):
     return value
 
 
-_MD_SPECIAL = re.compile(r"([\\`*<|~&])")
+_MD_SPECIAL = re.compile(r"([\\`*|~&])")
+# Only "<" before a letter, "/", "!" or "?" can open an HTML tag or an autolink: "a <- b"
+# stays as it is.
+_MD_TAG = re.compile(r"<(?=[A-Za-z/!?])")
 # "_" can only close emphasis when no letter or digit follows it, so escaping those runs is
 # enough; "__ioremap_caller" stays readable.
 _MD_UNDERSCORES = re.compile(r"(?<!_)_+(?![0-9A-Za-z_])")
@@ -57,7 +60,7 @@ def md(value):
     """``value`` escaped for inline markdown, on one line: nothing in it can open a link,
     emphasis, code, an HTML tag or end a table cell. Backslash escapes are used only where
     needed, so kernel symbols such as ``ttm_bo_vmap`` stay readable in the raw text."""
-    out = _MD_SPECIAL.sub(r"\\\1", text(value))
+    out = _MD_TAG.sub(r"\\<", _MD_SPECIAL.sub(r"\\\1", text(value)))
     out = _MD_UNDERSCORES.sub(lambda m: "\\_" * len(m.group(0)), out)
     return _MD_LINK.sub("]\\\\", out)
 

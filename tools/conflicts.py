@@ -2,7 +2,6 @@
 
 import platform
 import sys
-import textwrap
 
 from memtrace import __version__
 from memtrace.analysis.conflicts import (
@@ -13,8 +12,10 @@ from memtrace.analysis.latency import throughput_mbps
 from memtrace.analysis.slow_moves import describe_slow_moves, estimated_wc_ns
 from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput, MemtraceError
 from memtrace.probes.backend import reader_notes
+from memtrace.tools.document import Document, Heading, Lines, Para, Table, more, render
 from memtrace.tools.record import add_tracing_arguments, workload_argv
-from memtrace.tools.render import hex_range, table
+from memtrace.tools.render import hex_range, seconds, stack, who
+from memtrace.tools.report_words import KIND_NAMES
 from memtrace.tools.tracing_io import (
     ReportOutput, add_output_arguments, add_slow_move_arguments, missed_returns_text,
     memory_type_context, missing_stacks_note, model_check_line, pat_state_json, pat_state_line,
@@ -46,28 +47,14 @@ CMD's own output goes to stderr, so that stdout carries only the report.
 Exit status: 0 no findings, 1 conflicts or slow moves found, 2 error (one line on stderr).
 """
 
-_WIDTH = 100
-_INDENT = "   "
-_STACK_FRAMES = 8
-_MARKDOWN_FRAMES = 20
-_KIND_TITLES = {
-    DOWNGRADE: "downgrade",
-    USER_MAP_DOWNGRADE: "user mapping downgraded",
-    REFUSED: "refused",
-    STATIC: "uncached framebuffer",
-    PAT_DISABLED: "PAT disabled",
-    UPGRADE: "upgrade (warning)",
-    MTRR_DOWNGRADE: "MTRR downgrade (warning)",
-}
-_SLOW_ROWS = 20
-
-
 def add_arguments(parser):
     """Register `memtrace conflicts`' options on ``parser``."""
     parser.add_argument("-i", "--input", metavar="TRACE",
                         help="analyse a trace written by `memtrace record` instead of tracing")
-    parser.add_argument("--format", choices=("text", "markdown", "json"), default="text",
-                        help="text (default), markdown for a bug report, or one JSON object")
+    parser.add_argument("--format", choices=("text", "markdown", "html", "json"),
+                        default="text",
+                        help="text (default), markdown for a bug report, one HTML page, or "
+                        "one JSON object")
     add_output_arguments(parser)
     add_slow_move_arguments(parser)
     add_tracing_arguments(parser)
@@ -179,18 +166,11 @@ def _static_only(why):
     return source
 
 
-# -- rendering ------------------------------------------------------------------------------
+# -- the document (memtrace.tools.document) ------------------------------------------------
 
-
-def _who(comm, pid):
-    if comm is None:
-        return "before tracing"
-    return f"{comm} ({pid})"
-
-
-def _short(text, width):
-    text = text or "-"
-    return text if len(text) <= width else text[: width - 3] + "..."
+_MAX_FINDINGS = 100      # findings shown one by one; the rest are counted (--format json)
+_MAX_PARTIES = 12        # requesters listed in a finding's table
+_PARTIES = ["", "range", "type", "process", "function"]
 
 
 def _types_text(conflict):
@@ -202,7 +182,7 @@ def _types_text(conflict):
 
 
 def _title(conflict):
-    what = _KIND_TITLES[conflict.kind]
+    what = KIND_NAMES[conflict.kind]
     if conflict.kind in (DOWNGRADE, USER_MAP_DOWNGRADE, PAT_DISABLED, UPGRADE, MTRR_DOWNGRADE):
         what += f" {_types_text(conflict)}"
     elif conflict.kind == REFUSED:
@@ -210,78 +190,92 @@ def _title(conflict):
     elif conflict.granted:
         what += f" {conflict.granted}"
     where = hex_range(conflict.start, conflict.end)
-    return f"{what} on {where} ({human_size(conflict.end - conflict.start)})"
+    title = f"{what} on {where} ({human_size(conflict.end - conflict.start)})"
+    occurrences = getattr(conflict, "occurrences", 1) or 1
+    return title + (f" \u00d7 {occurrences}" if occurrences > 1 else "")
 
 
-def _device(conflict):
-    if not conflict.device:
-        return None
-    return f"device: {conflict.device} ({conflict.pci_id}), driver {conflict.driver or '(none)'}"
-
-
-def _mapped(conflict):
-    mapped = sorted({r.mapped for r in conflict.requesters if r.mapped})
-    return f"mapped: {', '.join(mapped)}" if mapped else None
+def _party(comm, pid, before_tracing=False):
+    return "before tracing" if before_tracing or (comm is None and pid is None) else who(comm, pid)
 
 
 def _parties(conflict):
-    rows = [("requester", hex_range(conflict.start, conflict.end), conflict.requested or "-",
-             _short(_who(r.comm, r.pid), 24), _short(r.function, 38))
-            for r in conflict.requesters]
+    requesters = list(conflict.requesters)
+    rows = [["requester", hex_range(conflict.start, conflict.end), conflict.requested or "-",
+             _party(r.comm, r.pid), r.function or "-"] for r in requesters[:_MAX_PARTIES]]
+    if len(requesters) > _MAX_PARTIES:
+        rows.append([f"... {len(requesters) - _MAX_PARTIES} more", "", "", "", ""])
     holders = conflict.holders or ([conflict.holder] if conflict.holder is not None else [])
     labels = ["holder"] if len(holders) < 2 else ["holder (first)", "holder (differs)"]
     for label, holder in zip(labels, holders):
-        rows.append((label, hex_range(holder.start, holder.end), holder.type,
-                     _short(_who(holder.holder.comm, holder.holder.pid), 24),
-                     _short(holder.holder.function, 38)))
+        rows.append([label, hex_range(holder.start, holder.end), holder.type,
+                     _party(holder.holder.comm, holder.holder.pid, holder.holder.before_tracing),
+                     holder.holder.function or "-"])
     return rows
 
 
 def _chain_lines(conflict):
-    """``chain: fd000000-fe000000 UC- set by ... <- adopted by ...`` lines, or []."""
+    """``adoption chain: first fd000000-fe000000 UC-: ...; then ...``, or []."""
     if not conflict.chain:
         return []
     lines = []
     for link in conflict.chain:
-        who = ("before tracing" if link.holder.before_tracing
-               else f"{link.holder.function or '?'} ({link.holder.comm}, pid {link.holder.pid}) "
-                    f"at {link.holder.ts_ns / 1e9:.3f} s")
+        by = ("before tracing" if link.holder.before_tracing
+              else f"{link.holder.function or '?'} ({who(link.holder.comm, link.holder.pid)}) "
+                   f"at {seconds(link.holder.ts_ns)}")
         where = hex_range(link.start, link.end)
         times = f", {link.count} times" if link.count > 1 else ""
         if link.adopted:
-            lines.append(f"then {where} asked {link.requested}, adopted {link.type}: {who}{times}")
+            lines.append(f"then {where} asked {link.requested}, adopted {link.type}: {by}{times}")
         else:
-            lines.append(f"first {where} {link.type}: {who}")
+            lines.append(f"first {where} {link.type}: {by}")
     return ["adoption chain: " + "; ".join(lines)]
 
 
-def _impact(conflict):
-    if conflict.kind in (REFUSED, STATIC, UPGRADE):
-        return None
-    return f"impact: {describe_impact(conflict.impact) or 'no buffer move ran on it'}"
-
-
-def _stacks(conflict):
-    out = []
-    if conflict.requester is not None and conflict.requester.stack:
-        out.append(("requester stack", conflict.requester.stack))
-    if conflict.holder is not None and conflict.holder.holder.stack:
-        out.append(("holder stack", conflict.holder.holder.stack))
-    return out
-
-
-def _stack_text(frames):
-    shown = " <- ".join(frames[:_STACK_FRAMES])
-    more = len(frames) - _STACK_FRAMES
-    return shown + (f" <- ... ({more} more)" if more > 0 else "")
-
-
 def _when(conflict):
+    """When it was seen: ``seen 2 times from 1.000 s to 2.000 s (kernel clock)``; for a
+    merged finding also how many times and which processes."""
+    occurrences = getattr(conflict, "occurrences", 1) or 1
+    if occurrences > 1:
+        first = getattr(conflict, "first_ts_ns", None)
+        last = getattr(conflict, "last_ts_ns", None)
+        first = conflict.first_ns if first is None else first
+        last = conflict.last_ns if last is None else last
+        text = (f"the same finding {occurrences} times, first at {seconds(first)}, last at "
+                f"{seconds(last)} (kernel clock)")
+        processes = list(getattr(conflict, "processes", ()) or ())
+        count = getattr(conflict, "process_count", len(processes)) or len(processes)
+        if processes:
+            shown = ", ".join(who(comm, pid) for comm, pid in processes[:4])
+            extra = count - min(len(processes), 4)
+            text += f", by {shown}" + (f" and {extra} more processes" if extra > 0 else "")
+        return text
     if conflict.first_ns is None:
         return None
-    first, last = conflict.first_ns / 1e9, conflict.last_ns / 1e9
-    span = f"at {first:.3f} s" if conflict.count == 1 else f"from {first:.3f} s to {last:.3f} s"
+    span = (f"at {seconds(conflict.first_ns)}" if conflict.count == 1
+            else f"from {seconds(conflict.first_ns)} to {seconds(conflict.last_ns)}")
     return f"seen {conflict.count} time{'s' if conflict.count > 1 else ''} {span} (kernel clock)"
+
+
+def _details(conflict):
+    lines = []
+    if conflict.device:
+        lines.append(f"device: {conflict.device} ({conflict.pci_id}), driver "
+                     f"{conflict.driver or '(none)'}")
+    mapped = sorted({r.mapped for r in conflict.requesters if r.mapped})
+    if mapped:
+        lines.append(f"mapped: {', '.join(mapped)}")
+    lines.append(_when(conflict))
+    if conflict.kind not in (REFUSED, STATIC, UPGRADE):
+        lines.append(f"impact: {describe_impact(conflict.impact) or 'no buffer move ran on it'}")
+    lines += _chain_lines(conflict)
+    if conflict.reason:
+        lines.append(f'the kernel printed: "{conflict.reason}"')
+    if conflict.requester is not None and conflict.requester.stack:
+        lines.append(stack("requester stack", conflict.requester.stack))
+    if conflict.holder is not None and conflict.holder.holder.stack:
+        lines.append(stack("holder stack", conflict.holder.holder.stack))
+    return [line for line in lines if line]
 
 
 def _preamble(source):
@@ -335,13 +329,10 @@ def _summary_line(source, report):
             "type it asked for or a faster one, and none was refused.")
 
 
-def _fill(text, indent=_INDENT):
-    return textwrap.fill(text, width=_WIDTH, initial_indent=indent, subsequent_indent=indent)
-
-
 # -- the slow-moves finding ------------------------------------------------------------------
 
-_SLOW_HEADERS = ["at", "function", "process (pid)", "type", "size", "took", "MB/s", "if WC"]
+_SLOW_ROWS = 20
+_SLOW_HEADERS = ["at", "function", "process", "type", "size", "took", "MB/s", "if WC"]
 _SLOW_REMEDY = ("No conflict above explains it: these moves' mappings were not downgraded "
                 "(they asked for an uncached type, or what they asked for is unknown). The "
                 "usual remedy is to have the driver map the memory the moves copy through "
@@ -376,20 +367,18 @@ def _slow_rows(slow):
     rows = []
     for move in slow.slow[:_SLOW_ROWS]:
         call = move.outer
-        rows.append((f"{call.ts_ns / 1e9:.3f} s", _short(call.fn, 30),
-                     _short(_who(call.comm, call.pid), 20), move.effective_type,
-                     human_size(move.bytes), human_duration(move.duration_ns),
+        rows.append([seconds(call.ts_ns), call.fn, who(call.comm, call.pid),
+                     move.effective_type, human_size(move.bytes),
+                     human_duration(move.duration_ns),
                      f"{throughput_mbps(move.bytes, move.duration_ns):.1f}",
-                     human_duration(estimated_wc_ns(move.bytes, slow.wc_reference_mbps))))
+                     human_duration(estimated_wc_ns(move.bytes, slow.wc_reference_mbps))])
     return rows
 
 
 def _slow_details(slow):
-    more = len(slow.slow) - _SLOW_ROWS
-    lines = [f"... and {more} more slow moves (all of them in --format json)"] if more > 0 else []
     uncached = len(slow.uncached)
-    lines.append(f"slow: at least {slow.slow_factor:g}x the time at the WC reference (if WC); "
-                 f"{uncached} move{'s' if uncached > 1 else ''} ran on uncached memory in all")
+    lines = [f"slow: at least {slow.slow_factor:g}x the time at the WC reference (if WC); "
+             f"{uncached} move{'s' if uncached > 1 else ''} ran on uncached memory in all"]
     if slow.cycles is not None:
         lines.append(f"cycles of the slow moves: {slow.cycles / 1e6:.1f}M")
     return lines
@@ -404,83 +393,46 @@ def _uncached_note(report):
     return describe_slow_moves(slow)
 
 
-def render_text(source, report):
-    """The report as plain text that fits 100 columns."""
-    blocks = ["\n".join(_fill(line, "") for line in _preamble(source)),
-              "\n".join(_fill(line, "") for line in (_summary_line(source, report),
-                                                      _uncached_note(report),
-                                                      model_check_line(report.model_check))
-                         if line)]
-    for number, conflict in enumerate(report.conflicts, 1):
-        parts = [textwrap.fill(f"{number}. {_title(conflict)}", width=_WIDTH,
-                               subsequent_indent=_INDENT), _fill(conflict.explanation)]
+def build_document(source, report):
+    """The conflicts report as a :class:`memtrace.tools.document.Document`."""
+    doc = Document("memtrace conflicts")
+    doc.add(Lines(_preamble(source)), Para(_summary_line(source, report), strong=True))
+    notes = [n for n in (_uncached_note(report), model_check_line(report.model_check)) if n]
+    if notes:
+        doc.add(Lines(notes))
+    for number, conflict in enumerate(report.conflicts[:_MAX_FINDINGS], 1):
+        doc.add(Heading(f"{number}. {_title(conflict)}"), Para(conflict.explanation, indent=1))
         if conflict.remedy:
-            parts += ["", _fill(conflict.remedy)]
+            doc.add(Para(conflict.remedy, indent=1, label="Remedy:"))
         rows = _parties(conflict)
         if rows:
-            parts += ["", textwrap.indent(
-                table(rows, ["", "range", "type", "process (pid)", "function"]), _INDENT), ""]
-        for line in (_device(conflict), _mapped(conflict), _when(conflict),
-                     _impact(conflict), *_chain_lines(conflict)):
-            if line:
-                parts.append(_fill(line))
-        if conflict.reason:
-            parts.append(_fill(f"kernel message: {conflict.reason}"))
-        for label, frames in _stacks(conflict):
-            parts.append(textwrap.fill(f"{label}: {_stack_text(frames)}", width=_WIDTH,
-                                       initial_indent=_INDENT, subsequent_indent=_INDENT * 2))
-        blocks.append("\n".join(parts))
+            doc.add(Table(_PARTIES, rows, indent=1))
+        doc.add(Lines(_details(conflict), indent=1))
+    doc.add(more(len(report.conflicts) - _MAX_FINDINGS, "findings"))
     slow = _slow_finding(report)
     if slow is not None:
-        number = len(report.conflicts) + 1
-        parts = [textwrap.fill(f"{number}. {_slow_title(slow)}", width=_WIDTH,
-                               subsequent_indent=_INDENT),
-                 _fill(describe_slow_moves(slow)), "", _fill(_slow_cause(slow, report)), "",
-                 textwrap.indent(table(_slow_rows(slow), _SLOW_HEADERS), _INDENT), ""]
-        parts.extend(_fill(line) for line in _slow_details(slow))
-        blocks.append("\n".join(parts))
-    return "\n\n".join(blocks) + "\n"
+        doc.add(Heading(f"{len(report.conflicts) + 1}. {_slow_title(slow)}"),
+                Para(describe_slow_moves(slow), indent=1), Para(_slow_cause(slow, report), indent=1),
+                Table(_SLOW_HEADERS, _slow_rows(slow), indent=1),
+                more(len(slow.slow) - _SLOW_ROWS, "slow moves"),
+                Lines(_slow_details(slow), indent=1))
+    return doc
 
 
-def _md(text):
-    """Escape what would break a markdown table cell or inline text."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("`", "'")
+def render_text(source, report):
+    """The report as plain text that fits 80 columns."""
+    return render(build_document(source, report), "text")
 
 
 def render_markdown(source, report):
-    """The report as markdown for a GitHub, GitLab or Bugzilla comment."""
-    out = ["### memtrace conflicts", ""]
-    out.extend(f"{_md(line)}  " for line in _preamble(source))
-    out += ["", f"**{_summary_line(source, report)}**"]
-    for note in (_uncached_note(report), model_check_line(report.model_check)):
-        if note:
-            out += ["", _md(note)]
-    for number, conflict in enumerate(report.conflicts, 1):
-        out += ["", f"#### {number}. {_md(_title(conflict))}", "", _md(conflict.explanation)]
-        if conflict.remedy:
-            out += ["", f"**Remedy:** {_md(conflict.remedy)}"]
-        rows = [[_md(cell) for cell in row] for row in _parties(conflict)]
-        if rows:
-            out += ["", table(rows, ["", "range", "type", "process (pid)", "function"],
-                              fmt="github")]
-        details = [_md(line) for line in (_device(conflict), _mapped(conflict), _when(conflict),
-                                          _impact(conflict), *_chain_lines(conflict)) if line]
-        if conflict.reason:
-            details.append(f"kernel message: `{conflict.reason}`")
-        if details:
-            out += [""] + [f"- {line}" for line in details]
-        for label, frames in _stacks(conflict):
-            more = len(frames) - _MARKDOWN_FRAMES
-            shown = list(frames[:_MARKDOWN_FRAMES]) + ([f"... ({more} more)"] if more > 0 else [])
-            out += ["", f"{label}:", "", "```"] + shown + ["```"]
-    slow = _slow_finding(report)
-    if slow is not None:
-        out += ["", f"#### {len(report.conflicts) + 1}. {_md(_slow_title(slow))}", "",
-                _md(describe_slow_moves(slow)), "", _md(_slow_cause(slow, report)), "",
-                table([[_md(cell) for cell in row] for row in _slow_rows(slow)],
-                      _SLOW_HEADERS, fmt="github"), ""]
-        out += [f"- {_md(line)}" for line in _slow_details(slow)]
-    return "\n".join(out) + "\n"
+    """The report as markdown for a GitHub, GitLab or Bugzilla comment (at most 65,536
+    characters)."""
+    return render(build_document(source, report), "markdown")
+
+
+def render_html(source, report):
+    """The report as one HTML page (at most 1 MiB)."""
+    return render(build_document(source, report), "html")
 
 
 def _holder_json(holder):
@@ -584,4 +536,5 @@ def render_json(source, report):
     return json.dumps(obj, indent=2) + "\n"
 
 
-_RENDERERS = {"text": render_text, "markdown": render_markdown, "json": render_json}
+_RENDERERS = {"text": render_text, "markdown": render_markdown, "html": render_html,
+              "json": render_json}

@@ -5,7 +5,6 @@ import fnmatch
 import math
 import platform
 import sys
-import textwrap
 import time
 from typing import List, Optional
 
@@ -19,8 +18,12 @@ from memtrace.analysis.slow_moves import describe_slow_moves
 from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput
 from memtrace.probes.backend import reader_notes
 from memtrace.tools import workload_fate
+from memtrace.tools.document import (
+    Bullets, Document, Heading, Lines, Para, Pre, Table, render, render_blocks,
+)
 from memtrace.tools.record import add_tracing_arguments, workload_argv
-from memtrace.tools.render import hex_range, table
+from memtrace.tools.render import hex_range
+from memtrace.tools.report_words import latency_value
 from memtrace.tools.tracing_io import (
     ReportOutput, add_output_arguments, add_slow_move_arguments, missed_returns_text,
     memory_type_context, missing_stacks_note, pat_state_json, pat_state_line, traced_with,
@@ -53,16 +56,13 @@ stdout carries only the report.
 Exit status: 0 ok, 1 slow UC- moves found, 2 error (one line on stderr).
 """
 
-_WIDTH = 100
-_INDENT = "  "
-_STARS = 40
+_STARS = 36           # bcc draws 40; 36 keeps a 10-digit bucket within 80 columns
 _LABELS = {"ns": "nsecs", "us": "usecs", "ms": "msecs", "cycles": "cycles"}
 _TABLE_DECIMALS = {"ns": 0, "us": 3, "ms": 3, "cycles": 0}
 _EXACT_DECIMALS = {"ns": 0, "us": 3, "ms": 6, "cycles": 0}
 _MOVER_SYMBOLS = ("ttm_move_memcpy", "ttm_bo_move_memcpy", "drm_gem_vram_bo_driver_move",
                   "bo_driver_move")
 _CYCLES_SOURCES = {"pmu": "pmu", "tsc": "tsc-derived"}
-_INTERVAL_NAME = 34
 
 
 def add_arguments(parser):
@@ -79,9 +79,10 @@ def add_arguments(parser):
                        default="ns", help="CPU cycles instead of time (pmu or tsc-derived)")
     parser.add_argument("--interval", type=float, metavar="S",
                         help="while tracing, print what happened in every S seconds")
-    parser.add_argument("--format", choices=("text", "markdown", "json"), default="text",
-                        help="text (default), markdown for a bug report, or one JSON object "
-                        "(docs/latency-json.md)")
+    parser.add_argument("--format", choices=("text", "markdown", "html", "json"),
+                        default="text",
+                        help="text (default), markdown for a bug report, one HTML page, or "
+                        "one JSON object (docs/latency-json.md)")
     add_output_arguments(parser)
     add_slow_move_arguments(parser)
     add_tracing_arguments(parser)
@@ -381,7 +382,7 @@ class _LiveTrace:
         if self.out is not None and self.args.interval:
             notes = _probe_notes([p.describe() for p in self.chosen])
             if notes:
-                self.out("\n".join(notes) + "\n\n")
+                self.out(render_blocks([Lines(notes)], self.args.format))
 
     def _source(self):
         snapshot = snapshot_tuples(self.environment)
@@ -442,8 +443,8 @@ class _LiveTrace:
         self.window = []
         self.intervals.append(interval)
         if self.out is not None:
-            render = _interval_markdown if self.args.format == "markdown" else _interval_text
-            self.out(render(interval, self.args.unit))
+            self.out(render_blocks(_interval_blocks(interval, self.args.unit),
+                                   self.args.format))
 
 
 def _live(args, workload, stream):
@@ -553,12 +554,7 @@ def _mbps(value):
     return "-" if value is None else f"{value:.1f}"
 
 
-# -- text -----------------------------------------------------------------------------------
-
-
-def _fill(text, indent=""):
-    return textwrap.fill(text, width=_WIDTH, initial_indent=indent, subsequent_indent=indent,
-                         break_on_hyphens=False, break_long_words=False)
+# -- the document (memtrace.tools.document) ------------------------------------------------
 
 
 def _preamble(result):
@@ -615,36 +611,38 @@ def _heading(fn, probe, rows, unit):
     return f"{shown}: {calls} call{'s' if calls != 1 else ''}, {_unit_label(rows[0], unit)}"
 
 
-def _latency_table(rows, unit, fmt="simple"):
+def _cell(value, unit):
+    """A time in a table: ``1.24 s`` (or ``2.2G`` cycles) when no unit was asked for, so that
+    eight columns fit 80; in -u or -m, the number in that unit."""
+    if unit in ("ns", "cycles"):
+        return latency_value(value, "ns" if unit == "ns" else "cycles")
+    return _shown(value, unit)
+
+
+def _latency_table(rows, unit):
     headers = ["type", "calls", "min", "p50", "p90", "p99", "max", "total"]
     body = []
     for row in rows:
         d = row.distribution
         body.append([_memtype(row), str(_calls(row))]
-                    + [_shown(v, unit) for v in (d.min, d.p50, d.p90, d.p99, d.max, d.total)])
+                    + [_cell(v, unit) for v in (d.min, d.p50, d.p90, d.p99, d.max, d.total)])
     if not any(r.mover for r in rows):
         headers, body = headers[1:], [line[1:] for line in body]
-    return table(body, headers, fmt=fmt, colalign=_right_after(len(headers), headers[0]))
+    return Table(headers, body, indent=1)
 
 
-def _right_after(columns, first):
-    """Numbers right-aligned; a leading label column (type, function) left-aligned."""
-    labels = 1 if first in ("type", "function") else 0
-    return ("left",) * labels + ("right",) * (columns - labels)
-
-
-def _moves_table(rows, fmt="simple"):
+def _moves_table(rows):
     body = [[_memtype(row), str(_calls(row)), _shown(_bytes_per_call(row), "ns"),
              _shown(row.bytes, "ns"), _mbps(row.throughput_mbps)] for row in rows]
-    return table(body, ["type", "calls", "bytes/call", "bytes", "MB/s"], fmt=fmt,
-                 colalign=_right_after(5, "type"))
+    return Table(["type", "calls", "bytes/call", "bytes", "MB/s"], body, indent=1)
 
 
 def _histogram(row, unit):
-    """bcc funclatency's histogram of ``row``, from its first to its last non-empty bucket."""
+    """bcc funclatency's histogram of ``row``, from its first to its last non-empty bucket,
+    as lines."""
     slots = dict(row.distribution.histogram)
     if not slots:
-        return ""
+        return []
     decimals = _EXACT_DECIMALS[unit]
     label = _LABELS[unit]
     first, last = min(slots), max(slots)
@@ -659,15 +657,14 @@ def _histogram(row, unit):
         if count and not stars:
             stars = "*"
         lines.append(f"{low:>{width}} -> {high:<{width}} : {count:<8} |{stars:<{_STARS}}|")
-    return "\n".join(lines)
+    return lines
 
 
-def _function_text(fn, probe, rows, unit):
-    parts = [_fill(_heading(fn, probe, rows, unit)), "",
-             textwrap.indent(_latency_table(rows, unit), _INDENT)]
+def _function_blocks(fn, probe, rows, unit):
+    blocks = [Heading(_heading(fn, probe, rows, unit)), _latency_table(rows, unit)]
     movers = [row for row in rows if row.mover]
     if movers:
-        parts += ["", textwrap.indent(_moves_table(movers), _INDENT)]
+        blocks.append(_moves_table(movers))
     for row in rows:
         histogram = _histogram(row, unit)
         if not histogram:
@@ -675,8 +672,8 @@ def _function_text(fn, probe, rows, unit):
         title = f"{_memtype(row)} moves" if row.mover else "histogram"
         if not row.distribution.exact:
             title += " (summed in the kernel)"
-        parts += ["", f"{_INDENT}{title}:", textwrap.indent(histogram, _INDENT)]
-    return "\n".join(parts)
+        blocks.append(Pre(histogram, indent=1, title=title))
+    return blocks
 
 
 def _conflict_line(conflict):
@@ -712,89 +709,58 @@ def _probe_lines(result):
     return _probe_notes(result.probes)
 
 
-def render_text(result):
-    """The report as plain text that fits 100 columns."""
-    head = _probe_lines(result) + _preamble(result)
-    blocks = ["\n".join(_fill(line) for line in head)]
+def build_document(result):
+    """The latency report as a :class:`memtrace.tools.document.Document`."""
+    doc = Document("memtrace latency")
+    notes = _probe_lines(result)
+    if notes:
+        doc.add(Lines(notes))
+    doc.add(Lines(_preamble(result)))
     groups = _groups(result.rows)
     for (fn, probe), rows in groups.items():
-        blocks.append(_function_text(fn, probe, rows, result.unit))
+        doc.add(*_function_blocks(fn, probe, rows, result.unit))
     if not groups:
-        blocks.append("No calls of the functions asked for while tracing.")
+        doc.add(Para("No calls of the functions asked for while tracing."))
     finding = _slow_lines(result)
     if finding:
         headline, details = finding
-        blocks.append("\n".join([_fill(headline)] + [_fill(d, _INDENT) for d in details]))
-    return "\n\n".join(blocks) + "\n"
+        doc.add(Para(headline, strong=True))
+        if details:
+            doc.add(Bullets(details, indent=1))
+    return doc
 
 
-def _interval_rows(rows, unit):
-    body = []
-    for row in rows:
-        d = row.distribution
-        name = row.fn if len(row.fn) <= _INTERVAL_NAME else row.fn[:_INTERVAL_NAME - 3] + "..."
-        body.append([name, _memtype(row) if row.mover else "", str(_calls(row)),
-                     *(_shown(v, unit) for v in (d.p50, d.p99, d.max, d.total))])
-    return body, ["function", "type", "calls", "p50", "p99", "max", "total"]
-
-
-_INTERVAL_ALIGN = ("left", "left") + ("right",) * 5
-
-
-def _interval_title(interval, unit):
-    return (f"{interval.start_s:.1f}-{interval.end_s:.1f} s ({_LABELS[unit]}), "
-            f"{interval.lost_events} events lost so far")
-
-
-def _interval_text(interval, unit):
-    if not interval.rows:
-        return f"{_interval_title(interval, unit)}: no calls\n\n"
-    body, headers = _interval_rows(interval.rows, unit)
-    return (f"{_interval_title(interval, unit)}\n"
-            f"{table(body, headers, colalign=_INTERVAL_ALIGN)}\n\n")
-
-
-def _interval_markdown(interval, unit):
-    if not interval.rows:
-        return f"**{_interval_title(interval, unit)}**: no calls\n\n"
-    body, headers = _interval_rows(interval.rows, unit)
-    body = [[_md(cell) for cell in line] for line in body]
-    rendered = table(body, headers, fmt="github", colalign=_INTERVAL_ALIGN)
-    return f"**{_interval_title(interval, unit)}**\n\n{rendered}\n\n"
-
-
-# -- markdown -------------------------------------------------------------------------------
-
-
-def _md(text):
-    """Escape what would break a markdown table cell or inline text."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("`", "'")
+def render_text(result):
+    """The report as plain text that fits 80 columns."""
+    return render(build_document(result), "text")
 
 
 def render_markdown(result):
-    """The report as markdown for a GitHub, GitLab or Bugzilla comment."""
-    out = [f"{_md(line)}  " for line in _probe_lines(result)]
-    out += ["### memtrace latency", ""]
-    out.extend(f"{_md(line)}  " for line in _preamble(result))
-    unit = result.unit
-    for (fn, probe), rows in _groups(result.rows).items():
-        out += ["", f"#### {_md(_heading(fn, probe, rows, unit))}", "",
-                _latency_table(rows, unit, fmt="github")]
-        movers = [row for row in rows if row.mover]
-        if movers:
-            out += ["", _moves_table(movers, fmt="github")]
-        for row in rows:
-            histogram = _histogram(row, unit)
-            if histogram:
-                title = f"{_memtype(row)} moves" if row.mover else "histogram"
-                out += ["", f"{title}:", "", "```", histogram, "```"]
-    finding = _slow_lines(result)
-    if finding:
-        headline, details = finding
-        out += ["", f"**{_md(headline)}**"]
-        if details:
-            out += [""] + [f"- {_md(line)}" for line in details]
-    return "\n".join(out) + "\n"
+    """The report as markdown for a GitHub, GitLab or Bugzilla comment (at most 65,536
+    characters)."""
+    return render(build_document(result), "markdown")
+
+
+def render_html(result):
+    """The report as one HTML page (at most 1 MiB)."""
+    return render(build_document(result), "html")
+
+
+_INTERVAL_HEADERS = ["function", "type", "calls", "p50", "p99", "max", "total"]
+
+
+def _interval_blocks(interval, unit):
+    """What ``--interval`` prints after each interval: its title and table."""
+    title = (f"{interval.start_s:.1f}-{interval.end_s:.1f} s ({_LABELS[unit]}), "
+             f"{interval.lost_events} events lost so far")
+    if not interval.rows:
+        return [Para(f"{title}: no calls", strong=True)]
+    body = []
+    for row in interval.rows:
+        d = row.distribution
+        body.append([row.fn, _memtype(row) if row.mover else "", str(_calls(row)),
+                     *(_cell(v, unit) for v in (d.p50, d.p99, d.max, d.total))])
+    return [Para(title, strong=True), Table(_INTERVAL_HEADERS, body)]
 
 
 # -- JSON -----------------------------------------------------------------------------------
@@ -899,4 +865,5 @@ def render_json(result):
     return json.dumps(obj, indent=2) + "\n"
 
 
-_RENDERERS = {"text": render_text, "markdown": render_markdown, "json": render_json}
+_RENDERERS = {"text": render_text, "markdown": render_markdown, "html": render_html,
+              "json": render_json}

@@ -1,9 +1,12 @@
-"""Printing helpers shared by the subcommands: tables via tabulate, JSON, hex ranges."""
+"""Printing helpers shared by the subcommands: tables, JSON, and one formatter per notion
+(a physical range, a process, a kernel stack, a time on the kernel's clock)."""
 
 import json
 import sys
 
 from tabulate import tabulate
+
+STACK_FRAMES = 8
 
 
 def table(rows, headers, fmt="simple", colalign=None):
@@ -14,12 +17,39 @@ def table(rows, headers, fmt="simple", colalign=None):
 
 
 def print_json(obj, stream=None):
-    """Write ``obj`` as indented JSON followed by a newline."""
+    """Write ``obj`` as indented JSON followed by a newline, streamed in pieces (a large
+    document is never held twice in memory as one string)."""
     stream = stream or sys.stdout
-    json.dump(obj, stream, indent=2, sort_keys=False)
+    for chunk in json.JSONEncoder(indent=2).iterencode(obj):
+        stream.write(chunk)
     stream.write("\n")
 
 
 def hex_range(start, end):
-    """Format a physical range [start, end) the way the kernel prints PAT ranges."""
-    return f"{start:x}-{end:x}"
+    """Format a physical range [start, end) the way the kernel prints PAT ranges; ``start``
+    and ``end`` are integers or hex strings (``"0xfd000000"``) as the JSON documents hold."""
+    try:
+        start, end = (v if isinstance(v, int) else int(v, 16) for v in (start, end))
+        return f"{start:x}-{end:x}"
+    except (TypeError, ValueError):
+        return f"{start}-{end}"
+
+
+def who(comm, pid):
+    """``modprobe, pid 233``: a process by name and pid (``?`` for an unknown name)."""
+    if comm is None and pid is None:
+        return "unknown"
+    return f"{comm or '?'}, pid {pid}" if pid is not None else str(comm)
+
+
+def stack(label, frames, most=STACK_FRAMES):
+    """``requester stack: a <- b <- ... (4 more)``: the innermost ``most`` frames."""
+    frames = list(frames)
+    shown = " <- ".join(str(f) for f in frames[:most])
+    extra = len(frames) - most
+    return f"{label}: {shown}" + (f" <- ... ({extra} more)" if extra > 0 else "")
+
+
+def seconds(ns):
+    """``10.689 s``: a kernel timestamp or a span in nanoseconds, as seconds."""
+    return "?" if ns is None else f"{ns / 1e9:.3f} s"

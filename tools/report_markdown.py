@@ -11,7 +11,7 @@ from memtrace.escape import md, md_block
 from memtrace.tools import report_words as rr
 from memtrace.tools.render import table
 
-__all__ = ["render_markdown", "render_bench_markdown", "md", "md_block"]
+__all__ = ["render_markdown", "render_bench_markdown", "md", "md_block", "md_table"]
 
 # Rows shown per host before "and N more (see --format json)".
 MARKDOWN_RESERVATIONS = 50
@@ -28,7 +28,7 @@ def _md_cell(lines):
     return "<br>".join(md(line) for line in lines)
 
 
-def _md_table(rows, headers):
+def md_table(rows, headers):
     """A GitHub table without tabulate's alignment padding: a comment holds at most 65536
     characters on GitHub, and padding every cell to its column's widest (a kernel command
     line) would spend a third of them on spaces."""
@@ -84,7 +84,7 @@ def _md_reservations(doc, origin):
                          "!" if group.flag == "downgrade" else "", str(group.count),
                          entry.get("requester") or "unknown", rr.process_text(entry, group.pids),
                          entry.get("device") or "", freed])
-    out += [_md_table(rows, ["host", "first", "range", "requested", "granted", "!", "n",
+    out += [md_table(rows, ["host", "first", "range", "requested", "granted", "!", "n",
                              "requester", "process", "device", "freed"]), ""]
     if hidden:
         out += [_md_more(hidden), ""]
@@ -106,7 +106,7 @@ def _md_latency(doc):
             name += f" ({measure})"
         for row in group:
             rows.append([host, name, probe or "", *rr.latency_cells(row), *rr.moved_cells(row)])
-    out += [_md_table(rows, ["host", "function", "probe", *rr.LATENCY_HEADERS, "moved",
+    out += [md_table(rows, ["host", "function", "probe", *rr.LATENCY_HEADERS, "moved",
                              "MB/s"]), ""]
     return out
 
@@ -122,7 +122,7 @@ def _md_timeline(doc, origin):
         hidden += left_out
         rows += [[host, rr.rel_time(e.get("ts_ns"), origin.get(host)), e.get("kind") or "",
                   e.get("text") or ""] for e in shown]
-    out += [_md_table(rows, ["host", "time", "kind", "event"]), ""]
+    out += [md_table(rows, ["host", "time", "kind", "event"]), ""]
     if hidden:
         out += [_md_more(hidden), ""]
     return out
@@ -136,7 +136,7 @@ def _md_bench_body(bench, level):
     out = [f"**{md(line)}**", ""] + [f"- {md(e)}" for e in evidence] + [""]
     headers, rows = rr.bench_table(bench)
     if rows:
-        out += [md_block(rr.BENCH_LEGEND), "", _md_table(rows, headers), ""]
+        out += [md_block(rr.BENCH_LEGEND), "", md_table(rows, headers), ""]
     details = rr.bench_details(bench)
     if details:
         out += [f"{hashes} Mappings", ""] + [f"- {md(d)}" for d in details] + [""]
@@ -175,7 +175,7 @@ def render_markdown(doc):
     origin = rr.origins(doc)
     out = [f"## memtrace report: {md(rr.headline(doc))}", ""]
     out += [md_block(line) + "  " for line in rr.preamble(doc)] + [""]
-    out += [_md_table(rr.hosts_rows(doc), ["host", "kernel", "source"]), ""]
+    out += [md_table(rr.hosts_rows(doc), ["host", "kernel", "source"]), ""]
     out += _md_findings(doc, origin)
     if "bench" in doc:
         out += _md_bench(doc)
@@ -183,7 +183,7 @@ def render_markdown(doc):
     out += _md_latency(doc)
     out += _md_timeline(doc, origin)
     out += ["### Environment", "",
-            _md_table([[fact, *cells] for fact, *cells in rr.environment_rows(doc)],
+            md_table([[fact, *cells] for fact, *cells in rr.environment_rows(doc)],
                       ["", *rr.host_names(doc)]), ""]
     notes = rr.all_notes(doc)
     if notes:

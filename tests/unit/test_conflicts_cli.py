@@ -66,14 +66,14 @@ def bochs_trace(tmp_path):
 def test_text_report_of_the_bochs_trace(capsys, bochs_trace):
     status, out, err = conflicts(capsys, "-i", bochs_trace)
     assert status == EXIT_FINDINGS and err == ""
-    assert all(len(line) <= 100 for line in out.splitlines())
+    assert all(len(line) <= 80 for line in out.splitlines())
     assert "Events: 14, 0 lost, 0 returns missed." in out
     assert "1 conflict found." in out
     assert "1. downgrade WC -> UC- on fd000000-fd3e8000 (3.9 MiB)" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines()
             if line.split()[:1] in (["requester"], ["holder"]) and "stack:" not in line}
-    assert rows["holder"][1:4] == ["fd000000-fe000000", "UC-", "modprobe"]
-    assert rows["holder"][-2:] == ["bochs_pci_probe", "[bochs]"]
+    assert rows["holder"][1:6] == ["fd000000-fe000000", "UC-", "modprobe,", "pid", "175"]
+    assert rows["holder"][6] == "bochs_pci_probe"
     assert "impact: 1 move, 3.9 MiB, 8.3 ms in total" in out
     flat = " ".join(out.split())
     assert 'commit 9388ccf69925 ("drm/bochs: use devm_ioremap_wc() to map framebuffer"' in flat
@@ -114,7 +114,10 @@ def test_markdown_report_has_a_table_and_fenced_stacks(capsys, bochs_trace):
     assert out.startswith("### memtrace conflicts\n")
     assert "#### 1. downgrade WC -> UC- on fd000000-fd3e8000 (3.9 MiB)" in out
     assert "| requester | fd000000-fd3e8000 | WC" in out
-    assert out.count("```") == 4 and "**Remedy:**" in out
+    assert "**Remedy:**" in out and "**1 conflict found.**" in out
+    assert "requester stack: memtype_reserve <- \\_\\_ioremap_caller <- " not in out
+    assert "requester stack: memtype_reserve <- __ioremap_caller <- " \
+           "ttm_kmap_iter_linear_io_init [ttm]" in out
     assert "Events: 14, 0 lost" in out
 
 
@@ -207,7 +210,7 @@ def seed_trace(tmp_path):
 def test_slow_moves_are_a_finding_of_the_text_report(capsys, seed_trace):
     status, out, err = conflicts(capsys, "-i", seed_trace)
     assert status == EXIT_FINDINGS and err == ""
-    assert all(len(line) <= 100 for line in out.splitlines())
+    assert all(len(line) <= 80 for line in out.splitlines())
     assert "1 conflict found; 1 buffer move ran slow on uncached memory." in out
     assert "2. slow buffer moves on UC-: 1 move, 3.9 MiB" in out
     flat = " ".join(out.split())
@@ -216,9 +219,8 @@ def test_slow_moves_are_a_finding_of_the_text_report(capsys, seed_trace):
             ) in flat
     assert "The slow moves' mappings are the downgrade of conflict 1 above" in flat
     assert ("impact: 1 move, 3.9 MiB, 1.24 s in total, 2227.4M cycles") in flat
-    (row,) = [line.split() for line in out.splitlines() if "drm_gem_vram_bo_driver_move" in line
-              and line.startswith("   10.689 s")]
-    assert row[-8:] == ["UC-", "3.9", "MiB", "1.24", "s", "3.3", "10.0", "ms"]
+    (row,) = [line for line in out.splitlines() if line.startswith("   10.689 s  drm_gem_vram")]
+    assert row.split()[-8:] == ["UC-", "3.9", "MiB", "1.24", "s", "3.3", "10.0", "ms"]
     assert "cycles of the slow moves: 2227.4M" in out
 
 
