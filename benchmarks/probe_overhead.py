@@ -3,7 +3,8 @@ against bcc's own funclatency; and the time from start to probes attached.
 
 Run inside one lab guest (results in benchmarks/RESULTS.md):
 
-    .venv/bin/memtrace lab --kernel 6.12 --vga std -- /usr/bin/python3 benchmarks/probe_overhead.py [COUNT]
+    .venv/bin/memtrace lab --kernel 6.12 --vga std -- \
+        /usr/bin/python3 benchmarks/probe_overhead.py [COUNT]
 
 The workload maps and unmaps the first page of the std VGA BAR through sysfs COUNT times
 (tests/lab/mmap_bar.py): each pair goes through track_pfn_remap -> memtype_reserve ->

@@ -1,4 +1,4 @@
-"""Find the Debian kernels the lab can boot, and say which package to install when one is missing."""
+"""Find the Debian kernels the lab can boot; say which package to install when one is missing."""
 
 import dataclasses
 import os
@@ -85,9 +85,10 @@ def select_kernel(wanted=None, boot_dir="/boot", modules_root="/lib/modules"):
 
 
 def check_headers(kernel):
-    """Return a one-line problem when ``kernel``'s headers (needed by bcc) are missing, else None."""
+    """A one-line problem when ``kernel``'s headers (needed by bcc) are missing, else None."""
     if os.path.isdir(os.path.join(kernel.headers_dir, "include")):
         return None
     packages = SERIES_PACKAGES.get(kernel.series)
     package = packages[1] if packages else f"linux-headers-{kernel.release}"
-    return f"headers for {kernel.release} are missing (bcc cannot compile); apt-get install {package}"
+    return (f"headers for {kernel.release} are missing (bcc cannot compile); "
+            f"apt-get install {package}")

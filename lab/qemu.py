@@ -83,7 +83,8 @@ def _memtrace_paths():
 
 def _command_script(argv, workdir):
     path = os.environ.get("PATH", "")
-    guest_path = ":".join(p for p in [path, "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"] if p)
+    system_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    guest_path = ":".join(p for p in [path, system_path] if p)
     env = {
         "HOME": "/tmp/home",
         "LANG": "C.UTF-8",
@@ -147,12 +148,15 @@ def qemu_command(kernel, initrd, job_dir, shares, vga="std", accel="tcg", memory
         # Before the 9p shares, so that a -device display gets slot 00:02.0 as -vga does.
         *display,
         "-kernel", kernel.image, "-initrd", initrd, "-append", append,
-        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        "-virtfs", f"local,path={job_dir},mount_tag=memtrace-job,security_model=none,multidevs=remap",
+        "-virtfs",
+        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs",
+        f"local,path={job_dir},mount_tag=memtrace-job,security_model=none,multidevs=remap",
     ]
     for tag, mode, path in shares:
         readonly = ",readonly=on" if mode == "ro" else ""
-        cmd += ["-virtfs", f"local,path={path},mount_tag={tag},security_model=none{readonly},multidevs=remap"]
+        cmd += ["-virtfs", f"local,path={path},mount_tag={tag},security_model=none{readonly}"
+                           ",multidevs=remap"]
     if accel == "kvm":
         cmd += ["-enable-kvm", "-cpu", "host"]
     return cmd

@@ -33,8 +33,15 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from memtrace.analysis.bench import (
-    PAGE_SIZE, HostEvidence, effective_summary, lookup_types, new_entries, new_used_nodes,
-    overlaps_used, parse_ttm_manager, scratch_pages,
+    PAGE_SIZE,
+    HostEvidence,
+    effective_summary,
+    lookup_types,
+    new_entries,
+    new_used_nodes,
+    overlaps_used,
+    parse_ttm_manager,
+    scratch_pages,
 )
 from memtrace.analysis.effective import effective_type
 from memtrace.errors import MemtraceError

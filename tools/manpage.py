@@ -93,10 +93,11 @@ def split_epilog(epilog):
             continue
         if lines[0].strip().lower() == "examples:":
             body = lines[1:]
-            indent = min((len(l) - len(l.lstrip()) for l in body if l.strip()), default=0)
-            examples.extend(l[indent:].rstrip() for l in body)
+            indent = min((len(line) - len(line.lstrip()) for line in body if line.strip()),
+                         default=0)
+            examples.extend(line[indent:].rstrip() for line in body)
             continue
-        text = "\n".join(l.strip() for l in lines)
+        text = "\n".join(line.strip() for line in lines)
         # At the start of a line, or as a sentence after another one.
         found = re.search(r"(?:^|(?<=[.;] ))exit status:", text, re.I | re.M)
         if found:

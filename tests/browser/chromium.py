@@ -59,7 +59,8 @@ def run(url, *flags, timeout=TIMEOUT):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-            raise ChromiumError(f"chromium did not finish within {timeout} s: {' '.join(argv)}")
+            raise ChromiumError(
+                f"chromium did not finish within {timeout} s: {' '.join(argv)}") from None
         finally:
             _kill_leftovers(proc.pid)
     out, err = out.decode(errors="replace"), err.decode(errors="replace")

@@ -33,11 +33,12 @@ class GuestSession:
                              "--workdir", self.workdir, "--", "sh", "-c", script)
         self.proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                                    cwd=REPO, check=False)
-        if self.proc.returncode == 125 and "stopped before the command finished" in self.proc.stderr:
+        crashed = "stopped before the command finished" in self.proc.stderr
+        if self.proc.returncode == 125 and crashed:
             # Seen once in about a hundred TCG boots: the guest kernel oopsed in the scheduler
             # (ttwu_do_activate, in interrupt) while tracing qxl's moves. A second crash fails.
             warnings.warn(f"lab guest {kernel}/{vga} crashed; retrying once:\n"
-                          + self.proc.stderr[-2000:])
+                          + self.proc.stderr[-2000:], stacklevel=2)
             shutil.rmtree(self.workdir)
             os.makedirs(self.workdir)
             self.proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,

@@ -11,7 +11,9 @@ import re
 import pytest
 
 from memtrace.analysis.reservations import (
-    compare_with_kernel_list, parse_pat_snapshot, replay,
+    compare_with_kernel_list,
+    parse_pat_snapshot,
+    replay,
 )
 from memtrace.probes.pat_memtype import parse_pat_memtype_list
 from memtrace.tracefile import read_trace

@@ -16,14 +16,18 @@ BOCHS_WORKLOAD = ("modprobe bochs && "
                   f"{MMAP_BAR} /sys/bus/pci/devices/0000:00:02.0/resource0_wc")
 
 
+def _record(backend, output, *args):
+    return memtrace_in_guest("record", "--backend", backend, "-o", output, *args)
+
+
 def std_script(backend):
     return ("head -1 /sys/bus/pci/devices/0000:00:02.0/resource > bar0; "
-            f"{memtrace_in_guest('record', '--backend', backend, '-o', 't.jsonl', '--', 'sh', '-c', BOCHS_WORKLOAD)}"
+            f"{_record(backend, 't.jsonl', '--', 'sh', '-c', BOCHS_WORKLOAD)}"
             " 2> record.err; echo $? > record.rc")
 
 
 def qxl_script(backend):
-    return (f"{memtrace_in_guest('record', '--backend', backend, '-o', 't.jsonl', '--', 'modprobe', 'qxl')}"
+    return (f"{_record(backend, 't.jsonl', '--', 'modprobe', 'qxl')}"
             " 2> record.err; echo $? > record.rc")
 
 
@@ -154,21 +158,21 @@ wait_attached() {{
   for i in $(seq 600); do grep -q "memtrace_$1/" $T/kprobe_events && return 0; sleep 0.5; done
   return 1
 }}
-{memtrace_in_guest('record', '--backend', 'tracefs', '-o', 'killed.jsonl', '--duration', '600')} 2> killed.err &
+{_record('tracefs', 'killed.jsonl', '--duration', '600')} 2> killed.err &
 pid=$!
 wait_attached $pid && grep -c "memtrace_$pid/" $T/kprobe_events > probes_before
 kill -9 $pid; wait $pid
 grep -c "memtrace_$pid/" $T/kprobe_events > probes_after_kill
 ls $T/instances | grep -c "memtrace-$pid" > instance_after_kill
-{memtrace_in_guest('record', '--backend', 'tracefs', '-o', 'next.jsonl', '--', 'true')} 2> next.err
+{_record('tracefs', 'next.jsonl', '--', 'true')} 2> next.err
 grep -c "memtrace_" $T/kprobe_events > probes_after_next
 ls $T/instances | grep -c memtrace > instances_after_next
-{memtrace_in_guest('record', '--backend', 'tracefs', '-o', 'term.jsonl', '--duration', '600')} 2> term.err &
+{_record('tracefs', 'term.jsonl', '--duration', '600')} 2> term.err &
 pid=$!
 for i in $(seq 1200); do grep -q "memtrace record: tracing" term.err && break; sleep 0.5; done
 kill -TERM $pid; wait $pid; echo $? > term.rc
 grep -c "memtrace_" $T/kprobe_events > probes_after_term
-{memtrace_in_guest('record', '--backend', 'tracefs', '-o', 'early.jsonl', '--duration', '600')} 2> early.err &
+{_record('tracefs', 'early.jsonl', '--duration', '600')} 2> early.err &
 pid=$!
 wait_attached $pid; kill -TERM $pid; wait $pid; echo $? > early.rc
 grep -c "memtrace_" $T/kprobe_events > probes_after_early
@@ -207,7 +211,7 @@ def test_sigterm_while_attaching_detaches_and_still_writes_the_file(guest):
 # memtrace is descheduled on a busy machine: once it runs again, /proc has nothing left of them.
 SHORT_LIVED = ("kill -STOP $PPID; for i in 1 2 3; do /bin/true; done; kill -CONT $PPID; "
                "sleep 0.5")
-SHORT_LIVED_SCRIPT = (f"{memtrace_in_guest('record', '--backend', 'tracefs', '-o', 'short.jsonl', '--', 'sh', '-c', SHORT_LIVED)}"
+SHORT_LIVED_SCRIPT = (f"{_record('tracefs', 'short.jsonl', '--', 'sh', '-c', SHORT_LIVED)}"
                       " 2> short.err; echo $? > short.rc")
 
 

@@ -12,7 +12,9 @@ from tests.lab.conftest import LAB_KERNELS, memtrace_in_guest
 
 KERNEL_ADDRESS = re.compile(r"(?:0x)?ffff[0-9a-f]{12}", re.IGNORECASE)
 WORKLOAD = f"modprobe bochs && /usr/bin/python3 {REPO}/tests/lab/restart_loop.py 5"
-SCRIPT = (f"{memtrace_in_guest('report', '--format', 'json', '-o', 'r.json', '--', 'sh', '-c', WORKLOAD)}"
+REPORT = memtrace_in_guest("report", "--format", "json", "-o", "r.json", "--", "sh", "-c",
+                           WORKLOAD)
+SCRIPT = (f"{REPORT}"
           " 2> r.err; echo $? > r.rc")
 
 

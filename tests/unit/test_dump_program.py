@@ -8,7 +8,9 @@ import re
 import pytest
 
 from memtrace.errors import FeatureMissing, MemtraceError
-from memtrace.probes import bcc_backend, dump_program as dumps, plan as plans
+from memtrace.probes import bcc_backend
+from memtrace.probes import dump_program as dumps
+from memtrace.probes import plan as plans
 from memtrace.probes.features import FAIL, OK, WARN, Check
 from memtrace.probes.kallsyms import KernelSymbol
 from memtrace.probes.targets import SymbolSource

@@ -3,7 +3,11 @@
 import pytest
 
 from memtrace.analysis.mtrr import (
-    MTRR_TYPE_NAMES, MtrrRange, MtrrTable, mtrr_type_from_value, parse_proc_mtrr,
+    MTRR_TYPE_NAMES,
+    MtrrRange,
+    MtrrTable,
+    mtrr_type_from_value,
+    parse_proc_mtrr,
     table_from_header,
 )
 
