@@ -19,10 +19,12 @@ class MemtraceError(Exception):
         self.details = tuple(details)
 
     def one_line(self):
-        """Return the message and, when known, what to do about it, as one line."""
+        """Return the message and, when known, what to do about it, as one line: control
+        characters (a newline or an escape sequence in a path it echoes) shown escaped."""
+        from memtrace.escape import text
         if self.hint:
-            return f"{self.message}; {self.hint}"
-        return self.message
+            return text(f"{self.message}; {self.hint}")
+        return text(self.message)
 
 
 class NotRoot(MemtraceError):

@@ -28,6 +28,7 @@ from memtrace.analysis.slow_moves import (
     DEFAULT_SLOW_FACTOR, describe_slow_moves, estimated_wc_ns,
 )
 from memtrace.analysis.snapshot import find_owner
+from memtrace.tools.render import hex_range, stack, who
 from memtrace.tools.tracing_io import model_check_line, pat_state_line
 
 __all__ = ["build_document", "FORMAT", "VERSION"]
@@ -35,7 +36,6 @@ __all__ = ["build_document", "FORMAT", "VERSION"]
 FORMAT = "memtrace-report"
 VERSION = 1
 _EVIDENCE_EVENTS = 6       # requests listed one by one in a finding's evidence
-_STACK_FRAMES = 8
 _SLOW_REMEDY = ("The usual remedy is to have the driver map the memory the moves copy "
                 "through write-combined: ioremap_wc or devm_ioremap_wc instead of ioremap.")
 _PCI_CLASSES = {0x00: "unclassified", 0x01: "storage", 0x02: "network", 0x03: "display",
@@ -79,19 +79,8 @@ def build_document(sources, redact=True, wc_reference_mbps=None,
     return redactor.document(doc) if redact else doc
 
 
-def _range(start, end):
-    return f"{start:x}-{end:x}"
-
-
-def _who(comm, pid):
-    return f"{comm or '?'}, pid {pid}" if pid is not None else (comm or "?")
-
-
-def _stack_line(label, frames):
-    frames = list(frames)
-    shown = " < ".join(frames[:_STACK_FRAMES])
-    more = len(frames) - _STACK_FRAMES
-    return f"{label}: {shown}" + (f" < ... ({more} more)" if more > 0 else "")
+# One formatter per notion, shared with conflicts and latency (memtrace.tools.render).
+_range, _who, _stack_line = hex_range, who, stack
 
 
 class _Host:
@@ -138,10 +127,10 @@ class _Host:
         return out
 
     def _finding(self, kind, title, summary, evidence, remedy, first_ns, count,
-                 severity="error", effective=None):
+                 severity="error", effective=None, last_ns=None):
         return {"host": self.name, "kind": kind, "title": title, "summary": summary,
                 "evidence": evidence, "remedy": remedy, "first_ns": first_ns, "count": count,
-                "severity": severity, "effective": effective}
+                "severity": severity, "effective": effective, "last_ns": last_ns}
 
     def _conflict_finding(self, conflict):
         where = _range(conflict.start, conflict.end)
@@ -196,7 +185,8 @@ class _Host:
         evidence.extend(self._chain_evidence(conflict.chain))
         return self._finding(conflict.kind, titles[conflict.kind], conflict.explanation,
                              evidence, conflict.remedy, conflict.first_ns, conflict.count,
-                             conflict.severity, conflict.effective)
+                             conflict.severity, conflict.effective,
+                             getattr(conflict, "last_ns", None))
 
     def _chain_evidence(self, chain):
         """``adoption chain: first ... then ...`` lines: who set the type, who adopted it."""

@@ -15,40 +15,63 @@ re-exported here; the formats import that module, never this one (no import cycl
 import json
 
 from memtrace.tools import report_html, report_markdown, report_text
+from memtrace.tools.host_groups import group_hosts
 from memtrace.tools.report_words import *  # noqa: F401,F403 (the shared wording, re-exported)
-from memtrace.tools.report_words import TEXT_WIDTH, __all__ as _WORDS
+from memtrace.tools.report_words import TEXT_WIDTH, __all__ as _WORDS, shrink
 
-__all__ = ["RENDERERS", "render", "render_text", "render_markdown", "render_html", *_WORDS]
+__all__ = ["RENDERERS", "LIMITS", "render", "render_text", "render_markdown", "render_html",
+           *_WORDS]
 
 
 # -- the formats -------------------------------------------------------------------------------
 
+# Each bounded format's limit (a markdown comment on GitHub or GitLab holds 65,536 characters);
+# HTML's is in bytes of UTF-8.
+LIMITS = {"text": 262_144, "markdown": 65_536, "html": 1 << 20}
+# What the document is cut to, step by step, until its rendering fits: (findings, reservation
+# groups per host, timeline entries per host, reservations per group, longest string).
+_STEPS = [(100, 200, 200, None, 1000), (40, 50, 50, 200, 500), (15, 20, 20, 20, 300),
+          (5, 5, 5, 5, 200), (1, 1, 1, 1, 100)]
+
+
+def _bounded(fmt, doc, render_one):
+    size = len if fmt != "html" else (lambda s: len(s.encode("utf-8", "replace")))
+    limit = LIMITS[fmt]
+    for step in _STEPS:
+        out = render_one(shrink(doc, *step))
+        if size(out) <= limit:
+            return out
+    # Past the last step only hosts, environment and notes are left: cut between lines.
+    note = "\n... the rest is left out to keep this under the size limit (see --format json).\n"
+    cut = out[:limit - len(note) - 16].rsplit("\n", 1)[0]
+    return cut + note
+
 
 def render_text(doc, width=TEXT_WIDTH):
     """The report document ``doc`` as plain text, no line wider than ``width`` columns
-    (:mod:`memtrace.tools.report_text`)."""
-    return report_text.render_text(doc, width)
+    (:mod:`memtrace.tools.report_text`), at most :data:`LIMITS` ``["text"]`` characters."""
+    return _bounded("text", doc, lambda d: report_text.render_text(d, width))
 
 
 def render_markdown(doc):
     """The report document ``doc`` as markdown for a GitHub, GitLab or Bugzilla comment
-    (:mod:`memtrace.tools.report_markdown`)."""
-    return report_markdown.render_markdown(doc)
+    (:mod:`memtrace.tools.report_markdown`), at most 65,536 characters."""
+    return _bounded("markdown", doc, report_markdown.render_markdown)
 
 
 def render_html(doc):
     """The report document ``doc`` as one self-contained HTML page
-    (:mod:`memtrace.tools.report_html`)."""
-    return report_html.render_html(doc)
+    (:mod:`memtrace.tools.report_html`), at most 1 MiB."""
+    return _bounded("html", doc, report_html.render_html)
 
 
 RENDERERS = {"text": render_text, "markdown": render_markdown, "html": render_html}
 
 
 def render(doc, fmt):
-    """``doc`` in format ``fmt`` (``text``, ``markdown`` or ``html``), as a string; the
-    ``json`` format is the document itself (``json.dumps(doc, indent=2)``)."""
+    """``doc`` in format ``fmt`` (``text``, ``markdown`` or ``html``), as a string, hosts
+    with the same findings shown once (:mod:`memtrace.tools.host_groups`); the ``json``
+    format is the document itself (``json.dumps(doc, indent=2)``)."""
     if fmt == "json":
         return json.dumps(doc, indent=2) + "\n"
-    return RENDERERS[fmt](doc)
-
+    return RENDERERS[fmt](group_hosts(doc))

@@ -44,6 +44,7 @@ __all__ = [
     "environment_rows",
     "probe_notes",
     "all_notes",
+    "shrink",
     "BENCH_HEADERS",
     "BENCH_LEGEND",
     "bench_type",
@@ -151,7 +152,8 @@ def lost_line(doc):
 
 def headline(doc):
     """``3 hosts, 5 findings``."""
-    hosts, findings = len(host_names(doc)), len(entries(doc, "findings"))
+    hosts = doc.get("host_count", len(host_names(doc)))          # grouped: the fleet's
+    findings = doc.get("finding_count", len(entries(doc, "findings")))
     return (f"{hosts} host{'s' if hosts != 1 else ''}, "
             f"{findings} finding{'s' if findings != 1 else ''}")
 
@@ -174,14 +176,17 @@ def hosts_rows(doc):
 
 
 def finding_meta(finding, origin):
-    """``host-1, downgrade, 2 times, first at +0.256 s``."""
+    """``host-1, downgrade, \u00d7 2, first at +0.256 s, last at +0.301 s``."""
     parts = [finding.get("host") or "unknown host",
              KIND_NAMES.get(finding.get("kind"), finding.get("kind") or "finding")]
     count = finding.get("count")
     if isinstance(count, int) and count > 1:
-        parts.append(f"{count} times")
+        parts.append(f"\u00d7 {count}")
     if finding.get("first_ns") is not None:
         parts.append(f"first at {rel_time(finding['first_ns'], origin)}")
+    last = finding.get("last_ns")
+    if isinstance(count, int) and count > 1 and isinstance(last, int):
+        parts.append(f"last at {rel_time(last, origin)}")
     return ", ".join(parts)
 
 
@@ -576,3 +581,61 @@ def bench_status(section):
     if section.get("status") == "skipped":
         return f"Not measured: {section.get('reason') or 'skipped'}."
     return f"The bench could not run: {section.get('reason') or 'unknown error'}."
+
+
+# -- bounded outputs ---------------------------------------------------------------------------
+
+
+def shrink(doc, findings, groups, timeline, entries_per_group=None, most_chars=1000):
+    """A copy of ``doc`` that text, markdown and HTML can show whatever the trace's length:
+    at most ``findings`` findings, ``groups`` reservation groups and ``timeline`` timeline
+    entries per host (the most telling kept, by :func:`group_priority` and
+    :func:`timeline_priority`), ``entries_per_group`` reservations per group when given, no
+    string longer than about ``most_chars``. The notes say what was left out, and that
+    ``--format json`` has it all."""
+    out = clip_tree(doc, most_chars)
+    left = []
+    all_findings = entries(out, "findings")
+    if len(all_findings) > findings:
+        out["findings"] = all_findings[:findings]
+        left.append(f"{len(all_findings) - findings} more findings")
+    kept, hidden = [], 0
+    for host in host_names(out):
+        chosen, more = select(reservation_groups(out, host), groups, group_priority)
+        hidden += more
+        for group in chosen:
+            kept += group.entries if entries_per_group is None \
+                else group.entries[:entries_per_group]
+    if hidden:
+        out["reservations"] = sorted(kept, key=lambda e: (str(e.get("host")),
+                                                          e.get("ts_ns") or 0))
+        left.append(f"{hidden} more groups of reservations")
+    elif entries_per_group is not None:
+        out["reservations"] = kept
+    shown, hidden = [], 0
+    for host in host_names(out):
+        chosen, more = select(timeline_of(out, host), timeline, timeline_priority)
+        shown += chosen
+        hidden += more
+    if hidden:
+        out["timeline"] = shown
+        left.append(f"{hidden} more timeline entries")
+    if left:
+        out["notes"] = entries(out, "notes") + [
+            f"Left out here to keep this report short: {', '.join(left)} "
+            "(see --format json)."]
+    return out
+
+
+def clip_tree(value, most=1000):
+    """A copy of a JSON-ready ``value`` with every string longer than ``most`` characters
+    cut, saying how many were left out."""
+    if isinstance(value, str):
+        if len(value) <= most:
+            return value
+        return f"{value[:most]}... ({len(value) - most} more characters)"
+    if isinstance(value, dict):
+        return {key: clip_tree(item, most) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clip_tree(item, most) for item in value]
+    return value

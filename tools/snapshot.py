@@ -5,6 +5,7 @@ import textwrap
 
 from memtrace.analysis.snapshot import analyze_snapshot
 from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput
+from memtrace.escape import text
 from memtrace.probes.system_state import read_state
 from memtrace.tools import openmetrics
 from memtrace.tools.render import hex_range, table
@@ -87,7 +88,8 @@ def _render(fmt, state, report, context):
 
 def _as_text(state, report, context):
     source = "" if state.source == "live" else f" (captured in {state.source})"
-    blocks = [f"Kernel {state.kernel_release or 'unknown'}{source}"]
+    # Every string from the system or a capture is untrusted: control characters escaped.
+    blocks = [text(f"Kernel {state.kernel_release or 'unknown'}{source}")]
     blocks.append(_wrap(pat_state_line(context)))
     blocks.extend(_wrap(note) for note in state.notes)
     if state.reservations is not None:
@@ -112,7 +114,8 @@ def _reservation_table(reservations):
         for reservation in reservations
     ]
     title = f"PAT reservations ({len(rows)}; {_FLAG_MARKER} = see findings):"
-    return title + "\n" + table(rows, ["range", "size", "type", "effective", "owner", "flag"])
+    return title + "\n" + table([[text(cell) for cell in row] for row in rows],
+                                 ["range", "size", "type", "effective", "owner", "flag"])
 
 
 def _bar_table(devices):
@@ -134,7 +137,7 @@ def _bar_table(devices):
     if not rows:
         return "PCI memory BARs: none"
     headers = ["slot", "bar", "range", "size", "kind", "class", "id", "driver"]
-    return "PCI memory BARs:\n" + table(rows, headers)
+    return "PCI memory BARs:\n" + table([[text(cell) for cell in row] for row in rows], headers)
 
 
 def _bar_kind(bar):
@@ -149,14 +152,14 @@ def _findings_text(findings):
         return "No findings."
     paragraphs = ["Findings:"]
     for number, finding in enumerate(findings, start=1):
-        text = finding.message + (f" {finding.remedy}" if finding.remedy else "")
-        paragraphs.append(_wrap(text, first_indent=f"{number}. ", indent="   "))
+        words = finding.message + (f" {finding.remedy}" if finding.remedy else "")
+        paragraphs.append(_wrap(words, first_indent=f"{number}. ", indent="   "))
     return "\n".join(paragraphs)
 
 
-def _wrap(text, first_indent="", indent=""):
+def _wrap(words, first_indent="", indent=""):
     return textwrap.fill(
-        text, width=_WIDTH, initial_indent=first_indent, subsequent_indent=indent
+        text(words), width=_WIDTH, initial_indent=first_indent, subsequent_indent=indent
     )
 
 

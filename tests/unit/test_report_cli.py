@@ -39,6 +39,7 @@ SCHEMA = {
              "process_watch": dict, "pci_devices": list, "model_check": (dict, type(None))},
     "finding": {"host": str, "kind": str, "title": str, "summary": str, "evidence": list,
                 "remedy": NULLABLE_STR, "first_ns": NULLABLE_INT, "count": int,
+                "last_ns": NULLABLE_INT,
                 "severity": str, "effective": NULLABLE_STR},
     "reservation": {"host": str, "ts_ns": int, "duration_ns": NULLABLE_INT, "start": str,
                     "end": str, "requested": NULLABLE_STR, "granted": NULLABLE_STR, "fn": str,
