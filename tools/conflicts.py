@@ -473,6 +473,12 @@ def _conflict_json(conflict):
         "count": conflict.count,
         "first_ns": conflict.first_ns,
         "last_ns": conflict.last_ns,
+        "occurrences": getattr(conflict, "occurrences", conflict.count),
+        "first_ts_ns": getattr(conflict, "first_ts_ns", conflict.first_ns),
+        "last_ts_ns": getattr(conflict, "last_ts_ns", conflict.last_ns),
+        "processes": [{"comm": comm, "pid": pid}
+                      for comm, pid in getattr(conflict, "processes", ())],
+        "process_count": getattr(conflict, "process_count", 0),
         "requester": _requester_json(conflict.requester) if conflict.requester else None,
         "requesters": [_requester_json(r) for r in conflict.requesters],
         "holder": _holder_json(conflict.holder),

@@ -35,7 +35,8 @@ SLOW_MOVE_KEYS = {"ts_ns", "fn", "probe", "comm", "pid", "memtype", "bytes", "du
 CONFLICT_KEYS = {"kind", "start", "end", "requested", "granted", "granted_inferred", "count",
                  "first_ns", "last_ns", "requester", "requesters", "holder", "device",
                  "pci_id", "driver", "error", "kernel_message", "impact", "explanation",
-                 "remedy", "effective", "effective_reasons", "severity", "holders", "chain"}
+                 "remedy", "effective", "effective_reasons", "severity", "holders", "chain",
+                 "occurrences", "first_ts_ns", "last_ts_ns", "processes", "process_count"}
 
 
 def write_trace(path, events, lost=0, header=None, footer=None):
@@ -93,6 +94,11 @@ def test_json_report_is_one_documented_object(capsys, bochs_trace):
     assert (conflict["kind"], conflict["start"], conflict["end"]) == \
         ("downgrade", "0xfd000000", "0xfd3e8000")
     assert (conflict["requested"], conflict["granted"], conflict["count"]) == ("WC", "UC-", 2)
+    assert (conflict["occurrences"], conflict["process_count"]) == (2, 2)
+    assert conflict["processes"] == [{"comm": "modprobe", "pid": 175},
+                                     {"comm": "kworker/0:1", "pid": 17}]
+    assert (conflict["first_ts_ns"], conflict["last_ts_ns"]) == \
+        (conflict["first_ns"], conflict["last_ns"])
     requester, holder = conflict["requester"], conflict["holder"]
     assert set(requester) == {"comm", "pid", "function", "stack", "mapped"}
     assert "ttm_kmap_iter_linear_io_init [ttm]" in requester["stack"]
