@@ -1,4 +1,4 @@
-"""Conflict finding (analysis/conflicts.py) on hand-made event streams.
+"""Conflict finding (analysis/conflicts.py) on hand-made event streams (tests/builders.py).
 
 ``bochs_events()`` is modeled on what tracefs printed in a 6.1 lab guest during
 ``modprobe bochs`` (std VGA) and on tests/fixtures/tracefs/trace-6.1-bochs.txt: bochs maps
@@ -18,76 +18,11 @@ from memtrace.analysis.conflicts import (
 from memtrace.analysis.reservations import parse_pat_snapshot
 from memtrace.probes.pat_memtype import read_pat_memtype_list
 from memtrace.probes.pci import read_pci_devices
-from tests.conftest import FIXTURES
-from tests.unit.test_moves import FB_BYTES, bochs_move
-from tests.unit.test_reservations import (
-    BAR0, BOCHS_STACK, MMAP_STACK, REGS, STRICT_STACK, TTM_BO, TTM_STACK, VMAP_STACK, call,
-    free, reserve,
+from tests.builders import (
+    BAR0, BOCHS_STACK, FB_BYTES, MMAP_STACK, REGS, STRICT_STACK, T0, TTM_BO, TTM_STACK,
+    bochs_events, bochs_move, call, free, ioremap, qxl_events, reserve,
 )
-
-T0 = 10_477_701_000
-KWORKER = {"comm": "kworker/0:1", "pid": 17}
-QXL_VRAM = (0xF4000000, 0xF8000000)
-QXL_RAM_HEADER = (0xF7FFE000, 0xF8000000)
-
-
-def ioremap(ts, fn, span, requested, ret=0xFFFFB5F1C0000000, stack=None, **fields):
-    """An ioremap-family call (role ioremap) returning ``ret`` (0: NULL)."""
-    caller = (stack or ["bochs_pci_probe [bochs]"])[0]
-    return call(ts, fn, ev.ROLE_IOREMAP, start=span[0], end=span[1], size=span[1] - span[0],
-                requested=requested, ret=ret, vaddr=ret or None, duration_ns=300_000,
-                caller=caller, stack=[fn] + (stack or ["bochs_pci_probe [bochs]"]), **fields)
-
-
-def kmap_iter(ts, ret):
-    """ttm_kmap_iter_linear_io_init as the first probe table decoded it (role ioremap): the
-    resource's bus fields are not filled in yet at entry, so its range and type are
-    meaningless, and its -EINVAL (not iomem) is an ordinary answer, not a refusal."""
-    return call(ts, "ttm_kmap_iter_linear_io_init", ev.ROLE_IOREMAP,
-                probe="ttm:ttm_kmap_iter_linear_io_init", start=0, end=FB_BYTES,
-                size=FB_BYTES, requested="WB", ret=ret, duration_ns=200_000,
-                stack=["ttm_kmap_iter_linear_io_init [ttm]", "ttm_bo_move_memcpy [ttm]"])
-
-
-def bochs_events(fixed=False):
-    """``modprobe bochs`` then the kworker's vmap; ``fixed``: bochs maps the framebuffer
-    with ioremap_wc (upstream 9388ccf69925), so every WC request gets WC."""
-    bar_type = "WC" if fixed else "UC-"
-    t_move = T0 + 211_391_000
-    events = [
-        ioremap(T0, "ioremap", REGS, "UC-"),
-        reserve(T0 + 10_000, REGS, "UC-"),
-        ioremap(T0 + 2_237_000, "ioremap_wc" if fixed else "ioremap", BAR0, bar_type),
-        reserve(T0 + 2_240_000, BAR0, bar_type),
-        kmap_iter(t_move + 150_000, 0xFFFF8C1401963200),
-        ioremap(t_move + 250_000, "ioremap_wc", TTM_BO, "WC",
-                stack=["ttm_kmap_iter_linear_io_init [ttm]", "ttm_bo_move_memcpy [ttm]"]),
-        kmap_iter(t_move + 600_000, -22 & 0xFFFFFFFFFFFFFFFF),
-    ]
-    events += bochs_move(t_move, granted="WC" if fixed else "UC-")
-    t_vmap = T0 + 225_231_000
-    events += [
-        ioremap(t_vmap - 100_000, "ioremap_wc", TTM_BO, "WC", stack=["ttm_bo_vmap [ttm]"],
-                **KWORKER),
-        reserve(t_vmap, TTM_BO, "WC", "WC" if fixed else "UC-", VMAP_STACK, **KWORKER),
-    ]
-    return events
-
-
-def qxl_events():
-    """qxl: VRAM mapped WC (io_mapping_create_wc -> ioremap_wc), then its RAM header
-    ioremap'ed UC- inside it (granted WC), then a WC move: nothing to report."""
-    qxl = ["qxl_device_init [qxl]", "qxl_pci_probe [qxl]"]
-    return [
-        reserve(1_000, QXL_VRAM, "WC", stack=["memtype_reserve", "__ioremap_caller",
-                                              "ioremap_wc"] + qxl),
-        reserve(2_000, QXL_RAM_HEADER, "UC-", "WC", ["memtype_reserve", "__ioremap_caller",
-                                                     "ioremap"] + qxl),
-        reserve(3_000, REGS, "UC-"),
-        reserve(4_000, (0xF4000000, 0xF4400000), "WC", stack=TTM_STACK),
-        call(3_900, "ttm_bo_move_memcpy", ev.ROLE_MOVE, probe="ttm:ttm_bo_move_memcpy",
-             bytes=0x400000, duration_ns=900_000),
-    ]
+from tests.conftest import FIXTURES
 
 
 def capture(name):

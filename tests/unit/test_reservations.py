@@ -1,63 +1,17 @@
-"""The PAT reservation model (analysis/reservations.py) on hand-made event streams.
-
-The helpers here (``reserve``, ``free``, ``call``) build the events the other conflict tests
-use too.
-"""
+"""The PAT reservation model (analysis/reservations.py) on hand-made event streams (built
+with tests/builders.py)."""
 
 import pytest
 
 from memtrace.analysis import events as ev
-from memtrace.analysis.events import Event
 from memtrace.analysis.reservations import (
     BEFORE_TRACING, ReservationModel, first_outside_frame, frame_name, is_downgrade,
     new_memtype_allowed, parse_pat_snapshot, replay, slowest,
 )
-
-BAR0 = (0xFD000000, 0xFE000000)
-TTM_BO = (0xFD000000, 0xFD3E8000)
-REGS = (0xFEBF0000, 0xFEBF1000)
-
-TAIL = ["local_pci_probe", "pci_device_probe", "really_probe", "__driver_probe_device",
-        "driver_probe_device", "__driver_attach", "bus_for_each_dev", "bus_add_driver",
-        "driver_register", "do_one_initcall", "do_init_module", "__do_sys_finit_module",
-        "do_syscall_64", "entry_SYSCALL_64_after_hwframe"]
-BOCHS_STACK = ["memtype_reserve", "__ioremap_caller", "bochs_pci_probe [bochs]"] + TAIL
-TTM_STACK = ["memtype_reserve", "__ioremap_caller", "ttm_kmap_iter_linear_io_init [ttm]",
-             "ttm_bo_move_memcpy [ttm]", "ttm_bo_handle_move_mem [ttm]",
-             "ttm_bo_validate [ttm]", "drm_gem_vram_pin [drm_vram_helper]",
-             "drm_client_register [drm]", "bochs_pci_probe.cold [bochs]"] + TAIL
-VMAP_STACK = ["memtype_reserve", "__ioremap_caller", "ttm_bo_vmap [ttm]",
-              "drm_gem_vram_vmap [drm_vram_helper]", "drm_gem_vmap [drm]",
-              "drm_client_buffer_vmap [drm]", "drm_fb_helper_damage_work [drm_kms_helper]",
-              "process_one_work", "worker_thread", "kthread", "ret_from_fork"]
-MMAP_STACK = ["memtype_reserve", "reserve_pfn_range", "track_pfn_remap", "remap_pfn_range",
-              "kernfs_fop_mmap", "__mmap_region", "mmap_region", "do_mmap", "vm_mmap_pgoff",
-              "ksys_mmap_pgoff", "do_syscall_64", "entry_SYSCALL_64_after_hwframe"]
-STRICT_STACK = ["memtype_reserve", "set_memory_wc", "some_driver_init [some]"]
-
-
-def call(ts, fn, role, comm="modprobe", pid=175, **fields):
-    """One event; ``probe`` defaults to ``fn``, the thread to the process."""
-    fields.setdefault("probe", fn)
-    fields.setdefault("tid", pid)
-    return Event(ts_ns=ts, fn=fn, role=role, comm=comm, pid=pid, **fields)
-
-
-def reserve(ts, span, requested, granted="same", stack=BOCHS_STACK, ret=0, **fields):
-    """A memtype_reserve call of ``span`` = (start, end); ``granted`` defaults to requested."""
-    granted = requested if granted == "same" else granted
-    return call(ts, "memtype_reserve", ev.ROLE_RESERVE, start=span[0], end=span[1],
-                size=span[1] - span[0], requested=requested, granted=granted,
-                granted_from="return" if granted else None, ret=ret, duration_ns=20_000,
-                stack=list(stack), **fields)
-
-
-def free(ts, span, ret=0, **fields):
-    """A memtype_free call of ``span``."""
-    return call(ts, "memtype_free", ev.ROLE_FREE, start=span[0], end=span[1],
-                size=span[1] - span[0], ret=ret, duration_ns=10_000,
-                stack=["memtype_free", "iounmap"], **fields)
-
+from tests.builders import (
+    BAR0, BOCHS_STACK, MMAP_STACK, STRICT_STACK, TTM_BO, TTM_STACK, VMAP_STACK, call, free,
+    reserve,
+)
 
 # -- stack frames ------------------------------------------------------------------------------
 
