@@ -1,29 +1,7 @@
 """Moves and the memory type each ran on (analysis/moves.py)."""
 
-from memtrace.analysis import events as ev
 from memtrace.analysis.moves import find_moves, summarize
-from tests.unit.test_reservations import TTM_BO, TTM_STACK, call, free, reserve
-
-FB_BYTES = 0x3E8000  # 1000 pages, the bochs framebuffer BO of the seed
-
-
-def move(ts, fn, duration=None, nbytes=FB_BYTES, **fields):
-    """A move call; ``probe`` as the default plan names it."""
-    probes = {"drm_gem_vram_bo_driver_move": "drm_vram_helper:bo_driver_move"}
-    fields.setdefault("probe", probes.get(fn, f"ttm:{fn}"))
-    return call(ts, fn, ev.ROLE_MOVE, bytes=nbytes, duration_ns=duration, **fields)
-
-
-def bochs_move(t0, granted="UC-", pid=175, cycles=None):
-    """One framebuffer move as 6.1 shows it: bo_driver_move > ttm_bo_move_memcpy > the WC
-    ioremap of the BO (granted ``granted``) > ttm_move_memcpy > iounmap."""
-    return [
-        move(t0, "drm_gem_vram_bo_driver_move", 8_260_000, pid=pid, cycles=cycles),
-        move(t0 + 100_000, "ttm_bo_move_memcpy", 8_100_000, pid=pid),
-        reserve(t0 + 280_000, TTM_BO, "WC", granted, TTM_STACK, pid=pid),
-        move(t0 + 731_000, "ttm_move_memcpy", 6_300_000, pid=pid),
-        free(t0 + 7_900_000, TTM_BO, pid=pid),
-    ]
+from tests.builders import FB_BYTES, TTM_BO, TTM_STACK, bochs_move, move, reserve
 
 
 def test_nested_move_calls_are_one_move_linked_to_the_reservation_inside():
