@@ -41,12 +41,24 @@ from memtrace.analysis.events import ROLE_IOREMAP, ROLE_RESERVE, ROLE_USER_MAP
 from memtrace.analysis.latency import human_duration, human_size
 from memtrace.analysis.moves import MoveSummary, find_moves, summarize
 from memtrace.analysis.reservations import (
-    BEFORE_TRACING, ModelCheck, ReservationModel, compare_with_kernel_list,
-    first_outside_frame, frame_name, is_downgrade, is_user_mapping_stack, new_memtype_allowed,
-    replay, slowest,
+    BEFORE_TRACING,
+    ModelCheck,
+    ReservationModel,
+    compare_with_kernel_list,
+    first_outside_frame,
+    frame_name,
+    is_downgrade,
+    is_user_mapping_stack,
+    new_memtype_allowed,
+    replay,
+    slowest,
 )
 from memtrace.analysis.slow_moves import (
-    DEFAULT_SLOW_FACTOR, SlowMoves, describe_reference, estimated_wc_ns, find_slow_moves,
+    DEFAULT_SLOW_FACTOR,
+    SlowMoves,
+    describe_reference,
+    estimated_wc_ns,
+    find_slow_moves,
 )
 from memtrace.analysis.snapshot import find_owner, find_uncached_framebuffers
 
@@ -364,7 +376,7 @@ def _moves_by_conflict(conflicts, moves, owner_of):
     """``{id(conflict): the moves, in time order, that mapped one of its reservations}``,
     in one pass over the moves (a long trace has thousands of both); ``owner_of`` maps
     ``id(reservation event)`` to its (non-refusal) finding."""
-    ran_on = {id(conflict): [] for conflict in conflicts}
+    ran_on: Dict[int, list] = {id(conflict): [] for conflict in conflicts}
     for move in moves:
         seen = set()
         for mapping in move.mappings:

@@ -5,6 +5,7 @@ Times are nanoseconds of the kernel's monotonic clock.
 """
 
 import dataclasses
+import sys
 from typing import List, Optional
 
 # What a function does, for the analyses; set by the probe table.
@@ -34,15 +35,6 @@ MAX_STACK = 256
 _U64 = 1 << 64
 
 
-def _integer(key, value):
-    """``value`` as an integer field: a real int (not a bool, not a float) in 64 bits."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{key} must be an integer")
-    if not -_U64 < value < _U64:
-        raise ValueError(f"{key} is out of the 64-bit range")
-    return value
-
-
 def _address(key, value):
     """A physical address or size: a hex string (or an int) in 0 .. 2**64."""
     if isinstance(value, str):
@@ -59,7 +51,30 @@ def _address(key, value):
     return value
 
 
-@dataclasses.dataclass
+_INT, _STR, _HEX, _STACK = "int", "str", "hex", "stack"
+_KINDS = {**{name: _INT for name in _INT_FIELDS}, **{name: _STR for name in _STR_FIELDS},
+          **{name: _HEX for name in HEX_FIELDS}, "stack": _STACK}
+
+
+def _stack(value, shared):
+    """A checked stack, the one list object every equal stack of the trace shares."""
+    if not isinstance(value, list) or not all(isinstance(f, str) for f in value):
+        raise ValueError("stack must be a list of strings")
+    if len(value) > MAX_STACK or any(len(f) > MAX_STRING for f in value):
+        raise ValueError(f"stack is longer than {MAX_STACK} frames of at most "
+                         f"{MAX_STRING} characters")
+    key = ("stack", *value)
+    found = shared.get(key)
+    if found is None:
+        found = shared[key] = [shared.setdefault(frame, frame) for frame in value]
+    return found
+
+
+# __slots__ (Python >= 3.10) halves an event's memory; 3.9 gets the same class without.
+_SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
+
+
+@dataclasses.dataclass(**_SLOTS)
 class Event:
     """One call of a probed function, entry and return merged."""
 
@@ -101,32 +116,40 @@ class Event:
         return record
 
     @classmethod
-    def from_record(cls, record):
+    def from_record(cls, record, shared=None):
         """Build an Event from a dict written by to_record(); raise ValueError naming the
         field when one is missing, of the wrong type or out of range (a trace may come
-        from someone else: every number is checked before any analysis sees it)."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
+        from someone else: every number is checked before any analysis sees it).
+
+        :param shared: a dict the reader keeps across the events of one trace: equal
+            strings and stacks are then one object (a long trace repeats the same few
+            hundred), which is most of an event's memory.
+        """
+        shared = {} if shared is None else shared
         values = {}
         for key, value in record.items():
-            if key not in known:
+            kind = _KINDS.get(key)
+            if kind is None or value is None:
                 continue
-            if value is None:
-                continue
-            if key in HEX_FIELDS:
-                value = _address(key, value)
-            elif key in _INT_FIELDS:
-                value = _integer(key, value)
-            elif key in _STR_FIELDS:
-                if not isinstance(value, str):
+            if kind is _INT:
+                if value.__class__ is not int:   # also refuses bool, a subclass of int
+                    # orjson gives integers beyond 64 bits as floats (integral ones)
+                    if isinstance(value, float) and value.is_integer() \
+                            and not -_U64 < value < _U64:
+                        raise ValueError(f"{key} is out of the 64-bit range")
+                    raise ValueError(f"{key} must be an integer")
+                if not -_U64 < value < _U64:
+                    raise ValueError(f"{key} is out of the 64-bit range")
+            elif kind is _STR:
+                if value.__class__ is not str:
                     raise ValueError(f"{key} must be a string")
                 if len(value) > MAX_STRING:
                     raise ValueError(f"{key} is longer than {MAX_STRING} characters")
-            elif key == "stack":
-                if not isinstance(value, list) or not all(isinstance(f, str) for f in value):
-                    raise ValueError("stack must be a list of strings")
-                if len(value) > MAX_STACK or any(len(f) > MAX_STRING for f in value):
-                    raise ValueError(f"stack is longer than {MAX_STACK} frames of at most "
-                                     f"{MAX_STRING} characters")
+                value = shared.setdefault(value, value)
+            elif kind is _HEX:
+                value = _address(key, value)
+            else:
+                value = _stack(value, shared)
             values[key] = value
         if "ts_ns" not in values or "fn" not in values:
             raise ValueError("an event needs ts_ns and fn")

@@ -12,8 +12,10 @@ import stat
 import threading
 from typing import List, Optional
 
+from memtrace import decode
 from memtrace.analysis.events import Event
 from memtrace.errors import BadInput
+from memtrace.records import Footer, Header, ProcessRecord, UeventRecord
 
 FORMAT = "memtrace-trace"
 VERSION = 1
@@ -27,9 +29,10 @@ class Trace:
     events: List[Event]
     footer: Optional[dict]
     path: str = ""
-    # ``process`` and ``uevent`` records as written (dicts); empty in traces from before them.
-    processes: List[dict] = dataclasses.field(default_factory=list)
-    uevents: List[dict] = dataclasses.field(default_factory=list)
+    # ``process`` and ``uevent`` records (memtrace.records, read like the dicts they were
+    # written from); empty in traces from before them.
+    processes: List[ProcessRecord] = dataclasses.field(default_factory=list)
+    uevents: List[UeventRecord] = dataclasses.field(default_factory=list)
 
     @property
     def lost_events(self):
@@ -107,61 +110,114 @@ class TraceWriter:
                      **footer})
 
 
+class TraceReader:
+    """Reads a trace file once, line by line: the checked header at once, then
+    :meth:`records` yields each event (:class:`Event`), process and uevent record
+    (memtrace.records) as it is read, and :attr:`footer` is set when its line has come.
+
+    Nothing is kept from one line to the next but the strings and stacks events share,
+    so a caller that folds the records into its own state reads a trace of any length in
+    the memory of that state. BadInput names the line for anything malformed.
+    """
+
+    def __init__(self, path, allow_partial=False):
+        self.path, self.allow_partial = path, allow_partial
+        self.footer = None          # the footer's dict, once read
+        self.typed_footer = None    # memtrace.records.Footer, once read
+        self.lines = 0
+        self._handle = _open_regular(path)
+        try:
+            first = self._next_line()
+            if first is None:
+                raise BadInput(f"{path} is empty",
+                               "give a file written by 'memtrace record -o FILE'")
+            record = self._decode(first, 1)
+            self.header = _check_header(record, path)
+            self.typed_header = Header.from_record(record, f"{path}:1")
+        except BaseException:
+            self._handle.close()
+            raise
+
+    def _next_line(self):
+        raw = self._handle.readline(MAX_LINE + 1)
+        if not raw:
+            return None
+        self.lines += 1
+        where = f"{self.path}:{self.lines}"
+        if len(raw) > MAX_LINE:
+            raise BadInput(f"{where}: a line longer than {MAX_LINE >> 20} MiB; this is not "
+                           "a trace memtrace wrote", "give a file written by "
+                           "'memtrace record -o FILE'")
+        if not raw.endswith(b"\n"):
+            raise BadInput(f"{where}: the last line is cut off; the file is truncated",
+                           "record it again")
+        return raw
+
+    def _decode(self, raw, number):
+        try:
+            record = decode.loads(raw)
+        except decode.ERRORS as err:
+            if number == 1:
+                raise BadInput(f"{self.path} is not a memtrace trace (line 1 is not JSON)",
+                               "give a file written by 'memtrace record -o FILE'") from None
+            what = "nested too deeply" if isinstance(err, RecursionError) else \
+                err.__class__.__name__
+            raise BadInput(f"{self.path}:{number}: corrupted line ({what})") from None
+        if not isinstance(record, dict):
+            raise BadInput(f"{self.path}:{number}: expected a JSON object")
+        return record
+
+    def records(self):
+        """Yield ``(line number, record)`` for every event, process and uevent line, in
+        file order; check the footer when it comes. Closes the file at the end."""
+        shared: dict = {}
+        with self._handle:
+            while True:
+                raw = self._next_line()
+                if raw is None:
+                    break
+                number = self.lines
+                where = f"{self.path}:{number}"
+                record = self._decode(raw, number)
+                if self.footer is not None:
+                    raise BadInput(f"{where}: data after the footer")
+                kind = record.get("type")
+                if kind == "event":
+                    try:
+                        yield number, Event.from_record(record, shared)
+                    except (TypeError, ValueError) as err:
+                        raise BadInput(f"{where}: bad event: {err}") from None
+                elif kind == "process":
+                    yield number, ProcessRecord.from_record(record, where)
+                elif kind == "uevent":
+                    yield number, UeventRecord.from_record(record, where)
+                elif kind == "footer":
+                    self.typed_footer = Footer.from_record(record, where)
+                    self.footer = record
+                else:
+                    raise BadInput(f"{where}: unknown record type {kind!r}")
+        if self.footer is None and not self.allow_partial:
+            raise BadInput(f"{self.path} has no footer after line {self.lines}: the recording "
+                           "was killed or the file truncated, so its loss counts are unknown")
+
+
 def read_trace(path, allow_partial=False):
-    """Read a trace file; raise BadInput naming the line for anything malformed.
+    """Read a whole trace file into a :class:`Trace`; raise BadInput naming the line for
+    anything malformed. (The reporting commands stream it: :class:`TraceReader`.)
 
     A file without a footer (a killed recording, or a truncated copy) is refused unless
     ``allow_partial``, because its loss counts are unknown.
     """
-    handle = _open_regular(path)
-    header, footer, events, processes, uevents = None, None, [], [], []
-    number = 0
-    with handle:
-        for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE + 1), b""), 1):
-            where = f"{path}:{number}"
-            if len(raw) > MAX_LINE:
-                raise BadInput(f"{where}: a line longer than {MAX_LINE >> 20} MiB; this is not "
-                               "a trace memtrace wrote", "give a file written by "
-                               "'memtrace record -o FILE'")
-            if not raw.endswith(b"\n"):
-                raise BadInput(f"{where}: the last line is cut off; the file is truncated",
-                               "record it again")
-            try:
-                record = json.loads(raw, parse_constant=_refuse_constant)
-            except (UnicodeDecodeError, ValueError, RecursionError) as err:
-                if number == 1:
-                    raise BadInput(f"{path} is not a memtrace trace (line 1 is not JSON)",
-                                   "give a file written by 'memtrace record -o FILE'") from None
-                what = "nested too deeply" if isinstance(err, RecursionError) else \
-                    err.__class__.__name__
-                raise BadInput(f"{where}: corrupted line ({what})") from None
-            if not isinstance(record, dict):
-                raise BadInput(f"{where}: expected a JSON object")
-            kind = record.get("type")
-            if number == 1:
-                header = _check_header(record, path)
-                continue
-            if footer is not None:
-                raise BadInput(f"{where}: data after the footer")
-            if kind == "event":
-                try:
-                    events.append(Event.from_record(record))
-                except (TypeError, ValueError) as err:
-                    raise BadInput(f"{where}: bad event: {err}") from None
-            elif kind == "process":
-                processes.append(_check_process(record, where))
-            elif kind == "uevent":
-                uevents.append(_check_uevent(record, where))
-            elif kind == "footer":
-                footer = record
-            else:
-                raise BadInput(f"{where}: unknown record type {kind!r}")
-    if header is None:
-        raise BadInput(f"{path} is empty", "give a file written by 'memtrace record -o FILE'")
-    if footer is None and not allow_partial:
-        raise BadInput(f"{path} has no footer after line {number}: the recording was "
-                       "killed or the file truncated, so its loss counts are unknown")
-    return Trace(header, events, footer, path, processes, uevents)
+    reader = TraceReader(path, allow_partial)
+    events, processes, uevents = [], [], []
+    for _number, record in reader.records():
+        if isinstance(record, Event):
+            events.append(record)
+        elif isinstance(record, ProcessRecord):
+            processes.append(record)
+        else:
+            uevents.append(record)
+    return Trace(reader.header, events, reader.footer, path, processes, uevents)
 
 
 # The longest line memtrace reads: a header with a machine's PCI devices and PAT list is tens
@@ -181,50 +237,6 @@ def _open_regular(path):
         raise BadInput(f"{path} is not a regular file (a pipe, device or directory)",
                        "give the trace file written by 'memtrace record -o FILE'")
     return os.fdopen(fd, "rb")
-
-
-def _refuse_constant(name):
-    raise ValueError(f"{name} is not a number a trace may hold")
-
-
-_PROCESS_INTS = ("pid", "tgid", "ppid", "exit_code", "exit_signal", "wait_status")
-_PROCESS_STRS = ("name", "exe", "parent_name")
-
-
-def _check_process(record, where):
-    if record.get("what") not in ("exec", "exit", "fork"):
-        raise BadInput(f"{where}: bad process record: 'what' must be exec, exit or fork")
-    _check_ts(record, where, "process")
-    if not isinstance(record.get("pid"), int) or isinstance(record.get("pid"), bool):
-        raise BadInput(f"{where}: bad process record: pid must be an integer")
-    for name in _PROCESS_INTS:
-        value = record.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise BadInput(f"{where}: bad process record: {name} must be an integer")
-    for name in _PROCESS_STRS:
-        if record.get(name) is not None and not isinstance(record[name], str):
-            raise BadInput(f"{where}: bad process record: {name} must be a string")
-    cmdline = record.get("cmdline")
-    if cmdline is not None and not (isinstance(cmdline, list)
-                                    and all(isinstance(arg, str) for arg in cmdline)):
-        raise BadInput(f"{where}: bad process record: cmdline must be a list of strings")
-    return record
-
-
-def _check_uevent(record, where):
-    _check_ts(record, where, "uevent")
-    for name in ("action", "subsystem", "devpath", "devname", "devtype"):
-        if record.get(name) is not None and not isinstance(record[name], str):
-            raise BadInput(f"{where}: bad uevent record: {name} must be a string")
-    if not isinstance(record.get("properties", {}), dict):
-        raise BadInput(f"{where}: bad uevent record: properties must be an object")
-    return record
-
-
-def _check_ts(record, where, kind):
-    value = record.get("ts_ns")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise BadInput(f"{where}: bad {kind} record: ts_ns must be an integer")
 
 
 def _check_header(record, path):

@@ -69,17 +69,16 @@ def memory_type_context(environment):
 
 def read_recorded_trace(path):
     """Read a trace written by `memtrace record` into a :class:`TraceSource`; BadInput
-    naming the line for anything malformed."""
+    naming the line and the field for anything malformed (every record is checked as it
+    is read: memtrace.records, Event.from_record)."""
     from memtrace.tracefile import read_trace
     trace = read_trace(path)
-    check_events(trace)
-    check_header_and_footer(trace)
     header = trace.header
     try:
         snapshot = parse_pat_snapshot(header.get("pat_snapshot"))
     except ValueError as err:
         raise BadInput(f"{path}:1: {err}") from None
-    backend = header.get("backend") if isinstance(header.get("backend"), dict) else {}
+    backend = header.get("backend") or {}
     footer = trace.footer or {}
     source = TraceSource(source=path, kernel=header.get("kernel"), traced=True,
                          events=trace.events, lost_events=trace.lost_events,
@@ -155,41 +154,6 @@ def model_check_line(check):
     return ("Model check: memtrace's model disagrees with the kernel's pat_memtype_list at the "
             "end: " + "; ".join(parts) + ". Events were lost or a reservation path is not "
             "probed; holders named above may be incomplete.")
-
-
-def check_events(trace):
-    """Refuse events whose fields have the wrong type, naming the line (the header is 1)."""
-    for number, event in enumerate(trace.events, 2):
-        where = f"{trace.path}:{number}"
-        for name in _INT_FIELDS + ("start", "end", "size"):
-            value = getattr(event, name)
-            if value is not None and not isinstance(value, int):
-                raise BadInput(f"{where}: bad event: {name} must be an integer")
-        for name in _STR_FIELDS:
-            value = getattr(event, name)
-            if value is not None and not isinstance(value, str):
-                raise BadInput(f"{where}: bad event: {name} must be a string")
-        if not isinstance(event.stack, list) or not all(isinstance(f, str) for f in event.stack):
-            raise BadInput(f"{where}: bad event: stack must be a list of strings")
-
-
-def check_header_and_footer(trace):
-    """Refuse header and footer fields a report would print with the wrong type."""
-    footer_line = f"{trace.path}:{len(trace.events) + 2}"
-    checks = (
-        (f"{trace.path}:1", trace.header, "kernel", str),
-        (f"{trace.path}:1", trace.header, "workload", list),
-        (footer_line, trace.footer, "lost_events", int),
-        (footer_line, trace.footer, "missed_returns", int),
-        (footer_line, trace.footer, "seconds", (int, float)),
-    )
-    for where, record, name, kind in checks:
-        value = (record or {}).get(name)
-        if value is not None and not isinstance(value, kind):
-            raise BadInput(f"{where}: bad {name}: {value!r}")
-    workload = trace.header.get("workload") or []
-    if not all(isinstance(word, str) for word in workload):
-        raise BadInput(f"{trace.path}:1: bad workload: {workload!r}")
 
 
 def _pci_for_trace(header, footer, notes):
