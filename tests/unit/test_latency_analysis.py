@@ -14,10 +14,8 @@ from memtrace.analysis.latency import (
 )
 from memtrace.analysis.moves import find_moves
 from memtrace.tracefile import read_trace
+from tests.builders import TTM_BO, UC_CYCLES, UC_NS, WC_CYCLES, WC_NS, call, move, seed_events
 from tests.conftest import FIXTURES
-from tests.unit.test_moves import move
-from tests.unit.test_reservations import TTM_BO, call
-from tests.unit.test_slow_moves import UC_CYCLES, UC_NS, WC_CYCLES, WC_NS, seed_events
 
 TRACES = os.path.join(FIXTURES, "traces")
 MOVER = "drm_gem_vram_bo_driver_move"

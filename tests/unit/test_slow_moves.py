@@ -2,7 +2,7 @@
 numbers: a 0x3e8000-byte framebuffer move took 1.24 s and 2227.4M cycles through the UC-
 mapping TTM got after bochs' UC- ioremap, and 0.01 s and 17.8M cycles write-combined.
 
-``seed_events()`` builds that stream; the latency and conflicts tests use it too.
+``seed_events()`` (tests/builders.py) builds that stream.
 """
 
 import json
@@ -12,47 +12,22 @@ import pytest
 from memtrace.analysis.conflicts import analyze
 from memtrace.analysis.moves import find_moves
 from memtrace.analysis.slow_moves import (
-    DEFAULT_SLOW_FACTOR, DEFAULT_WC_REFERENCE_MBPS, describe_slow_moves, find_slow_moves,
+    DEFAULT_SLOW_FACTOR,
+    DEFAULT_WC_REFERENCE_MBPS,
+    describe_slow_moves,
+    find_slow_moves,
     wc_reference,
 )
-from tests.unit.test_moves import FB_BYTES, move
-from tests.unit.test_reservations import BAR0, BOCHS_STACK, TTM_BO, TTM_STACK, free, reserve
-
-UC_NS, UC_CYCLES = 1_240_000_000, 2_227_400_000
-WC_NS, WC_CYCLES = 10_000_000, 17_800_000
-# The write-combined move maps a BO of a second card's VRAM that nothing reserved uncached.
-WC_VRAM = (0xF4000000, 0xF8000000)
-WC_BO = (0xF4000000, 0xF4000000 + FB_BYTES)
-T_UC, T_WC = 10_689_092_000, 12_000_000_000
-
-
-def seed_move(t0, span, requested, granted, duration, cycles, pid=175):
-    """One framebuffer move as the bcc backend records it: bo_driver_move > ttm_bo_move_memcpy
-    > the ioremap_wc reservation of the BO (granted ``granted``) > ttm_move_memcpy > iounmap."""
-    return [
-        move(t0, "drm_gem_vram_bo_driver_move", duration, pid=pid, cycles=cycles,
-             cycles_source="tsc"),
-        move(t0 + 100_000, "ttm_bo_move_memcpy", duration - 160_000, pid=pid),
-        reserve(t0 + 280_000, span, requested, granted, TTM_STACK, pid=pid),
-        move(t0 + 731_000, "ttm_move_memcpy", duration - 1_960_000, pid=pid),
-        free(t0 + duration - 360_000, span, pid=pid),
-    ]
-
-
-def seed_events(uc=True, wc=True):
-    """bochs reserves its whole framebuffer BAR UC- at probe time; ``uc``: a move then maps
-    a BO of it asking WC, gets UC- and takes 1.24 s; ``wc``: a move through a WC mapping of
-    another card's VRAM takes 0.01 s."""
-    events = [reserve(T_UC - 200_000_000, BAR0, "UC-", stack=BOCHS_STACK)]
-    if uc:
-        events += seed_move(T_UC, TTM_BO, "WC", "UC-", UC_NS, UC_CYCLES)
-    if wc:
-        events += [reserve(T_WC - 100_000_000, WC_VRAM, "WC", stack=["memtype_reserve",
-                                                                     "__ioremap_caller",
-                                                                     "ioremap_wc",
-                                                                     "qxl_device_init [qxl]"])]
-        events += seed_move(T_WC, WC_BO, "WC", "WC", WC_NS, WC_CYCLES)
-    return events
+from tests.builders import (
+    FB_BYTES,
+    T_UC,
+    T_WC,
+    TTM_BO,
+    UC_CYCLES,
+    UC_NS,
+    seed_events,
+    seed_move,
+)
 
 
 def test_the_uc_move_is_slow_against_the_wc_move_of_the_same_trace():
