@@ -2,11 +2,13 @@
 
 ``call``, ``reserve``, ``free`` and ``move`` make single events; ``bochs_move``,
 ``seed_events``, ``bochs_events`` and ``qxl_events`` make the streams of the scenarios the
-analysis, CLI and report tests run on (modeled on lab guests; see each docstring).
+analysis, CLI and report tests run on (modeled on lab guests; see each docstring);
+``write_trace`` writes a stream as `memtrace record` would.
 """
 
 from memtrace.analysis import events as ev
 from memtrace.analysis.events import Event
+from memtrace.tracefile import TraceWriter
 
 # -- single events (the reservation model's tests) -------------------------------------------
 
@@ -184,3 +186,19 @@ def qxl_events():
         call(3_900, "ttm_bo_move_memcpy", ev.ROLE_MOVE, probe="ttm:ttm_bo_move_memcpy",
              bytes=0x400000, duration_ns=900_000),
     ]
+
+
+# -- traces ----------------------------------------------------------------------------------
+
+
+def write_trace(path, events, header, lost=0, footer=None):
+    """Write ``events`` as `memtrace record` would, under ``header``; the footer says ``lost``
+    events were lost in a 3.5 s run the workload stopped, with ``footer``'s fields on top.
+    Returns the path as a string."""
+    with open(path, "wb") as stream:
+        writer = TraceWriter(stream, header)
+        for event in events:
+            writer.event(event)
+        writer.footer({"lost_events": lost, "missed_returns": 0, "seconds": 3.5,
+                       "stopped_by": "workload", **(footer or {})})
+    return str(path)

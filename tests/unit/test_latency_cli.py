@@ -15,10 +15,11 @@ from memtrace.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, NotTraceable
 from memtrace.probes.backend import BackendStats
 from memtrace.tools.cli import main
 from memtrace.tools.report_words import latency_value
-from memtrace.tracefile import TraceWriter, read_trace
+from memtrace.tracefile import read_trace
+from tests.builders import (
+    BAR0, FB_BYTES, TTM_BO, TTM_STACK, call, free, move, reserve, write_trace,
+)
 from tests.conftest import FIXTURES
-from tests.unit.test_moves import FB_BYTES, move
-from tests.unit.test_reservations import BAR0, TTM_BO, TTM_STACK, call, free, reserve
 
 TRACES = os.path.join(FIXTURES, "traces")
 BCC_612 = os.path.join(TRACES, "6.12-bcc-bochs.jsonl")
@@ -139,20 +140,9 @@ def seed_events():
     ]
 
 
-def write_trace(path, events, lost=0, header=None):
-    """Write ``events`` as `memtrace record` would; return the path as a string."""
-    with open(path, "wb") as stream:
-        writer = TraceWriter(stream, dict(HEADER, **(header or {})))
-        for event in events:
-            writer.event(event)
-        writer.footer({"lost_events": lost, "missed_returns": 0, "seconds": 3.5,
-                       "stopped_by": "workload"})
-    return str(path)
-
-
 @pytest.fixture
 def seed_trace(tmp_path):
-    return write_trace(tmp_path / "seed.jsonl", seed_events())
+    return write_trace(tmp_path / "seed.jsonl", seed_events(), HEADER)
 
 
 def table_rows(out, first_words):
@@ -267,7 +257,7 @@ def test_a_function_that_is_not_a_move_has_no_finding(capsys, seed_trace):
 
 
 def test_lost_events_are_stated(capsys, tmp_path):
-    path = write_trace(tmp_path / "lossy.jsonl", seed_events(), lost=7)
+    path = write_trace(tmp_path / "lossy.jsonl", seed_events(), HEADER, lost=7)
     _, out, _ = latency(capsys, "-i", path, "--fn", "ioremap")
     assert "7 lost" in out and "Some events were lost" in out
     _, report = json_latency(capsys, "-i", path, "--fn", "ioremap")
@@ -446,7 +436,7 @@ def test_units_are_exclusive(capsys):
 
 
 def test_bad_probes_in_the_header(capsys, tmp_path):
-    path = write_trace(tmp_path / "bad.jsonl", seed_events(), header={"probes": ["x"]})
+    path = write_trace(tmp_path / "bad.jsonl", seed_events(), dict(HEADER, probes=["x"]))
     assert ":1: bad probes" in one_line_error(capsys, "-i", path, "--fn", "ioremap")
 
 
