@@ -45,8 +45,9 @@ Needs no kprobes and no bcc; without root, only a card node you can open (udev g
 examples:
   memtrace bench                          the first display device, as text
   memtrace bench --format json -o b.json  docs/bench-json.md
-  memtrace bench --format openmetrics -o /var/lib/prometheus/node-exporter/memtrace-bench.prom --force
-                                          Prometheus metrics (docs/metrics.md)
+  memtrace bench --format openmetrics -o memtrace-bench.prom --force
+                                          Prometheus metrics (docs/metrics.md; the
+                                          package's memtrace-bench.timer writes them)
   memtrace bench --device 0000:00:02.0 --runs 10 --size 0x800000
 
 exit status: 0 measured, 2 error (one line on stderr saying what to do).
@@ -117,8 +118,8 @@ def run(args):
 def render(doc, fmt):
     """The bench document ``doc`` as ``text``, ``markdown``, ``json`` or ``openmetrics``."""
     if fmt == "openmetrics":
-        from memtrace.tools.openmetrics import bench_families, render as render_metrics
-        return render_metrics(bench_families(doc))
+        from memtrace.tools import openmetrics
+        return openmetrics.render(openmetrics.bench_families(doc))
     if fmt == "json":
         import json
         return json.dumps(doc, indent=2) + "\n"

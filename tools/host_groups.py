@@ -6,7 +6,8 @@ the environment 100 columns. :func:`group_hosts` rewrites a report document
 (docs/report-json.md) for the text, markdown and HTML renderings: each group of hosts with the
 same findings keeps its first host's findings, reservations, latency, timeline and
 environment under one name (``host-1 +49``), the notes about its hosts are said once for the
-group, and a note names every member and what differs between them. The ``json`` format keeps every host. Pure functions; no I/O.
+group, and a note names every member and what differs between them. The ``json`` format keeps
+every host. Pure functions; no I/O.
 """
 
 import re
@@ -19,8 +20,13 @@ __all__ = ["findings_key", "partition", "group_name", "group_hosts"]
 _FINDING_FIELDS = ("kind", "title", "severity", "effective")
 _ROW_SECTIONS = ("findings", "reservations", "latency", "timeline")
 # Facts of a host that, when they differ inside a group, the group's note names.
-_VARYING = (("kernel", "kernels"), ("cpu_model", "CPU models"), ("hypervisor", "hypervisors"),
-            ("memtrace", "memtrace versions"), ("lost_events", "lost-event counts"))
+_VARYING = (
+    ("kernel", "kernels"),
+    ("cpu_model", "CPU models"),
+    ("hypervisor", "hypervisors"),
+    ("memtrace", "memtrace versions"),
+    ("lost_events", "lost-event counts"),
+)
 
 
 def _entries(doc, key):
@@ -64,15 +70,20 @@ def _differences(members, records):
             value = str(records.get(name, {}).get(field) or "unknown")
             counts[value] = counts.get(value, 0) + 1
         if len(counts) > 1:
-            parts.append(f"{len(counts)} {plural} (" + ", ".join(
-                f"{value} × {count}" for value, count in counts.items()) + ")")
+            parts.append(
+                f"{len(counts)} {plural} ("
+                + ", ".join(f"{value} × {count}" for value, count in counts.items())
+                + ")"
+            )
     return parts
 
 
 def _note(name, members, records, found):
     what = "the same findings" if found else "no findings"
-    text = (f"{name} stands for {len(members)} hosts with {what}: {', '.join(map(str, members))}."
-            f" Its reservations, latency, timeline and environment are {members[0]}'s")
+    text = (
+        f"{name} stands for {len(members)} hosts with {what}: {', '.join(map(str, members))}."
+        f" Its reservations, latency, timeline and environment are {members[0]}'s"
+    )
     differences = _differences(members, records)
     if differences:
         text += "; between them: " + "; ".join(differences)
@@ -94,22 +105,33 @@ def group_hosts(doc):
     # The headline counts what the fleet has, not what is shown.
     out["host_count"] = sum(len(members) for members in groups)
     out["finding_count"] = len(_entries(doc, "findings"))
-    out["hosts"] = [dict(h, name=rename[h.get("name")]) for h in _entries(doc, "hosts")
-                    if isinstance(h, dict) and h.get("name") in rename]
+    out["hosts"] = [
+        dict(h, name=rename[h.get("name")])
+        for h in _entries(doc, "hosts")
+        if isinstance(h, dict) and h.get("name") in rename
+    ]
     for key in _ROW_SECTIONS:
-        out[key] = [dict(row, host=rename[row.get("host")]) for row in _entries(doc, key)
-                    if row.get("host") in rename]
+        out[key] = [
+            dict(row, host=rename[row.get("host")])
+            for row in _entries(doc, key)
+            if row.get("host") in rename
+        ]
     found = {f.get("host") for f in _entries(doc, "findings")}
-    notes = [_note(rename[members[0]], members, records, members[0] in found)
-             for members in groups if len(members) > 1]
+    notes = [
+        _note(rename[members[0]], members, records, members[0] in found)
+        for members in groups
+        if len(members) > 1
+    ]
     group_of = {name: rename[members[0]] for members in groups for name in members}
     names = sorted((n for n in group_of if isinstance(n, str) and n), key=len, reverse=True)
     pattern = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?![\w-])")
     for note in _entries(doc, "notes"):
-        renamed = pattern.sub(lambda match: group_of[match.group(1)], note) \
-            if isinstance(note, str) and names else note
+        renamed = (
+            pattern.sub(lambda match: group_of[match.group(1)], note)
+            if isinstance(note, str) and names
+            else note
+        )
         if renamed not in notes:
             notes.append(renamed)
     out["notes"] = notes
     return out
-

@@ -22,8 +22,14 @@ from memtrace.analysis.snapshot import OVERLAPPING_TYPES, PAT_DISABLED, UNCACHED
 from memtrace.errors import BadInput
 from memtrace.tools.tracing_io import ReportOutput
 
-__all__ = ["Family", "label_value", "snapshot_families", "bench_families", "render",
-           "MetricsOutput"]
+__all__ = [
+    "Family",
+    "label_value",
+    "snapshot_families",
+    "bench_families",
+    "render",
+    "MetricsOutput",
+]
 
 TYPES = tuple(memtype.short for memtype in KNOWN)
 # The framebuffer BAR's states: a memory type, "none" (no PAT reservation spans the BAR:
@@ -48,9 +54,19 @@ class Family:
     samples: Tuple[Tuple[Tuple[Tuple[str, str], ...], float], ...]
 
 
-_UNSAFE = {code: "\ufffd" for code in (*range(0x00, 0x0A), *range(0x0B, 0x20), 0x7F,
-                                       *range(0x80, 0xA0), 0x2028, 0x2029,
-                                       *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+_UNSAFE = {
+    code: "\ufffd"
+    for code in (
+        *range(0x00, 0x0A),
+        *range(0x0B, 0x20),
+        0x7F,
+        *range(0x80, 0xA0),
+        0x2028,
+        0x2029,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    )
+}
 _FORMAT_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
 
 
@@ -71,10 +87,12 @@ def _labels(**pairs):
 
 
 def _info_family(command, kernel_release):
-    return Family("memtrace_info",
-                  "Always 1; the labels name memtrace's version, the command that wrote "
-                  "these metrics and the kernel release it ran on.",
-                  ((_labels(command=command, version=__version__, kernel=kernel_release), 1),))
+    return Family(
+        "memtrace_info",
+        "Always 1; the labels name memtrace's version, the command that wrote "
+        "these metrics and the kernel release it ran on.",
+        ((_labels(command=command, version=__version__, kernel=kernel_release), 1),),
+    )
 
 
 # -- memtrace snapshot -----------------------------------------------------------------------
@@ -84,6 +102,7 @@ def framebuffer_bar(device):
     """The device's framebuffer BAR, as `memtrace bench` picks it: its first memory BAR of
     at least 1 MiB (smaller ones are register windows), or None."""
     from memtrace.tools.bench import framebuffer_bar as pick
+
     return pick(device)
 
 
@@ -118,49 +137,68 @@ def snapshot_families(kernel_release, pat_enabled, reservations, pci_devices, fi
     :return: a list of :class:`Family`.
     """
     families = [_info_family("snapshot", kernel_release)]
-    families.append(Family(
-        "memtrace_pat_enabled",
-        "1 if the kernel has PAT enabled, 0 if it is disabled; absent when unknown.",
-        () if pat_enabled is None else ((_labels(), 1 if pat_enabled else 0),)))
-    families.append(Family(
-        "memtrace_pat_list_readable",
-        "1 if the kernel's PAT reservation list (debugfs x86/pat_memtype_list) was read, 0 if "
-        "not (not root, debugfs not mounted, PAT off); the types below are then unknown.",
-        ((_labels(), 0 if reservations is None else 1),)))
+    families.append(
+        Family(
+            "memtrace_pat_enabled",
+            "1 if the kernel has PAT enabled, 0 if it is disabled; absent when unknown.",
+            () if pat_enabled is None else ((_labels(), 1 if pat_enabled else 0),),
+        )
+    )
+    families.append(
+        Family(
+            "memtrace_pat_list_readable",
+            "1 if the kernel's PAT reservation list (debugfs x86/pat_memtype_list) was read, 0 if "
+            "not (not root, debugfs not mounted, PAT off); the types below are then unknown.",
+            ((_labels(), 0 if reservations is None else 1),),
+        )
+    )
     bar_types, counts = [], []
     for device in sorted(pci_devices, key=lambda d: d.slot):
         bar = framebuffer_bar(device) if device.is_display else None
         if bar is None:
             continue
-        ids = dict(slot=device.slot, device=device.vendor_device, driver=device.driver,
-                   bar=bar.index)
+        ids = dict(
+            slot=device.slot, device=device.vendor_device, driver=device.driver, bar=bar.index
+        )
         state = bar_state(bar, reservations)
-        bar_types.extend((_labels(**ids, type=name), 1 if name == state else 0)
-                         for name in BAR_STATES)
+        bar_types.extend(
+            (_labels(**ids, type=name), 1 if name == state else 0) for name in BAR_STATES
+        )
         if reservations is None:
             continue
         inside = [r for r in reservations if r.start < bar.end and bar.start < r.end]
         for name in TYPES + ("other",):
             found = sum(1 for r in inside if (_type_of(r) or "other") == name)
             counts.append((_labels(**ids, type=name), found))
-    families.append(Family(
-        "memtrace_display_framebuffer_type",
-        "1 for the effective memory type of the PAT reservation spanning the whole "
-        "framebuffer BAR of a display device (none: no reservation spans it; unknown: the "
-        "PAT list is unreadable), 0 for every other type.", tuple(bar_types)))
-    families.append(Family(
-        "memtrace_display_framebuffer_reservations",
-        "PAT reservations overlapping the framebuffer BAR of a display device, by effective "
-        "memory type (other: a type the kernel printed as broken).", tuple(counts)))
+    families.append(
+        Family(
+            "memtrace_display_framebuffer_type",
+            "1 for the effective memory type of the PAT reservation spanning the whole "
+            "framebuffer BAR of a display device (none: no reservation spans it; unknown: the "
+            "PAT list is unreadable), 0 for every other type.",
+            tuple(bar_types),
+        )
+    )
+    families.append(
+        Family(
+            "memtrace_display_framebuffer_reservations",
+            "PAT reservations overlapping the framebuffer BAR of a display device, by effective "
+            "memory type (other: a type the kernel printed as broken).",
+            tuple(counts),
+        )
+    )
     by_kind = dict.fromkeys(FINDING_KINDS, 0)
     for finding in findings:
         kind = finding.kind if finding.kind in by_kind else "other"
         by_kind[kind] = by_kind.get(kind, 0) + 1
-    families.append(Family(
-        "memtrace_findings",
-        "Findings of memtrace snapshot by kind (uncached-framebuffer, overlapping-types, "
-        "pat-disabled); what each means is in docs/metrics.md.",
-        tuple((_labels(kind=kind), count) for kind, count in by_kind.items())))
+    families.append(
+        Family(
+            "memtrace_findings",
+            "Findings of memtrace snapshot by kind (uncached-framebuffer, overlapping-types, "
+            "pat-disabled); what each means is in docs/metrics.md.",
+            tuple((_labels(kind=kind), count) for kind, count in by_kind.items()),
+        )
+    )
     return families
 
 
@@ -183,19 +221,30 @@ def bench_families(doc):
             figures = (mapping.get("figures") or {}).get(operation)
             if not figures or figures.get("median_mbps") is None:
                 continue
-            rates.append((_labels(**ids, mapping=kind, type=memtype, operation=operation),
-                          round(float(figures["median_mbps"]) * 1e6)))
-    families.append(Family(
-        "memtrace_bench_bytes_per_second",
-        "Median throughput of memtrace bench's timed passes through a mapping of the display "
-        "device (mapping: anonymous, dumb, fbdev, sysfs, sysfs-wc) with its effective memory "
-        "type, per operation (write: memset, read and copy: memcpy).", tuple(rates)))
+            rates.append(
+                (
+                    _labels(**ids, mapping=kind, type=memtype, operation=operation),
+                    round(float(figures["median_mbps"]) * 1e6),
+                )
+            )
+    families.append(
+        Family(
+            "memtrace_bench_bytes_per_second",
+            "Median throughput of memtrace bench's timed passes through a mapping of the display "
+            "device (mapping: anonymous, dumb, fbdev, sysfs, sysfs-wc) with its effective memory "
+            "type, per operation (write: memset, read and copy: memcpy).",
+            tuple(rates),
+        )
+    )
     honoured = (doc.get("verdict") or {}).get("honoured")
-    families.append(Family(
-        "memtrace_bench_host_honours_memory_types",
-        "1 if the bench found that the host honours the guest's memory types (uncached writes "
-        "at least 3x slower than write-back), 0 if not; absent when it could not tell.",
-        () if honoured is None else ((_labels(**ids), 1 if honoured else 0),)))
+    families.append(
+        Family(
+            "memtrace_bench_host_honours_memory_types",
+            "1 if the bench found that the host honours the guest's memory types (uncached writes "
+            "at least 3x slower than write-back), 0 if not; absent when it could not tell.",
+            () if honoured is None else ((_labels(**ids), 1 if honoured else 0),),
+        )
+    )
     return families
 
 
@@ -216,8 +265,11 @@ def render(families):
         lines.append(f"# TYPE {family.name} gauge")
         for labels, value in family.samples:
             text = ",".join(f'{key}="{label_value(item)}"' for key, item in labels)
-            lines.append(f"{family.name}{{{text}}} {_number(value)}" if text
-                         else f"{family.name} {_number(value)}")
+            lines.append(
+                f"{family.name}{{{text}}} {_number(value)}"
+                if text
+                else f"{family.name} {_number(value)}"
+            )
     lines.append("# EOF")
     return "\n".join(lines) + "\n"
 
@@ -235,8 +287,10 @@ class MetricsOutput(ReportOutput):
 
     def __init__(self, path, force, command, inputs=()):
         if path and os.path.islink(path):
-            raise BadInput(f"{path} is a symlink; refusing to write metrics through it",
-                           "give the real path of the textfile")
+            raise BadInput(
+                f"{path} is a symlink; refusing to write metrics through it",
+                "give the real path of the textfile",
+            )
         super().__init__(path, force, command, inputs)
         if self.output is not None:
             os.fchmod(self.output.stream.fileno(), TEXTFILE_MODE)

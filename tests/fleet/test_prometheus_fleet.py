@@ -29,12 +29,13 @@ GUESTS = {"bochs-6.1": "guest-6.1-bochs", "qxl-6.1": "guest-6.1-qxl"}
 # The bench timer's textfile beside the snapshot's, as on a guest that enables both: a bench
 # recorded in a 6.1 bochs guest (tests/fixtures/bench/README.md).
 BENCHES = {"bochs-6.1": "6.1-bochs.json"}
-WAIT_S = 60          # both guests scraped; measured: a few seconds
+WAIT_S = 60  # both guests scraped; measured: a few seconds
 STARTUP_S = 30
 
 
 def _bench_metrics(name):
     from memtrace.tools.bench import render
+
     with open(os.path.join(FIXTURES, "bench", name), encoding="utf-8") as src:
         return render(json.load(src), "openmetrics")
 
@@ -73,8 +74,9 @@ class _Processes:
 
     def start(self, name, argv):
         log = open(os.path.join(self.logs, f"{name}.log"), "wb")
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         log.close()
         self.running.append((name, process))
         return process
@@ -117,42 +119,82 @@ def fleet(tmp_path_factory):
             textfiles = base / guest
             textfiles.mkdir()
             proc = subprocess.run(
-                memtrace_argv("snapshot", "--root", os.path.join(FIXTURES, capture),
-                              "--format", "openmetrics", "-o", str(textfiles / "memtrace.prom")),
-                capture_output=True, text=True, check=False, cwd=str(base))
+                memtrace_argv(
+                    "snapshot",
+                    "--root",
+                    os.path.join(FIXTURES, capture),
+                    "--format",
+                    "openmetrics",
+                    "-o",
+                    str(textfiles / "memtrace.prom"),
+                ),
+                capture_output=True,
+                text=True,
+                check=False,
+                cwd=str(base),
+            )
             assert proc.returncode in (0, 1) and proc.stderr == "", proc.stderr
             if guest in BENCHES:
                 (textfiles / "memtrace-bench.prom").write_text(_bench_metrics(BENCHES[guest]))
             port = _free_port()
-            processes.start(guest, [
-                NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}",
-                "--collector.disable-defaults", "--collector.textfile",
-                f"--collector.textfile.directory={textfiles}"])
+            processes.start(
+                guest,
+                [
+                    NODE_EXPORTER,
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--collector.disable-defaults",
+                    "--collector.textfile",
+                    f"--collector.textfile.directory={textfiles}",
+                ],
+            )
             targets[guest] = f"127.0.0.1:{port}"
         port = _free_port()
         config = base / "prometheus.yml"
-        config.write_text(json.dumps({   # YAML is a superset of JSON
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "guests", "static_configs": [
-                {"targets": [target], "labels": {"guest": guest}}
-                for guest, target in targets.items()]}]}))
-        processes.start(PROMETHEUS, [
-            PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={base / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}"])
+        config.write_text(
+            json.dumps(
+                {  # YAML is a superset of JSON
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "scrape_configs": [
+                        {
+                            "job_name": "guests",
+                            "static_configs": [
+                                {"targets": [target], "labels": {"guest": guest}}
+                                for guest, target in targets.items()
+                            ],
+                        }
+                    ],
+                }
+            )
+        )
+        processes.start(
+            PROMETHEUS,
+            [
+                PROMETHEUS,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={base / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+        )
         api = f"http://127.0.0.1:{port}/api/v1/query?query="
 
         def query(promql):
             answer = json.loads(_get(api + urllib.parse.quote(promql)))
             assert answer["status"] == "success", answer
-            return {s["metric"].get("guest"): float(s["value"][1])
-                    for s in answer["data"]["result"]}
+            return {
+                s["metric"].get("guest"): float(s["value"][1]) for s in answer["data"]["result"]
+            }
 
         for guest, target in targets.items():
-            _wait_until(f"node_exporter of {guest} to answer",
-                        lambda target=target: "memtrace_info" in _get(
-                            f"http://{target}/metrics"), STARTUP_S)
-        _wait_until("Prometheus to have scraped memtrace_info of both guests",
-                    lambda: set(query("memtrace_info")) == set(GUESTS), WAIT_S)
+            _wait_until(
+                f"node_exporter of {guest} to answer",
+                lambda target=target: "memtrace_info" in _get(f"http://{target}/metrics"),
+                STARTUP_S,
+            )
+        _wait_until(
+            "Prometheus to have scraped memtrace_info of both guests",
+            lambda: set(query("memtrace_info")) == set(GUESTS),
+            WAIT_S,
+        )
         yield query
     except BaseException:
         for name, _process in processes.running:
@@ -177,5 +219,6 @@ def test_both_guests_are_scraped_whole(fleet):
     assert fleet("memtrace_pat_enabled") == {"bochs-6.1": 1.0, "qxl-6.1": 1.0}
     # Two textfiles of one guest: node_exporter merged their memtrace_info family.
     assert fleet("count by (guest) (memtrace_info)") == {"bochs-6.1": 2.0, "qxl-6.1": 1.0}
-    assert fleet('count by (guest) (memtrace_bench_bytes_per_second{mapping="anonymous"})') \
-        == {"bochs-6.1": 3.0}
+    assert fleet('count by (guest) (memtrace_bench_bytes_per_second{mapping="anonymous"})') == {
+        "bochs-6.1": 3.0
+    }

@@ -41,8 +41,9 @@ FIXED_SHAPES = {
 
 
 def snapshot_metrics(capsys, capture):
-    status = main(["snapshot", "--root", os.path.join(FIXTURES, capture),
-                   "--format", "openmetrics"])
+    status = main(
+        ["snapshot", "--root", os.path.join(FIXTURES, capture), "--format", "openmetrics"]
+    )
     return status, capsys.readouterr().out
 
 
@@ -64,22 +65,37 @@ def ones(text, name):
     return [dict(labels) for labels, value in samples(text, name).items() if value == 1]
 
 
-@pytest.mark.parametrize("capture, framebuffer, uncached_findings", [
-    ("guest-6.1-bochs", "UC-", 1), ("guest-6.12-bochs", "UC-", 1),
-    ("guest-6.1-qxl", "WC", 0), ("guest-6.12-qxl", "WC", 0),
-])
-def test_lab_captures_give_the_framebuffer_type_and_findings(capsys, capture, framebuffer,
-                                                             uncached_findings):
+@pytest.mark.parametrize(
+    "capture, framebuffer, uncached_findings",
+    [
+        ("guest-6.1-bochs", "UC-", 1),
+        ("guest-6.12-bochs", "UC-", 1),
+        ("guest-6.1-qxl", "WC", 0),
+        ("guest-6.12-qxl", "WC", 0),
+    ],
+)
+def test_lab_captures_give_the_framebuffer_type_and_findings(
+    capsys, capture, framebuffer, uncached_findings
+):
     status, text = snapshot_metrics(capsys, capture)
     assert status == (EXIT_FINDINGS if uncached_findings else EXIT_OK)
     driver = "bochs-drm" if "bochs" in capture else "qxl"
     assert ones(text, "memtrace_display_framebuffer_type") == [
-        {"slot": "0000:00:02.0", "device": "1234:1111" if driver == "bochs-drm" else "1b36:0100",
-         "driver": driver, "bar": "0", "type": framebuffer}]
+        {
+            "slot": "0000:00:02.0",
+            "device": "1234:1111" if driver == "bochs-drm" else "1b36:0100",
+            "driver": driver,
+            "bar": "0",
+            "type": framebuffer,
+        }
+    ]
     assert len(samples(text, "memtrace_display_framebuffer_type")) == 8
     findings = {dict(k)["kind"]: v for k, v in samples(text, "memtrace_findings").items()}
-    assert findings == {"uncached-framebuffer": uncached_findings, "overlapping-types": 0,
-                        "pat-disabled": 0}
+    assert findings == {
+        "uncached-framebuffer": uncached_findings,
+        "overlapping-types": 0,
+        "pat-disabled": 0,
+    }
     assert samples(text, "memtrace_pat_enabled") == {frozenset(): 1}
     assert samples(text, "memtrace_pat_list_readable") == {frozenset(): 1}
     series = "6.1.0" if "-6.1-" in capture else "6.12."
@@ -90,19 +106,28 @@ def test_lab_captures_give_the_framebuffer_type_and_findings(capsys, capture, fr
 
 def test_bochs_mappings_in_the_framebuffer_bar_are_counted_by_type(capsys):
     _status, text = snapshot_metrics(capsys, "guest-6.1-bochs")
-    counts = {dict(k)["type"]: v
-              for k, v in samples(text, "memtrace_display_framebuffer_reservations").items()}
+    counts = {
+        dict(k)["type"]: v
+        for k, v in samples(text, "memtrace_display_framebuffer_reservations").items()
+    }
     # The whole BAR (bochs' ioremap) and TTM's downgraded ioremap_wc, both UC-.
     assert counts == {"UC-": 2, "WB": 0, "WC": 0, "UC": 0, "WT": 0, "WP": 0, "other": 0}
 
 
 def test_every_family_has_help_and_type_and_no_unbounded_labels(capsys):
-    texts = [snapshot_metrics(capsys, "guest-6.1-bochs")[1],
-             bench_tool.render(json.loads(open(os.path.join(
-                 FIXTURES, "bench", "6.12-bochs-iomem-relaxed.json")).read()), "openmetrics")]
+    texts = [
+        snapshot_metrics(capsys, "guest-6.1-bochs")[1],
+        bench_tool.render(
+            json.loads(
+                open(os.path.join(FIXTURES, "bench", "6.12-bochs-iomem-relaxed.json")).read()
+            ),
+            "openmetrics",
+        ),
+    ]
     for text in texts:
-        names = {line.split()[0].split("{")[0] for line in text.splitlines()
-                 if not line.startswith("#")}
+        names = {
+            line.split()[0].split("{")[0] for line in text.splitlines() if not line.startswith("#")
+        }
         for name in names:
             assert f"# HELP {name} " in text and f"# TYPE {name} gauge\n" in text
         assert text.endswith("\n# EOF\n")
@@ -117,12 +142,15 @@ def test_every_family_has_help_and_type_and_no_unbounded_labels(capsys):
 
 def test_the_same_machine_gives_the_same_text_twice(capsys):
     """No time, pid or counter in the output: a series is the same series every run."""
-    assert snapshot_metrics(capsys, "guest-6.12-bochs") == \
-        snapshot_metrics(capsys, "guest-6.12-bochs")
+    assert snapshot_metrics(capsys, "guest-6.12-bochs") == snapshot_metrics(
+        capsys, "guest-6.12-bochs"
+    )
 
 
-HOSTILE = ('evil"} memtrace_pat_enabled 0\n# TYPE x counter\\\r\x1b]0;pwn\x07\u202egnp.'
-           '\x00\x85\udcff' + "\\n" + "é" * 200)
+HOSTILE = (
+    'evil"} memtrace_pat_enabled 0\n# TYPE x counter\\\r\x1b]0;pwn\x07\u202egnp.'
+    "\x00\x85\udcff" + "\\n" + "é" * 200
+)
 
 
 def test_hostile_driver_and_kernel_names_parse_back_inert():
@@ -142,33 +170,49 @@ def test_hostile_driver_and_kernel_names_parse_back_inert():
     (info,) = ones(text, "memtrace_info")
     assert info["kernel"].startswith('evil"} memtrace_pat_enabled 0\n')
     assert samples(text, "memtrace_pat_enabled") == {frozenset(): 1}
-    text.encode("utf-8")          # no lone surrogate reaches the file
+    text.encode("utf-8")  # no lone surrogate reaches the file
 
 
-@pytest.mark.parametrize("value, escaped", [
-    ('a"b', 'a\\"b'), ("a\\b", "a\\\\b"), ("a\nb", "a\\nb"), ("a\tb", "a\ufffdb"),
-    ("a\x7fb\u2028", "a\ufffdb\ufffd"), (None, ""), ("x" * 300, "x" * 128),
-])
+@pytest.mark.parametrize(
+    "value, escaped",
+    [
+        ('a"b', 'a\\"b'),
+        ("a\\b", "a\\\\b"),
+        ("a\nb", "a\\nb"),
+        ("a\tb", "a\ufffdb"),
+        ("a\x7fb\u2028", "a\ufffdb\ufffd"),
+        (None, ""),
+        ("x" * 300, "x" * 128),
+    ],
+)
 def test_label_values_are_escaped_as_the_format_says(value, escaped):
     assert openmetrics.label_value(value) == escaped
 
 
 def test_unreadable_pat_list_and_unknown_pat_state():
-    device = PciDevice("0000:00:02.0", 0x030000, 0x1234, 0x1111, 0, 0, "bochs-drm",
-                       (BOCHS_BAR0,))
+    device = PciDevice("0000:00:02.0", 0x030000, 0x1234, 0x1111, 0, 0, "bochs-drm", (BOCHS_BAR0,))
     text = openmetrics.render(openmetrics.snapshot_families("6.1", None, None, [device], []))
     assert samples(text, "memtrace_pat_list_readable") == {frozenset(): 0}
-    assert samples(text, "memtrace_pat_enabled") == {}          # unknown: no sample
+    assert samples(text, "memtrace_pat_enabled") == {}  # unknown: no sample
     assert [d["type"] for d in ones(text, "memtrace_display_framebuffer_type")] == ["unknown"]
     assert samples(text, "memtrace_display_framebuffer_reservations") == {}
 
 
 def test_pat_disabled_is_zero_and_counted_as_a_finding():
-    device = PciDevice("0000:00:02.0", 0x030000, 0x1234, 0x1111, 0, 0, "bochs-drm",
-                       (BOCHS_BAR0, PciBar(2, 0xFEBF0000, 0xFEBF1000, 0x40200)))
+    device = PciDevice(
+        "0000:00:02.0",
+        0x030000,
+        0x1234,
+        0x1111,
+        0,
+        0,
+        "bochs-drm",
+        (BOCHS_BAR0, PciBar(2, 0xFEBF0000, 0xFEBF1000, 0x40200)),
+    )
     finding = Finding("pat-disabled", 0xFD000000, 0xFE000000, "PAT is disabled")
-    text = openmetrics.render(openmetrics.snapshot_families("6.1", False, None, [device],
-                                                            [finding]))
+    text = openmetrics.render(
+        openmetrics.snapshot_families("6.1", False, None, [device], [finding])
+    )
     assert samples(text, "memtrace_pat_enabled") == {frozenset(): 0}
     findings = {dict(k)["kind"]: v for k, v in samples(text, "memtrace_findings").items()}
     assert findings["pat-disabled"] == 1
@@ -177,15 +221,19 @@ def test_pat_disabled_is_zero_and_counted_as_a_finding():
 def test_a_display_device_without_a_driver_mapping_is_none():
     from memtrace.analysis.snapshot import analyze_snapshot
     from memtrace.probes.pat_memtype import PatReservation
+
     device = PciDevice("0000:00:02.0", 0x030000, 0x1234, 0x1111, 0, 0, None, (BOCHS_BAR0,))
     # Only a small WC mapping inside the BAR, none spanning it.
     report = analyze_snapshot([PatReservation(0xFD000000, 0xFD001000, "WC")], [], [device])
-    text = openmetrics.render(openmetrics.snapshot_families(
-        "6.1", True, report.reservations, [device], report.findings))
+    text = openmetrics.render(
+        openmetrics.snapshot_families("6.1", True, report.reservations, [device], report.findings)
+    )
     assert [d["type"] for d in ones(text, "memtrace_display_framebuffer_type")] == ["none"]
     assert ones(text, "memtrace_display_framebuffer_type")[0]["driver"] == ""
-    counts = {dict(k)["type"]: v
-              for k, v in samples(text, "memtrace_display_framebuffer_reservations").items()}
+    counts = {
+        dict(k)["type"]: v
+        for k, v in samples(text, "memtrace_display_framebuffer_reservations").items()
+    }
     assert counts["WC"] == 1
 
 
@@ -193,8 +241,16 @@ def test_bench_metrics_are_bytes_per_second_per_mapping_type_and_operation():
     doc = json.loads(open(os.path.join(FIXTURES, "bench", "6.12-bochs-iomem-relaxed.json")).read())
     text = bench_tool.render(doc, "openmetrics")
     rates = samples(text, "memtrace_bench_bytes_per_second")
-    key = frozenset({"slot": "0000:00:02.0", "device": "1234:1111", "driver": "bochs-drm",
-                     "mapping": "sysfs", "type": "UC", "operation": "write"}.items())
+    key = frozenset(
+        {
+            "slot": "0000:00:02.0",
+            "device": "1234:1111",
+            "driver": "bochs-drm",
+            "mapping": "sysfs",
+            "type": "UC",
+            "operation": "write",
+        }.items()
+    )
     sysfs = next(m for m in doc["mappings"] if m["kind"] == "sysfs")
     assert rates[key] == sysfs["figures"]["write"]["median_mbps"] * 1e6
     measured = sum(1 for m in doc["mappings"] for f in m["figures"].values() if f)
@@ -210,32 +266,42 @@ def test_bench_without_a_types_verdict_has_no_honours_sample():
     text = bench_tool.render(doc, "openmetrics")
     assert samples(text, "memtrace_bench_host_honours_memory_types") == {}
     types = {dict(k)["type"] for k in samples(text, "memtrace_bench_bytes_per_second")}
-    assert "unknown" in types                 # not root: the dumb buffer's type is unknown
+    assert "unknown" in types  # not root: the dumb buffer's type is unknown
 
 
 # -- the textfile ----------------------------------------------------------------------------
 
 
 def _snapshot_to(path, *extra, capture="guest-6.1-bochs"):
-    return main(["snapshot", "--root", os.path.join(FIXTURES, capture), "--format",
-                 "openmetrics", "-o", str(path), *extra])
+    return main(
+        [
+            "snapshot",
+            "--root",
+            os.path.join(FIXTURES, capture),
+            "--format",
+            "openmetrics",
+            "-o",
+            str(path),
+            *extra,
+        ]
+    )
 
 
 def test_textfile_is_readable_by_node_exporter_and_replaced_whole(tmp_path, capsys):
     path = tmp_path / "memtrace.prom"
     assert _snapshot_to(path) == EXIT_FINDINGS
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
-    assert capsys.readouterr() == ("", "")          # quiet: a timer runs it
+    assert capsys.readouterr() == ("", "")  # quiet: a timer runs it
     first = path.read_text()
     assert first.endswith("# EOF\n")
-    with open(path) as reader:                      # a scrape in progress
-        assert _snapshot_to(path, capture="guest-6.1-qxl") == EXIT_ERROR   # no --force
+    with open(path) as reader:  # a scrape in progress
+        assert _snapshot_to(path, capture="guest-6.1-qxl") == EXIT_ERROR  # no --force
         assert "exists" in capsys.readouterr().err
         assert _snapshot_to(path, "--force", capture="guest-6.1-qxl") == EXIT_OK
         # Renamed over, not rewritten in place: the reader still has the whole old file.
         assert reader.read() == first
     assert 'driver="qxl"' in path.read_text() and path.read_text().endswith("# EOF\n")
-    assert sorted(os.listdir(tmp_path)) == ["memtrace.prom"]      # no temporary left
+    assert sorted(os.listdir(tmp_path)) == ["memtrace.prom"]  # no temporary left
 
 
 def test_textfile_refuses_a_symlink_even_with_force(tmp_path, capsys):
@@ -252,8 +318,18 @@ def test_textfile_refuses_a_symlink_even_with_force(tmp_path, capsys):
 def test_a_failing_snapshot_leaves_the_old_textfile(tmp_path, capsys):
     path = tmp_path / "memtrace.prom"
     path.write_text("old\n")
-    status = main(["snapshot", "--root", str(tmp_path / "missing"), "--format", "openmetrics",
-                   "-o", str(path), "--force"])
+    status = main(
+        [
+            "snapshot",
+            "--root",
+            str(tmp_path / "missing"),
+            "--format",
+            "openmetrics",
+            "-o",
+            str(path),
+            "--force",
+        ]
+    )
     assert status == EXIT_ERROR
     assert path.read_text() == "old\n" and sorted(os.listdir(tmp_path)) == ["memtrace.prom"]
 
