@@ -47,8 +47,8 @@ if ! .venv/bin/python -c 'import memtrace.tools.cli, tabulate, psutil, pyroute2,
     /usr/bin/python3 -m venv --system-site-packages .venv
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 fi
-# Test and build tools added to .[test] later (vermin, shtab) reach an existing venv too.
-.venv/bin/python -c 'import vermin, shtab, xdist, mypy' 2>/dev/null && [ -x .venv/bin/ruff ] \
+# Test and build tools added to .[test] later (vermin, shtab, hypothesis) reach an existing venv too.
+.venv/bin/python -c 'import vermin, shtab, xdist, mypy, hypothesis' 2>/dev/null && [ -x .venv/bin/ruff ] \
     || .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 
 .venv/bin/memtrace lab --prepare

@@ -158,7 +158,7 @@ def _markdown(block, width):
     if isinstance(block, Lines):
         return "\n".join(escape.md_block(clip(line)) + "  " for line in block.lines)
     if isinstance(block, Bullets):
-        return "\n".join(f"- {_m(item)}" for item in block.items)
+        return "\n".join(f"- {escape.md_block(clip(item))}" for item in block.items)
     if isinstance(block, Table):
         return md_table([[clip(c) for c in row] for row in block.rows],
                         [clip(h) for h in block.headers])

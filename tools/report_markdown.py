@@ -53,7 +53,7 @@ def _md_findings(doc, origin):
             out += [md_block(finding["summary"]), ""]
         evidence = finding.get("evidence") or []
         if evidence:
-            out += ["Evidence:", ""] + [f"- {md(item)}" for item in evidence] + [""]
+            out += ["Evidence:", ""] + [f"- {md_block(item)}" for item in evidence] + [""]
         if finding.get("remedy"):
             out += [f"**Remedy:** {md(finding['remedy'])}", ""]
     quiet = rr.quiet_hosts(doc)
@@ -133,20 +133,20 @@ def _md_bench_body(bench, level):
     ``level`` is the heading level of its parts."""
     hashes = "#" * level
     line, evidence = rr.bench_verdict(bench)
-    out = [f"**{md(line)}**", ""] + [f"- {md(e)}" for e in evidence] + [""]
+    out = [f"**{md(line)}**", ""] + [f"- {md_block(e)}" for e in evidence] + [""]
     headers, rows = rr.bench_table(bench)
     if rows:
         out += [md_block(rr.BENCH_LEGEND), "", md_table(rows, headers), ""]
     details = rr.bench_details(bench)
     if details:
-        out += [f"{hashes} Mappings", ""] + [f"- {md(d)}" for d in details] + [""]
+        out += [f"{hashes} Mappings", ""] + [f"- {md_block(d)}" for d in details] + [""]
     costs = rr.bench_costs(bench)
     if costs:
         out += [f"{hashes} What a frame costs through the uncached reservations", ""]
-        out += [f"- {md(c)}" for c in costs] + [""]
+        out += [f"- {md_block(c)}" for c in costs] + [""]
     notes = rr.bench_notes(bench)
     if notes:
-        out += [f"{hashes} Notes", ""] + [f"- {md(n)}" for n in notes] + [""]
+        out += [f"{hashes} Notes", ""] + [f"- {md_block(n)}" for n in notes] + [""]
     return out
 
 
@@ -187,5 +187,5 @@ def render_markdown(doc):
                       ["", *rr.host_names(doc)]), ""]
     notes = rr.all_notes(doc)
     if notes:
-        out += ["### Notes", ""] + [f"- {md(n)}" for n in notes] + [""]
+        out += ["### Notes", ""] + [f"- {md_block(n)}" for n in notes] + [""]
     return "\n".join(out).rstrip("\n") + "\n"
