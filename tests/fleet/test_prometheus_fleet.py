@@ -31,6 +31,7 @@ GUESTS = {"bochs-6.1": "guest-6.1-bochs", "qxl-6.1": "guest-6.1-qxl"}
 BENCHES = {"bochs-6.1": "6.1-bochs.json"}
 WAIT_S = 60  # both guests scraped; measured: a few seconds
 STARTUP_S = 30
+METRICS = ("snapshot", "--format", "openmetrics")
 
 
 def _bench_metrics(name):
@@ -118,15 +119,10 @@ def fleet(tmp_path_factory):
         for guest, capture in GUESTS.items():
             textfiles = base / guest
             textfiles.mkdir()
+            textfile = textfiles / "memtrace.prom"
             proc = subprocess.run(
                 memtrace_argv(
-                    "snapshot",
-                    "--root",
-                    os.path.join(FIXTURES, capture),
-                    "--format",
-                    "openmetrics",
-                    "-o",
-                    str(textfiles / "memtrace.prom"),
+                    *METRICS, "--root", os.path.join(FIXTURES, capture), "-o", str(textfile)
                 ),
                 capture_output=True,
                 text=True,

@@ -273,18 +273,8 @@ def test_bench_without_a_types_verdict_has_no_honours_sample():
 
 
 def _snapshot_to(path, *extra, capture="guest-6.1-bochs"):
-    return main(
-        [
-            "snapshot",
-            "--root",
-            os.path.join(FIXTURES, capture),
-            "--format",
-            "openmetrics",
-            "-o",
-            str(path),
-            *extra,
-        ]
-    )
+    metrics = ("snapshot", "--format", "openmetrics", "-o", str(path))
+    return main([*metrics, "--root", os.path.join(FIXTURES, capture), *extra])
 
 
 def test_textfile_is_readable_by_node_exporter_and_replaced_whole(tmp_path, capsys):
