@@ -261,7 +261,8 @@ def render(families):
     """The families as exposition text, families and their samples in the given order."""
     lines = []
     for family in families:
-        lines.append(f"# HELP {family.name} {family.help}")
+        help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
+        lines.append(f"# HELP {family.name} {help_text}")
         lines.append(f"# TYPE {family.name} gauge")
         for labels, value in family.samples:
             text = ",".join(f'{key}="{label_value(item)}"' for key, item in labels)

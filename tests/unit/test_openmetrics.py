@@ -346,3 +346,10 @@ def test_bench_writes_its_textfile_the_same_way(tmp_path, monkeypatch, capsys):
     link.symlink_to(path)
     assert main(["bench", "--format", "openmetrics", "-o", str(link), "--force"]) == EXIT_ERROR
     assert "symlink" in capsys.readouterr().err
+
+
+def test_help_text_is_escaped_too():
+    family = openmetrics.Family("memtrace_x", 'a \\ b\nc "d"', (((), 1),))
+    text = openmetrics.render([family])
+    assert text.splitlines()[0] == '# HELP memtrace_x a \\\\ b\\nc "d"'
+    assert next(iter(parse_text(text))).documentation == 'a \\ b\nc "d"'
