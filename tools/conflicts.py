@@ -14,7 +14,7 @@ from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput, MemtraceError
 from memtrace.probes.backend import reader_notes
 from memtrace.tools.document import Document, Heading, Lines, Para, Table, more, render
 from memtrace.tools.record import add_tracing_arguments, workload_argv
-from memtrace.tools.render import hex_range, seconds, stack, who
+from memtrace.tools.render import hex_range, json_chunks, seconds, stack, who
 from memtrace.tools.report_words import KIND_NAMES
 from memtrace.tools.tracing_io import (
     ReportOutput, add_output_arguments, add_slow_move_arguments, missed_returns_text,
@@ -519,8 +519,8 @@ def _model_check_json(check):
 
 
 def render_json(source, report):
-    """The report as one JSON object (docs/conflicts-json.md)."""
-    import json
+    """The report as one JSON object (docs/conflicts-json.md), in pieces as they are made
+    (:func:`memtrace.tools.render.json_chunks`)."""
     obj = {
         "memtrace": __version__,
         "kernel": source.kernel,
@@ -539,7 +539,7 @@ def render_json(source, report):
         "conflicts": [_conflict_json(c) for c in report.conflicts],
         "slow_moves": _slow_moves_json(report),
     }
-    return json.dumps(obj, indent=2) + "\n"
+    return json_chunks(obj)
 
 
 _RENDERERS = {"text": render_text, "markdown": render_markdown, "html": render_html,

@@ -16,13 +16,18 @@ def table(rows, headers, fmt="simple", colalign=None):
                     colalign=colalign)
 
 
+def json_chunks(obj):
+    """``obj`` as indented JSON and a newline, in pieces as the encoder makes them: a large
+    document is written as a stream, never held whole as one string."""
+    yield from json.JSONEncoder(indent=2).iterencode(obj)
+    yield "\n"
+
+
 def print_json(obj, stream=None):
-    """Write ``obj`` as indented JSON followed by a newline, streamed in pieces (a large
-    document is never held twice in memory as one string)."""
+    """Write ``obj`` as indented JSON followed by a newline, streamed (:func:`json_chunks`)."""
     stream = stream or sys.stdout
-    for chunk in json.JSONEncoder(indent=2).iterencode(obj):
+    for chunk in json_chunks(obj):
         stream.write(chunk)
-    stream.write("\n")
 
 
 def hex_range(start, end):

@@ -15,11 +15,12 @@ re-exported here; the formats import that module, never this one (no import cycl
 import json
 
 from memtrace.tools import report_html, report_markdown, report_text
+from memtrace.tools.render import json_chunks
 from memtrace.tools.host_groups import group_hosts
 from memtrace.tools.report_words import *  # noqa: F401,F403 (the shared wording, re-exported)
 from memtrace.tools.report_words import TEXT_WIDTH, __all__ as _WORDS, shrink
 
-__all__ = ["RENDERERS", "LIMITS", "render", "render_text", "render_markdown", "render_html",
+__all__ = ["RENDERERS", "LIMITS", "render", "render_chunks", "render_text", "render_markdown", "render_html",
            *_WORDS]
 
 
@@ -75,3 +76,12 @@ def render(doc, fmt):
     if fmt == "json":
         return json.dumps(doc, indent=2) + "\n"
     return RENDERERS[fmt](group_hosts(doc))
+
+
+def render_chunks(doc, fmt):
+    """Like :func:`render`, as an iterable of strings: ``json`` comes in pieces as the
+    encoder makes them (the document may be large: it is complete), the bounded formats
+    as one string."""
+    if fmt == "json":
+        return json_chunks(doc)
+    return [RENDERERS[fmt](doc)]

@@ -290,13 +290,30 @@ class ReportOutput:
         return False
 
     def write(self, text):
-        """Write the whole report; for FILE, commit it and say where it went on stderr."""
+        """Write the whole report, a string or an iterable of strings (a large JSON document
+        is streamed, never held whole); for FILE, commit it and say where it went on stderr."""
+        for piece in _batched([text] if isinstance(text, str) else text):
+            if self.output is None:
+                sys.stdout.write(piece)
+            else:
+                self.output.write(piece.encode())
         if self.output is None:
-            sys.stdout.write(text)
             return
-        self.output.write(text.encode())
         self.output.commit()
         print(f"memtrace {self.command}: report written to {self.path}", file=sys.stderr)
+
+
+def _batched(chunks, size=1 << 16):
+    """``chunks`` (strings) joined into pieces of about ``size`` characters."""
+    pending, length = [], 0
+    for chunk in chunks:
+        pending.append(chunk)
+        length += len(chunk)
+        if length >= size:
+            yield "".join(pending)
+            pending, length = [], 0
+    if pending:
+        yield "".join(pending)
 
 
 def traced_with(source):
