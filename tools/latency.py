@@ -22,7 +22,7 @@ from memtrace.tools.document import (
     Bullets, Document, Heading, Lines, Para, Pre, Table, render, render_blocks,
 )
 from memtrace.tools.record import add_tracing_arguments, workload_argv
-from memtrace.tools.render import hex_range
+from memtrace.tools.render import hex_range, json_chunks
 from memtrace.tools.report_words import latency_value
 from memtrace.tools.tracing_io import (
     ReportOutput, add_output_arguments, add_slow_move_arguments, missed_returns_text,
@@ -831,8 +831,8 @@ def _slow_json(result):
 
 
 def render_json(result):
-    """The report as one JSON object (docs/latency-json.md)."""
-    import json
+    """The report as one JSON object (docs/latency-json.md), in pieces as they are made
+    (:func:`memtrace.tools.render.json_chunks`)."""
     source, unit = result.source, result.unit
     obj = {
         "memtrace": __version__,
@@ -862,7 +862,7 @@ def render_json(result):
         "causes": [_cause_json(c) for c in result.causes],
         "pat": pat_state_json(source.context),
     }
-    return json.dumps(obj, indent=2) + "\n"
+    return json_chunks(obj)
 
 
 _RENDERERS = {"text": render_text, "markdown": render_markdown, "html": render_html,

@@ -10,7 +10,7 @@ from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput, MemtraceError
 from memtrace.tools.bench import report_section
 from memtrace.tools.record import add_tracing_arguments, record_trace, workload_argv
 from memtrace.tools.report_document import build_document
-from memtrace.tools.report_render import render
+from memtrace.tools.report_render import render_chunks
 from memtrace.tools.tracing_io import (
     ReportOutput, add_output_arguments, add_slow_move_arguments, read_recorded_trace,
     stdout_to_stderr,
@@ -100,7 +100,7 @@ def run(args):
                                   wc_reference_mbps=args.wc_reference,
                                   slow_factor=args.slow_factor, min_restarts=args.restarts,
                                   window_s=args.restart_window, bench=bench)
-        output.write(render(document, args.format))
+        output.write(render_chunks(document, args.format))
     return EXIT_FINDINGS if document["findings"] else EXIT_OK
 
 
