@@ -26,7 +26,9 @@ and command line, CPU and the flags that matter, hypervisor, /proc/mtrr, PCI dis
 and their BARs, memtrace, backend, probes, lost events).
 
 Give traces written by `memtrace record` with -i (several -i, e.g. one per guest, make one
-report with a column per host), or let report trace live like `memtrace record`.
+report with a column per host; hosts with the same findings are shown once, as a group
+named in a note, so a hundred guests stay readable; --format json keeps every host), or let
+report trace live like `memtrace record`.
 
 A restart loop is a program started again after its previous instance ended, at least
 --restarts times (default {DEFAULT_MIN_RESTARTS}) within --restart-window seconds (default
