@@ -84,4 +84,4 @@ def render_chunks(doc, fmt):
     as one string."""
     if fmt == "json":
         return json_chunks(doc)
-    return [RENDERERS[fmt](doc)]
+    return [render(doc, fmt)]
