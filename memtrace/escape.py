@@ -18,10 +18,19 @@ import re
 __all__ = ["text", "text_tree", "md", "md_block", "html"]
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_UNSAFE = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029,
-           *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
-_TABLE = {code: _NAMED.get(chr(code)) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-          for code in _UNSAFE}
+_UNSAFE = [
+    *range(0x00, 0x20),
+    0x7F,
+    *range(0x80, 0xA0),
+    0x2028,
+    0x2029,
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+]
+_TABLE = {
+    code: _NAMED.get(chr(code)) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    for code in _UNSAFE
+}
 
 
 def text(value):
@@ -37,9 +46,12 @@ def text_tree(value, multiline=("mtrr",)):
     if isinstance(value, str):
         return text(value)
     if isinstance(value, dict):
-        return {key: "\n".join(text(line) for line in item.splitlines())
-                if key in multiline and isinstance(item, str) else text_tree(item, multiline)
-                for key, item in value.items()}
+        return {
+            key: "\n".join(text(line) for line in item.splitlines())
+            if key in multiline and isinstance(item, str)
+            else text_tree(item, multiline)
+            for key, item in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [text_tree(item, multiline) for item in value]
     return value
@@ -68,10 +80,12 @@ def md(value):
 def md_block(value):
     """Like :func:`md`, for text that starts a paragraph or list item: a leading ``#``,
     ``>``, ``-``, ``+``, ``=``, ``[`` or ``1.`` is escaped so that it stays text."""
+
     def escape(match):
         lead, mark = match.groups()
         # "1." is escaped after the digits: CommonMark has no escape for a digit.
         return lead + (mark + "\\" if mark[0].isdigit() else "\\" + mark)
+
     return _MD_LINE_START.sub(escape, md(value), count=1)
 
 

@@ -13,6 +13,7 @@ from memtrace.analysis.slow_moves import describe_slow_moves, estimated_wc_ns
 from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput, MemtraceError
 from memtrace.probes.backend import reader_notes
 from memtrace.tools.document import Document, Heading, Lines, Para, Table, more, render
+from memtrace.tools.findings_json import conflict_json, model_check_json
 from memtrace.tools.record import add_tracing_arguments, workload_argv
 from memtrace.tools.render import hex_range, json_chunks, seconds, stack, who
 from memtrace.tools.report_words import KIND_NAMES
@@ -412,7 +413,8 @@ def build_document(source, report):
     slow = _slow_finding(report)
     if slow is not None:
         doc.add(Heading(f"{len(report.conflicts) + 1}. {_slow_title(slow)}"),
-                Para(describe_slow_moves(slow), indent=1), Para(_slow_cause(slow, report), indent=1),
+                Para(describe_slow_moves(slow), indent=1),
+                Para(_slow_cause(slow, report), indent=1),
                 Table(_SLOW_HEADERS, _slow_rows(slow), indent=1),
                 more(len(slow.slow) - _SLOW_ROWS, "slow moves"),
                 Lines(_slow_details(slow), indent=1))
@@ -435,87 +437,12 @@ def render_html(source, report):
     return render(build_document(source, report), "html")
 
 
-def _holder_json(holder):
-    if holder is None:
-        return None
-    who = holder.holder
-    return {"start": hex(holder.start), "end": hex(holder.end), "type": holder.type,
-            "requested": holder.requested, "comm": who.comm, "pid": who.pid,
-            "function": who.function, "stack": list(who.stack), "ts_ns": who.ts_ns,
-            "before_tracing": who.before_tracing}
-
-
-def _requester_json(requester):
-    return {"comm": requester.comm, "pid": requester.pid, "function": requester.function,
-            "stack": list(requester.stack), "mapped": requester.mapped}
-
-
-def _chain_json(link):
-    who = link.holder
-    return {"start": hex(link.start), "end": hex(link.end), "type": link.type,
-            "requested": link.requested, "adopted": link.adopted, "count": link.count,
-            "comm": who.comm, "pid": who.pid, "function": who.function, "ts_ns": who.ts_ns,
-            "before_tracing": who.before_tracing}
-
-
-def _conflict_json(conflict):
-    impact = conflict.impact
-    return {
-        "kind": conflict.kind,
-        "start": hex(conflict.start),
-        "end": hex(conflict.end),
-        "requested": conflict.requested,
-        "granted": conflict.granted,
-        "effective": conflict.effective,
-        "effective_reasons": list(conflict.effective_reasons),
-        "severity": conflict.severity,
-        "granted_inferred": conflict.granted_inferred,
-        "count": conflict.count,
-        "first_ns": conflict.first_ns,
-        "last_ns": conflict.last_ns,
-        "occurrences": getattr(conflict, "occurrences", conflict.count),
-        "first_ts_ns": getattr(conflict, "first_ts_ns", conflict.first_ns),
-        "last_ts_ns": getattr(conflict, "last_ts_ns", conflict.last_ns),
-        "processes": [{"comm": comm, "pid": pid}
-                      for comm, pid in getattr(conflict, "processes", ())],
-        "process_count": getattr(conflict, "process_count", 0),
-        "requester": _requester_json(conflict.requester) if conflict.requester else None,
-        "requesters": [_requester_json(r) for r in conflict.requesters],
-        "holder": _holder_json(conflict.holder),
-        "holders": [_holder_json(h) for h in conflict.holders],
-        "chain": [_chain_json(link) for link in conflict.chain],
-        "device": conflict.device,
-        "pci_id": conflict.pci_id,
-        "driver": conflict.driver,
-        "error": conflict.error,
-        "kernel_message": conflict.reason,
-        "impact": {"moves": impact.moves, "bytes": impact.bytes, "total_ns": impact.total_ns,
-                   "median_ns": impact.median_ns, "cycles": impact.cycles},
-        "explanation": conflict.explanation,
-        "remedy": conflict.remedy,
-    }
-
-
 def _slow_moves_json(report):
     slow = report.slow_moves
     if slow is None:
         return None
     return dict(slow.to_record(),
                 conflicts=[report.conflicts.index(c) for c in slow.conflicts])
-
-
-def _entry_json(entry):
-    start, end, memtype = entry
-    return {"start": hex(start), "end": hex(end), "type": memtype}
-
-
-def _model_check_json(check):
-    if check is None:
-        return None
-    return {"agrees": check.agrees, "kernel_entries": check.kernel_entries,
-            "model_entries": check.model_entries,
-            "missing": [_entry_json(e) for e in check.missing],
-            "extra": [_entry_json(e) for e in check.extra]}
 
 
 def render_json(source, report):
@@ -534,9 +461,9 @@ def render_json(source, report):
         "missed_returns": source.missed_returns,
         "pat_snapshot": None if source.snapshot is None else len(source.snapshot),
         "pat": pat_state_json(source.context),
-        "model_check": _model_check_json(report.model_check),
+        "model_check": model_check_json(report.model_check),
         "notes": source.notes,
-        "conflicts": [_conflict_json(c) for c in report.conflicts],
+        "conflicts": [conflict_json(c) for c in report.conflicts],
         "slow_moves": _slow_moves_json(report),
     }
     return json_chunks(obj)

@@ -20,8 +20,22 @@ from memtrace import escape
 from memtrace.tools.report_markdown import md_table
 from memtrace.tools.report_text import fit_table, wrap
 
-__all__ = ["Document", "Heading", "Para", "Lines", "Bullets", "Table", "Pre", "more",
-           "clip", "render", "render_blocks", "WIDTH", "CLIP", "LIMITS"]
+__all__ = [
+    "Document",
+    "Heading",
+    "Para",
+    "Lines",
+    "Bullets",
+    "Table",
+    "Pre",
+    "more",
+    "clip",
+    "render",
+    "render_blocks",
+    "WIDTH",
+    "CLIP",
+    "LIMITS",
+]
 
 WIDTH = 80
 CLIP = 1000
@@ -125,11 +139,13 @@ def _text(block, width):
         body = _t(block.text) if block.label is None else f"{block.label} {_t(block.text)}"
         return "\n".join(wrap(body, width, pad, pad))
     if isinstance(block, Lines):
-        return "\n".join(line for item in block.lines
-                         for line in wrap(_t(item), width, pad, pad + _INDENT))
+        return "\n".join(
+            line for item in block.lines for line in wrap(_t(item), width, pad, pad + _INDENT)
+        )
     if isinstance(block, Bullets):
-        return "\n".join(line for item in block.items
-                         for line in wrap(_t(item), width, pad + "- ", pad + "  "))
+        return "\n".join(
+            line for item in block.items for line in wrap(_t(item), width, pad + "- ", pad + "  ")
+        )
     if isinstance(block, Table):
         rows = [[_t(cell) for cell in row] for row in block.rows]
         body = fit_table(rows, [_t(h) for h in block.headers], width - len(pad))
@@ -160,13 +176,19 @@ def _markdown(block, width):
     if isinstance(block, Bullets):
         return "\n".join(f"- {escape.md_block(clip(item))}" for item in block.items)
     if isinstance(block, Table):
-        return md_table([[clip(c) for c in row] for row in block.rows],
-                        [clip(h) for h in block.headers])
+        return md_table(
+            [[clip(c) for c in row] for row in block.rows], [clip(h) for h in block.headers]
+        )
     if isinstance(block, Pre):
         lines = [escape.text(clip(line)) for line in block.lines]
-        longest = max((len(run) for line in lines
-                       for run in "".join(c if c == "`" else " " for c in line).split()),
-                      default=0)
+        longest = max(
+            (
+                len(run)
+                for line in lines
+                for run in "".join(c if c == "`" else " " for c in line).split()
+            ),
+            default=0,
+        )
         fence = "`" * max(3, longest + 1)
         head = [f"{_m(block.title)}:", ""] if block.title else []
         return "\n".join(head + [fence] + lines + [fence])
@@ -175,10 +197,12 @@ def _markdown(block, width):
 
 # -- HTML ----------------------------------------------------------------------------------------
 
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:60em;margin:1em auto;padding:0 1em}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;"
-        "text-align:left;vertical-align:top}pre{background:#f6f6f6;padding:.5em}"
-        ".i1{margin-left:2em}.i2{margin-left:4em}")
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:60em;margin:1em auto;padding:0 1em}"
+    "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;"
+    "text-align:left;vertical-align:top}pre{background:#f6f6f6;padding:.5em}"
+    ".i1{margin-left:2em}.i2{margin-left:4em}"
+)
 
 
 def _h(value):
@@ -202,8 +226,9 @@ def _html(block, width):
         return f"<ul{cls}>" + "".join(f"<li>{_h(item)}</li>" for item in block.items) + "</ul>"
     if isinstance(block, Table):
         head = "".join(f"<th>{_h(h)}</th>" for h in block.headers)
-        body = "".join("<tr>" + "".join(f"<td>{_h(c)}</td>" for c in row) + "</tr>\n"
-                       for row in block.rows)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{_h(c)}</td>" for c in row) + "</tr>\n" for row in block.rows
+        )
         return f"<table{cls}><tr>{head}</tr>\n{body}</table>"
     if isinstance(block, Pre):
         head = f"<p{cls}>{_h(block.title)}:</p>" if block.title else ""
@@ -215,8 +240,10 @@ _RENDER = {"text": _text, "markdown": _markdown, "html": _html}
 
 
 def _cut_note(hidden, limit, unit):
-    return (f"... and {hidden} more part{'s' if hidden != 1 else ''} left out to keep this "
-            f"under {limit:,} {unit} (see --format json).")
+    return (
+        f"... and {hidden} more part{'s' if hidden != 1 else ''} left out to keep this "
+        f"under {limit:,} {unit} (see --format json)."
+    )
 
 
 def render(document, fmt, width=WIDTH, limit=None):
@@ -231,12 +258,15 @@ def render(document, fmt, width=WIDTH, limit=None):
     elif fmt == "markdown":
         head, tail, sep = [f"### {escape.md(clip(document.title))}"], [], "\n\n"
     else:
-        head = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-                f"<title>{_h(document.title)}</title><style>{_CSS}</style></head><body>",
-                f"<h2>{_h(document.title)}</h2>"]
+        head = [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{_h(document.title)}</title><style>{_CSS}</style></head><body>",
+            f"<h2>{_h(document.title)}</h2>",
+        ]
         tail, sep = ["</body></html>"], "\n"
     parts = list(head)
-    reserve = size(_cut_note(10 ** 9, limit, unit)) + 64 + sum(size(t) + 1 for t in tail)
+    reserve = size(_cut_note(10**9, limit, unit)) + 64 + sum(size(t) + 1 for t in tail)
     used = sum(size(p) + len(sep) for p in parts) + reserve
     blocks = iter(document.blocks)
     for block in blocks:
@@ -244,9 +274,13 @@ def render(document, fmt, width=WIDTH, limit=None):
         if used + size(piece) + len(sep) > limit:
             hidden = 1 + sum(1 for _ in itertools.chain(blocks))
             note = _cut_note(hidden, limit, unit)
-            parts.append(_text(Para(note), width) if fmt == "text"
-                         else escape.md_block(note) if fmt == "markdown"
-                         else f"<p>{escape.html(note)}</p>")
+            parts.append(
+                _text(Para(note), width)
+                if fmt == "text"
+                else escape.md_block(note)
+                if fmt == "markdown"
+                else f"<p>{escape.html(note)}</p>"
+            )
             break
         parts.append(piece)
         used += size(piece) + len(sep)

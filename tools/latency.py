@@ -21,6 +21,7 @@ from memtrace.tools import workload_fate
 from memtrace.tools.document import (
     Bullets, Document, Heading, Lines, Para, Pre, Table, render, render_blocks,
 )
+from memtrace.tools.findings_json import conflict_json
 from memtrace.tools.record import add_tracing_arguments, workload_argv
 from memtrace.tools.render import hex_range, json_chunks
 from memtrace.tools.report_words import latency_value
@@ -805,27 +806,6 @@ def _row_json(row, unit):
     }
 
 
-def _cause_json(conflict):
-    holder = conflict.holder
-    return {
-        "kind": conflict.kind,
-        "start": hex(conflict.start),
-        "end": hex(conflict.end),
-        "requested": conflict.requested,
-        "granted": conflict.granted,
-        "effective": conflict.effective,
-        "severity": conflict.severity,
-        "holder": None if holder is None else {
-            "start": hex(holder.start), "end": hex(holder.end), "type": holder.type,
-            "function": holder.holder.function, "comm": holder.holder.comm,
-            "pid": holder.holder.pid},
-        "device": conflict.device,
-        "driver": conflict.driver,
-        "explanation": conflict.explanation,
-        "remedy": conflict.remedy,
-    }
-
-
 def _slow_json(result):
     return None if result.slow is None else result.slow.to_record()
 
@@ -859,7 +839,7 @@ def render_json(result):
                        "functions": [_row_json(row, unit) for row in i.rows]}
                       for i in result.intervals],
         "slow_moves": _slow_json(result),
-        "causes": [_cause_json(c) for c in result.causes],
+        "causes": [conflict_json(c) for c in result.causes],
         "pat": pat_state_json(source.context),
     }
     return json_chunks(obj)

@@ -1,8 +1,8 @@
 """`memtrace report` as markdown for GitHub, GitLab and Bugzilla comments.
 
 Every string from the document is escaped (:func:`memtrace.escape.md`): kernel symbols and
-process names must not open links, emphasis, code spans or HTML tags, nor end a table cell. The order and
-the shared wording come from :mod:`memtrace.tools.report_words`.
+process names must not open links, emphasis, code spans or HTML tags, nor end a table cell.
+The order and the shared wording come from :mod:`memtrace.tools.report_words`.
 """
 
 import re

@@ -15,13 +15,14 @@ re-exported here; the formats import that module, never this one (no import cycl
 import json
 
 from memtrace.tools import report_html, report_markdown, report_text
-from memtrace.tools.render import json_chunks
 from memtrace.tools.host_groups import group_hosts
+from memtrace.tools.render import json_chunks
 from memtrace.tools.report_words import *  # noqa: F401,F403 (the shared wording, re-exported)
-from memtrace.tools.report_words import TEXT_WIDTH, __all__ as _WORDS, shrink
+from memtrace.tools.report_words import TEXT_WIDTH, shrink
+from memtrace.tools.report_words import __all__ as _WORDS
 
-__all__ = ["RENDERERS", "LIMITS", "render", "render_chunks", "render_text", "render_markdown", "render_html",
-           *_WORDS]
+__all__ = ["RENDERERS", "LIMITS", "render", "render_chunks", "render_text", "render_markdown",
+           "render_html", *_WORDS]
 
 
 # -- the formats -------------------------------------------------------------------------------

@@ -27,31 +27,56 @@ from tests.conftest import FIXTURES
 RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 FORMATS = ("text", "markdown", "html", "json")
 BOCHS_ROOT = os.path.join(FIXTURES, "handmade-6.1-bochs")
-FUZZ = settings(max_examples=25, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 # Text a trace from someone else's machine may hold: any code point, control characters,
 # markup and terminal escapes more often than chance would give them.
-HOSTILE_PIECES = ["\x1b]0;pwned\x07", "\x1b[2J", "\x9b31m", "\x7f", "\x00", "\x08", "\n",
-                  "\r", "<script>alert(1)</script>", "<img src=x onerror=alert(1)>",
-                  "[x](javascript:alert(1))", "**bold**", "## heading", "| cell |", "```",
-                  "\u202e", "_x_", "&amp;"]
-hostile_text = st.lists(st.one_of(st.sampled_from(HOSTILE_PIECES), st.text(max_size=12)),
-                        max_size=5).map("".join)
+HOSTILE_PIECES = [
+    "\x1b]0;pwned\x07",
+    "\x1b[2J",
+    "\x9b31m",
+    "\x7f",
+    "\x00",
+    "\x08",
+    "\n",
+    "\r",
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    "[x](javascript:alert(1))",
+    "**bold**",
+    "## heading",
+    "| cell |",
+    "```",
+    "\u202e",
+    "_x_",
+    "&amp;",
+]
+hostile_text = st.lists(
+    st.one_of(st.sampled_from(HOSTILE_PIECES), st.text(max_size=12)), max_size=5
+).map("".join)
 
 
 def write_trace(path, events, header=None):
     """Write ``events`` as `memtrace record` would, with ``header`` fields."""
-    base = {"memtrace": "0.1.0", "kernel": "6.1.0-56-amd64", "hostname": "lab-guest",
-            "backend": {"name": "tracefs", "reason": "fuzz"}, "pat_snapshot": [],
-            "workload": ["modprobe", "bochs"]}
+    base = {
+        "memtrace": "0.1.0",
+        "kernel": "6.1.0-56-amd64",
+        "hostname": "lab-guest",
+        "backend": {"name": "tracefs", "reason": "fuzz"},
+        "pat_snapshot": [],
+        "workload": ["modprobe", "bochs"],
+    }
     with open(path, "wb") as stream:
         writer = TraceWriter(stream, dict(base, **(header or {})))
         for event in events:
             writer.event(event)
-        writer.footer({"lost_events": 0, "missed_returns": 0, "seconds": 3.5,
-                       "stopped_by": "workload"})
+        writer.footer(
+            {"lost_events": 0, "missed_returns": 0, "seconds": 3.5, "stopped_by": "workload"}
+        )
     return str(path)
 
 
@@ -93,15 +118,19 @@ def renamed(events, comm, fn_name, frame):
 
 
 @FUZZ
-@given(comm=hostile_text, frame=hostile_text, release=hostile_text,
-       command=st.sampled_from(["conflicts", "latency", "report"]),
-       fmt=st.sampled_from(FORMATS))
+@given(
+    comm=hostile_text,
+    frame=hostile_text,
+    release=hostile_text,
+    command=st.sampled_from(["conflicts", "latency", "report"]),
+    fmt=st.sampled_from(FORMATS),
+)
 def test_hostile_names_never_reach_an_output_raw(capsys, comm, frame, release, command, fmt):
     with tempfile.TemporaryDirectory() as tmp:
-        events = renamed(seed_events() + bochs_events(), comm, "drm_gem_vram_bo_driver_move",
-                         frame)
-        trace = write_trace(os.path.join(tmp, "t.jsonl"), events,
-                            {"kernel": release, "hostname": comm})
+        events = renamed(seed_events() + bochs_events(), comm, "drm_gem_vram_bo_driver_move", frame)
+        trace = write_trace(
+            os.path.join(tmp, "t.jsonl"), events, {"kernel": release, "hostname": comm}
+        )
         extra = ["--fn", "*"] if command == "latency" else []
         status, out, err = run(capsys, command, "-i", trace, "--format", fmt, *extra)
     check_answer(status, out, err, fmt)
@@ -109,33 +138,85 @@ def test_hostile_names_never_reach_an_output_raw(capsys, comm, frame, release, c
 
 # -- arbitrary records --------------------------------------------------------------------------
 
-FIELDS = ["ts_ns", "fn", "probe", "role", "pid", "tid", "comm", "start", "end", "size",
-          "requested", "granted", "ret", "duration_ns", "stack", "caller", "bytes", "cpu",
-          "vaddr", "cycles", "granted_from"]
-json_scalar = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2 ** 70,
-                                                              max_value=2 ** 70),
-                        st.floats(allow_nan=False), hostile_text,
-                        st.sampled_from(["0xfd000000", "0xfe000000", "-0x10", "WC", "UC-",
-                                         "reserve", "free", "move", "memtype_reserve"]))
-json_value = st.recursive(json_scalar, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
-    max_leaves=8)
+FIELDS = [
+    "ts_ns",
+    "fn",
+    "probe",
+    "role",
+    "pid",
+    "tid",
+    "comm",
+    "start",
+    "end",
+    "size",
+    "requested",
+    "granted",
+    "ret",
+    "duration_ns",
+    "stack",
+    "caller",
+    "bytes",
+    "cpu",
+    "vaddr",
+    "cycles",
+    "granted_from",
+]
+json_scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    hostile_text,
+    st.sampled_from(
+        [
+            "0xfd000000",
+            "0xfe000000",
+            "-0x10",
+            "WC",
+            "UC-",
+            "reserve",
+            "free",
+            "move",
+            "memtype_reserve",
+        ]
+    ),
+)
+json_value = st.recursive(
+    json_scalar,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
 record = st.fixed_dictionaries(
     {"type": st.sampled_from(["event", "event", "event", "process", "uevent", "bogus"])},
-    optional={name: json_value for name in FIELDS})
-line = st.one_of(record.map(lambda r: json.dumps(r)), hostile_text,
-                 st.binary(max_size=40).map(lambda b: b.decode("latin-1")))
+    optional={name: json_value for name in FIELDS},
+)
+line = st.one_of(
+    record.map(lambda r: json.dumps(r)),
+    hostile_text,
+    st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
+)
 
 
 @FUZZ
-@given(lines=st.lists(line, max_size=8),
-       command=st.sampled_from(["conflicts", "latency", "report"]),
-       fmt=st.sampled_from(FORMATS))
+@given(
+    lines=st.lists(line, max_size=8),
+    command=st.sampled_from(["conflicts", "latency", "report"]),
+    fmt=st.sampled_from(FORMATS),
+)
 def test_arbitrary_records_give_an_answer_or_one_line_error(capsys, lines, command, fmt):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "t.jsonl")
-        header = json.dumps({"type": "header", "format": "memtrace-trace", "version": 1,
-                             "kernel": "6.1.0", "pat_snapshot": []})
+        header = json.dumps(
+            {
+                "type": "header",
+                "format": "memtrace-trace",
+                "version": 1,
+                "kernel": "6.1.0",
+                "pat_snapshot": [],
+            }
+        )
         with open(path, "w", encoding="utf-8", errors="surrogatepass") as stream:
             stream.write("\n".join([header, *lines]) + "\n")
         extra = ["--fn", "*"] if command == "latency" else []
@@ -152,8 +233,9 @@ def test_snapshot_of_a_hostile_capture(capsys, release, owner, fmt):
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "capture")
         shutil.copytree(BOCHS_ROOT, root, symlinks=True)
-        with open(os.path.join(root, "kernel-release"), "w", encoding="utf-8",
-                  errors="surrogatepass") as stream:
+        with open(
+            os.path.join(root, "kernel-release"), "w", encoding="utf-8", errors="surrogatepass"
+        ) as stream:
             stream.write(release)
         iomem = os.path.join(root, "proc", "iomem")
         with open(iomem, encoding="utf-8") as stream:

@@ -15,8 +15,7 @@ from tests.unit.test_fuzz_outputs import RAW_CONTROL, write_trace
 
 CONTROLS = "\x1b]0;owned\x07\x1b[2J\x08\x7f\x00\x9b31m"
 ESCAPED = ["\\x1b]0;owned\\x07\\x1b[2J\\x08\\x7f\\x00\\x9b31m"]
-MARKUP = ("<script>alert(1)</script> <img src=x onerror=alert(1)> [x](javascript:alert(1)) "
-          "**bold**")
+MARKUP = "<script>alert(1)</script> <img src=x onerror=alert(1)> [x](javascript:alert(1)) **bold**"
 
 
 def run(capsys, *args):
@@ -43,12 +42,13 @@ COMMANDS = [("conflicts",), ("latency", "--fn", "*"), ("report",)]
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
 @pytest.mark.parametrize("fmt", ["text", "markdown", "html"])
 def test_control_characters_are_shown_escaped(capsys, tmp_path, command, fmt):
-    trace = hostile_trace(tmp_path, "Xorg" + CONTROLS, symbol="drv_probe" + CONTROLS,
-                          release="6.1" + CONTROLS)
+    trace = hostile_trace(
+        tmp_path, "Xorg" + CONTROLS, symbol="drv_probe" + CONTROLS, release="6.1" + CONTROLS
+    )
     status, out, err = run(capsys, command[0], "-i", trace, "--format", fmt, *command[1:])
     assert status in (0, 1), err
     assert not RAW_CONTROL.search(out)
-    if fmt == "text":   # markdown and HTML escape the backslash or the quote further
+    if fmt == "text":  # markdown and HTML escape the backslash or the quote further
         assert any(escaped in out for escaped in ESCAPED)
         assert "6.1\\x1b]0;owned" in out
 
@@ -65,8 +65,7 @@ def test_a_newline_in_a_process_name_forges_no_line(capsys, tmp_path, command):
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
 def test_markup_in_names_stays_text_in_markdown(capsys, tmp_path, command):
     trace = hostile_trace(tmp_path, MARKUP, symbol="## heading [y](javascript:x)")
-    status, out, _ = run(capsys, command[0], "-i", trace, "--format", "markdown",
-                         *command[1:])
+    status, out, _ = run(capsys, command[0], "-i", trace, "--format", "markdown", *command[1:])
     assert status in (0, 1)
     for live in (r"(?<!\\)<script>", r"(?<!\\)<img", r"\]\(javascript:", r"(?<!\\)\*\*bold"):
         assert not re.search(live, out), live
@@ -101,8 +100,9 @@ def test_snapshot_of_a_hostile_kernel_release_is_escaped_or_refused(capsys, tmp_
     (root / "kernel-release").write_text("6.1" + CONTROLS)
     status, out, err = run(capsys, "snapshot", "--root", str(root))
     assert not RAW_CONTROL.search(out + err)
-    assert (status in (0, 1) and out.startswith("Kernel 6.1\\x1b]0;owned")) or \
-        (status == 2 and err.count("\n") == 1 and "kernel-release" in err)
+    assert (status in (0, 1) and out.startswith("Kernel 6.1\\x1b]0;owned")) or (
+        status == 2 and err.count("\n") == 1 and "kernel-release" in err
+    )
 
 
 def test_an_error_echoing_a_path_stays_one_line(capsys, tmp_path):
@@ -114,12 +114,11 @@ def test_an_error_echoing_a_path_stays_one_line(capsys, tmp_path):
 
 
 def test_long_names_are_clipped_not_printed_whole(capsys, tmp_path):
-    trace = hostile_trace(tmp_path, "x" * 4000)   # a trace allows 4096 characters
+    trace = hostile_trace(tmp_path, "x" * 4000)  # a trace allows 4096 characters
     for command in COMMANDS:
         for fmt in ("text", "markdown", "html"):
-            status, out, _ = run(capsys, command[0], "-i", trace, "--format", fmt,
-                                 *command[1:])
+            status, out, _ = run(capsys, command[0], "-i", trace, "--format", fmt, *command[1:])
             assert status in (0, 1)
-            flat = re.sub(r"\s+", "", out)   # text wraps the clipped name at 80 columns
+            flat = re.sub(r"\s+", "", out)  # text wraps the clipped name at 80 columns
             assert "x" * 1001 not in flat and "x" * 200 in flat
             assert re.search(r"\.\.\.\(\d+morecharacters\)", flat)
