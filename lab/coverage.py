@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from memtrace import __version__
 from memtrace.errors import BadInput, LabError, LabTimeout, MemtraceError
@@ -477,7 +477,7 @@ def findings_summary(result):
         return "-"
     if not result.findings:
         return "none"
-    groups = {}
+    groups: Dict[Tuple[str, str], Tuple[int, int]] = {}
     for finding in result.findings:
         key = (finding.get("kind") or "?", _types_text(finding))
         ranges, times = groups.get(key, (0, 0))
@@ -510,7 +510,7 @@ def pat_summary(result):
         return "absent"
     if not result.pat_entries:
         return "none"
-    per_bar = {}
+    per_bar: Dict[str, List[str]] = {}
     for entry in result.pat_entries:
         per_bar.setdefault(entry["bar"], []).append(entry["type"])
     parts = []

@@ -1,5 +1,7 @@
 """The errors memtrace reports to a user: one line, what is wrong and what to do."""
 
+import os
+
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_ERROR = 2
@@ -56,3 +58,8 @@ class LabTimeout(LabError):
     """The lab guest did not finish within its time limit (124, as timeout(1) uses)."""
 
     exit_code = 124
+
+
+def os_reason(err):
+    """What ``os.strerror`` says of an OSError's errno, or the error itself when it has none."""
+    return os.strerror(err.errno) if err.errno is not None else str(err)

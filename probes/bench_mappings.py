@@ -44,7 +44,7 @@ from memtrace.analysis.bench import (
     scratch_pages,
 )
 from memtrace.analysis.effective import effective_type
-from memtrace.errors import MemtraceError
+from memtrace.errors import MemtraceError, os_reason
 
 __all__ = [
     "RawMapping",
@@ -231,7 +231,7 @@ def read_ttm_managers(minor, debugfs=DEBUGFS):
         except PermissionError:
             return {}, "debugfs is root's only"
         except OSError as err:
-            return {}, f"{directory}/{name}: {os.strerror(err.errno)}"
+            return {}, f"{directory}/{name}: {os_reason(err)}"
         manager = parse_ttm_manager(text)
         if manager is not None:
             found[name] = manager
@@ -433,7 +433,7 @@ class Bench:
                                      buffer.offset)
             except OSError as err:
                 result.status = "refused"
-                result.reason = f"mmap of the dumb buffer: {os.strerror(err.errno)}"
+                result.reason = f"mmap of the dumb buffer: {os_reason(err)}"
                 return result
             with mapping:
                 ctypes.memset(mapping.address, 0, self.nbytes)  # fault it in: placed now
@@ -524,7 +524,7 @@ class Bench:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as err:
             result.status = "skipped"
-            result.reason = f"cannot open {path}: {os.strerror(err.errno)}"
+            result.reason = f"cannot open {path}: {os_reason(err)}"
             if err.errno in (errno.EACCES, errno.EPERM):
                 result.reason += " (it is usually the video group's; or run as root)"
             return result
@@ -533,7 +533,7 @@ class Bench:
                 ident, smem_start, smem_len = fb_fix_info(fd)
             except OSError as err:
                 result.status = "failed"
-                result.reason = f"FBIOGET_FSCREENINFO: {os.strerror(err.errno)}"
+                result.reason = f"FBIOGET_FSCREENINFO: {os_reason(err)}"
                 return result
             nbytes = min(self.nbytes, smem_len)
             if nbytes <= 0:
@@ -548,7 +548,7 @@ class Bench:
                 mapping = RawMapping(nbytes, PROT_READ, MAP_SHARED, fd, 0)
             except OSError as err:
                 result.status = "refused"
-                result.reason = f"mmap of {path}: {os.strerror(err.errno)}"
+                result.reason = f"mmap of {path}: {os_reason(err)}"
                 return result
             with mapping:
                 ctypes.memmove(self.ram.address, mapping.address, nbytes)  # fault in
@@ -600,14 +600,14 @@ class Bench:
         """
         bar = self.fb_bar
         suffix = "_wc" if wc else ""
-        name = f"resource{bar.index}{suffix}" if bar is not None else f"resource{suffix}"
-        path = (os.path.join(self.sysfs_root, "bus", "pci", "devices", self.device.slot, name)
-                if bar is not None else None)
-        result = MappingResult(name, "sysfs-wc" if wc else "sysfs", path,
-                               requested="WC" if wc else "UC-")
+        kind, requested = ("sysfs-wc", "WC") if wc else ("sysfs", "UC-")
         if bar is None:
+            result = MappingResult(f"resource{suffix}", kind, None, requested=requested)
             result.status, result.reason = "skipped", "the device has no framebuffer BAR"
             return result
+        name = f"resource{bar.index}{suffix}"
+        path = os.path.join(self.sysfs_root, "bus", "pci", "devices", self.device.slot, name)
+        result = MappingResult(name, kind, path, requested=requested)
         if not os.path.exists(path):
             result.status = "skipped"
             result.reason = (f"there is no {name}: the kernel makes one only for a "
@@ -631,7 +631,7 @@ class Bench:
             fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
         except OSError as err:
             result.status, result.reason = "failed", f"cannot open {path}: " \
-                f"{os.strerror(err.errno)}"
+                f"{os_reason(err)}"
             return result
         try:
             try:
@@ -639,7 +639,7 @@ class Bench:
                                      MAP_SHARED, fd, offset)
             except OSError as err:
                 result.status = "refused"
-                result.reason = f"mmap: {os.strerror(err.errno)}"
+                result.reason = f"mmap: {os_reason(err)}"
                 if err.errno == errno.EINVAL:
                     result.reason += f"; {iomem_hint(bar)}"
                 result.writes = None

@@ -7,6 +7,7 @@ yet is read from the .BTF section of its file.
 
 import os
 import struct
+from typing import Tuple
 
 from memtrace.errors import FeatureMissing
 
@@ -46,7 +47,7 @@ class Btf:
             kind, vlen, kind_flag = (info >> 24) & 0x1F, info & 0xFFFF, info >> 31
             pos += 12
             fixed, per_entry = _TRAILER.get(kind, (0, 0))
-            members = ()
+            members: Tuple[Tuple[int, int, int], ...] = ()
             if kind in (_KIND_STRUCT, _KIND_UNION):
                 members = tuple(struct.unpack_from("<III", blob, pos + 12 * i) for i in range(vlen))
             pos += fixed + per_entry * vlen

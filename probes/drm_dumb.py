@@ -13,7 +13,7 @@ import os
 import stat
 import struct
 
-from memtrace.errors import MemtraceError
+from memtrace.errors import MemtraceError, os_reason
 
 __all__ = [
     "DRM_IOCTL_MODE_CREATE_DUMB",
@@ -106,7 +106,7 @@ def open_card(path):
         raise MemtraceError(f"{path} does not exist",
                             hint="is devtmpfs mounted on /dev, and the driver loaded?") from None
     except OSError as err:
-        raise MemtraceError(f"cannot open {path}: {os.strerror(err.errno)}") from None
+        raise MemtraceError(f"cannot open {path}: {os_reason(err)}") from None
 
 
 def _ioctl(fd, request, packed, what):
@@ -114,7 +114,7 @@ def _ioctl(fd, request, packed, what):
     try:
         fcntl.ioctl(fd, request, buffer, True)
     except OSError as err:
-        raise OSError(err.errno, f"{what}: {os.strerror(err.errno)}") from None
+        raise OSError(err.errno, f"{what}: {os_reason(err)}") from None
     return bytes(buffer)
 
 

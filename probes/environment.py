@@ -4,6 +4,7 @@ import os
 import platform
 import re
 import time
+from typing import Optional, Set
 
 from memtrace import __version__
 from memtrace.errors import MemtraceError
@@ -25,7 +26,8 @@ def _read(path):
 
 def cpu_model_and_flags(cpuinfo_text):
     """Return (model name, the flags of interest present) from /proc/cpuinfo text."""
-    model, flags = None, set()
+    model: Optional[str] = None
+    flags: Set[str] = set()
     for line in (cpuinfo_text or "").splitlines():
         key, _, value = line.partition(":")
         key = key.strip()

@@ -17,6 +17,7 @@ import re
 import struct
 from dataclasses import asdict, dataclass
 from functools import cached_property
+from typing import Dict, Optional
 
 from memtrace.errors import MemtraceError, NotTraceable
 from memtrace.probes import tracefs
@@ -59,7 +60,7 @@ class Check:
 
 def parse_kconfig(text):
     """Map ``CONFIG_X`` -> value (``"y"``, ``"m"``, a string) or None for 'is not set'."""
-    config = {}
+    config: Dict[str, Optional[str]] = {}
     for line in text.splitlines():
         line = line.strip()
         unset = re.match(r"^# (CONFIG_\w+) is not set$", line)
@@ -73,7 +74,7 @@ def parse_kconfig(text):
 
 def parse_cpuinfo(text):
     """Return ``(flags, fields)`` of the first processor in /proc/cpuinfo text."""
-    fields = {}
+    fields: Dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip():
             if fields:

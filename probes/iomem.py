@@ -42,7 +42,7 @@ def parse_iomem(text, source=DEFAULT_PATH):
     """
     top_level = []
     # open_entries[d] is the latest entry at depth d, the parent for depth d + 1.
-    open_entries = []
+    open_entries: List[IomemEntry] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue

@@ -5,12 +5,11 @@ for a reader that ``kallsyms_show_value()`` refuses (non-root, kptr_restrict); n
 are still right, and that is all memtrace needs here.
 """
 
-import os
 import re
 from collections import defaultdict
 from typing import NamedTuple, Optional
 
-from memtrace.errors import BadInput, FeatureMissing, NotRoot
+from memtrace.errors import BadInput, FeatureMissing, NotRoot, os_reason
 
 KALLSYMS_PATH = "/proc/kallsyms"
 
@@ -146,7 +145,7 @@ def read_kallsyms(path=KALLSYMS_PATH):
     except PermissionError:
         raise NotRoot(f"cannot read {path}", hint="run memtrace as root") from None
     except OSError as err:
-        raise BadInput(f"cannot read {path}: {os.strerror(err.errno)}") from None
+        raise BadInput(f"cannot read {path}: {os_reason(err)}") from None
     table = parse_kallsyms(text)
     if len(table) == 0:
         raise BadInput(f"{path} lists no symbols", hint="is this a kallsyms file?")
@@ -195,12 +194,12 @@ class ModuleIndex:
         text = _read_optional(self.kallsyms_path) or ""
         module_lines = "\n".join(line for line in text.splitlines() if "[" in line)
         self._table = parse_kallsyms(module_lines)
+        return self._table
 
     def owners(self, name):
         """The modules whose code defines function ``name`` (empty: vmlinux or unknown)."""
-        if self._table is None:
-            self._load()
-        return {symbol.module for symbol in self._table.functions(name)}
+        table = self._table if self._table is not None else self._load()
+        return {symbol.module for symbol in table.functions(name)}
 
     def module_of(self, name, prefer=None):
         """The module of function ``name``; None for vmlinux, unknown or ambiguous names

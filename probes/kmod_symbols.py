@@ -72,7 +72,7 @@ def module_name(path):
 
 def parse_modules_dep(text):
     """Map module name -> path relative to the release directory, from modules.dep text."""
-    paths = {}
+    paths: Dict[str, str] = {}
     for line in text.splitlines():
         path, colon, _deps = line.partition(":")
         path = path.strip()
@@ -232,7 +232,7 @@ class ModuleFiles:
         return self._paths
 
     def _walk(self):
-        paths = {}
+        paths: Dict[str, str] = {}
         for directory, _subdirs, files in os.walk(self.release_dir):
             for name in files:
                 if name.endswith(MODULE_SUFFIXES):

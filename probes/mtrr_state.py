@@ -12,6 +12,8 @@ import os
 import re
 import struct
 
+from memtrace.errors import os_reason
+
 __all__ = [
     "IA32_MTRR_DEF_TYPE",
     "MSR_DEVICE",
@@ -95,13 +97,13 @@ def _read_msr(path, register):
     except PermissionError:
         return None, f"{path}: permission denied (reading MSRs needs root)"
     except OSError as err:
-        return None, f"{path}: {os.strerror(err.errno)}"
+        return None, f"{path}: {os_reason(err)}"
     try:
         raw = os.pread(fd, 8, register)
     except OSError as err:
         if err.errno == errno.EIO:
             return None, f"{path}: the CPU refused to read MSR {register:#x} (no MTRRs?)"
-        return None, f"{path}: reading MSR {register:#x}: {os.strerror(err.errno)}"
+        return None, f"{path}: reading MSR {register:#x}: {os_reason(err)}"
     finally:
         os.close(fd)
     if len(raw) != 8:

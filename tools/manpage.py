@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import time
+from typing import List, Optional
 
 from memtrace import __version__
 
@@ -86,7 +87,9 @@ def split_epilog(epilog):
     shows it: the ``examples:`` paragraph gives the examples (dedented, verbatim), the
     sentence ``Exit status: ...`` (any case) to the end of its paragraph the exit status, and
     every other paragraph is prose."""
-    prose, examples, exit_status = [], [], None
+    prose: List[str] = []
+    examples: List[str] = []
+    exit_status: Optional[str] = None
     for paragraph in re.split(r"\n\s*\n", (epilog or "").strip("\n")):
         lines = paragraph.splitlines()
         if not lines:
