@@ -3,10 +3,8 @@ from (a recorded trace read and checked field by field, the PCI devices that nam
 the workload's stdout kept off the report while tracing, the slow-move options and where the
 report goes."""
 
-import argparse
 import contextlib
 import dataclasses
-import math
 import os
 import platform
 import sys
@@ -17,6 +15,7 @@ from memtrace.analysis.reservations import parse_pat_snapshot
 from memtrace.analysis.slow_moves import DEFAULT_SLOW_FACTOR, DEFAULT_WC_REFERENCE_MBPS
 from memtrace.errors import BadInput, MemtraceError
 from memtrace.probes.backend import reader_notes
+from memtrace.tools.arg_types import slow_factor_type, wc_reference_type
 from memtrace.tools.render import hex_range
 from memtrace.safefile import AtomicOutput, refuse_inputs
 
@@ -217,32 +216,6 @@ def stdout_to_stderr():
 
 
 # -- options and output shared by the reporting commands ------------------------------------
-
-
-def _number(text, what):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what}, not '{text}'") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{what}, not '{text}'")
-    return value
-
-
-def wc_reference_type(text):
-    """argparse type of ``--wc-reference``: a positive number of MB/s."""
-    value = _number(text, "must be a positive number of MB/s, e.g. 409.6")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of MB/s, not '{text}'")
-    return value
-
-
-def slow_factor_type(text):
-    """argparse type of ``--slow-factor``: a number above 1."""
-    value = _number(text, "must be a number above 1, e.g. 4")
-    if value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number above 1, not '{text}'")
-    return value
 
 
 def add_slow_move_arguments(parser):

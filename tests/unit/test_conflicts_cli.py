@@ -11,11 +11,11 @@ from memtrace.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from memtrace.probes.features import running_kernel_features
 from memtrace.probes import system_state as snapshot_tool
 from memtrace.tools.cli import main
-from tests import builders
-from tests.builders import (
-    TTM_BO, UC_CYCLES, UC_NS, bochs_events, qxl_events, seed_events, seed_move,
-)
+from memtrace.tracefile import TraceWriter
 from tests.conftest import FIXTURES
+from tests.unit.test_conflicts import bochs_events, qxl_events
+from tests.unit.test_reservations import TTM_BO
+from tests.unit.test_slow_moves import UC_CYCLES, UC_NS, seed_events, seed_move
 
 HEADER = {
     "memtrace": "0.1.0", "kernel": "6.1.0-56-amd64", "hostname": "lab-guest",
@@ -26,7 +26,8 @@ HEADER = {
 }
 JSON_KEYS = {"memtrace", "kernel", "source", "backend", "backend_reason", "traced",
              "not_traced_reason", "events", "lost_events", "missed_returns", "pat_snapshot",
-             "notes", "conflicts", "slow_moves", "pat", "model_check"}
+             "notes", "conflicts", "slow_moves", "pat", "model_check", "workload",
+             "workload_status", "workload_exit_code", "workload_signal"}
 SLOW_KEYS = {"found", "description", "uncached_moves", "slow_moves", "bytes", "total_ns",
              "cycles", "throughput_mbps", "wc_reference_mbps", "wc_reference_source",
              "wc_moves", "estimated_wc_ns", "times_slower", "slow_factor", "moves", "conflicts"}
@@ -40,8 +41,14 @@ CONFLICT_KEYS = {"kind", "start", "end", "requested", "granted", "granted_inferr
 
 
 def write_trace(path, events, lost=0, header=None, footer=None):
-    """tests.builders.write_trace under this module's HEADER, ``header``'s fields on top."""
-    return builders.write_trace(path, events, dict(HEADER, **(header or {})), lost, footer)
+    """Write ``events`` as `memtrace record` would; return the path as a string."""
+    with open(path, "wb") as stream:
+        writer = TraceWriter(stream, dict(HEADER, **(header or {})))
+        for event in events:
+            writer.event(event)
+        writer.footer(dict({"lost_events": lost, "missed_returns": 0, "seconds": 3.5,
+                            "stopped_by": "workload"}, **(footer or {})))
+    return str(path)
 
 
 def conflicts(capsys, *args):
@@ -274,12 +281,17 @@ def test_slow_moves_without_a_conflict_still_exit_1(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("option, value, expected", [
-    ("--wc-reference", "0", "must be a positive number of MB/s, not '0'"),
-    ("--wc-reference", "abc", "must be a positive number of MB/s, e.g. 409.6, not 'abc'"),
-    ("--wc-reference", "-5", "must be a positive number of MB/s, not '-5'"),
+    ("--wc-reference", "0", "must be a number of MB/s from 0.001 to 10000000, e.g. 409.6, "
+                            "not '0'"),
+    ("--wc-reference", "abc", "must be a number of MB/s from 0.001 to 10000000, e.g. 409.6, "
+                              "not 'abc'"),
+    ("--wc-reference", "-5", "not '-5'"),
     ("--wc-reference", "nan", "not 'nan'"),
-    ("--slow-factor", "1", "must be a number above 1, not '1'"),
-    ("--slow-factor", "x", "must be a number above 1, e.g. 4, not 'x'"),
+    ("--wc-reference", "5e-324", "not '5e-324'"),   # once an OverflowError in the analysis
+    ("--wc-reference", "inf", "not 'inf'"),
+    ("--slow-factor", "1", "must be a number above 1 and at most 1000000, e.g. 4, not '1'"),
+    ("--slow-factor", "x", "must be a number above 1 and at most 1000000, e.g. 4, not 'x'"),
+    ("--slow-factor", "1e309", "not '1e309'"),
 ])
 def test_bad_reference_or_factor_is_refused_with_one_line(run_memtrace, seed_trace, option,
                                                             value, expected):
@@ -409,7 +421,10 @@ skip_unless_no_kprobes = pytest.mark.skipif(
 def test_live_without_kprobes_reports_the_snapshot_and_why(capsys):
     status, out, err = conflicts(capsys, "--format", "json")
     if status == EXIT_ERROR:  # not root or no debugfs: the PAT list is unreadable too
-        assert "could not trace" in err and "could not read the PAT reservations" in err
+        assert ("could not trace" in err and "could not read the PAT reservations" in err
+                or err.endswith("tracing needs root, and so does reading the PAT "
+                                "reservations; run it with sudo, or give a recorded trace "
+                                "with -i\n"))
         return
     report = json.loads(out)
     assert not report["traced"] and report["backend"] is None
