@@ -10,8 +10,9 @@ from memtrace.analysis.conflicts import (
 )
 from memtrace.analysis.latency import throughput_mbps
 from memtrace.analysis.slow_moves import describe_slow_moves, estimated_wc_ns
-from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput, MemtraceError
+from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput, MemtraceError, NotRoot
 from memtrace.probes.backend import reader_notes
+from memtrace.tools import workload_fate
 from memtrace.tools.document import Document, Heading, Lines, Para, Table, more, render
 from memtrace.tools.findings_json import conflict_json, model_check_json
 from memtrace.tools.record import add_tracing_arguments, workload_argv
@@ -74,6 +75,7 @@ def run(args):
     with ReportOutput(args.output, args.force, "conflicts", inputs=[args.input]) as output:
         source = (read_recorded_trace(args.input) if args.input is not None
                   else _live(args, workload))
+        workload_fate.apply(source)
         report = analyze(source.events, source.snapshot, source.pci_devices,
                          wc_reference_mbps=args.wc_reference, slow_factor=args.slow_factor,
                          context=source.context, snapshot_end=source.snapshot_end)
@@ -94,6 +96,9 @@ def _live(args, workload):
     """Trace the running kernel; or, when it cannot be probed, read the snapshot only."""
     from memtrace.probes.features import running_kernel_features
     features = running_kernel_features()
+    if features.root_check.status != "ok":  # both tracing and the PAT list need root
+        raise NotRoot("tracing needs root, and so does reading the PAT reservations",
+                      "run it with sudo, or give a recorded trace with -i")
     if not features.live_probing:
         kprobes = features.kprobes_check
         if kprobes.status != "ok":
@@ -139,6 +144,7 @@ def _live(args, workload):
                          workload=workload, context=memory_type_context(environment),
                          snapshot_end=snapshot_tuples({"pat_snapshot":
                                                        ended.get("pat_snapshot_end")}))
+    source.footer = workload_fate.fate_fields(result.workload_status, result.stopped_by)
     if missing_stacks_note(stats.missing_stacks):
         source.notes.append(missing_stacks_note(stats.missing_stacks))
     source.notes.extend(reader_notes(session.backend.notes, session.backend.cleanup_problems))
@@ -456,6 +462,7 @@ def render_json(source, report):
         "backend_reason": source.backend_reason,
         "traced": source.traced,
         "not_traced_reason": source.not_traced_reason,
+        **workload_fate.json_fields(source),
         "events": len(source.events),
         "lost_events": source.lost_events,
         "missed_returns": source.missed_returns,

@@ -138,7 +138,7 @@ def run(args):
             result = _from_trace(args)
         else:
             result = _live(args, workload, output.stream)
-        workload_fate.apply(result.source, "latency", traced_anything=result.selected > 0)
+        workload_fate.apply(result.source, traced_anything=result.selected > 0)
         output.write(_RENDERERS[args.format](result))
     return EXIT_FINDINGS if result.slow_found else EXIT_OK
 

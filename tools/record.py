@@ -7,6 +7,8 @@ import sys
 import threading
 
 from memtrace.errors import BadInput
+from memtrace.tools import workload_fate
+from memtrace.tools.arg_types import seconds_type
 from memtrace.probes.backend import footer_fields, reader_notes
 from memtrace.probes.environment import end_state, pci_devices, trace_environment
 from memtrace.probes.process_watch import ProcessWatcher, ProcessWatchUnavailable
@@ -29,7 +31,9 @@ examples:
   memtrace record -o t.jsonl --backend tracefs --fn 'ttm:ttm_bo_*' -- CMD ARGS
 
 Tracing ends when CMD exits, after --duration seconds, or on Ctrl-C or SIGTERM; what was
-gathered is written in every case. Exit status: 0 ok, 2 error.
+gathered is written in every case. The footer has CMD's exit status (or the signal that
+ended it); a CMD that failed is said on stderr, and one that failed while nothing was traced
+is an error. Exit status: 0 ok, 2 error (CMD failed and nothing was traced, too).
 """
 
 
@@ -37,7 +41,7 @@ def add_tracing_arguments(parser):
     """Options every tracing command shares: backend, duration, extra functions, workload."""
     parser.add_argument("--backend", choices=("auto", "bcc", "tracefs"), default="auto",
                         help="how to probe (default: bcc when it can compile, else tracefs)")
-    parser.add_argument("-d", "--duration", type=float, metavar="S",
+    parser.add_argument("-d", "--duration", type=seconds_type(), metavar="S",
                         help="stop after S seconds (default: when CMD exits, or Ctrl-C)")
     parser.add_argument("--fn", action="append", default=[], metavar="NAME",
                         help="also time this function (globs and MOD:SYM allowed; repeatable)")
@@ -89,9 +93,13 @@ def run(args):
     """Trace into the output file and print a one-line summary on stderr."""
     if getattr(args, "dump_program", False):  # Namespaces built by hand lack it
         return dump_program(args, "record")
-    record_trace(args.output, workload_argv(args), duration=args.duration,
-                 backend=args.backend, extra_functions=args.fn, debug=args.debug,
-                 force=args.force)
+    try:
+        record_trace(args.output, workload_argv(args), duration=args.duration,
+                     backend=args.backend, extra_functions=args.fn, debug=args.debug,
+                     force=args.force)
+    except workload_fate.WorkloadFailed as err:
+        err.hint = f"{args.output} holds the trace's header and footer; {err.hint}"
+        raise
     return 0
 
 
@@ -99,7 +107,9 @@ def record_trace(path, workload, duration=None, backend="auto", extra_functions=
                  debug=False, force=False, command="record"):
     """Trace the default targets and ``extra_functions`` into a new trace file at ``path``
     (0600, never through a symlink) until ``workload`` (argv) exits, ``duration`` seconds
-    pass, Ctrl-C or SIGTERM; print a one-line summary on stderr naming ``command``."""
+    pass, Ctrl-C or SIGTERM; print a one-line summary on stderr naming ``command``.
+    A workload that failed is noted; one that failed while nothing was traced raises
+    :class:`memtrace.tools.workload_fate.WorkloadFailed` once the trace is complete."""
     from memtrace.probes.plan import DEFAULT_TARGETS
     session = TraceSession(list(DEFAULT_TARGETS) + list(extra_functions), backend=backend,
                            debug=debug)
@@ -145,7 +155,7 @@ def record_trace(path, workload, duration=None, backend="auto", extra_functions=
         writer, stats = writers[0], session.backend.stats
         footer = footer_fields(session.backend)
         footer.update({"seconds": round(result.seconds, 3), "stopped_by": result.stopped_by,
-                       "workload_status": result.workload_status,
+                       **workload_fate.fate_fields(result.workload_status),
                        "stale_removed": session.removed_stale,
                        "process_watch": watch.stats(),
                        # Drivers bound while tracing (bochs-drm) name their BARs in reports.
@@ -153,6 +163,11 @@ def record_trace(path, workload, duration=None, backend="auto", extra_functions=
         # After the workload and the detach: what the trace changed (reservations, MTRRs).
         footer.update(end_state())
         writer.footer(footer)
+    workload_fate.check(workload, result.workload_status, writer.events > 0,
+                        result.stopped_by)
+    fate = workload_fate.describe(workload, result.workload_status, result.stopped_by)
+    if fate:
+        print(f"memtrace {command}: note: {fate}", file=sys.stderr)
     stacks = f", stacks missing {stats.missing_stacks}" if stats.missing_stacks else ""
     print(f"memtrace {command}: {writer.events} events written to {path}; "
           f"lost {stats.lost_events}, missed returns {stats.missed_returns}{stacks}, "

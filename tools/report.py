@@ -7,6 +7,8 @@ import time
 
 from memtrace.analysis.restarts import DEFAULT_MIN_RESTARTS, DEFAULT_WINDOW_S
 from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput, MemtraceError
+from memtrace.tools import workload_fate
+from memtrace.tools.arg_types import seconds_type
 from memtrace.tools.bench import report_section
 from memtrace.tools.record import add_tracing_arguments, record_trace, workload_argv
 from memtrace.tools.report_document import build_document
@@ -66,8 +68,8 @@ def add_arguments(parser):
                         help="keep kernel virtual addresses and host names")
     parser.add_argument("--restarts", type=int, default=DEFAULT_MIN_RESTARTS, metavar="N",
                         help=f"restarts that make a loop (default: {DEFAULT_MIN_RESTARTS})")
-    parser.add_argument("--restart-window", type=float, default=DEFAULT_WINDOW_S, metavar="S",
-                        help=f"within S seconds (default: {DEFAULT_WINDOW_S:g})")
+    parser.add_argument("--restart-window", type=seconds_type("60"), default=DEFAULT_WINDOW_S,
+                        metavar="S", help=f"within S seconds (default: {DEFAULT_WINDOW_S:g})")
     add_slow_move_arguments(parser)
     parser.add_argument("--no-bench", action="store_true",
                         help="live: do not run `memtrace bench` after tracing (by default "
@@ -95,6 +97,8 @@ def run(args):
     with ReportOutput(args.output, args.force, "report", inputs=args.input) as output:
         sources = [read_recorded_trace(path) for path in args.input] if args.input \
             else [_live(args, workload)]
+        for source in sources:
+            workload_fate.apply(source)
         # After tracing, so that the bench's own mappings stay out of the trace.
         bench = None if args.input else report_section(args.no_bench)
         document = build_document(sources, redact=not args.no_redact,
@@ -111,9 +115,13 @@ def _live(args, workload):
     the trace is kept, and the error says where."""
     workdir = tempfile.mkdtemp(prefix="memtrace-report-")
     path = os.path.join(workdir, "trace.jsonl")
-    with stdout_to_stderr():
-        record_trace(path, workload, duration=args.duration, backend=args.backend,
-                     extra_functions=args.fn, debug=args.debug, command="report")
+    try:
+        with stdout_to_stderr():
+            record_trace(path, workload, duration=args.duration, backend=args.backend,
+                         extra_functions=args.fn, debug=args.debug, command="report")
+    except workload_fate.WorkloadFailed:
+        shutil.rmtree(workdir, ignore_errors=True)  # the trace of a failed run: nothing in it
+        raise
     try:
         source = read_recorded_trace(path)
     except MemtraceError as err:

@@ -28,6 +28,7 @@ from memtrace.analysis.slow_moves import (
     DEFAULT_SLOW_FACTOR, describe_slow_moves, estimated_wc_ns,
 )
 from memtrace.analysis.snapshot import find_owner
+from memtrace.tools import workload_fate
 from memtrace.tools.render import hex_range, stack, who
 from memtrace.tools.tracing_io import model_check_line, pat_state_line
 
@@ -423,7 +424,7 @@ class _Host:
             + [{"requested": f.get("probe"), "reason": f"attach failed: {f.get('reason')}"}
                for f in footer.get("attach_failures") or () if isinstance(f, dict)],
             "lost_events": source.lost_events, "missed_returns": source.missed_returns,
-            "seconds": source.seconds, "workload": source.workload,
+            "seconds": source.seconds, **workload_fate.json_fields(source),
             "process_watch": process_watch,
             "pci_devices": self._pci_devices(),
         }
