@@ -7,6 +7,7 @@ import sys
 from memtrace.errors import BadInput
 from memtrace.lab import kernels, qemu
 from memtrace.lab.initramfs import ensure_initramfs
+from memtrace.tools.arg_types import seconds_type
 
 DESCRIPTION = "run a command as root in a throwaway QEMU guest booted from a Debian kernel"
 EPILOG = """\
@@ -39,7 +40,7 @@ def add_arguments(parser):
                         help="a display device QEMU adds with -device instead of a -vga one: "
                              "bochs-display (bochs-drm, no VGA), cirrus-vga (cirrus), "
                              "virtio-vga (virtio-gpu)")
-    parser.add_argument("--timeout", type=float, default=600, metavar="S",
+    parser.add_argument("--timeout", type=seconds_type("600"), default=600, metavar="S",
                         help="stop the guest after S seconds (default: 600)")
     parser.add_argument("--keep-console", metavar="F", help="save the guest's console log to F")
     parser.add_argument("--workdir", metavar="DIR",

@@ -1,16 +1,21 @@
 """``memtrace snapshot``: PAT reservations, their owners and what looks wrong, no probes."""
 
 import json
+import os
 import textwrap
 
 from memtrace.analysis.snapshot import analyze_snapshot
-from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput
+from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput, NotRoot
 from memtrace.escape import text
 from memtrace.probes.system_state import read_state
 from memtrace.tools import openmetrics
 from memtrace.tools.render import hex_range, table
+from memtrace.tools.snapshot_root import check_capture
 from memtrace.tools.tracing_io import (
-    ReportOutput, memory_type_context, pat_state_json, pat_state_line,
+    ReportOutput,
+    memory_type_context,
+    pat_state_json,
+    pat_state_line,
 )
 
 DESCRIPTION = "show PAT reservations, who owns them and what looks wrong (no probes needed)"
@@ -66,7 +71,17 @@ def run(args):
 
 
 def _snapshot(args, fmt, output):
-    state = read_state(args.root)
+    if args.root is None and os.geteuid() != 0:
+        # Without root the PAT list is unreadable and /proc/iomem shows zeros: a result
+        # would look clean while nothing was checked.
+        raise NotRoot("reading the PAT reservations (debugfs) and /proc/iomem needs root",
+                      "run it with sudo, or read a capture with --root DIR")
+    if args.root is not None:
+        check_capture(args.root)
+    try:
+        state = read_state(args.root)
+    except OSError as err:  # changed under us, or something the check does not know
+        raise BadInput(f"cannot read {err.filename or args.root}: {err.strerror}") from None
     context = memory_type_context({"pat": state.pat, "mtrr": state.mtrr_text,
                                    "mtrr_default": state.mtrr_default})
     report = analyze_snapshot(state.reservations or [], state.iomem, state.pci_devices,
