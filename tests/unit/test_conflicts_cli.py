@@ -11,11 +11,11 @@ from memtrace.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from memtrace.probes.features import running_kernel_features
 from memtrace.probes import system_state as snapshot_tool
 from memtrace.tools.cli import main
-from memtrace.tracefile import TraceWriter
+from tests import builders
+from tests.builders import (
+    TTM_BO, UC_CYCLES, UC_NS, bochs_events, qxl_events, seed_events, seed_move,
+)
 from tests.conftest import FIXTURES
-from tests.unit.test_conflicts import bochs_events, qxl_events
-from tests.unit.test_reservations import TTM_BO
-from tests.unit.test_slow_moves import UC_CYCLES, UC_NS, seed_events, seed_move
 
 HEADER = {
     "memtrace": "0.1.0", "kernel": "6.1.0-56-amd64", "hostname": "lab-guest",
@@ -41,14 +41,8 @@ CONFLICT_KEYS = {"kind", "start", "end", "requested", "granted", "granted_inferr
 
 
 def write_trace(path, events, lost=0, header=None, footer=None):
-    """Write ``events`` as `memtrace record` would; return the path as a string."""
-    with open(path, "wb") as stream:
-        writer = TraceWriter(stream, dict(HEADER, **(header or {})))
-        for event in events:
-            writer.event(event)
-        writer.footer(dict({"lost_events": lost, "missed_returns": 0, "seconds": 3.5,
-                            "stopped_by": "workload"}, **(footer or {})))
-    return str(path)
+    """tests.builders.write_trace under this module's HEADER, ``header``'s fields on top."""
+    return builders.write_trace(path, events, dict(HEADER, **(header or {})), lost, footer)
 
 
 def conflicts(capsys, *args):
