@@ -30,6 +30,7 @@ UC- request granted UC- (an ordinary register BAR) are not conflicts. Repeats ar
 by kind, range, types and holder. Pure functions; no I/O.
 """
 
+import bisect
 import dataclasses
 import errno
 from typing import Dict, List, Optional, Tuple
@@ -396,16 +397,29 @@ def _name_processes(events):
 
 
 def _windows(events):
-    """``{tid: [(start_ns, end_ns)]}`` of calls whose return was seen."""
-    windows: Dict[int, list] = {}
+    """``{tid: (starts, latest ends)}`` of calls whose return was seen: the calls' start
+    times in order and, at each, the latest end of the calls started so far (so that
+    :func:`_inside` is one bisection, not a scan of the thread's calls)."""
+    spans: Dict[int, list] = {}
     for event in events:
         if event.duration_ns is not None:
-            windows.setdefault(event.tid, []).append((event.ts_ns, event.ts_ns + event.duration_ns))
+            spans.setdefault(event.tid, []).append((event.ts_ns, event.ts_ns + event.duration_ns))
+    windows = {}
+    for tid, found in spans.items():
+        found.sort()
+        latest, ends = None, []
+        for _start, end in found:
+            latest = end if latest is None else max(latest, end)
+            ends.append(latest)
+        windows[tid] = ([start for start, _end in found], ends)
     return windows
 
 
 def _inside(windows, event):
-    return any(start <= event.ts_ns <= end for start, end in windows.get(event.tid, ()))
+    """True when ``event`` happened during one of its thread's windows."""
+    starts, ends = windows.get(event.tid, ((), ()))
+    index = bisect.bisect_right(starts, event.ts_ns) - 1
+    return index >= 0 and ends[index] >= event.ts_ns
 
 
 def _group(groups, key, **fields):

@@ -55,15 +55,22 @@ def effective_by_event(events, decisions, context) -> Dict[int, Effective]:
     table = context.mtrr_table.copy() if context.mtrr_table is not None else None
     by_event = {id(d.event): d for d in decisions}
     effective: Dict[int, Effective] = {}
+    # The answer depends only on the type, the range and the MTRRs: a long trace asks the
+    # same few questions thousands of times, until an MTRR changes.
+    answers: Dict[tuple, Optional[Effective]] = {}
     for event in events:
         if table is not None and event.role in (ROLE_MTRR_ADD, ROLE_MTRR_DEL):
             _apply_mtrr_change(table, event)
+            answers.clear()
             continue
         decision = by_event.get(id(event))
         if decision is None or decision.granted is None:
             continue
-        found = effective_type(decision.granted, event.start, event.end, context.pat_state,
-                               table)
+        key = (decision.granted, event.start, event.end)
+        if key not in answers:
+            answers[key] = effective_type(decision.granted, event.start, event.end,
+                                          context.pat_state, table)
+        found = answers[key]
         if found is not None:
             effective[id(event)] = found
     return effective

@@ -11,11 +11,12 @@ and the reservations its thread made during the outermost call are its mappings.
 Pure functions over :class:`memtrace.analysis.events.Event` objects.
 """
 
+import bisect
 import dataclasses
 import statistics
 from typing import Dict, List, Optional
 
-from memtrace.analysis.events import ROLE_MOVE
+from memtrace.analysis.events import ROLE_MOVE, Event
 from memtrace.analysis.reservations import is_core_reserve, is_downgrade, slowest
 
 __all__ = ["Move", "MoveSummary", "find_moves", "summarize"]
@@ -30,9 +31,9 @@ class Move:
     the type the CPU uses (analysis.effective_timeline), when known.
     """
 
-    outer: object
-    calls: List[object]
-    mappings: List[object]
+    outer: Event
+    calls: List[Event]
+    mappings: List[Event]
     granted: Dict[int, str] = dataclasses.field(default_factory=dict)
     effective: Dict[int, str] = dataclasses.field(default_factory=dict)
 
@@ -110,9 +111,11 @@ def find_moves(events, granted=None, effective=None):
             reserves_by_tid.setdefault(event.tid, []).append(event)
         elif event.role == ROLE_MOVE:
             moves_by_tid.setdefault(event.tid, []).append(event)
+    reserve_times = {tid: [r.ts_ns for r in found] for tid, found in reserves_by_tid.items()}
     moves = []
     for tid, calls in moves_by_tid.items():
-        groups: List[List[object]] = []
+        reserves, times = reserves_by_tid.get(tid, []), reserve_times.get(tid, [])
+        groups: List[List[Event]] = []
         for call in sorted(calls, key=lambda e: (e.ts_ns, -(e.duration_ns or 0))):
             outer = groups[-1][0] if groups else None
             if outer is not None and outer.duration_ns is not None and call.ts_ns <= _end(outer):
@@ -122,13 +125,14 @@ def find_moves(events, granted=None, effective=None):
         previous_end = None
         for group in groups:
             outer = group[0]
+            # the thread's reservations are in time order: bisect, not a scan per move
             if outer.duration_ns is not None:
-                inside = [r for r in reserves_by_tid.get(tid, ())
-                          if outer.ts_ns <= r.ts_ns <= _end(outer)]
+                low = bisect.bisect_left(times, outer.ts_ns)
+                high = bisect.bisect_right(times, _end(outer))
             else:
-                inside = [r for r in reserves_by_tid.get(tid, ())
-                          if r.ts_ns <= outer.ts_ns
-                          and (previous_end is None or r.ts_ns > previous_end)]
+                low = 0 if previous_end is None else bisect.bisect_right(times, previous_end)
+                high = bisect.bisect_right(times, outer.ts_ns)
+            inside = reserves[low:high]
             moves.append(Move(outer, group, inside, granted or {}, effective or {}))
             previous_end = _end(outer)
     moves.sort(key=lambda move: move.outer.ts_ns)

@@ -13,7 +13,7 @@ Pure functions over :class:`memtrace.analysis.events.Event` objects; ranges are
 import bisect
 import dataclasses
 import re
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from memtrace.analysis import memtypes
 from memtrace.analysis.events import ROLE_FREE, ROLE_RESERVE
@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 BEFORE_TRACING = "before tracing"
+_MAX = 1 << 65   # above every end, for bisecting ``(start, end)`` keys
 
 # Functions that take part in every reservation and say nothing about who wanted it: the
 # PAT core, the ioremap and pfn-remap families, and the tracer's own frames.
@@ -268,11 +269,52 @@ def is_untracked(start, end):
     return start >= ISA_START and end <= ISA_END
 
 
-class ReservationModel:
-    """The live PAT entries, kept sorted in the kernel's order: by start, then by age.
+class _Bucket:
+    """The live entries of one exact ``[start, end)``, oldest first, also by type."""
 
-    A sorted list is enough: a guest has tens to hundreds of live entries, and a lookup
-    stops at the first entry starting at or after the end of the range.
+    __slots__ = ("start", "end", "entries", "by_type")
+
+    def __init__(self, start, end):
+        self.start, self.end = start, end
+        self.entries: Dict[int, Reservation] = {}
+        self.by_type: Dict[str, Dict[int, Reservation]] = {}
+
+    def add(self, entry):
+        ordered = self.entries and entry.seq < next(reversed(self.entries))
+        self.entries[entry.seq] = entry
+        self.by_type.setdefault(entry.type, {})[entry.seq] = entry
+        if ordered:     # an older entry shrunk into this range: keep age order
+            self.entries = dict(sorted(self.entries.items()))
+            self.by_type[entry.type] = dict(sorted(self.by_type[entry.type].items()))
+
+    def remove(self, entry):
+        del self.entries[entry.seq]
+        same = self.by_type[entry.type]
+        del same[entry.seq]
+        if not same:
+            del self.by_type[entry.type]
+
+    def oldest(self, memtype=None, other_than=None):
+        """The oldest entry (of ``memtype``; of a type other than ``other_than``), or None."""
+        if memtype is not None:
+            found = self.by_type.get(memtype)
+            return next(iter(found.values())) if found else None
+        if other_than is not None:
+            firsts = [next(iter(entries.values())) for memtype, entries in self.by_type.items()
+                      if memtype != other_than]
+            return min(firsts, key=lambda e: e.seq) if firsts else None
+        return next(iter(self.entries.values()), None)
+
+
+class ReservationModel:
+    """The live PAT entries, in the kernel's order: by start, then by age.
+
+    Entries of one exact range share a bucket (a driver loaded 10,000 times, or leaking,
+    holds the same BAR 10,000 times); buckets are indexed by start within classes of
+    length (powers of two), so finding what overlaps a range costs a bisection per class
+    plus the buckets that really overlap, and the first entry of a given type in each
+    bucket is at hand: every reserve and free is logarithmic in the live entries, as the
+    kernel's interval tree is.
 
     ``tracking`` False models a kernel with PAT disabled: memtype_reserve() then returns the
     requested type and keeps no list, so nothing is inserted and nothing conflicts.
@@ -281,8 +323,9 @@ class ReservationModel:
     def __init__(self, snapshot=(), tracking=True):
         self.tracking = tracking
         self._seq = 0
-        self.live: List[Reservation] = []
-        self._keys: List[Tuple[int, int]] = []
+        self._buckets: Dict[Tuple[int, int], _Bucket] = {}
+        self._classes: Dict[int, List[Tuple[int, int]]] = {}   # length class -> sorted keys
+        self._count = 0
         for start, end, memtype in snapshot or ():
             self._insert(Reservation(start, end, memtype, Holder(), self._next()))
 
@@ -290,21 +333,69 @@ class ReservationModel:
         self._seq += 1
         return self._seq
 
+    @property
+    def live(self):
+        """Every live entry in the kernel's order (a new list)."""
+        return sorted((e for b in self._buckets.values() for e in b.entries.values()),
+                      key=lambda e: (e.start, e.seq))
+
+    def __len__(self):
+        return self._count
+
+    def is_live(self, entry):
+        """True while ``entry`` has not been freed."""
+        bucket = self._buckets.get((entry.start, entry.end))
+        return bucket is not None and bucket.entries.get(entry.seq) is entry
+
     def _insert(self, entry):
-        key = (entry.start, entry.seq)
-        position = bisect.bisect(self._keys, key)
-        self._keys.insert(position, key)
-        self.live.insert(position, entry)
+        key = (entry.start, entry.end)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(entry.start, entry.end)
+            keys = self._classes.setdefault(max(entry.end - entry.start, 0).bit_length(), [])
+            keys.insert(bisect.bisect(keys, key), key)
+        bucket.add(entry)
+        self._count += 1
         return entry
 
     def _remove(self, entry):
-        position = self.live.index(entry)
-        del self.live[position], self._keys[position]
+        key = (entry.start, entry.end)
+        bucket = self._buckets[key]
+        bucket.remove(entry)
+        self._count -= 1
+        if not bucket.entries:
+            del self._buckets[key]
+            keys = self._classes[max(entry.end - entry.start, 0).bit_length()]
+            del keys[bisect.bisect_left(keys, key)]
+
+    def _overlapping_buckets(self, start, end):
+        """The buckets with an entry overlapping ``[start, end)``, in no particular order."""
+        found = []
+        for length_class, keys in self._classes.items():
+            # every range of this class is shorter than 2**length_class
+            low = bisect.bisect_right(keys, (start - (1 << length_class), _MAX))
+            high = bisect.bisect_left(keys, (end, -1))
+            for key in keys[low:high]:
+                if key[1] > start:
+                    found.append(self._buckets[key])
+        return found
+
+    @staticmethod
+    def _first(buckets, memtype=None, other_than=None):
+        """The first entry in the kernel's order among ``buckets`` (of ``memtype``; of a type
+        other than ``other_than``), or None."""
+        best = None
+        for bucket in buckets:
+            entry = bucket.oldest(memtype, other_than)
+            if entry is not None and (best is None or (entry.start, entry.seq)
+                                      < (best.start, best.seq)):
+                best = entry
+        return best
 
     def overlapping(self, start, end):
         """The live entries overlapping ``[start, end)``, first (as the kernel finds them) first."""
-        stop = bisect.bisect_left(self._keys, (end, 0))
-        return [entry for entry in self.live[:stop] if entry.end > start]
+        return sorted((e for b in self._overlapping_buckets(start, end)
+                       for e in b.entries.values()), key=lambda e: (e.start, e.seq))
 
     def check(self, start, end, requested):
         """Replay ``memtype_check_conflict`` for a lenient request.
@@ -312,13 +403,13 @@ class ReservationModel:
         :return: ``(granted, first, clash)``: granted is None when the kernel would refuse
             (-EBUSY), and ``clash`` is then the entry whose type differs.
         """
-        found = self.overlapping(start, end)
-        if not found:
+        buckets = self._overlapping_buckets(start, end)
+        first = self._first(buckets)
+        if first is None:
             return requested, None, None
-        first = found[0]
-        for other in found[1:]:
-            if other.type != first.type:
-                return None, first, other
+        clash = self._first(buckets, other_than=first.type)
+        if clash is not None:
+            return None, first, clash
         return first.type, first, None
 
     def reserve(self, event):
@@ -330,10 +421,10 @@ class ReservationModel:
             untracked_type = requested if not self.tracking else "WB"
             granted = event.granted or untracked_type
             return Decision(event, granted, granted_inferred=event.granted is None)
-        found = self.overlapping(start, end)
-        first = found[0] if found else None
+        buckets = self._overlapping_buckets(start, end)
+        first = self._first(buckets)
         if event.ret is not None and event.ret < 0:
-            return self._refused(event, requested, found)
+            return self._refused(event, requested, buckets, first)
         granted, inferred = event.granted, False
         if granted is None:
             inferred = True
@@ -343,9 +434,10 @@ class ReservationModel:
             # what it asked for; only a lenient one adopts the overlapping entry's type.
             granted = modeled if lenient and modeled is not None else requested
         holder_entry = None
-        if granted is not None and found:
-            holder_entry = next((e for e in found if e.type == granted), None)
-            while holder_entry is not None and holder_entry.forced_by in self.live:
+        if granted is not None and first is not None:
+            holder_entry = self._first(buckets, memtype=granted)
+            while holder_entry is not None and holder_entry.forced_by is not None \
+                    and self.is_live(holder_entry.forced_by):
                 holder_entry = holder_entry.forced_by
         entry = None
         if granted is not None:
@@ -355,18 +447,17 @@ class ReservationModel:
         return Decision(event, granted, inferred, first=first, holder_entry=holder_entry,
                         reservation=entry)
 
-    def _refused(self, event, requested, found):
+    def _refused(self, event, requested, buckets, first):
         """Which entry a refused request clashed with, as memtype_check_conflict decides:
         a strict caller fails on a first entry of another type, a lenient one on a later
         entry whose type differs from the first's."""
-        if not found:
+        if first is None:
             return Decision(event, None, refused=True, found_type=requested)
-        first = found[0]
         lenient = stack_passes_through(event.stack, _LENIENT_CALLERS)
         if not lenient and first.type != requested:
             return Decision(event, None, refused=True, first=first, clash=first,
                             found_type=requested)
-        clash = next((e for e in found[1:] if e.type != first.type), None)
+        clash = self._first(buckets, other_than=first.type)
         return Decision(event, None, refused=True, first=first, clash=clash,
                         found_type=first.type)
 
@@ -379,16 +470,19 @@ class ReservationModel:
         """
         if event.ret is not None and event.ret < 0:
             return None
-        found = self.overlapping(event.start, event.end)
-        for entry in found:
-            if entry.start == event.start and entry.end == event.end:
-                self._remove(entry)
-                return entry
-        for entry in found:
-            if entry.start < event.start and entry.end == event.end:
-                entry.end = event.start
-                return entry
-        return None
+        bucket = self._buckets.get((event.start, event.end))
+        if bucket is not None:
+            entry = bucket.oldest()
+            self._remove(entry)
+            return entry
+        around = [b for b in self._overlapping_buckets(event.start, event.end)
+                  if b.start < event.start and b.end == event.end]
+        entry = self._first(around)
+        if entry is not None:
+            self._remove(entry)
+            entry.end = event.start
+            self._insert(entry)
+        return entry
 
 
 def replay(events, snapshot=None, tracking=True):

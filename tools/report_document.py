@@ -84,6 +84,67 @@ def build_document(sources, redact=True, wc_reference_mbps=None,
 _range, _who, _stack_line = hex_range, who, stack
 
 
+_SHOWN_REPEATS = 10   # identical timeline entries and reservations listed one by one
+
+
+class _Folded:
+    """Entries of the reservations table or the timeline, identical ones folded: the first
+    :data:`_SHOWN_REPEATS` of a signature are listed, every later one is counted in one
+    more entry (``count``, ``last_ts_ns``, ``process_count``), so a driver loaded 10,000
+    times makes 11 rows, not 10,000; what a short trace shows is unchanged."""
+
+    def __init__(self):
+        self._seen: dict = {}      # signature -> [times listed, folded entry or None]
+        self._entries: list = []
+
+    def repeat(self, signature, event, ts_ns=None):
+        """Count one more occurrence of ``signature``; True when it is folded (not to be
+        listed: the caller skips building it)."""
+        seen = self._seen.get(signature)
+        if seen is None or seen[0] < _SHOWN_REPEATS:
+            return False
+        ts_ns = event.ts_ns if ts_ns is None else ts_ns
+        folded = seen[1]
+        if not folded["count"]:
+            folded["first_ts_ns"] = folded["last_ts_ns"] = ts_ns
+        folded["count"] += 1
+        folded["first_ts_ns"] = min(folded["first_ts_ns"], ts_ns)
+        folded["last_ts_ns"] = max(folded["last_ts_ns"], ts_ns)
+        if event is not None:
+            folded["processes"].add((event.comm, event.pid))
+        return True
+
+    def add(self, signature, event, entry, ts_ns=None):
+        """List ``entry``, the next occurrence of ``signature``; the one after the last
+        listed starts the folded entry."""
+        seen = self._seen.setdefault(signature, [0, None])
+        seen[0] += 1
+        ts_ns = event.ts_ns if ts_ns is None else ts_ns
+        if seen[0] <= _SHOWN_REPEATS:
+            self._entries.append(entry)
+            if seen[0] == _SHOWN_REPEATS:
+                seen[1] = {"template": entry, "count": 0, "first_ts_ns": None,
+                           "last_ts_ns": None, "processes": set()}
+
+    def entries(self, at, what):
+        """The listed entries and one per folded signature, in time order; ``at`` writes
+        a relative time, ``what`` is ``timeline`` (whose folded text says how many)."""
+        out = list(self._entries)
+        for _shown, folded in self._seen.values():
+            if folded is None or not folded["count"]:
+                continue
+            entry = dict(folded["template"], ts_ns=folded["first_ts_ns"],
+                         count=folded["count"], last_ts_ns=folded["last_ts_ns"],
+                         process_count=len(folded["processes"]))
+            if what == "timeline":
+                entry["text"] = (f"{folded['count']} more like this from "
+                                 f"{at(folded['first_ts_ns'])} to {at(folded['last_ts_ns'])}: "
+                                 + folded["template"]["text"])
+            out.append(entry)
+        out.sort(key=lambda entry: entry["ts_ns"])
+        return out
+
+
 class _Host:
     """One trace's part of the document."""
 
@@ -278,23 +339,37 @@ class _Host:
     # -- tables -----------------------------------------------------------------------------
 
     def reservations(self):
-        frees = {}
+        frees: dict = {}
         for event in sorted(self.source.events, key=lambda e: e.ts_ns):
             if event.role == ROLE_FREE and event.start is not None:
                 frees.setdefault((event.start, event.end), []).append(event.ts_ns)
-        rows = []
+        used = dict.fromkeys(frees, 0)     # frees of each range already matched
+        rows = _Folded()
         for decision in self.report.decisions:
             event = decision.event
             if event.start is None or event.end is None:
                 continue
-            freed = [ts for ts in frees.get((event.start, event.end), ()) if ts > event.ts_ns]
-            freed_ns = freed[0] if freed else None
+            key = (event.start, event.end)
+            # decisions come in time order: a free at or before this reservation can match
+            # no later one either, so one index a range replaces a search per reservation
+            times, position = frees.get(key, ()), used.get(key, 0)
+            while position < len(times) and times[position] <= event.ts_ns:
+                position += 1
+            freed_ns = times[position] if position < len(times) else None
             if freed_ns is not None:
-                frees[(event.start, event.end)].remove(freed_ns)
+                used[key] = position + 1
             found = decision.effective
             entry = decision.reservation
             adopted = entry.forced_by if entry is not None else None
-            rows.append({
+            requester = first_outside_frame(event.stack, event.caller)
+            signature = (key, event.requested, decision.granted,
+                         None if found is None else (found.type, tuple(found.reasons)),
+                         event.fn, event.comm,
+                         requester, None if adopted is None else
+                         (adopted.start, adopted.end, adopted.type, adopted.holder.function))
+            if rows.repeat(signature, event):
+                continue
+            rows.add(signature, event, {
                 "host": self.name, "ts_ns": event.ts_ns, "duration_ns": event.duration_ns,
                 "start": hex(event.start), "end": hex(event.end),
                 "requested": event.requested, "granted": decision.granted,
@@ -305,10 +380,10 @@ class _Host:
                 f"({adopted.holder.describe()})",
                 "fn": event.fn,
                 "comm": event.comm, "pid": event.pid,
-                "requester": first_outside_frame(event.stack, event.caller),
+                "requester": requester,
                 "freed_ns": freed_ns, "device": self.device(event.start, event.end),
             })
-        return rows
+        return rows.entries(self.at, "reservations")
 
     def latency(self):
         selected = [e for e in self.source.events if e.role in (ROLE_MOVE, ROLE_TIMED)]
@@ -329,59 +404,83 @@ class _Host:
         return rows
 
     def timeline(self):
-        entries = []
+        entries = _Folded()
+
+        def shown(ts_ns, kind, signature, event=None):
+            """Count one entry; True when it is listed (its text is then wanted)."""
+            return not entries.repeat((kind, signature), event, ts_ns)
+
+        def add(ts_ns, kind, signature, text, event=None):
+            entries.add((kind, signature), event,
+                        {"host": self.name, "ts_ns": ts_ns, "kind": kind, "text": text}, ts_ns)
+
         for record in self.processes:
             pid, name = record.get("pid"), record.get("name") or record.get("exe") or "?"
-            if record.get("what") == "exec":
+            what = record.get("what")
+            if what == "exec":
                 parent = f", started by {record['parent_name']}" \
                     if record.get("parent_name") else ""
-                entries.append((record["ts_ns"], "exec", f"{name} (pid {pid}) started{parent}"))
-            elif record.get("what") == "exit":
-                entries.append((record["ts_ns"], "exit",
-                                f"{name} (pid {pid}) ended: {exit_description(record)}"))
+                if shown(record["ts_ns"], "exec", (name, parent)):
+                    add(record["ts_ns"], "exec", (name, parent),
+                        f"{name} (pid {pid}) started{parent}")
+            elif what == "exit":
+                ended = exit_description(record)
+                if shown(record["ts_ns"], "exit", (name, ended)):
+                    add(record["ts_ns"], "exit", (name, ended),
+                        f"{name} (pid {pid}) ended: {ended}")
         for record in self.source.uevents:
             text = f"DRM {record.get('action')} {record.get('devname') or record.get('devpath')}"
-            entries.append((record["ts_ns"], "uevent",
-                            text + (" (hotplug)" if record.get("hotplug") else "")))
+            text += " (hotplug)" if record.get("hotplug") else ""
+            if shown(record["ts_ns"], "uevent", text):
+                add(record["ts_ns"], "uevent", text, text)
         for decision in self.report.decisions:
             event = decision.event
             if event.start is None:
                 continue
-            where = _range(event.start, event.end)
-            who = f"{_who(event.comm, event.pid)}, " \
-                f"{first_outside_frame(event.stack, event.caller) or event.fn}"
+            function = first_outside_frame(event.stack, event.caller) or event.fn
             effective = decision.effective.type if decision.effective is not None \
                 else decision.granted
+            refused, downgraded = decision.refused, is_downgrade(event.requested, effective)
+            kind = "conflict" if refused or downgraded else "reservation"
+            signature = (event.start, event.end, event.requested, decision.granted,
+                         effective, event.comm, function)
+            if not shown(event.ts_ns, kind, signature, event):
+                continue
+            where = _range(event.start, event.end)
+            who = f"{_who(event.comm, event.pid)}, {function}"
             as_used = f" (effective {effective})" if effective != decision.granted else ""
-            if decision.refused:
-                entries.append((event.ts_ns, "conflict",
-                                f"{who}: {event.requested} on {where} refused"))
-            elif is_downgrade(event.requested, effective):
-                entries.append((event.ts_ns, "conflict", f"{who}: asked {event.requested} on "
-                                f"{where}, got {decision.granted}{as_used}"))
+            if refused:
+                text = f"{who}: {event.requested} on {where} refused"
+            elif downgraded:
+                text = (f"{who}: asked {event.requested} on {where}, got "
+                        f"{decision.granted}{as_used}")
             else:
-                entries.append((event.ts_ns, "reservation",
-                                f"{who}: reserved {where} {decision.granted or '?'}{as_used}"))
+                text = f"{who}: reserved {where} {decision.granted or '?'}{as_used}"
+            add(event.ts_ns, kind, signature, text, event)
         for event in self.source.events:
             if event.role == ROLE_IOREMAP and event.start is not None:
-                returned = "NULL" if not event.vaddr else f"{event.vaddr:#x}"
                 size = event.size if event.size is not None else event.end - event.start
-                entries.append((event.ts_ns, "reservation", f"{event.fn}({event.start:#x}, "
-                                f"{size:#x}) = {returned} ({_who(event.comm, event.pid)}, "
-                                f"{first_outside_frame(event.stack, event.caller) or '?'})"))
+                function = first_outside_frame(event.stack, event.caller) or "?"
+                signature = (event.fn, event.start, size, not event.vaddr, event.comm, function)
+                if shown(event.ts_ns, "reservation", signature, event):
+                    returned = "NULL" if not event.vaddr else f"{event.vaddr:#x}"
+                    add(event.ts_ns, "reservation", signature,
+                        f"{event.fn}({event.start:#x}, {size:#x}) = {returned} "
+                        f"({_who(event.comm, event.pid)}, {function})", event)
             if event.role == ROLE_FREE and event.start is not None:
-                entries.append((event.ts_ns, "free", f"{_who(event.comm, event.pid)}: freed "
-                                f"{_range(event.start, event.end)}"))
+                signature = (event.comm, event.start, event.end)
+                if shown(event.ts_ns, "free", signature, event):
+                    add(event.ts_ns, "free", signature, f"{_who(event.comm, event.pid)}: "
+                        f"freed {_range(event.start, event.end)}", event)
         for move in self.report.moves:
             call = move.outer
             size = human_size(move.bytes) if move.bytes is not None else "? bytes"
             on = f"on {move.effective_type}" if move.effective_type else "no iomem mapped"
-            entries.append((call.ts_ns, "move", f"{call.fn}: {size} in "
-                            f"{human_duration(move.duration_ns)}, {on} "
-                            f"({_who(call.comm, call.pid)})"))
-        entries.sort(key=lambda entry: entry[0])
-        return [{"host": self.name, "ts_ns": ts, "kind": kind, "text": text}
-                for ts, kind, text in entries]
+            if shown(call.ts_ns, "move", (call.fn, size, on, call.comm), call):
+                add(call.ts_ns, "move", (call.fn, size, on, call.comm),
+                    f"{call.fn}: {size} in {human_duration(move.duration_ns)}, {on} "
+                    f"({_who(call.comm, call.pid)})", call)
+        return entries.entries(self.at, "timeline")
 
     # -- environment ------------------------------------------------------------------------
 
