@@ -13,14 +13,32 @@ import pytest
 
 from memtrace.analysis import events as ev
 from memtrace.analysis.conflicts import (
-    DOWNGRADE, REFUSED, STATIC, USER_MAP_DOWNGRADE, analyze,
+    DOWNGRADE,
+    REFUSED,
+    STATIC,
+    USER_MAP_DOWNGRADE,
+    analyze,
 )
 from memtrace.analysis.reservations import parse_pat_snapshot
 from memtrace.probes.pat_memtype import read_pat_memtype_list
 from memtrace.probes.pci import read_pci_devices
 from tests.builders import (
-    BAR0, BOCHS_STACK, FB_BYTES, MMAP_STACK, REGS, STRICT_STACK, T0, TTM_BO, TTM_STACK,
-    bochs_events, bochs_move, call, free, ioremap, qxl_events, reserve,
+    BAR0,
+    BOCHS_STACK,
+    FB_BYTES,
+    MMAP_STACK,
+    REGS,
+    STRICT_STACK,
+    T0,
+    TTM_BO,
+    TTM_STACK,
+    bochs_events,
+    bochs_move,
+    call,
+    free,
+    ioremap,
+    qxl_events,
+    reserve,
 )
 from tests.conftest import FIXTURES
 

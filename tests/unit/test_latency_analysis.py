@@ -8,8 +8,16 @@ import random
 import pytest
 
 from memtrace.analysis.latency import (
-    UNIT_NS, distribution, distribution_from_histogram, latency_rows, log2_slot,
-    merge_histograms, percentile, row_from_histogram, slot_bounds, subtract_histograms,
+    UNIT_NS,
+    distribution,
+    distribution_from_histogram,
+    latency_rows,
+    log2_slot,
+    merge_histograms,
+    percentile,
+    row_from_histogram,
+    slot_bounds,
+    subtract_histograms,
     throughput_mbps,
 )
 from memtrace.analysis.moves import find_moves

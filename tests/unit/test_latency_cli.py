@@ -2,8 +2,8 @@
 input, and the live path with a stand-in for the kernel-facing session."""
 
 import json
-import re
 import os
+import re
 import stat
 import types
 
@@ -17,7 +17,15 @@ from memtrace.tools.cli import main
 from memtrace.tools.report_words import latency_value
 from memtrace.tracefile import read_trace
 from tests.builders import (
-    BAR0, FB_BYTES, TTM_BO, TTM_STACK, call, free, move, reserve, write_trace,
+    BAR0,
+    FB_BYTES,
+    TTM_BO,
+    TTM_STACK,
+    call,
+    free,
+    move,
+    reserve,
+    write_trace,
 )
 from tests.conftest import FIXTURES
 

@@ -5,11 +5,26 @@ import pytest
 
 from memtrace.analysis import events as ev
 from memtrace.analysis.reservations import (
-    BEFORE_TRACING, ReservationModel, first_outside_frame, frame_name, is_downgrade,
-    new_memtype_allowed, parse_pat_snapshot, replay, slowest,
+    BEFORE_TRACING,
+    ReservationModel,
+    first_outside_frame,
+    frame_name,
+    is_downgrade,
+    new_memtype_allowed,
+    parse_pat_snapshot,
+    replay,
+    slowest,
 )
 from tests.builders import (
-    BAR0, BOCHS_STACK, MMAP_STACK, STRICT_STACK, TTM_BO, TTM_STACK, VMAP_STACK, call, free,
+    BAR0,
+    BOCHS_STACK,
+    MMAP_STACK,
+    STRICT_STACK,
+    TTM_BO,
+    TTM_STACK,
+    VMAP_STACK,
+    call,
+    free,
     reserve,
 )
 
