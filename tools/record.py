@@ -113,7 +113,7 @@ def record_trace(path, workload, duration=None, backend="auto", extra_functions=
     from memtrace.probes.plan import DEFAULT_TARGETS
     session = TraceSession(list(DEFAULT_TARGETS) + list(extra_functions), backend=backend,
                            debug=debug)
-    stream = create_private(path, force=force)
+    stream = _TraceFile(create_private(path, force=force))
     writers, early_events = [], []
     watch = ProcessWatcher(on_record=lambda record: writers[0].record(record))
 
@@ -163,6 +163,9 @@ def record_trace(path, workload, duration=None, backend="auto", extra_functions=
         # After the workload and the detach: what the trace changed (reservations, MTRRs).
         footer.update(end_state())
         writer.footer(footer)
+    if stream.error is not None:
+        raise BadInput(f"cannot write {path}: {stream.error.strerror}",
+                       "free some space; the trace is kept up to where the disk filled")
     workload_fate.check(workload, result.workload_status, writer.events > 0,
                         result.stopped_by)
     fate = workload_fate.describe(workload, result.workload_status, result.stopped_by)
@@ -175,6 +178,41 @@ def record_trace(path, workload, duration=None, backend="auto", extra_functions=
           file=sys.stderr)
     for note in reader_notes(session.backend.notes, session.backend.cleanup_problems):
         print(f"memtrace {command}: note: {note}", file=sys.stderr)
+
+
+class _TraceFile:
+    """The trace file for TraceWriter. The first failed write (a full disk) is kept in
+    ``error`` and later lines are dropped, so that tracing still ends the ordinary way (the
+    probes detached, the workload waited for) before the command fails with one line."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.error = None
+
+    def write(self, data):
+        """Write ``data`` unless a write failed before."""
+        self._guarded(self._stream.write, data)
+
+    def flush(self):
+        """Flush unless a write failed before."""
+        self._guarded(self._stream.flush)
+
+    def _guarded(self, operation, *args):
+        if self.error is None:
+            try:
+                operation(*args)
+            except OSError as err:
+                self.error = err
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        try:
+            self._stream.close()
+        except OSError as err:  # what could not be flushed at a full disk
+            self.error = self.error or err
+        return False
 
 
 def _start_watch(watch, command):

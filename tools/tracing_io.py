@@ -16,10 +16,10 @@ from memtrace.analysis.reservations import parse_pat_snapshot
 from memtrace.analysis.slow_moves import DEFAULT_SLOW_FACTOR, DEFAULT_WC_REFERENCE_MBPS
 from memtrace.errors import BadInput, MemtraceError
 from memtrace.probes.backend import reader_notes
+from memtrace.safefile import AtomicOutput, refuse_inputs
+from memtrace.tools import workload_fate
 from memtrace.tools.arg_types import slow_factor_type, wc_reference_type
 from memtrace.tools.render import hex_range
-from memtrace.safefile import AtomicOutput, refuse_inputs
-
 
 
 @dataclasses.dataclass
@@ -110,6 +110,7 @@ def read_recorded_trace(path):
     if note:
         source.notes.append(note)
     source.notes.extend(reader_notes(footer.get("backend_notes"), footer.get("cleanup_problems")))
+    workload_fate.apply(source)   # a failed CMD with nothing traced: an error
     return source
 
 
