@@ -45,11 +45,12 @@ fi
 if ! .venv/bin/python -c 'import memtrace.tools.cli, tabulate, psutil, pyroute2, pytest, bcc' 2>/dev/null; then
     rm -rf .venv
     /usr/bin/python3 -m venv --system-site-packages .venv
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test,fast]'
 fi
 # Test and build tools added to .[test] later (vermin, shtab, hypothesis) reach an existing venv too.
-.venv/bin/python -c 'import vermin, shtab, xdist, mypy, hypothesis' 2>/dev/null && [ -x .venv/bin/ruff ] \
-    || .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -c 'import vermin, shtab, xdist, mypy, hypothesis, orjson' 2>/dev/null \
+    && [ -x .venv/bin/ruff ] \
+    || .venv/bin/pip install -q --disable-pip-version-check -e '.[test,fast]'
 
 .venv/bin/memtrace lab --prepare
 echo "setup.sh: done; .venv/bin/memtrace is ready"
