@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memtrace.tools.cli import main
-from memtrace.tracefile import TraceWriter
+from tests import builders
 from tests.builders import bochs_events, seed_events
 from tests.conftest import FIXTURES
 
@@ -70,14 +70,7 @@ def write_trace(path, events, header=None):
         "pat_snapshot": [],
         "workload": ["modprobe", "bochs"],
     }
-    with open(path, "wb") as stream:
-        writer = TraceWriter(stream, dict(base, **(header or {})))
-        for event in events:
-            writer.event(event)
-        writer.footer(
-            {"lost_events": 0, "missed_returns": 0, "seconds": 3.5, "stopped_by": "workload"}
-        )
-    return str(path)
+    return builders.write_trace(path, events, dict(base, **(header or {})))
 
 
 def run(capsys, *args):
