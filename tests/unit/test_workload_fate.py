@@ -17,6 +17,7 @@ from memtrace.tools.cli import main
 from memtrace.tools.tracing_io import TraceSource
 from memtrace.tracefile import read_trace
 from tests.builders import bochs_events, write_trace
+from tests.unit.test_process_watch import FakeStats
 
 HEADER = {"memtrace": "0.1.0", "kernel": "6.12.0-1-amd64", "hostname": "lab-guest",
           "backend": {"name": "tracefs", "reason": "test"},
@@ -147,17 +148,6 @@ def test_a_clean_run_has_no_note(capsys, tmp_path):
 
 
 # -- live: the workload really runs ----------------------------------------------------------
-
-
-class FakeStats:
-    lost_events = 0
-    missed_returns = 0
-    missing_stacks = 0
-    attach_failures = []
-
-    def as_dict(self):
-        return {"lost_events": 0, "missed_returns": 0, "attached": ["memtype_reserve"],
-                "attach_failures": [], "late_attached": []}
 
 
 class RunsTheWorkload:
