@@ -71,6 +71,14 @@ class _GuardedStdout:
         except OSError as err:
             raise StdoutFailed(err) from None
 
+    @property
+    def buffer(self):
+        """The binary stream under it, guarded the same way (`memtrace lab` copies the
+        guest's bytes there)."""
+        if self._stream is None or not hasattr(self._stream, "buffer"):
+            return self
+        return _GuardedStdout(self._stream.buffer)
+
     def __getattr__(self, name):
         return getattr(self._stream, name)
 

@@ -219,3 +219,27 @@ def test_not_root_is_one_line_saying_what_to_do(args, words):
     assert_one_line(result, EXIT_ERROR, f"memtrace {args[0]}: error: ", words)
     assert len(result.stderr) < 200
     assert result.stdout == ""
+
+
+def test_the_binary_stdout_is_guarded_too():
+    """`memtrace lab` copies the guest's bytes to sys.stdout.buffer: a full disk there is the
+    same one-line error, not an internal one."""
+    import errno
+    import io
+
+    from memtrace.tools.cli import StdoutFailed, _GuardedStdout
+
+    class Full(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    guarded = _GuardedStdout(io.TextIOWrapper(io.BufferedWriter(Full(), 8)))
+    with pytest.raises(StdoutFailed) as caught:
+        guarded.buffer.write(b"guest output " * 10)
+        guarded.buffer.flush()
+    assert caught.value.one_line() == "cannot write to standard output: No space left on device"
+    with pytest.raises(StdoutFailed, match="standard output is closed"):
+        _GuardedStdout(None).buffer.write(b"x")
