@@ -467,7 +467,7 @@ def _live(args, workload, stream):
             p.probe_name for p in chosen
             if p.spec.role != ROLE_MOVE and not (extras and p.fn in DEFAULT_TARGETS))
     with stdout_to_stderr() as real_stdout:
-        if args.format == "json" or not args.interval:
+        if args.format in ("json", "html") or not args.interval:  # one document, no parts
             out = None
         elif stream is not None:
             def out(text):

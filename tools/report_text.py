@@ -159,12 +159,10 @@ def _device_legend(groups, most=3):
 def _who(group):
     """``bochs_pci_probe [bochs] (modprobe, pid 233)``, ``... (gnome-shell, 6 processes)``."""
     entry = group.first
-    who = entry.get("requester") or entry.get("fn") or "unknown"
-    comm, pid = entry.get("comm"), entry.get("pid")
-    pids = f"{len(group.pids)} processes" if len(group.pids) > 1 else \
-        f"pid {pid}" if pid is not None else None
-    process = ", ".join(p for p in (comm, pids) if p)
-    return f"{who} ({process})" if process else who
+    requester = entry.get("requester") or entry.get("fn") or "unknown"
+    if entry.get("comm") is None and entry.get("pid") is None:
+        return requester
+    return f"{requester} ({rr.process_text(entry, group.pids)})"
 
 
 def _text_reservations(doc, width, origin):

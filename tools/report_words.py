@@ -11,6 +11,7 @@ from typing import Dict, List
 
 from memtrace.analysis.conflicts import human_duration, human_size
 from memtrace.analysis.reservations import is_downgrade
+from memtrace.tools.render import hex_range, who
 
 __all__ = [
     "TEXT_WIDTH",
@@ -125,12 +126,8 @@ def rel_time(ns, origin):
     return f"{'+' if seconds >= 0 else '-'}{abs(seconds):.3f} s"
 
 
-def phys_range(start, end):
-    """``"0xfd000000", "0xfe000000"`` -> ``fd000000-fe000000``, as the kernel prints ranges."""
-    try:
-        return f"{int(start, 16):x}-{int(end, 16):x}"
-    except (TypeError, ValueError):
-        return f"{start}-{end}"
+# ``"0xfd000000", "0xfe000000"`` -> ``fd000000-fe000000``: the one range formatter.
+phys_range = hex_range
 
 
 def _count(value):
@@ -274,14 +271,12 @@ def timeline_priority(entry):
 
 
 def process_text(entry, pids=None):
-    """``modprobe (233)``; ``gnome-shell (6 processes)`` when ``pids`` (of a
+    """``modprobe, pid 233``; ``gnome-shell, 6 processes`` when ``pids`` (of a
     :class:`ReservationGroup`) holds several."""
     comm, pid = entry.get("comm"), entry.get("pid")
     if pids and len(pids) > 1:
-        return f"{comm or '?'} ({len(pids)} processes)"
-    if comm is None and pid is None:
-        return "unknown"
-    return f"{comm or '?'} ({pid})" if pid is not None else str(comm)
+        return f"{comm or '?'}, {len(pids)} processes"
+    return who(comm, pid)
 
 
 def type_change(entry):
