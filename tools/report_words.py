@@ -588,7 +588,7 @@ def shrink(doc, findings, groups, timeline, entries_per_group=None, most_chars=1
     :func:`timeline_priority`), ``entries_per_group`` reservations per group when given, no
     string longer than about ``most_chars``. The notes say what was left out, and that
     ``--format json`` has it all."""
-    out = clip_tree(doc, most_chars)
+    out = dict(doc)   # cut first, then clip what is left: a long trace is copied once
     left = []
     all_findings = entries(out, "findings")
     if len(all_findings) > findings:
@@ -619,7 +619,7 @@ def shrink(doc, findings, groups, timeline, entries_per_group=None, most_chars=1
         out["notes"] = entries(out, "notes") + [
             f"Left out here to keep this report short: {', '.join(left)} "
             "(see --format json)."]
-    return out
+    return clip_tree(out, most_chars)
 
 
 def clip_tree(value, most=1000):
