@@ -261,6 +261,9 @@ def render(document, fmt, width=WIDTH, limit=None):
         head = [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
+            # As the report's page: nothing loads, nothing runs, whatever a name holds.
+            '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+            "style-src 'unsafe-inline'\">",
             f"<title>{_h(document.title)}</title><style>{_CSS}</style></head><body>",
             f"<h2>{_h(document.title)}</h2>",
         ]

@@ -75,3 +75,17 @@ def test_backend_notes_and_cleanup_problems_are_shown(capsys, tmp_path, command,
     assert "Backend: events through a BPF ring buffer." in flat
     assert "Tracing did not clean up everything: kprobe p_memtype_reserve left in" in flat
     assert "\x1b" not in out
+
+
+@pytest.mark.parametrize("command", [("conflicts",), ("latency", "--fn", "*")],
+                         ids=lambda c: c[0])
+def test_conflicts_and_latency_html_is_one_well_formed_page(capsys, many_findings, command):
+    from tests.unit.test_report_html import Page
+    status, out, _ = run(capsys, command[0], "-i", many_findings, "--format", "html",
+                         *command[1:])
+    assert status in (0, 1)
+    page = Page(out)
+    assert not page.errors and not page.stack
+    assert [tag for tag, _ in page.elements][:2] == ["html", "head"]
+    assert not [attrs for tag, attrs in page.elements if tag in ("script", "img", "link")]
+    assert "Content-Security-Policy" in out
