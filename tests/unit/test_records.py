@@ -32,7 +32,8 @@ def one_line_error(capsys, *argv):
     return err
 
 
-@pytest.mark.parametrize("command", [["report"], ["conflicts"], ["latency", "--fn", "memtype_reserve"]])
+@pytest.mark.parametrize("command", [["report"], ["conflicts"],
+                                     ["latency", "--fn", "memtype_reserve"]])
 @pytest.mark.parametrize("footer, words", [
     ({"process_watch": {"status": "ok", "uevents": "lots"}}, ":3: bad process_watch.uevents"),
     ({"missing_stacks": "lots"}, ":3: bad missing_stacks: 'lots'"),
