@@ -5,22 +5,27 @@ conflicts in this shape, `memtrace latency` its causes."""
 __all__ = ["conflict_json", "model_check_json"]
 
 
+def _who_json(who):
+    """Who made a reservation (analysis.reservations.Holder): process, function, when."""
+    return {
+        "comm": who.comm,
+        "pid": who.pid,
+        "function": who.function,
+        "ts_ns": who.ts_ns,
+        "before_tracing": who.before_tracing,
+    }
+
+
 def _holder_json(holder):
     if holder is None:
         return None
-    who = holder.holder
-    return {
+    entry = {
         "start": hex(holder.start),
         "end": hex(holder.end),
         "type": holder.type,
         "requested": holder.requested,
-        "comm": who.comm,
-        "pid": who.pid,
-        "function": who.function,
-        "stack": list(who.stack),
-        "ts_ns": who.ts_ns,
-        "before_tracing": who.before_tracing,
     }
+    return dict(entry, **_who_json(holder.holder), stack=list(holder.holder.stack))
 
 
 def _requester_json(requester):
@@ -34,20 +39,15 @@ def _requester_json(requester):
 
 
 def _chain_json(link):
-    who = link.holder
-    return {
+    entry = {
         "start": hex(link.start),
         "end": hex(link.end),
         "type": link.type,
         "requested": link.requested,
         "adopted": link.adopted,
         "count": link.count,
-        "comm": who.comm,
-        "pid": who.pid,
-        "function": who.function,
-        "ts_ns": who.ts_ns,
-        "before_tracing": who.before_tracing,
     }
+    return dict(entry, **_who_json(link.holder))
 
 
 def conflict_json(conflict):
