@@ -5,8 +5,11 @@ import pytest
 
 from tests.lab.conftest import LAB_KERNELS, memtrace_in_guest
 
+# A workload that fails (no such module: modprobe exits 1) while nothing is traced.
+FAILING = ("conflicts", "--backend", "tracefs", "--", "modprobe", "no-such-module")
 STD_SCRIPT = (
     f"{memtrace_in_guest('doctor', '--json')} > doctor.json; echo $? > doctor.rc; "
+    f"{memtrace_in_guest(*FAILING)} > fate.out 2> fate.err; echo $? > fate.rc; "
     f"modprobe bochs && {memtrace_in_guest('snapshot', '--json')} > snapshot.json; "
     "echo $? > snapshot.rc"
 )
@@ -36,6 +39,18 @@ def test_doctor_is_all_green_in_the_guest(guest, series):
     assert "not loaded" in checks["ttm_move_memcpy"]["detail"]
     # Restart loops, DRM uevents and exit names can all be watched in Debian's kernels.
     assert checks["process-watch"]["status"] == "ok", checks["process-watch"]
+
+
+@pytest.mark.parametrize("series", LAB_KERNELS)
+def test_a_failing_workload_is_one_line_exit_2_never_no_conflicts(guest, series):
+    session = guest(series, "std", STD_SCRIPT)
+    err = session.read("fate.err")
+    assert session.read("fate.rc").strip() == "2", err
+    assert session.read("fate.out") == ""
+    mine = [line for line in err.splitlines() if line.startswith("memtrace conflicts: error")]
+    assert mine == ["memtrace conflicts: error: `modprobe no-such-module` failed with exit "
+                    "status 1 and nothing was traced; its own messages above say why"], err
+    assert "no-such-module" in err.replace(mine[0], "")   # modprobe's own FATAL line
 
 
 def _framebuffer_bar0(snapshot):
