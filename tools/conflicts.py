@@ -5,8 +5,18 @@ import sys
 
 from memtrace import __version__
 from memtrace.analysis.conflicts import (
-    DOWNGRADE, ERROR, MTRR_DOWNGRADE, PAT_DISABLED, REFUSED, STATIC, UPGRADE,
-    USER_MAP_DOWNGRADE, analyze, describe_impact, human_duration, human_size,
+    DOWNGRADE,
+    ERROR,
+    MTRR_DOWNGRADE,
+    PAT_DISABLED,
+    REFUSED,
+    STATIC,
+    UPGRADE,
+    USER_MAP_DOWNGRADE,
+    analyze,
+    describe_impact,
+    human_duration,
+    human_size,
 )
 from memtrace.analysis.latency import throughput_mbps
 from memtrace.analysis.slow_moves import describe_slow_moves, estimated_wc_ns
@@ -19,11 +29,21 @@ from memtrace.tools.record import add_tracing_arguments, workload_argv
 from memtrace.tools.render import hex_range, json_chunks, seconds, stack, who
 from memtrace.tools.report_words import KIND_NAMES
 from memtrace.tools.tracing_io import (
-    ReportOutput, add_output_arguments, add_slow_move_arguments, missed_returns_text,
-    memory_type_context, missing_stacks_note, model_check_line, pat_state_json, pat_state_line,
+    ReportOutput,
+    TraceSource,
+    add_output_arguments,
+    add_slow_move_arguments,
+    memory_type_context,
+    missed_returns_text,
+    missing_stacks_note,
+    model_check_line,
+    pat_state_json,
+    pat_state_line,
+    read_pci,
+    read_recorded_trace,
+    snapshot_tuples,
+    stdout_to_stderr,
     traced_with,
-    TraceSource, read_pci,
-    read_recorded_trace, snapshot_tuples, stdout_to_stderr,
 )
 
 DESCRIPTION = "find PAT reservation conflicts: who asked for which type, who forced it, the cost"

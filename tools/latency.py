@@ -11,7 +11,11 @@ from typing import List, Optional
 from memtrace import __version__
 from memtrace.analysis.events import ROLE_MOVE, ROLE_TIMED
 from memtrace.analysis.latency import (
-    UNIT_NS, latency_rows, row_from_histogram, slot_bounds, subtract_histograms,
+    UNIT_NS,
+    latency_rows,
+    row_from_histogram,
+    slot_bounds,
+    subtract_histograms,
 )
 from memtrace.analysis.name_index import NameIndex
 from memtrace.analysis.slow_moves import describe_slow_moves
@@ -19,16 +23,35 @@ from memtrace.errors import EXIT_FINDINGS, EXIT_OK, BadInput
 from memtrace.probes.backend import reader_notes
 from memtrace.tools import workload_fate
 from memtrace.tools.document import (
-    Bullets, Document, Heading, Lines, Para, Pre, Table, render, render_blocks,
+    Bullets,
+    Document,
+    Heading,
+    Lines,
+    Para,
+    Pre,
+    Table,
+    render,
+    render_blocks,
 )
 from memtrace.tools.findings_json import conflict_json
 from memtrace.tools.record import add_tracing_arguments, workload_argv
 from memtrace.tools.render import hex_range, json_chunks
 from memtrace.tools.report_words import latency_value
 from memtrace.tools.tracing_io import (
-    ReportOutput, add_output_arguments, add_slow_move_arguments, missed_returns_text,
-    memory_type_context, missing_stacks_note, pat_state_json, pat_state_line, traced_with,
-    TraceSource, read_pci, read_recorded_trace, snapshot_tuples, stdout_to_stderr,
+    ReportOutput,
+    TraceSource,
+    add_output_arguments,
+    add_slow_move_arguments,
+    memory_type_context,
+    missed_returns_text,
+    missing_stacks_note,
+    pat_state_json,
+    pat_state_line,
+    read_pci,
+    read_recorded_trace,
+    snapshot_tuples,
+    stdout_to_stderr,
+    traced_with,
 )
 
 DESCRIPTION = "time kernel functions: percentiles, log2 histograms, and what buffer moves cost"

@@ -11,21 +11,37 @@ import time
 
 from memtrace import __version__
 from memtrace.analysis.conflicts import (
-    DOWNGRADE, MTRR_DOWNGRADE, PAT_DISABLED, REFUSED, STATIC, UPGRADE, USER_MAP_DOWNGRADE,
-    analyze, describe_impact,
+    DOWNGRADE,
+    MTRR_DOWNGRADE,
+    PAT_DISABLED,
+    REFUSED,
+    STATIC,
+    UPGRADE,
+    USER_MAP_DOWNGRADE,
+    analyze,
+    describe_impact,
 )
 from memtrace.analysis.events import ROLE_FREE, ROLE_IOREMAP, ROLE_MOVE, ROLE_TIMED
 from memtrace.analysis.latency import (
-    human_duration, human_size, latency_rows, slot_bounds, throughput_mbps,
+    human_duration,
+    human_size,
+    latency_rows,
+    slot_bounds,
+    throughput_mbps,
 )
 from memtrace.analysis.redact import Redactor
 from memtrace.analysis.reservations import first_outside_frame, is_downgrade
 from memtrace.analysis.restarts import (
-    DEFAULT_MIN_RESTARTS, DEFAULT_WINDOW_S, exit_description, find_restart_loops,
+    DEFAULT_MIN_RESTARTS,
+    DEFAULT_WINDOW_S,
+    exit_description,
+    find_restart_loops,
     with_exit_names,
 )
 from memtrace.analysis.slow_moves import (
-    DEFAULT_SLOW_FACTOR, describe_slow_moves, estimated_wc_ns,
+    DEFAULT_SLOW_FACTOR,
+    describe_slow_moves,
+    estimated_wc_ns,
 )
 from memtrace.analysis.snapshot import find_owner
 from memtrace.tools import workload_fate

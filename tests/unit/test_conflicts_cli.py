@@ -8,12 +8,18 @@ import stat
 import pytest
 
 from memtrace.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from memtrace.probes.features import running_kernel_features
 from memtrace.probes import system_state as snapshot_tool
+from memtrace.probes.features import running_kernel_features
 from memtrace.tools.cli import main
 from tests import builders
 from tests.builders import (
-    TTM_BO, UC_CYCLES, UC_NS, bochs_events, qxl_events, seed_events, seed_move,
+    TTM_BO,
+    UC_CYCLES,
+    UC_NS,
+    bochs_events,
+    qxl_events,
+    seed_events,
+    seed_move,
 )
 from tests.conftest import FIXTURES
 
