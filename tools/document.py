@@ -151,7 +151,7 @@ def _text(block, width):
         body = fit_table(rows, [_t(h) for h in block.headers], width - len(pad))
         return "\n".join(pad + line if line else line for line in body.split("\n"))
     if isinstance(block, Pre):
-        head = [pad + _t(block.title) + ":"] if block.title else []
+        head = wrap(_t(block.title) + ":", width, pad, pad + _INDENT) if block.title else []
         return "\n".join(head + [pad + _t(line) for line in block.lines])
     raise TypeError(f"not a block: {block!r}")
 

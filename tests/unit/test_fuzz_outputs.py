@@ -28,7 +28,7 @@ RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\
 FORMATS = ("text", "markdown", "html", "json")
 BOCHS_ROOT = os.path.join(FIXTURES, "handmade-6.1-bochs")
 FUZZ = settings(
-    max_examples=25,
+    max_examples=int(os.environ.get("MEMTRACE_FUZZ_EXAMPLES", "25")),  # more for a long hunt
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -127,6 +127,8 @@ def test_hostile_names_never_reach_an_output_raw(capsys, comm, frame, release, c
         extra = ["--fn", "*"] if command == "latency" else []
         status, out, err = run(capsys, command, "-i", trace, "--format", fmt, *extra)
     check_answer(status, out, err, fmt)
+    if fmt == "text":
+        assert max(map(len, out.splitlines()), default=0) <= 80
 
 
 # -- arbitrary records --------------------------------------------------------------------------
