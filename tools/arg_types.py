@@ -12,8 +12,11 @@ MAX_SECONDS = 365 * 24 * 3600.0
 def number_type(what, low, high, example, low_inclusive=False):
     """An argparse type: a finite float above ``low`` (or at it, with ``low_inclusive``) and
     at most ``high``; else ArgumentTypeError saying ``what`` it must be, with an ``example``."""
-    span = (f"from {_plain(low)} to {_plain(high)}" if low_inclusive
-            else f"above {_plain(low)} and at most {_plain(high)}")
+    span = (
+        f"from {_plain(low)} to {_plain(high)}"
+        if low_inclusive
+        else f"above {_plain(low)} and at most {_plain(high)}"
+    )
     expected = f"must be {what} {span}, e.g. {example}"
 
     def convert(text):
@@ -41,6 +44,5 @@ def seconds_type(example="10"):
 
 
 # Options of several commands, one definition each.
-wc_reference_type = number_type("a number of MB/s", 0.001, 10_000_000, "409.6",
-                                low_inclusive=True)
+wc_reference_type = number_type("a number of MB/s", 0.001, 10_000_000, "409.6", low_inclusive=True)
 slow_factor_type = number_type("a number", 1, 1_000_000, "4")

@@ -33,8 +33,9 @@ EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         # argparse prints the whole usage block; a user wants the one line and the way out.
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {escape_text(message)} "
-                              f"(see '{self.prog} --help')\n")
+        self.exit(
+            EXIT_ERROR, f"{self.prog}: error: {escape_text(message)} (see '{self.prog} --help')\n"
+        )
 
 
 class StdoutFailed(MemtraceError):
@@ -93,8 +94,9 @@ def build_parser():
         "in memtrace: --debug shows where), 141 the reader of stdout left.",
     )
     parser.add_argument("--version", action="version", version=f"memtrace {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="show tracebacks on errors (before or after COMMAND)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks on errors (before or after COMMAND)"
+    )
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=_Parser)
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(f"memtrace.tools.{module_name}")
@@ -106,8 +108,9 @@ def build_parser():
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         # SUPPRESS: without --debug here the subparser must not reset `memtrace --debug CMD`.
-        sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                                help=argparse.SUPPRESS)
+        sub_parser.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
         module.add_arguments(sub_parser)
         sub_parser.set_defaults(_run=module.run)
     return parser
@@ -142,10 +145,13 @@ def main(argv=None):
         if args.debug:
             raise
         where = traceback.extract_tb(err.__traceback__)[-1]
-        print(f"memtrace {args.subcommand}: internal error: {type(err).__name__}: "
-              f"{escape_text(str(err))[:300]} (at {os.path.basename(where.filename)}:"
-              f"{where.lineno}); this is a bug in memtrace: please report it with the "
-              "traceback --debug shows", file=sys.stderr)
+        print(
+            f"memtrace {args.subcommand}: internal error: {type(err).__name__}: "
+            f"{escape_text(str(err))[:300]} (at {os.path.basename(where.filename)}:"
+            f"{where.lineno}); this is a bug in memtrace: please report it with the "
+            "traceback --debug shows",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
     finally:
         sys.stdout = real_stdout

@@ -7,13 +7,13 @@ import sys
 import threading
 
 from memtrace.errors import BadInput
-from memtrace.tools import workload_fate
-from memtrace.tools.arg_types import seconds_type
 from memtrace.probes.backend import footer_fields, reader_notes
 from memtrace.probes.environment import end_state, pci_devices, trace_environment
 from memtrace.probes.process_watch import ProcessWatcher, ProcessWatchUnavailable
 from memtrace.probes.session import TraceSession
 from memtrace.safefile import create_private
+from memtrace.tools import workload_fate
+from memtrace.tools.arg_types import seconds_type
 from memtrace.tracefile import TraceWriter
 
 DESCRIPTION = "record PAT reservations, ioremaps and TTM/DRM moves to a trace file"
@@ -39,18 +39,39 @@ is an error. Exit status: 0 ok, 2 error (CMD failed and nothing was traced, too)
 
 def add_tracing_arguments(parser):
     """Options every tracing command shares: backend, duration, extra functions, workload."""
-    parser.add_argument("--backend", choices=("auto", "bcc", "tracefs"), default="auto",
-                        help="how to probe (default: bcc when it can compile, else tracefs)")
-    parser.add_argument("-d", "--duration", type=seconds_type(), metavar="S",
-                        help="stop after S seconds (default: when CMD exits, or Ctrl-C)")
-    parser.add_argument("--fn", action="append", default=[], metavar="NAME",
-                        help="also time this function (globs and MOD:SYM allowed; repeatable)")
-    parser.add_argument("--dump-program", action="store_true",
-                        help="print what would be attached (the BPF C program for bcc, the "
-                             "kprobe_events lines for tracefs) and the resolved probes, then "
-                             "exit 0 without attaching anything or running CMD")
-    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS]",
-                        help="workload to run while tracing (an argv, no shell)")
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "bcc", "tracefs"),
+        default="auto",
+        help="how to probe (default: bcc when it can compile, else tracefs)",
+    )
+    parser.add_argument(
+        "-d",
+        "--duration",
+        type=seconds_type(),
+        metavar="S",
+        help="stop after S seconds (default: when CMD exits, or Ctrl-C)",
+    )
+    parser.add_argument(
+        "--fn",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also time this function (globs and MOD:SYM allowed; repeatable)",
+    )
+    parser.add_argument(
+        "--dump-program",
+        action="store_true",
+        help="print what would be attached (the BPF C program for bcc, the "
+        "kprobe_events lines for tracefs) and the resolved probes, then "
+        "exit 0 without attaching anything or running CMD",
+    )
+    parser.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD [ARGS]",
+        help="workload to run while tracing (an argv, no shell)",
+    )
 
 
 def dump_program(args, command, requests=None, required=(), aggregate=None):
@@ -58,14 +79,23 @@ def dump_program(args, command, requests=None, required=(), aggregate=None):
     (default: the default targets and --fn) with --backend; attach nothing; return 0."""
     from memtrace.probes.dump_program import dump_program as dump
     from memtrace.probes.plan import DEFAULT_TARGETS
+
     if getattr(args, "input", None):
-        raise BadInput("--dump-program shows what live tracing would attach; -i reads a "
-                       "recorded trace", "drop -i")
+        raise BadInput(
+            "--dump-program shows what live tracing would attach; -i reads a recorded trace",
+            "drop -i",
+        )
     workload = workload_argv(args)
     if requests is None:
         requests = list(DEFAULT_TARGETS) + list(args.fn)
-    return dump(requests, args.backend, command=command, required=required,
-                aggregate=aggregate, workload=workload)
+    return dump(
+        requests,
+        args.backend,
+        command=command,
+        required=required,
+        aggregate=aggregate,
+        workload=workload,
+    )
 
 
 def workload_argv(args):
@@ -74,8 +104,10 @@ def workload_argv(args):
     if command[:1] == ["--"]:
         command = command[1:]
     elif command:
-        raise BadInput(f"unexpected argument '{command[0]}'",
-                       "put the workload after --, e.g. -- modprobe bochs")
+        raise BadInput(
+            f"unexpected argument '{command[0]}'",
+            "put the workload after --, e.g. -- modprobe bochs",
+        )
     if args.duration is not None and args.duration <= 0:
         raise BadInput("--duration must be positive")
     return command or None
@@ -83,8 +115,9 @@ def workload_argv(args):
 
 def add_arguments(parser):
     """Register `memtrace record`'s options on ``parser``."""
-    parser.add_argument("-o", "--output", required=True, metavar="FILE",
-                        help="the trace file to write")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="the trace file to write"
+    )
     parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
     add_tracing_arguments(parser)
 
@@ -94,25 +127,41 @@ def run(args):
     if getattr(args, "dump_program", False):  # Namespaces built by hand lack it
         return dump_program(args, "record")
     try:
-        record_trace(args.output, workload_argv(args), duration=args.duration,
-                     backend=args.backend, extra_functions=args.fn, debug=args.debug,
-                     force=args.force)
+        record_trace(
+            args.output,
+            workload_argv(args),
+            duration=args.duration,
+            backend=args.backend,
+            extra_functions=args.fn,
+            debug=args.debug,
+            force=args.force,
+        )
     except workload_fate.WorkloadFailed as err:
         err.hint = f"{args.output} holds the trace's header and footer; {err.hint}"
         raise
     return 0
 
 
-def record_trace(path, workload, duration=None, backend="auto", extra_functions=(),
-                 debug=False, force=False, command="record"):
+def record_trace(
+    path,
+    workload,
+    duration=None,
+    backend="auto",
+    extra_functions=(),
+    debug=False,
+    force=False,
+    command="record",
+):
     """Trace the default targets and ``extra_functions`` into a new trace file at ``path``
     (0600, never through a symlink) until ``workload`` (argv) exits, ``duration`` seconds
     pass, Ctrl-C or SIGTERM; print a one-line summary on stderr naming ``command``.
     A workload that failed is noted; one that failed while nothing was traced raises
     :class:`memtrace.tools.workload_fate.WorkloadFailed` once the trace is complete."""
     from memtrace.probes.plan import DEFAULT_TARGETS
-    session = TraceSession(list(DEFAULT_TARGETS) + list(extra_functions), backend=backend,
-                           debug=debug)
+
+    session = TraceSession(
+        list(DEFAULT_TARGETS) + list(extra_functions), backend=backend, debug=debug
+    )
     stream = _TraceFile(create_private(path, force=force))
     writers, early_events = [], []
     watch = ProcessWatcher(on_record=lambda record: writers[0].record(record))
@@ -134,14 +183,18 @@ def record_trace(path, workload, duration=None, backend="auto", extra_functions=
         start_writer(attached_session)
         _start_watch(watch, command)  # after attaching, before the workload
         what = f"running {' '.join(workload)}" if workload else "Ctrl-C to end"
-        print(f"memtrace {command}: tracing {len(session.plan.probes)} functions with "
-              f"{session.backend_name} ({session.backend_reason}); {what}", file=sys.stderr)
+        print(
+            f"memtrace {command}: tracing {len(session.plan.probes)} functions with "
+            f"{session.backend_name} ({session.backend_reason}); {what}",
+            file=sys.stderr,
+        )
 
     with stream:
         try:
             try:
-                result = session.run(on_event, duration=duration, workload=workload,
-                                     on_attached=write_header)
+                result = session.run(
+                    on_event, duration=duration, workload=workload, on_attached=write_header
+                )
             finally:
                 _stop_watch(watch)
         except BaseException:
@@ -154,28 +207,36 @@ def record_trace(path, workload, duration=None, backend="auto", extra_functions=
                 writers[0].event(event)
         writer, stats = writers[0], session.backend.stats
         footer = footer_fields(session.backend)
-        footer.update({"seconds": round(result.seconds, 3), "stopped_by": result.stopped_by,
-                       **workload_fate.fate_fields(result.workload_status),
-                       "stale_removed": session.removed_stale,
-                       "process_watch": watch.stats(),
-                       # Drivers bound while tracing (bochs-drm) name their BARs in reports.
-                       "pci_devices": pci_devices()})
+        footer.update(
+            {
+                "seconds": round(result.seconds, 3),
+                "stopped_by": result.stopped_by,
+                **workload_fate.fate_fields(result.workload_status),
+                "stale_removed": session.removed_stale,
+                "process_watch": watch.stats(),
+                # Drivers bound while tracing (bochs-drm) name their BARs in reports.
+                "pci_devices": pci_devices(),
+            }
+        )
         # After the workload and the detach: what the trace changed (reservations, MTRRs).
         footer.update(end_state())
         writer.footer(footer)
     if stream.error is not None:
-        raise BadInput(f"cannot write {path}: {stream.error.strerror}",
-                       "free some space; the trace is kept up to where the disk filled")
-    workload_fate.check(workload, result.workload_status, writer.events > 0,
-                        result.stopped_by)
+        raise BadInput(
+            f"cannot write {path}: {stream.error.strerror}",
+            "free some space; the trace is kept up to where the disk filled",
+        )
+    workload_fate.check(workload, result.workload_status, writer.events > 0, result.stopped_by)
     fate = workload_fate.describe(workload, result.workload_status, result.stopped_by)
     if fate:
         print(f"memtrace {command}: note: {fate}", file=sys.stderr)
     stacks = f", stacks missing {stats.missing_stacks}" if stats.missing_stacks else ""
-    print(f"memtrace {command}: {writer.events} events written to {path}; "
-          f"lost {stats.lost_events}, missed returns {stats.missed_returns}{stacks}, "
-          f"attach failures {len(stats.attach_failures)}; {_watch_summary(watch, writer)}",
-          file=sys.stderr)
+    print(
+        f"memtrace {command}: {writer.events} events written to {path}; "
+        f"lost {stats.lost_events}, missed returns {stats.missed_returns}{stacks}, "
+        f"attach failures {len(stats.attach_failures)}; {_watch_summary(watch, writer)}",
+        file=sys.stderr,
+    )
     for note in reader_notes(session.backend.notes, session.backend.cleanup_problems):
         print(f"memtrace {command}: note: {note}", file=sys.stderr)
 
@@ -221,17 +282,24 @@ def _start_watch(watch, command):
     try:
         watch.start()
     except ProcessWatchUnavailable as err:
-        print(f"memtrace {command}: note: process watch unavailable: {err.one_line()}",
-              file=sys.stderr)
+        print(
+            f"memtrace {command}: note: process watch unavailable: {err.one_line()}",
+            file=sys.stderr,
+        )
     except (ImportError, OSError) as err:
         watch.mark_unavailable(f"{type(err).__name__}: {err}")
-        print(f"memtrace {command}: note: process watch unavailable: {type(err).__name__}: "
-              f"{err}", file=sys.stderr)
+        print(
+            f"memtrace {command}: note: process watch unavailable: {type(err).__name__}: {err}",
+            file=sys.stderr,
+        )
     else:
         exit_names = watch.stats()["exit_names"]
         if exit_names["status"] != "ok":
-            print(f"memtrace {command}: note: programs that end before memtrace reads /proc "
-                  f"will have no name: {exit_names['reason']}", file=sys.stderr)
+            print(
+                f"memtrace {command}: note: programs that end before memtrace reads /proc "
+                f"will have no name: {exit_names['reason']}",
+                file=sys.stderr,
+            )
 
 
 def _stop_watch(watch):
@@ -252,5 +320,7 @@ def _watch_summary(watch, writer):
     stats = watch.stats()
     if stats["status"] != "ok":
         return "process watch unavailable"
-    return (f"{writer.processes} process records, {writer.uevents} DRM uevents, "
-            f"lost {stats['lost'] + stats['uevents']['lost']}")
+    return (
+        f"{writer.processes} process records, {writer.uevents} DRM uevents, "
+        f"lost {stats['lost'] + stats['uevents']['lost']}"
+    )

@@ -9,14 +9,34 @@ import stat
 from memtrace.errors import BadInput
 
 # Relative to the capture's root: where the readers open a file, or look into a directory.
-CAPTURE_FILES = ("kernel-release", "kernel-log", "dmesg", "proc/iomem", "proc/mtrr",
-                 "proc/cmdline", "proc/cpuinfo", "sys/kernel/debug/x86/pat_memtype_list",
-                 "dev/cpu/0/msr", "sys/hypervisor/type", "sys/hypervisor/guest_type")
-CAPTURE_DIRS = ("proc", "sys", "sys/bus", "sys/bus/pci", "sys/bus/pci/devices", "sys/kernel",
-                "sys/kernel/debug", "sys/kernel/debug/x86", "dev", "dev/cpu", "dev/cpu/0",
-                "sys/hypervisor")
-DEVICE_FILES = ("resource", "class", "vendor", "device", "subsystem_vendor",
-                "subsystem_device")
+CAPTURE_FILES = (
+    "kernel-release",
+    "kernel-log",
+    "dmesg",
+    "proc/iomem",
+    "proc/mtrr",
+    "proc/cmdline",
+    "proc/cpuinfo",
+    "sys/kernel/debug/x86/pat_memtype_list",
+    "dev/cpu/0/msr",
+    "sys/hypervisor/type",
+    "sys/hypervisor/guest_type",
+)
+CAPTURE_DIRS = (
+    "proc",
+    "sys",
+    "sys/bus",
+    "sys/bus/pci",
+    "sys/bus/pci/devices",
+    "sys/kernel",
+    "sys/kernel/debug",
+    "sys/kernel/debug/x86",
+    "dev",
+    "dev/cpu",
+    "dev/cpu/0",
+    "sys/hypervisor",
+)
+DEVICE_FILES = ("resource", "class", "vendor", "device", "subsystem_vendor", "subsystem_device")
 MAX_RELEASE_BYTES = 4096
 _HINT = "give a directory written by tests/fixtures/capture_snapshot.py"
 
@@ -40,8 +60,11 @@ def check_capture(root):
                 _expect(root, os.path.join(slot_dir, name), "file")
             driver = os.path.join(root, slot_dir, "driver")
             if os.path.lexists(driver) and not os.path.islink(driver):
-                raise BadInput(f"--root: {driver} is not a symlink (a driver is named by "
-                               "where its link points)", _HINT)
+                raise BadInput(
+                    f"--root: {driver} is not a symlink (a driver is named by "
+                    "where its link points)",
+                    _HINT,
+                )
     _check_release(os.path.join(root, "kernel-release"))
 
 
@@ -53,8 +76,7 @@ def _expect(root, name, kind):
         info = os.stat(path)
     except FileNotFoundError:
         if not name:
-            raise BadInput(f"--root {root}: not a directory (it does not exist)",
-                           _HINT) from None
+            raise BadInput(f"--root {root}: not a directory (it does not exist)", _HINT) from None
         return
     except OSError as err:
         raise BadInput(f"--root: cannot read {path}: {err.strerror}", _HINT) from None
@@ -66,9 +88,14 @@ def _expect(root, name, kind):
 
 
 def _what(mode):
-    for is_kind, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a file"),
-                          (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for is_kind, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISREG, "a file"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if is_kind(mode):
             return name
     return "neither a file nor a directory"

@@ -24,8 +24,7 @@ def fate_fields(status, stopped_by=None):
     ``workload_signal`` (the signal's number, or None)."""
     signum = -status if isinstance(status, int) and status < 0 else None
     exit_code = status if isinstance(status, int) and status >= 0 else None
-    fields = {"workload_status": status, "workload_exit_code": exit_code,
-              "workload_signal": signum}
+    fields = {"workload_status": status, "workload_exit_code": exit_code, "workload_signal": signum}
     if stopped_by is not None:
         fields["stopped_by"] = stopped_by
     return fields
@@ -39,14 +38,18 @@ def describe(workload, status, stopped_by=None):
         return None
     command = f"`{_quoted(workload)}`"
     if status < 0 and stopped_by not in (None, "workload"):
-        why = {"duration": "--duration ran out", "interrupt": "of Ctrl-C",
-               "signal": "memtrace got SIGTERM"}.get(stopped_by, "tracing stopped")
-        return (f"{command} was still running when tracing stopped (because {why}); "
-                f"memtrace ended it with {_signal_name(-status)}.")
+        why = {
+            "duration": "--duration ran out",
+            "interrupt": "of Ctrl-C",
+            "signal": "memtrace got SIGTERM",
+        }.get(stopped_by, "tracing stopped")
+        return (
+            f"{command} was still running when tracing stopped (because {why}); "
+            f"memtrace ended it with {_signal_name(-status)}."
+        )
     if status < 0:
         return f"{command} was killed by {_signal_name(-status)}: it did not finish."
-    return (f"{command} failed (exit status {status}): the trace may lack what it was "
-            "meant to do.")
+    return f"{command} failed (exit status {status}): the trace may lack what it was meant to do."
 
 
 def add_note(notes, workload, status, stopped_by=None):
@@ -57,8 +60,9 @@ def add_note(notes, workload, status, stopped_by=None):
         notes.append(sentence)
 
 
-def check(workload, status, traced_anything, stopped_by=None,
-          hint="its own messages above say why"):
+def check(
+    workload, status, traced_anything, stopped_by=None, hint="its own messages above say why"
+):
     """Raise :class:`WorkloadFailed` (with ``hint``) when ``workload`` failed on its own (not
     ended by memtrace) and nothing was traced (``traced_anything`` false): then "no
     findings" would be an answer about a run that did not happen."""
@@ -66,8 +70,11 @@ def check(workload, status, traced_anything, stopped_by=None,
         return
     if status < 0 and stopped_by not in (None, "workload"):
         return
-    how = (f"was killed by {_signal_name(-status)}" if status < 0
-           else f"failed with exit status {status}")
+    how = (
+        f"was killed by {_signal_name(-status)}"
+        if status < 0
+        else f"failed with exit status {status}"
+    )
     raise WorkloadFailed(f"`{_quoted(workload)}` {how} and nothing was traced", hint)
 
 
@@ -89,8 +96,11 @@ def apply(source, traced_anything=None):
     status, stopped_by = status_of(source.footer)
     if traced_anything is None:
         traced_anything = bool(source.events)
-    hint = ("its own messages above say why" if source.source == "live"
-            else f"{source.source} holds no event: record it again with a command that works")
+    hint = (
+        "its own messages above say why"
+        if source.source == "live"
+        else f"{source.source} holds no event: record it again with a command that works"
+    )
     check(source.workload, status, traced_anything, stopped_by, hint)
     add_note(source.notes, source.workload, status, stopped_by)
 

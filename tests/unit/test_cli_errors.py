@@ -21,10 +21,22 @@ def run(*args, stdout=subprocess.PIPE, user=None, timeout=120):
     argv = memtrace_argv(*args)
     if user is not None:
         entry = pwd.getpwnam(user)
-        argv = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}",
-                "--clear-groups", *argv]
-    return subprocess.run(argv, stdout=stdout, stderr=subprocess.PIPE, text=True,
-                          timeout=timeout, cwd=REPO, check=False)
+        argv = [
+            "setpriv",
+            f"--reuid={entry.pw_uid}",
+            f"--regid={entry.pw_gid}",
+            "--clear-groups",
+            *argv,
+        ]
+    return subprocess.run(
+        argv,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
 
 
 def assert_one_line(result, status, *words):
@@ -38,31 +50,38 @@ def assert_one_line(result, status, *words):
 # -- numbers that once reached the analysis as inf, nan or 5e-324 ----------------------------
 
 
-@pytest.mark.parametrize("command, option, value", [
-    ("conflicts", "--wc-reference", "5e-324"),    # OverflowError in slow_moves
-    ("report", "--wc-reference", "5e-324"),
-    ("latency", "--wc-reference", "1e-9"),
-    ("report", "--restart-window", "inf"),        # OverflowError in restarts
-    ("report", "--restart-window", "1e308"),      # * 1e9 is inf too
-    ("report", "--restart-window", "nan"),
-    ("report", "--restart-window", "-5"),
-    ("report", "--restart-window", "0"),
-    ("conflicts", "--slow-factor", "inf"),
-])
+@pytest.mark.parametrize(
+    "command, option, value",
+    [
+        ("conflicts", "--wc-reference", "5e-324"),  # OverflowError in slow_moves
+        ("report", "--wc-reference", "5e-324"),
+        ("latency", "--wc-reference", "1e-9"),
+        ("report", "--restart-window", "inf"),  # OverflowError in restarts
+        ("report", "--restart-window", "1e308"),  # * 1e9 is inf too
+        ("report", "--restart-window", "nan"),
+        ("report", "--restart-window", "-5"),
+        ("report", "--restart-window", "0"),
+        ("conflicts", "--slow-factor", "inf"),
+    ],
+)
 def test_a_meaningless_number_is_an_argparse_error(command, option, value):
     extra = ["--fn", "memtype_reserve"] if command == "latency" else []
     result = run(command, "-i", TRACE, *extra, f"{option}={value}")
-    assert_one_line(result, EXIT_ERROR, f"memtrace {command}: error: argument {option}: ",
-                    f"not '{value}'")
+    assert_one_line(
+        result, EXIT_ERROR, f"memtrace {command}: error: argument {option}: ", f"not '{value}'"
+    )
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize("args", [
-    ("record", "-o", "/nonexistent/t.jsonl", "--duration", "inf"),
-    ("record", "-o", "/nonexistent/t.jsonl", "--duration", "nan"),
-    ("record", "-o", "/nonexistent/t.jsonl", "--duration", "-1"),
-    ("lab", "--timeout", "nan", "--", "true"),    # once "did not finish within nan s", 124
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("record", "-o", "/nonexistent/t.jsonl", "--duration", "inf"),
+        ("record", "-o", "/nonexistent/t.jsonl", "--duration", "nan"),
+        ("record", "-o", "/nonexistent/t.jsonl", "--duration", "-1"),
+        ("lab", "--timeout", "nan", "--", "true"),  # once "did not finish within nan s", 124
+    ],
+)
 def test_meaningless_durations_are_refused_before_anything_runs(args):
     result = run(*args)
     assert_one_line(result, EXIT_ERROR, "must be a number of seconds above 0")
@@ -89,18 +108,29 @@ STDOUT_COMMANDS = [
 def test_stdout_on_a_full_disk_is_one_line(args):
     with open("/dev/full", "w") as full:
         result = run(*args, stdout=full)
-    assert_one_line(result, EXIT_ERROR, f"memtrace {args[0]}: error: cannot write to "
-                    "standard output: No space left on device")
+    assert_one_line(
+        result,
+        EXIT_ERROR,
+        f"memtrace {args[0]}: error: cannot write to standard output: No space left on device",
+    )
 
 
 @pytest.mark.parametrize("args", STDOUT_COMMANDS, ids=lambda args: args[0])
 def test_a_closed_stdout_is_one_line_not_a_silent_success(args):
     # `memtrace ... >&-`: the shell starts memtrace with fd 1 closed.
-    result = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *memtrace_argv(*args)],
-                            capture_output=True, text=True, timeout=120, cwd=REPO,
-                            check=False)
-    assert_one_line(result, EXIT_ERROR, f"memtrace {args[0]}: error: cannot write to "
-                    "standard output: standard output is closed")
+    result = subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", *memtrace_argv(*args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    assert_one_line(
+        result,
+        EXIT_ERROR,
+        f"memtrace {args[0]}: error: cannot write to standard output: standard output is closed",
+    )
 
 
 def test_a_closed_stdout_does_not_become_the_output_file(tmp_path):
@@ -108,9 +138,19 @@ def test_a_closed_stdout_does_not_become_the_output_file(tmp_path):
     report, and nothing that was meant for stdout."""
     out = tmp_path / "r.json"
     result = subprocess.run(
-        ["sh", "-c", 'exec "$@" >&-', "sh",
-         *memtrace_argv("conflicts", "-i", TRACE, "--format", "json", "-o", str(out))],
-        capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
+        [
+            "sh",
+            "-c",
+            'exec "$@" >&-',
+            "sh",
+            *memtrace_argv("conflicts", "-i", TRACE, "--format", "json", "-o", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
     assert result.returncode == 1, result.stderr
     assert out.read_text().startswith("{") and out.read_text().endswith("}\n")
 
@@ -118,7 +158,7 @@ def test_a_closed_stdout_does_not_become_the_output_file(tmp_path):
 @pytest.mark.parametrize("args", STDOUT_COMMANDS[:4], ids=lambda args: args[0])
 def test_a_reader_that_left_is_silent_as_for_cat(args):
     read_end, write_end = os.pipe()
-    os.close(read_end)   # `| head -c1` that has already exited: every write is EPIPE
+    os.close(read_end)  # `| head -c1` that has already exited: every write is EPIPE
     try:
         result = run(*args, stdout=write_end)
     finally:
@@ -128,9 +168,19 @@ def test_a_reader_that_left_is_silent_as_for_cat(args):
 
 def test_head_c1_gets_its_byte_and_memtrace_no_traceback():
     result = subprocess.run(
-        ["sh", "-c", '"$@" | head -c1 >/dev/null', "sh",
-         *memtrace_argv("report", "-i", TRACE, "--format", "html")],
-        capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
+        [
+            "sh",
+            "-c",
+            '"$@" | head -c1 >/dev/null',
+            "sh",
+            *memtrace_argv("report", "-i", TRACE, "--format", "html"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
 
 
@@ -147,26 +197,33 @@ def broken_trace(tmp_path):
         "import memtrace.tracefile as t\n"
         "def broken(*args, **kwargs):\n"
         "    raise ZeroDivisionError('division by zero in a reader')\n"
-        "t.read_trace = broken\n")
+        "t.read_trace = broken\n"
+    )
     return str(site)
 
 
 def run_with_bug(site, *args):
     argv = ["env", f"PYTHONPATH={site}:{REPO}", *memtrace_argv(*args)[2:]]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO,
-                          check=False)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
 
 
 def test_an_internal_error_is_one_line_with_exit_3(broken_trace):
     result = run_with_bug(broken_trace, "conflicts", "-i", TRACE)
-    assert_one_line(result, EXIT_INTERNAL, "memtrace conflicts: internal error: "
-                    "ZeroDivisionError: division by zero in a reader", "--debug")
+    assert_one_line(
+        result,
+        EXIT_INTERNAL,
+        "memtrace conflicts: internal error: ZeroDivisionError: division by zero in a reader",
+        "--debug",
+    )
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_before_or_after_the_command_shows_the_traceback(broken_trace, where):
-    args = ["--debug", "conflicts", "-i", TRACE] if where == "before" \
+    args = (
+        ["--debug", "conflicts", "-i", TRACE]
+        if where == "before"
         else ["conflicts", "-i", TRACE, "--debug"]
+    )
     result = run_with_bug(broken_trace, *args)
     assert "Traceback (most recent call last)" in result.stderr
     assert "ZeroDivisionError: division by zero in a reader" in result.stderr
@@ -174,8 +231,11 @@ def test_debug_before_or_after_the_command_shows_the_traceback(broken_trace, whe
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_shows_the_traceback_of_a_users_error_too(where):
-    args = ["--debug", "conflicts", "-i", "/nonexistent.jsonl"] if where == "before" \
+    args = (
+        ["--debug", "conflicts", "-i", "/nonexistent.jsonl"]
+        if where == "before"
         else ["conflicts", "-i", "/nonexistent.jsonl", "--debug"]
+    )
     result = run(*args)
     assert "Traceback (most recent call last)" in result.stderr
     assert "BadInput: cannot read /nonexistent.jsonl" in result.stderr
@@ -199,21 +259,26 @@ def _nobody():
     return os.geteuid() == 0 and shutil.which("setpriv") is not None
 
 
-needs_nobody = pytest.mark.skipif(not _nobody(), reason="needs root and setpriv to run as "
-                                  "nobody")
+needs_nobody = pytest.mark.skipif(not _nobody(), reason="needs root and setpriv to run as nobody")
 
 
 @needs_nobody
-@pytest.mark.parametrize("args, words", [
-    (("snapshot",), "needs root; run it with sudo, or read a capture with --root DIR"),
-    (("snapshot", "--json"), "needs root"),
-    (("conflicts",), "tracing needs root, and so does reading the PAT reservations; run it "
-                     "with sudo, or give a recorded trace with -i"),
-    (("conflicts", "--", "true"), "tracing needs root"),
-    (("record", "-o", "/tmp/memtrace-nobody.jsonl"), "tracing needs root; run it with sudo"),
-    (("report",), "tracing needs root; run it with sudo"),
-    (("latency", "--fn", "ioremap"), "tracing needs root; run it with sudo"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("snapshot",), "needs root; run it with sudo, or read a capture with --root DIR"),
+        (("snapshot", "--json"), "needs root"),
+        (
+            ("conflicts",),
+            "tracing needs root, and so does reading the PAT reservations; run it "
+            "with sudo, or give a recorded trace with -i",
+        ),
+        (("conflicts", "--", "true"), "tracing needs root"),
+        (("record", "-o", "/tmp/memtrace-nobody.jsonl"), "tracing needs root; run it with sudo"),
+        (("report",), "tracing needs root; run it with sudo"),
+        (("latency", "--fn", "ioremap"), "tracing needs root; run it with sudo"),
+    ],
+)
 def test_not_root_is_one_line_saying_what_to_do(args, words):
     result = run(*args, user="nobody")
     assert_one_line(result, EXIT_ERROR, f"memtrace {args[0]}: error: ", words)

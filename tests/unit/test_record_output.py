@@ -11,9 +11,14 @@ from memtrace.errors import BadInput
 from memtrace.tools import record
 from memtrace.tools.cli import main
 from tests.builders import bochs_events
-from tests.unit.test_workload_fate import live, record_args  # noqa: F401 - the fixture
+from tests.unit.test_workload_fate import record_args, stand_in_session
 
-EVENTS = bochs_events() * 40   # some 20 KB of trace lines
+EVENTS = bochs_events() * 40  # some 20 KB of trace lines
+
+
+@pytest.fixture
+def live(monkeypatch):
+    return stand_in_session(monkeypatch)
 
 
 class FillsUp:
@@ -36,16 +41,19 @@ class FillsUp:
         self.stream.close()
 
 
-def test_a_full_disk_while_tracing_is_one_line_and_the_trace_is_kept(capfd, tmp_path, live,
-                                                                     monkeypatch):
+def test_a_full_disk_while_tracing_is_one_line_and_the_trace_is_kept(
+    capfd, tmp_path, live, monkeypatch
+):
     live.events = EVENTS
     args = record_args(tmp_path, "true")
     monkeypatch.setattr(record, "create_private", lambda path, force: FillsUp(path, 8192))
     with pytest.raises(BadInput) as caught:
         record.run(args)
-    assert caught.value.one_line() == (f"cannot write {args.output}: No space left on device; "
-                                       "free some space; the trace is kept up to where the "
-                                       "disk filled")
+    assert caught.value.one_line() == (
+        f"cannot write {args.output}: No space left on device; "
+        "free some space; the trace is kept up to where the "
+        "disk filled"
+    )
     with open(args.output, "rb") as kept:
         lines = kept.read().splitlines()
     assert 0 < len(lines) < len(EVENTS) and lines[0].startswith(b'{"type":"header"')
@@ -68,8 +76,11 @@ def tiny_tmpfs(tmp_path):
     """A 16 KiB tmpfs: a real full file system (needs root and mount)."""
     mount_point = tmp_path / "tiny"
     mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount_point)],
-                          capture_output=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     yield mount_point
@@ -87,11 +98,12 @@ def test_a_real_full_file_system(capfd, tiny_tmpfs, live):
 
 
 def test_report_o_on_a_real_full_file_system_keeps_the_previous_report(capfd, tiny_tmpfs):
-    trace = os.path.join(os.path.dirname(__file__), "..", "fixtures", "traces",
-                         "6.12-bcc-bochs.jsonl")
+    trace = os.path.join(
+        os.path.dirname(__file__), "..", "fixtures", "traces", "6.12-bcc-bochs.jsonl"
+    )
     previous = tiny_tmpfs / "report.md"
     previous.write_text("the previous report\n")
-    filler = os.open(tiny_tmpfs / "filler", os.O_WRONLY | os.O_CREAT)   # the rest of the disk
+    filler = os.open(tiny_tmpfs / "filler", os.O_WRONLY | os.O_CREAT)  # the rest of the disk
     try:
         while os.write(filler, b"x" * 1024):
             pass
@@ -102,7 +114,9 @@ def test_report_o_on_a_real_full_file_system_keeps_the_previous_report(capfd, ti
     status = main(["report", "-i", trace, "-o", str(previous), "--force"])
     err = capfd.readouterr().err
     assert status == 2
-    assert err == (f"memtrace report: error: cannot write {previous}: No space left on "
-                   "device; free some space; the previous file, if any, is untouched\n")
+    assert err == (
+        f"memtrace report: error: cannot write {previous}: No space left on "
+        "device; free some space; the previous file, if any, is untouched\n"
+    )
     assert previous.read_text() == "the previous report\n"
-    assert sorted(os.listdir(tiny_tmpfs)) == ["filler", "report.md"]   # no temporary file
+    assert sorted(os.listdir(tiny_tmpfs)) == ["filler", "report.md"]  # no temporary file
