@@ -69,14 +69,21 @@ CMD's own output goes to stderr, so that stdout carries only the report.
 Exit status: 0 no findings, 1 conflicts or slow moves found, 2 error (one line on stderr).
 """
 
+
 def add_arguments(parser):
     """Register `memtrace conflicts`' options on ``parser``."""
-    parser.add_argument("-i", "--input", metavar="TRACE",
-                        help="analyse a trace written by `memtrace record` instead of tracing")
-    parser.add_argument("--format", choices=("text", "markdown", "html", "json"),
-                        default="text",
-                        help="text (default), markdown for a bug report, one HTML page, or "
-                        "one JSON object")
+    parser.add_argument(
+        "-i",
+        "--input",
+        metavar="TRACE",
+        help="analyse a trace written by `memtrace record` instead of tracing",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("text", "markdown", "html", "json"),
+        default="text",
+        help="text (default), markdown for a bug report, one HTML page, or one JSON object",
+    )
     add_output_arguments(parser)
     add_slow_move_arguments(parser)
     add_tracing_arguments(parser)
@@ -86,6 +93,7 @@ def run(args):
     """Trace (or read a trace), find the conflicts, print them; return the exit status."""
     if getattr(args, "dump_program", False):  # Namespaces built by hand lack it
         from memtrace.tools.record import dump_program
+
         return dump_program(args, "conflicts")
     if args.input is not None:
         _refuse_live_options(args)
@@ -93,20 +101,30 @@ def run(args):
     else:
         workload = workload_argv(args)
     with ReportOutput(args.output, args.force, "conflicts", inputs=[args.input]) as output:
-        source = (read_recorded_trace(args.input) if args.input is not None
-                  else _live(args, workload))
+        source = (
+            read_recorded_trace(args.input) if args.input is not None else _live(args, workload)
+        )
         workload_fate.apply(source)
-        report = analyze(source.events, source.snapshot, source.pci_devices,
-                         wc_reference_mbps=args.wc_reference, slow_factor=args.slow_factor,
-                         context=source.context, snapshot_end=source.snapshot_end)
+        report = analyze(
+            source.events,
+            source.snapshot,
+            source.pci_devices,
+            wc_reference_mbps=args.wc_reference,
+            slow_factor=args.slow_factor,
+            context=source.context,
+            snapshot_end=source.snapshot_end,
+        )
         output.write(_RENDERERS[args.format](source, report))
     return EXIT_FINDINGS if report.findings else EXIT_OK
 
 
 def _refuse_live_options(args):
     if args.command or args.duration is not None or args.fn or args.backend != "auto":
-        raise BadInput("-i reads a recorded trace; --duration, --backend, --fn and -- CMD "
-                       "apply only to live tracing", "drop them, or drop -i to trace live")
+        raise BadInput(
+            "-i reads a recorded trace; --duration, --backend, --fn and -- CMD "
+            "apply only to live tracing",
+            "drop them, or drop -i to trace live",
+        )
 
 
 # -- where the events come from ----------------------------------------------------------------
@@ -115,10 +133,13 @@ def _refuse_live_options(args):
 def _live(args, workload):
     """Trace the running kernel; or, when it cannot be probed, read the snapshot only."""
     from memtrace.probes.features import running_kernel_features
+
     features = running_kernel_features()
     if features.root_check.status != "ok":  # both tracing and the PAT list need root
-        raise NotRoot("tracing needs root, and so does reading the PAT reservations",
-                      "run it with sudo, or give a recorded trace with -i")
+        raise NotRoot(
+            "tracing needs root, and so does reading the PAT reservations",
+            "run it with sudo, or give a recorded trace with -i",
+        )
     if not features.live_probing:
         kprobes = features.kprobes_check
         if kprobes.status != "ok":
@@ -135,6 +156,7 @@ def _live(args, workload):
     from memtrace.probes.environment import trace_environment
     from memtrace.probes.plan import DEFAULT_TARGETS
     from memtrace.probes.session import TraceSession
+
     session = TraceSession(list(DEFAULT_TARGETS) + args.fn, backend=args.backend)
     events, environment = [], {}
 
@@ -146,31 +168,46 @@ def _live(args, workload):
             until = f"for {args.duration:g} s (Ctrl-C to stop early)"
         else:
             until = "until Ctrl-C"
-        print(f"memtrace conflicts: tracing PAT reservations, ioremaps and buffer moves "
-              f"({len(attached.plan.probes)} functions) with {attached.backend_name} "
-              f"({attached.backend_reason}) {until}", file=sys.stderr)
+        print(
+            f"memtrace conflicts: tracing PAT reservations, ioremaps and buffer moves "
+            f"({len(attached.plan.probes)} functions) with {attached.backend_name} "
+            f"({attached.backend_reason}) {until}",
+            file=sys.stderr,
+        )
 
     with stdout_to_stderr():
-        result = session.run(events.append, duration=args.duration, workload=workload,
-                             on_attached=banner)
+        result = session.run(
+            events.append, duration=args.duration, workload=workload, on_attached=banner
+        )
     from memtrace.probes.environment import end_state
+
     ended = end_state()
     stats = session.backend.stats
     snapshot = snapshot_tuples(environment)
-    source = TraceSource(source="live", kernel=platform.release(), traced=True, events=events,
-                         lost_events=stats.lost_events, missed_returns=stats.missed_returns,
-                         backend=session.backend_name, backend_reason=session.backend_reason,
-                         snapshot=snapshot, seconds=round(result.seconds, 3),
-                         workload=workload, context=memory_type_context(environment),
-                         snapshot_end=snapshot_tuples({"pat_snapshot":
-                                                       ended.get("pat_snapshot_end")}))
+    source = TraceSource(
+        source="live",
+        kernel=platform.release(),
+        traced=True,
+        events=events,
+        lost_events=stats.lost_events,
+        missed_returns=stats.missed_returns,
+        backend=session.backend_name,
+        backend_reason=session.backend_reason,
+        snapshot=snapshot,
+        seconds=round(result.seconds, 3),
+        workload=workload,
+        context=memory_type_context(environment),
+        snapshot_end=snapshot_tuples({"pat_snapshot": ended.get("pat_snapshot_end")}),
+    )
     source.footer = workload_fate.fate_fields(result.workload_status, result.stopped_by)
     if missing_stacks_note(stats.missing_stacks):
         source.notes.append(missing_stacks_note(stats.missing_stacks))
     source.notes.extend(reader_notes(session.backend.notes, session.backend.cleanup_problems))
     if snapshot is None:
-        source.notes.append(f"No PAT snapshot ({environment.get('pat_snapshot_note')}): "
-                            "reservations made before tracing are unknown.")
+        source.notes.append(
+            f"No PAT snapshot ({environment.get('pat_snapshot_note')}): "
+            "reservations made before tracing are unknown."
+        )
     source.pci_devices = read_pci(source.notes)
     return source
 
@@ -178,25 +215,37 @@ def _live(args, workload):
 def _static_only(why):
     """The report of a kernel without probes: the PAT list and PCI devices only."""
     from memtrace.probes.system_state import read_state
+
     state = read_state(None)
     if state.reservations is None:
-        raise MemtraceError(f"could not trace ({why}) and could not read the PAT "
-                            f"reservations either: {' '.join(state.notes)}")
-    source = TraceSource(source="live", kernel=state.kernel_release, traced=False, events=[],
-                         not_traced_reason=why, pci_devices=state.pci_devices,
-                         snapshot=[(r.start, r.end, r.memtype) for r in state.reservations],
-                         context=memory_type_context({"pat": getattr(state, "pat", None),
-                                                      "mtrr": getattr(state, "mtrr_text", None),
-                                                      "mtrr_default":
-                                                          getattr(state, "mtrr_default", None)}))
+        raise MemtraceError(
+            f"could not trace ({why}) and could not read the PAT "
+            f"reservations either: {' '.join(state.notes)}"
+        )
+    source = TraceSource(
+        source="live",
+        kernel=state.kernel_release,
+        traced=False,
+        events=[],
+        not_traced_reason=why,
+        pci_devices=state.pci_devices,
+        snapshot=[(r.start, r.end, r.memtype) for r in state.reservations],
+        context=memory_type_context(
+            {
+                "pat": getattr(state, "pat", None),
+                "mtrr": getattr(state, "mtrr_text", None),
+                "mtrr_default": getattr(state, "mtrr_default", None),
+            }
+        ),
+    )
     source.notes.extend(n for n in state.notes if not n.startswith("Owners from /proc/iomem"))
     return source
 
 
 # -- the document (memtrace.tools.document) ------------------------------------------------
 
-_MAX_FINDINGS = 100      # findings shown one by one; the rest are counted (--format json)
-_MAX_PARTIES = 12        # requesters listed in a finding's table
+_MAX_FINDINGS = 100  # findings shown one by one; the rest are counted (--format json)
+_MAX_PARTIES = 12  # requesters listed in a finding's table
 _PARTIES = ["", "range", "type", "process", "function"]
 
 
@@ -228,16 +277,30 @@ def _party(comm, pid, before_tracing=False):
 
 def _parties(conflict):
     requesters = list(conflict.requesters)
-    rows = [["requester", hex_range(conflict.start, conflict.end), conflict.requested or "-",
-             _party(r.comm, r.pid), r.function or "-"] for r in requesters[:_MAX_PARTIES]]
+    rows = [
+        [
+            "requester",
+            hex_range(conflict.start, conflict.end),
+            conflict.requested or "-",
+            _party(r.comm, r.pid),
+            r.function or "-",
+        ]
+        for r in requesters[:_MAX_PARTIES]
+    ]
     if len(requesters) > _MAX_PARTIES:
         rows.append([f"... {len(requesters) - _MAX_PARTIES} more", "", "", "", ""])
     holders = conflict.holders or ([conflict.holder] if conflict.holder is not None else [])
     labels = ["holder"] if len(holders) < 2 else ["holder (first)", "holder (differs)"]
     for label, holder in zip(labels, holders):
-        rows.append([label, hex_range(holder.start, holder.end), holder.type,
-                     _party(holder.holder.comm, holder.holder.pid, holder.holder.before_tracing),
-                     holder.holder.function or "-"])
+        rows.append(
+            [
+                label,
+                hex_range(holder.start, holder.end),
+                holder.type,
+                _party(holder.holder.comm, holder.holder.pid, holder.holder.before_tracing),
+                holder.holder.function or "-",
+            ]
+        )
     return rows
 
 
@@ -247,9 +310,12 @@ def _chain_lines(conflict):
         return []
     lines = []
     for link in conflict.chain:
-        by = ("before tracing" if link.holder.before_tracing
-              else f"{link.holder.function or '?'} ({who(link.holder.comm, link.holder.pid)}) "
-                   f"at {seconds(link.holder.ts_ns)}")
+        by = (
+            "before tracing"
+            if link.holder.before_tracing
+            else f"{link.holder.function or '?'} ({who(link.holder.comm, link.holder.pid)}) "
+            f"at {seconds(link.holder.ts_ns)}"
+        )
         where = hex_range(link.start, link.end)
         times = f", {link.count} times" if link.count > 1 else ""
         if link.adopted:
@@ -268,8 +334,10 @@ def _when(conflict):
         last = getattr(conflict, "last_ts_ns", None)
         first = conflict.first_ns if first is None else first
         last = conflict.last_ns if last is None else last
-        text = (f"the same finding {occurrences} times, first at {seconds(first)}, last at "
-                f"{seconds(last)} (kernel clock)")
+        text = (
+            f"the same finding {occurrences} times, first at {seconds(first)}, last at "
+            f"{seconds(last)} (kernel clock)"
+        )
         processes = list(getattr(conflict, "processes", ()) or ())
         count = getattr(conflict, "process_count", len(processes)) or len(processes)
         if processes:
@@ -279,16 +347,20 @@ def _when(conflict):
         return text
     if conflict.first_ns is None:
         return None
-    span = (f"at {seconds(conflict.first_ns)}" if conflict.count == 1
-            else f"from {seconds(conflict.first_ns)} to {seconds(conflict.last_ns)}")
+    span = (
+        f"at {seconds(conflict.first_ns)}"
+        if conflict.count == 1
+        else f"from {seconds(conflict.first_ns)} to {seconds(conflict.last_ns)}"
+    )
     return f"seen {conflict.count} time{'s' if conflict.count > 1 else ''} {span} (kernel clock)"
 
 
 def _details(conflict):
     lines = []
     if conflict.device:
-        lines.append(f"device: {conflict.device} ({conflict.pci_id}), driver "
-                     f"{conflict.driver or '(none)'}")
+        lines.append(
+            f"device: {conflict.device} ({conflict.pci_id}), driver {conflict.driver or '(none)'}"
+        )
     mapped = sorted({r.mapped for r in conflict.requesters if r.mapped})
     if mapped:
         lines.append(f"mapped: {', '.join(mapped)}")
@@ -306,8 +378,10 @@ def _details(conflict):
 
 
 def _preamble(source):
-    lines = [f"Kernel {source.kernel or 'unknown'}"
-             + ("" if source.source == "live" else f", trace {source.source}")]
+    lines = [
+        f"Kernel {source.kernel or 'unknown'}"
+        + ("" if source.source == "live" else f", trace {source.source}")
+    ]
     if source.traced:
         lines.append(traced_with(source))
         missed = missed_returns_text(source)
@@ -315,8 +389,10 @@ def _preamble(source):
         if source.lost_events:
             lines.append("Some events were lost: conflicts may be missing or incomplete.")
     else:
-        lines.append(f"Could not trace: {source.not_traced_reason}. Reported below is what "
-                     "the PAT reservations and PCI devices alone show (static findings).")
+        lines.append(
+            f"Could not trace: {source.not_traced_reason}. Reported below is what "
+            "the PAT reservations and PCI devices alone show (static findings)."
+        )
         lines.append("Events: 0 (nothing traced), 0 lost.")
     if source.snapshot is not None:
         lines.append(f"PAT reservations at start: {len(source.snapshot)}.")
@@ -352,18 +428,22 @@ def _summary_line(source, report):
         return "No conflicts: no display framebuffer is reserved uncached."
     if not report.decisions:
         return "No conflicts: no PAT reservation was made while tracing."
-    return (f"No conflicts: each of the {len(report.decisions)} reservations traced got the "
-            "type it asked for or a faster one, and none was refused.")
+    return (
+        f"No conflicts: each of the {len(report.decisions)} reservations traced got the "
+        "type it asked for or a faster one, and none was refused."
+    )
 
 
 # -- the slow-moves finding ------------------------------------------------------------------
 
 _SLOW_ROWS = 20
 _SLOW_HEADERS = ["at", "function", "process", "type", "size", "took", "MB/s", "if WC"]
-_SLOW_REMEDY = ("No conflict above explains it: these moves' mappings were not downgraded "
-                "(they asked for an uncached type, or what they asked for is unknown). The "
-                "usual remedy is to have the driver map the memory the moves copy through "
-                "write-combined: ioremap_wc or devm_ioremap_wc instead of ioremap.")
+_SLOW_REMEDY = (
+    "No conflict above explains it: these moves' mappings were not downgraded "
+    "(they asked for an uncached type, or what they asked for is unknown). The "
+    "usual remedy is to have the driver map the memory the moves copy through "
+    "write-combined: ioremap_wc or devm_ioremap_wc instead of ioremap."
+)
 
 
 def _slow_finding(report):
@@ -374,8 +454,10 @@ def _slow_finding(report):
 
 def _slow_title(slow):
     count = len(slow.slow)
-    return (f"slow buffer moves on {'/'.join(slow.types)}: {count} move"
-            f"{'s' if count > 1 else ''}, {human_size(slow.bytes)}")
+    return (
+        f"slow buffer moves on {'/'.join(slow.types)}: {count} move"
+        f"{'s' if count > 1 else ''}, {human_size(slow.bytes)}"
+    )
 
 
 def _slow_cause(slow, report):
@@ -384,28 +466,39 @@ def _slow_cause(slow, report):
     if not numbers:
         return _SLOW_REMEDY
     listed = numbers[0] if len(numbers) == 1 else ", ".join(numbers[:-1]) + " and " + numbers[-1]
-    return (f"The slow moves' mappings are the downgrade{'s' if len(numbers) > 1 else ''} of "
-            f"conflict"
-            f"{'s' if len(numbers) > 1 else ''} {listed} above; the remedy there makes them "
-            "write-combined.")
+    return (
+        f"The slow moves' mappings are the downgrade{'s' if len(numbers) > 1 else ''} of "
+        f"conflict"
+        f"{'s' if len(numbers) > 1 else ''} {listed} above; the remedy there makes them "
+        "write-combined."
+    )
 
 
 def _slow_rows(slow):
     rows = []
     for move in slow.slow[:_SLOW_ROWS]:
         call = move.outer
-        rows.append([seconds(call.ts_ns), call.fn, who(call.comm, call.pid),
-                     move.effective_type, human_size(move.bytes),
-                     human_duration(move.duration_ns),
-                     f"{throughput_mbps(move.bytes, move.duration_ns):.1f}",
-                     human_duration(estimated_wc_ns(move.bytes, slow.wc_reference_mbps))])
+        rows.append(
+            [
+                seconds(call.ts_ns),
+                call.fn,
+                who(call.comm, call.pid),
+                move.effective_type,
+                human_size(move.bytes),
+                human_duration(move.duration_ns),
+                f"{throughput_mbps(move.bytes, move.duration_ns):.1f}",
+                human_duration(estimated_wc_ns(move.bytes, slow.wc_reference_mbps)),
+            ]
+        )
     return rows
 
 
 def _slow_details(slow):
     uncached = len(slow.uncached)
-    lines = [f"slow: at least {slow.slow_factor:g}x the time at the WC reference (if WC); "
-             f"{uncached} move{'s' if uncached > 1 else ''} ran on uncached memory in all"]
+    lines = [
+        f"slow: at least {slow.slow_factor:g}x the time at the WC reference (if WC); "
+        f"{uncached} move{'s' if uncached > 1 else ''} ran on uncached memory in all"
+    ]
     if slow.cycles is not None:
         lines.append(f"cycles of the slow moves: {slow.cycles / 1e6:.1f}M")
     return lines
@@ -438,12 +531,14 @@ def build_document(source, report):
     doc.add(more(len(report.conflicts) - _MAX_FINDINGS, "findings"))
     slow = _slow_finding(report)
     if slow is not None:
-        doc.add(Heading(f"{len(report.conflicts) + 1}. {_slow_title(slow)}"),
-                Para(describe_slow_moves(slow), indent=1),
-                Para(_slow_cause(slow, report), indent=1),
-                Table(_SLOW_HEADERS, _slow_rows(slow), indent=1),
-                more(len(slow.slow) - _SLOW_ROWS, "slow moves"),
-                Lines(_slow_details(slow), indent=1))
+        doc.add(
+            Heading(f"{len(report.conflicts) + 1}. {_slow_title(slow)}"),
+            Para(describe_slow_moves(slow), indent=1),
+            Para(_slow_cause(slow, report), indent=1),
+            Table(_SLOW_HEADERS, _slow_rows(slow), indent=1),
+            more(len(slow.slow) - _SLOW_ROWS, "slow moves"),
+            Lines(_slow_details(slow), indent=1),
+        )
     return doc
 
 
@@ -467,8 +562,7 @@ def _slow_moves_json(report):
     slow = report.slow_moves
     if slow is None:
         return None
-    return dict(slow.to_record(),
-                conflicts=[report.conflicts.index(c) for c in slow.conflicts])
+    return dict(slow.to_record(), conflicts=[report.conflicts.index(c) for c in slow.conflicts])
 
 
 def render_json(source, report):
@@ -496,5 +590,9 @@ def render_json(source, report):
     return json_chunks(obj)
 
 
-_RENDERERS = {"text": render_text, "markdown": render_markdown, "html": render_html,
-              "json": render_json}
+_RENDERERS = {
+    "text": render_text,
+    "markdown": render_markdown,
+    "html": render_html,
+    "json": render_json,
+}

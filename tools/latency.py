@@ -80,40 +80,73 @@ stdout carries only the report.
 Exit status: 0 ok, 1 slow UC- moves found, 2 error (one line on stderr).
 """
 
-_STARS = 36           # bcc draws 40; 36 keeps a 10-digit bucket within 80 columns
+_STARS = 36  # bcc draws 40; 36 keeps a 10-digit bucket within 80 columns
 _LABELS = {"ns": "nsecs", "us": "usecs", "ms": "msecs", "cycles": "cycles"}
 _TABLE_DECIMALS = {"ns": 0, "us": 3, "ms": 3, "cycles": 0}
 _EXACT_DECIMALS = {"ns": 0, "us": 3, "ms": 6, "cycles": 0}
-_MOVER_SYMBOLS = ("ttm_move_memcpy", "ttm_bo_move_memcpy", "drm_gem_vram_bo_driver_move",
-                  "bo_driver_move")
+_MOVER_SYMBOLS = (
+    "ttm_move_memcpy",
+    "ttm_bo_move_memcpy",
+    "drm_gem_vram_bo_driver_move",
+    "bo_driver_move",
+)
 _CYCLES_SOURCES = {"pmu": "pmu", "tsc": "tsc-derived"}
 
 
 def add_arguments(parser):
     """Register `memtrace latency`'s options on ``parser``."""
-    parser.add_argument("-i", "--input", metavar="TRACE",
-                        help="time the calls of a trace written by `memtrace record` "
-                        "instead of tracing")
+    parser.add_argument(
+        "-i",
+        "--input",
+        metavar="TRACE",
+        help="time the calls of a trace written by `memtrace record` instead of tracing",
+    )
     units = parser.add_mutually_exclusive_group()
-    units.add_argument("-u", "--microseconds", dest="unit", action="store_const", const="us",
-                       default="ns", help="times in microseconds")
-    units.add_argument("-m", "--milliseconds", dest="unit", action="store_const", const="ms",
-                       default="ns", help="times in milliseconds")
-    units.add_argument("--cycles", dest="unit", action="store_const", const="cycles",
-                       default="ns", help="CPU cycles instead of time (pmu or tsc-derived)")
-    parser.add_argument("--interval", type=float, metavar="S",
-                        help="while tracing, print what happened in every S seconds")
-    parser.add_argument("--format", choices=("text", "markdown", "html", "json"),
-                        default="text",
-                        help="text (default), markdown for a bug report, one HTML page, or "
-                        "one JSON object (docs/latency-json.md)")
+    units.add_argument(
+        "-u",
+        "--microseconds",
+        dest="unit",
+        action="store_const",
+        const="us",
+        default="ns",
+        help="times in microseconds",
+    )
+    units.add_argument(
+        "-m",
+        "--milliseconds",
+        dest="unit",
+        action="store_const",
+        const="ms",
+        default="ns",
+        help="times in milliseconds",
+    )
+    units.add_argument(
+        "--cycles",
+        dest="unit",
+        action="store_const",
+        const="cycles",
+        default="ns",
+        help="CPU cycles instead of time (pmu or tsc-derived)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        metavar="S",
+        help="while tracing, print what happened in every S seconds",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("text", "markdown", "html", "json"),
+        default="text",
+        help="text (default), markdown for a bug report, one HTML page, or "
+        "one JSON object (docs/latency-json.md)",
+    )
     add_output_arguments(parser)
     add_slow_move_arguments(parser)
     add_tracing_arguments(parser)
     for action in parser._actions:  # record's wording is "also time"; here --fn is the point
         if action.dest == "fn":
-            action.help = ("the function to time (globs and MOD:SYM allowed; repeatable; "
-                           "required)")
+            action.help = "the function to time (globs and MOD:SYM allowed; repeatable; required)"
 
 
 @dataclasses.dataclass
@@ -131,13 +164,13 @@ class _Latency:
     source: TraceSource
     unit: str
     measure: str
-    probes: List[dict]             # how each function asked for was probed
-    rows: list                     # LatencyRow
-    selected: int                  # calls of the functions asked for (events)
+    probes: List[dict]  # how each function asked for was probed
+    rows: list  # LatencyRow
+    selected: int  # calls of the functions asked for (events)
     not_called: List[str] = dataclasses.field(default_factory=list)
     has_movers: bool = False
-    slow: object = None            # analysis.slow_moves.SlowMoves or None
-    causes: list = dataclasses.field(default_factory=list)   # Conflicts behind the UC- moves
+    slow: object = None  # analysis.slow_moves.SlowMoves or None
+    causes: list = dataclasses.field(default_factory=list)  # Conflicts behind the UC- moves
     intervals: List[_Interval] = dataclasses.field(default_factory=list)
     interval_seconds: Optional[float] = None
 
@@ -172,36 +205,54 @@ def _dump_program(args):
     kernel, by `_live`'s rule; attach nothing."""
     from memtrace.probes.plan import DEFAULT_TARGETS
     from memtrace.tools.record import dump_program
+
     patterns = list(args.fn)
-    extras = [t for t in DEFAULT_TARGETS if t not in patterns] if _asks_for_mover(patterns) \
-        else []
+    extras = [t for t in DEFAULT_TARGETS if t not in patterns] if _asks_for_mover(patterns) else []
 
     def aggregated(plan):
         if _measure(args.unit) != "ns":
             return frozenset()
-        chosen = [p for p in plan.probes
-                  if any(_matches(pattern, p.fn, p.probe_name, p.resolution.requested)
-                         for pattern in patterns)]
-        return frozenset(p.probe_name for p in chosen
-                         if p.spec.role != ROLE_MOVE and not (extras and p.fn in DEFAULT_TARGETS))
+        chosen = [
+            p
+            for p in plan.probes
+            if any(
+                _matches(pattern, p.fn, p.probe_name, p.resolution.requested)
+                for pattern in patterns
+            )
+        ]
+        return frozenset(
+            p.probe_name
+            for p in chosen
+            if p.spec.role != ROLE_MOVE and not (extras and p.fn in DEFAULT_TARGETS)
+        )
 
-    return dump_program(args, "latency", patterns + extras, required=tuple(patterns),
-                        aggregate=aggregated)
+    return dump_program(
+        args, "latency", patterns + extras, required=tuple(patterns), aggregate=aggregated
+    )
 
 
 def _check_options(args):
     if not args.fn:
-        raise BadInput("--fn is required: which function to time",
-                       "e.g. --fn ttm_move_memcpy (globs and MOD:SYM allowed)")
+        raise BadInput(
+            "--fn is required: which function to time",
+            "e.g. --fn ttm_move_memcpy (globs and MOD:SYM allowed)",
+        )
     if args.interval is not None and not (math.isfinite(args.interval) and args.interval > 0):
         raise BadInput("--interval must be a positive number of seconds")
 
 
 def _refuse_live_options(args):
-    if (args.command or args.duration is not None or args.interval is not None
-            or args.backend != "auto"):
-        raise BadInput("-i reads a recorded trace; --duration, --interval, --backend and "
-                       "-- CMD apply only to live tracing", "drop them, or drop -i to trace live")
+    if (
+        args.command
+        or args.duration is not None
+        or args.interval is not None
+        or args.backend != "auto"
+    ):
+        raise BadInput(
+            "-i reads a recorded trace; --duration, --interval, --backend and "
+            "-- CMD apply only to live tracing",
+            "drop them, or drop -i to trace live",
+        )
 
 
 def _measure(unit):
@@ -227,8 +278,11 @@ def _matches(pattern, *names):
 
 def _asks_for_mover(patterns):
     """True when a pattern names (or a glob could name) a TTM/DRM buffer move."""
-    return any(fnmatch.fnmatchcase(symbol, pattern.rpartition(":")[2])
-               for pattern in patterns for symbol in _MOVER_SYMBOLS)
+    return any(
+        fnmatch.fnmatchcase(symbol, pattern.rpartition(":")[2])
+        for pattern in patterns
+        for symbol in _MOVER_SYMBOLS
+    )
 
 
 def _probe_notes(probes):
@@ -262,11 +316,12 @@ def _probe_explanations(probes):
 def _same_objects(selected, moves):
     """``selected`` with each move call replaced by the object the moves hold (the analysis
     matches calls to moves by identity, and may have copied events to name processes)."""
+
     def key(event):
         return (event.ts_ns, event.tid, event.fn, event.probe, event.duration_ns)
+
     held = {key(call): call for move in moves for call in move.calls}
-    return [held.get(key(event), event) if event.role == ROLE_MOVE else event
-            for event in selected]
+    return [held.get(key(event), event) if event.role == ROLE_MOVE else event for event in selected]
 
 
 def _analyse(selected, context, source, args, measure):
@@ -275,27 +330,38 @@ def _analyse(selected, context, source, args, measure):
     if not any(event.role == ROLE_MOVE for event in selected):
         return latency_rows(selected, (), measure), None, []
     from memtrace.analysis.conflicts import DOWNGRADE, PAT_DISABLED, analyze
-    report = analyze(context, source.snapshot, source.pci_devices, static=False,
-                     wc_reference_mbps=args.wc_reference, slow_factor=args.slow_factor,
-                     context=source.context)
+
+    report = analyze(
+        context,
+        source.snapshot,
+        source.pci_devices,
+        static=False,
+        wc_reference_mbps=args.wc_reference,
+        slow_factor=args.slow_factor,
+        context=source.context,
+    )
     rows = latency_rows(_same_objects(selected, report.moves), report.moves, measure)
     slow = report.slow_moves
     if slow is not None and slow.conflicts:
         causes = list(slow.conflicts)
     else:
-        causes = [c for c in report.conflicts
-                  if c.kind in (DOWNGRADE, PAT_DISABLED) and c.impact.moves]
+        causes = [
+            c for c in report.conflicts if c.kind in (DOWNGRADE, PAT_DISABLED) and c.impact.moves
+        ]
     return rows, slow, causes
 
 
 def _order_rows(rows, patterns, probes_order=()):
     """Rows in the order the functions were asked for (then as first seen)."""
+
     def rank(row):
         if row.probe in probes_order:
             return probes_order.index(row.probe)
-        index = next((i for i, p in enumerate(patterns) if _matches(p, row.fn, row.probe)),
-                     len(patterns))
+        index = next(
+            (i for i, p in enumerate(patterns) if _matches(p, row.fn, row.probe)), len(patterns)
+        )
         return len(probes_order) + index
+
     return sorted(rows, key=rank)
 
 
@@ -305,8 +371,11 @@ def _order_rows(rows, patterns, probes_order=()):
 def _header_probes(source):
     probes = source.header.get("probes") or []
     if not isinstance(probes, list) or not all(
-            isinstance(p, dict) and isinstance(p.get("requested"), str)
-            and isinstance(p.get("probed"), str) for p in probes):
+        isinstance(p, dict)
+        and isinstance(p.get("requested"), str)
+        and isinstance(p.get("probed"), str)
+        for p in probes
+    ):
         raise BadInput(f"{source.source}:1: bad probes: each must have requested and probed")
     return probes
 
@@ -318,29 +387,43 @@ def _from_trace(args):
     patterns = list(args.fn)
     selected, hit = [], set()
     for event in source.events:
-        matched = {index for index, pattern in enumerate(patterns)
-                   if _matches(pattern, event.fn, event.probe)}
+        matched = {
+            index
+            for index, pattern in enumerate(patterns)
+            if _matches(pattern, event.fn, event.probe)
+        }
         if matched:
             selected.append(event)
             hit |= matched
-    probes = [p for p in header_probes
-              if any(_matches(pattern, p["requested"], p["probed"]) for pattern in patterns)]
+    probes = [
+        p
+        for p in header_probes
+        if any(_matches(pattern, p["requested"], p["probed"]) for pattern in patterns)
+    ]
     not_called = []
     for index, pattern in enumerate(patterns):
         if index in hit:
             continue
-        traced = [p["requested"] for p in probes if _matches(pattern, p["requested"],
-                                                               p["probed"])]
+        traced = [p["requested"] for p in probes if _matches(pattern, p["requested"], p["probed"])]
         if traced:
             not_called.extend(n for n in traced if n not in not_called)
             continue
-        raise BadInput(f"--fn {pattern}: no call of it in {args.input}",
-                       _closest(pattern, source.events))
+        raise BadInput(
+            f"--fn {pattern}: no call of it in {args.input}", _closest(pattern, source.events)
+        )
     rows, slow, causes = _analyse(selected, source.events, source, args, measure)
-    return _Latency(source=source, unit=args.unit, measure=measure, probes=probes,
-                    rows=_order_rows(rows, patterns), selected=len(selected),
-                    not_called=not_called, has_movers=any(r.mover for r in rows), slow=slow,
-                    causes=causes)
+    return _Latency(
+        source=source,
+        unit=args.unit,
+        measure=measure,
+        probes=probes,
+        rows=_order_rows(rows, patterns),
+        selected=len(selected),
+        not_called=not_called,
+        has_movers=any(r.mover for r in rows),
+        slow=slow,
+        causes=causes,
+    )
 
 
 def _closest(pattern, events):
@@ -363,11 +446,11 @@ class _LiveTrace:
         self.args = args
         self.workload = workload
         self.session = session
-        self.chosen = chosen                     # PlannedProbes of the functions asked for
+        self.chosen = chosen  # PlannedProbes of the functions asked for
         self.chosen_names = {p.probe_name for p in chosen}
-        self.extras = extras                     # targets traced to model the moves
+        self.extras = extras  # targets traced to model the moves
         self.measure = _measure(args.unit)
-        self.out = out                           # where interval tables go (None: JSON)
+        self.out = out  # where interval tables go (None: JSON)
         self.selected, self.context, self.window = [], [], []
         self.environment = {}
         self.started = None
@@ -386,6 +469,7 @@ class _LiveTrace:
 
     def on_attached(self, session):
         from memtrace.probes.environment import trace_environment
+
         self.environment.update(trace_environment())
         self.started = time.monotonic()
         workload = self.workload
@@ -399,9 +483,11 @@ class _LiveTrace:
         if len(names) > 60:
             names = names[:57] + "..."
         count = len(self.chosen)
-        print(f"memtrace latency: timing {count} function{'s' if count > 1 else ''} ({names}) "
-              f"with {session.backend_name} ({session.backend_reason}) {until}",
-              file=sys.stderr)
+        print(
+            f"memtrace latency: timing {count} function{'s' if count > 1 else ''} ({names}) "
+            f"with {session.backend_name} ({session.backend_reason}) {until}",
+            file=sys.stderr,
+        )
         self.source = self._source()
         if self.out is not None and self.args.interval:
             notes = _probe_notes([p.describe() for p in self.chosen])
@@ -410,15 +496,22 @@ class _LiveTrace:
 
     def _source(self):
         snapshot = snapshot_tuples(self.environment)
-        source = TraceSource(source="live", kernel=platform.release(), traced=True, events=[],
-                             backend=self.session.backend_name,
-                             backend_reason=self.session.backend_reason, snapshot=snapshot,
-                             workload=self.workload,
-                             context=memory_type_context(self.environment))
+        source = TraceSource(
+            source="live",
+            kernel=platform.release(),
+            traced=True,
+            events=[],
+            backend=self.session.backend_name,
+            backend_reason=self.session.backend_reason,
+            snapshot=snapshot,
+            workload=self.workload,
+            context=memory_type_context(self.environment),
+        )
         if self.extras and snapshot is None:
             why = self.environment.get("pat_snapshot_note") or "tracing stopped before it was read"
-            source.notes.append(f"No PAT snapshot ({why}): reservations made before tracing "
-                                "are unknown.")
+            source.notes.append(
+                f"No PAT snapshot ({why}): reservations made before tracing are unknown."
+            )
         if self.extras:
             source.pci_devices = read_pci(source.notes)
         return source
@@ -445,14 +538,15 @@ class _LiveTrace:
                 try:
                     slots = subtract_histograms(slots, before_hist.get(name, {}))
                 except ValueError:
-                    pass   # cleared in between: the whole histogram is this interval's
+                    pass  # cleared in between: the whole histogram is this interval's
                 else:
                     count -= before.get("count", 0)
                     total_ns -= before.get("total_ns", 0)
                 minimum = maximum = None
             if count:
-                rows.append(row_from_histogram(probe.fn, name, slots, total_ns, count,
-                                               minimum, maximum))
+                rows.append(
+                    row_from_histogram(probe.fn, name, slots, total_ns, count, minimum, maximum)
+                )
         return rows, histograms, totals
 
     def on_tick(self, session):
@@ -467,46 +561,63 @@ class _LiveTrace:
         self.window = []
         self.intervals.append(interval)
         if self.out is not None:
-            self.out(render_blocks(_interval_blocks(interval, self.args.unit),
-                                   self.args.format))
+            self.out(render_blocks(_interval_blocks(interval, self.args.unit), self.args.format))
 
 
 def _live(args, workload, stream):
     from memtrace.probes.plan import DEFAULT_TARGETS
     from memtrace.probes.session import TraceSession
+
     patterns = list(args.fn)
     measure = _measure(args.unit)
-    extras = [t for t in DEFAULT_TARGETS if t not in patterns] if _asks_for_mover(patterns) \
-        else []
-    session = TraceSession(patterns + extras, backend=args.backend, debug=args.debug,
-                           required=tuple(patterns), options={"aggregate": frozenset()})
-    chosen = [p for p in session.plan.probes
-              if any(_matches(pattern, p.fn, p.probe_name, p.resolution.requested)
-                     for pattern in patterns)]
+    extras = [t for t in DEFAULT_TARGETS if t not in patterns] if _asks_for_mover(patterns) else []
+    session = TraceSession(
+        patterns + extras,
+        backend=args.backend,
+        debug=args.debug,
+        required=tuple(patterns),
+        options={"aggregate": frozenset()},
+    )
+    chosen = [
+        p
+        for p in session.plan.probes
+        if any(
+            _matches(pattern, p.fn, p.probe_name, p.resolution.requested) for pattern in patterns
+        )
+    ]
     if measure == "ns":
         # Summed in the kernel: no per-call events to read. Moves need their calls (bytes,
         # mapping), and the default targets feed the reservation model.
         session.options["aggregate"] = frozenset(
-            p.probe_name for p in chosen
-            if p.spec.role != ROLE_MOVE and not (extras and p.fn in DEFAULT_TARGETS))
+            p.probe_name
+            for p in chosen
+            if p.spec.role != ROLE_MOVE and not (extras and p.fn in DEFAULT_TARGETS)
+        )
     with stdout_to_stderr() as real_stdout:
         if args.format in ("json", "html") or not args.interval:  # one document, no parts
             out = None
         elif stream is not None:
+
             def out(text):
                 stream.write(text.encode())
                 stream.flush()
         else:
+
             def out(text):
                 real_stdout.write(text)
                 real_stdout.flush()
+
         model = set(DEFAULT_TARGETS) if extras else set()
         live = _LiveTrace(args, workload, session, chosen, model, out)
-        result = session.run(live.on_event, duration=args.duration, workload=workload,
-                             on_attached=live.on_attached,
-                             on_tick=live.on_tick if args.interval else None,
-                             tick_seconds=args.interval)
-    if live.source is None:   # stopped before everything was attached
+        result = session.run(
+            live.on_event,
+            duration=args.duration,
+            workload=workload,
+            on_attached=live.on_attached,
+            on_tick=live.on_tick if args.interval else None,
+            tick_seconds=args.interval,
+        )
+    if live.source is None:  # stopped before everything was attached
         live.source = live._source()
     source = live.source
     stats = session.backend.stats
@@ -523,11 +634,20 @@ def _live(args, workload, stream):
     rows = _order_rows(rows + aggregated, patterns, order)
     seen = {row.probe for row in rows}
     not_called = [p.fn for p in chosen if p.probe_name not in seen]
-    return _Latency(source=source, unit=args.unit, measure=measure,
-                    probes=[p.describe() for p in chosen], rows=rows,
-                    selected=len(live.selected) + sum(r.distribution.count for r in aggregated),
-                    not_called=not_called, has_movers=any(r.mover for r in rows), slow=slow,
-                    causes=causes, intervals=live.intervals, interval_seconds=args.interval)
+    return _Latency(
+        source=source,
+        unit=args.unit,
+        measure=measure,
+        probes=[p.describe() for p in chosen],
+        rows=rows,
+        selected=len(live.selected) + sum(r.distribution.count for r in aggregated),
+        not_called=not_called,
+        has_movers=any(r.mover for r in rows),
+        slow=slow,
+        causes=causes,
+        intervals=live.intervals,
+        interval_seconds=args.interval,
+    )
 
 
 # -- numbers ----------------------------------------------------------------------------------
@@ -584,13 +704,14 @@ def _mbps(value):
 def _preamble(result):
     """Where the calls come from and how many were lost, then the notes."""
     source = result.source
-    lines = [f"Kernel {source.kernel or 'unknown'}"
-             + ("" if source.source == "live" else f", trace {source.source}")]
+    lines = [
+        f"Kernel {source.kernel or 'unknown'}"
+        + ("" if source.source == "live" else f", trace {source.source}")
+    ]
     lines.append(traced_with(source))
     missed = missed_returns_text(source)
     calls = f"{result.selected} call{'s' if result.selected != 1 else ''}"
-    lines.append(f"Events: {calls} of the functions asked for, "
-                 f"{source.lost_events} lost{missed}.")
+    lines.append(f"Events: {calls} of the functions asked for, {source.lost_events} lost{missed}.")
     return lines + _notes(result)
 
 
@@ -603,18 +724,24 @@ def _notes(result):
     if result.not_called:
         lines.append("Not called while tracing: " + ", ".join(result.not_called) + ".")
     if any(not row.distribution.exact for row in result.rows):
-        lines.append("Functions summed in the kernel: their percentiles are the upper bounds "
-                     "of histogram buckets; min and max are exact.")
+        lines.append(
+            "Functions summed in the kernel: their percentiles are the upper bounds "
+            "of histogram buckets; min and max are exact."
+        )
     missing = sum(row.missing for row in result.rows)
     if missing:
         what = "a cycle count" if result.measure == "cycles" else "a duration (return not seen)"
         verb = "are" if missing > 1 else "is"
-        lines.append(f"{missing} call{'s' if missing > 1 else ''} lacked {what} and {verb} "
-                     "left out of the percentiles.")
+        lines.append(
+            f"{missing} call{'s' if missing > 1 else ''} lacked {what} and {verb} "
+            "left out of the percentiles."
+        )
     if result.has_movers:
-        lines.append("type: the effective memory type of the mapping a move copied through "
-                     "(the type the CPU uses after the PAT table and the MTRRs; the slowest "
-                     "if several); - for a move that mapped no I/O memory.")
+        lines.append(
+            "type: the effective memory type of the mapping a move copied through "
+            "(the type the CPU uses after the PAT table and the MTRRs; the slowest "
+            "if several); - for a move that mapped no I/O memory."
+        )
         lines.append(pat_state_line(source.context))
     lines.extend(source.notes)
     return lines
@@ -630,8 +757,9 @@ def _groups(rows):
 
 def _heading(fn, probe, rows, unit):
     calls = sum(_calls(r) for r in rows)
-    shown = fn if not probe or probe in (fn,) or probe.rpartition(":")[2] == fn \
-        else f"{fn} ({probe})"
+    shown = (
+        fn if not probe or probe in (fn,) or probe.rpartition(":")[2] == fn else f"{fn} ({probe})"
+    )
     return f"{shown}: {calls} call{'s' if calls != 1 else ''}, {_unit_label(rows[0], unit)}"
 
 
@@ -648,16 +776,26 @@ def _latency_table(rows, unit):
     body = []
     for row in rows:
         d = row.distribution
-        body.append([_memtype(row), str(_calls(row))]
-                    + [_cell(v, unit) for v in (d.min, d.p50, d.p90, d.p99, d.max, d.total)])
+        body.append(
+            [_memtype(row), str(_calls(row))]
+            + [_cell(v, unit) for v in (d.min, d.p50, d.p90, d.p99, d.max, d.total)]
+        )
     if not any(r.mover for r in rows):
         headers, body = headers[1:], [line[1:] for line in body]
     return Table(headers, body, indent=1)
 
 
 def _moves_table(rows):
-    body = [[_memtype(row), str(_calls(row)), _shown(_bytes_per_call(row), "ns"),
-             _shown(row.bytes, "ns"), _mbps(row.throughput_mbps)] for row in rows]
+    body = [
+        [
+            _memtype(row),
+            str(_calls(row)),
+            _shown(_bytes_per_call(row), "ns"),
+            _shown(row.bytes, "ns"),
+            _mbps(row.throughput_mbps),
+        ]
+        for row in rows
+    ]
     return Table(["type", "calls", "bytes/call", "bytes", "MB/s"], body, indent=1)
 
 
@@ -670,8 +808,9 @@ def _histogram(row, unit):
     decimals = _EXACT_DECIMALS[unit]
     label = _LABELS[unit]
     first, last = min(slots), max(slots)
-    bounds = [(s, *(_shown(b, unit, decimals) for b in slot_bounds(s)))
-              for s in range(first, last + 1)]
+    bounds = [
+        (s, *(_shown(b, unit, decimals) for b in slot_bounds(s))) for s in range(first, last + 1)
+    ]
     width = max(len(label), *(max(len(lo), len(hi)) for _, lo, hi in bounds))
     peak = max(slots.values())
     lines = [f"{label:>{width}}    {'':<{width}} : count    distribution"]
@@ -718,8 +857,10 @@ def _slow_lines(result):
         headline = f"{count} slow UC- move{'s' if count > 1 else ''}: {describe_slow_moves(slow)}"
         if slow.cycles is not None:
             details.append(f"They took {slow.cycles / 1e6:.1f}M cycles.")
-        details.append(f"A move is slow when it takes {slow.slow_factor:g}x its write-combined "
-                       "estimate or more (--slow-factor, --wc-reference).")
+        details.append(
+            f"A move is slow when it takes {slow.slow_factor:g}x its write-combined "
+            "estimate or more (--slow-factor, --wc-reference)."
+        )
     else:
         headline = f"No slow moves: {describe_slow_moves(slow)}"
     for conflict in result.causes:
@@ -775,15 +916,23 @@ _INTERVAL_HEADERS = ["function", "type", "calls", "p50", "p99", "max", "total"]
 
 def _interval_blocks(interval, unit):
     """What ``--interval`` prints after each interval: its title and table."""
-    title = (f"{interval.start_s:.1f}-{interval.end_s:.1f} s ({_LABELS[unit]}), "
-             f"{interval.lost_events} events lost so far")
+    title = (
+        f"{interval.start_s:.1f}-{interval.end_s:.1f} s ({_LABELS[unit]}), "
+        f"{interval.lost_events} events lost so far"
+    )
     if not interval.rows:
         return [Para(f"{title}: no calls", strong=True)]
     body = []
     for row in interval.rows:
         d = row.distribution
-        body.append([row.fn, _memtype(row) if row.mover else "", str(_calls(row)),
-                     *(_cell(v, unit) for v in (d.p50, d.p99, d.max, d.total))])
+        body.append(
+            [
+                row.fn,
+                _memtype(row) if row.mover else "",
+                str(_calls(row)),
+                *(_cell(v, unit) for v in (d.p50, d.p99, d.max, d.total)),
+            ]
+        )
     return [Para(title, strong=True), Table(_INTERVAL_HEADERS, body)]
 
 
@@ -817,15 +966,20 @@ def _row_json(row, unit):
         "p99": value(d.p99),
         "max": value(d.max),
         "total": value(d.total),
-        "histogram": [{"slot": slot, "low": value(slot_bounds(slot)[0]),
-                       "high": value(slot_bounds(slot)[1]), "count": count}
-                      for slot, count in d.histogram],
+        "histogram": [
+            {
+                "slot": slot,
+                "low": value(slot_bounds(slot)[0]),
+                "high": value(slot_bounds(slot)[1]),
+                "count": count,
+            }
+            for slot, count in d.histogram
+        ],
         "granted": row.granted,
         "bytes": row.bytes,
         "calls_with_bytes": row.calls_with_bytes,
         "bytes_per_call": _bytes_per_call(row),
-        "throughput_mbps": None if row.throughput_mbps is None
-        else round(row.throughput_mbps, 3),
+        "throughput_mbps": None if row.throughput_mbps is None else round(row.throughput_mbps, 3),
     }
 
 
@@ -850,17 +1004,28 @@ def render_json(result):
         "events": result.selected,
         "lost_events": source.lost_events,
         "missed_returns": source.missed_returns,
-        "probes": [{"requested": p.get("requested"), "probed": p.get("probed"),
-                    "how": p.get("how"), "explanation": p.get("explanation") or None}
-                   for p in result.probes],
+        "probes": [
+            {
+                "requested": p.get("requested"),
+                "probed": p.get("probed"),
+                "how": p.get("how"),
+                "explanation": p.get("explanation") or None,
+            }
+            for p in result.probes
+        ],
         "notes": _probe_lines(result) + _notes(result),
         "not_called": result.not_called,
         "functions": [_row_json(row, unit) for row in result.rows],
         "interval_seconds": result.interval_seconds,
-        "intervals": [{"start_s": round(i.start_s, 3), "end_s": round(i.end_s, 3),
-                       "lost_events": i.lost_events,
-                       "functions": [_row_json(row, unit) for row in i.rows]}
-                      for i in result.intervals],
+        "intervals": [
+            {
+                "start_s": round(i.start_s, 3),
+                "end_s": round(i.end_s, 3),
+                "lost_events": i.lost_events,
+                "functions": [_row_json(row, unit) for row in i.rows],
+            }
+            for i in result.intervals
+        ],
         "slow_moves": _slow_json(result),
         "causes": [conflict_json(c) for c in result.causes],
         "pat": pat_state_json(source.context),
@@ -868,5 +1033,9 @@ def render_json(result):
     return json_chunks(obj)
 
 
-_RENDERERS = {"text": render_text, "markdown": render_markdown, "html": render_html,
-              "json": render_json}
+_RENDERERS = {
+    "text": render_text,
+    "markdown": render_markdown,
+    "html": render_html,
+    "json": render_json,
+}

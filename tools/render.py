@@ -12,8 +12,7 @@ STACK_FRAMES = 8
 def table(rows, headers, fmt="simple", colalign=None):
     """Return ``rows`` (a list of sequences) as a text table with ``headers``; ``colalign``
     optionally gives each column's alignment ("left", "right", ...)."""
-    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True,
-                    colalign=colalign)
+    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True, colalign=colalign)
 
 
 def json_chunks(obj):

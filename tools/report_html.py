@@ -107,8 +107,11 @@ def _table(headers, rows, class_=None, row_classes=None):
             cells.append(element("td", markup, class_=cell_class))
         row_class = row_classes[index] if row_classes else None
         body.append(element("tr", "".join(cells), class_=row_class))
-    return element("table", element("thead", element("tr", head))
-                   + element("tbody", "\n".join(body)), class_=class_)
+    return element(
+        "table",
+        element("thead", element("tr", head)) + element("tbody", "\n".join(body)),
+        class_=class_,
+    )
 
 
 def _lines(lines):
@@ -123,15 +126,29 @@ def _header(doc):
     for line in rr.preamble(doc):
         if line.startswith("Lost events"):
             warn = any(rr.host_record(doc, n).get("lost_events") for n in rr.host_names(doc))
-            out.append(element("p", esc(line), class_="preamble lost warn" if warn else
-                               "preamble lost"))
+            out.append(
+                element("p", esc(line), class_="preamble lost warn" if warn else "preamble lost")
+            )
         else:
             out.append(element("p", esc(line), class_="preamble"))
-    out.append(_table(["host", "kernel", "source"],
-                      [[esc(c) for c in row] for row in rr.hosts_rows(doc)], class_="hosts"))
-    links = [("findings", "Findings")] + ([("bench", "Bench")] if "bench" in doc else []) + [
-        ("reservations", "Reservations"), ("latency", "Latency"), ("timeline", "Timeline"),
-        ("environment", "Environment"), ("notes", "Notes")]
+    out.append(
+        _table(
+            ["host", "kernel", "source"],
+            [[esc(c) for c in row] for row in rr.hosts_rows(doc)],
+            class_="hosts",
+        )
+    )
+    links = (
+        [("findings", "Findings")]
+        + ([("bench", "Bench")] if "bench" in doc else [])
+        + [
+            ("reservations", "Reservations"),
+            ("latency", "Latency"),
+            ("timeline", "Timeline"),
+            ("environment", "Environment"),
+            ("notes", "Notes"),
+        ]
+    )
     out.append(element("nav", "".join(element("a", esc(t), href=f"#{i}") for i, t in links)))
     return element("header", "\n".join(out))
 
@@ -141,23 +158,38 @@ def _findings(doc, origin):
     findings = rr.entries(doc, "findings")
     for number, finding in enumerate(findings, 1):
         kind = str(finding.get("kind") or "finding")
-        parts = [element("h3", esc(f"{number}. {finding.get('title') or 'untitled'}")),
-                 element("p", esc(rr.finding_meta(finding, origin.get(finding.get("host")))),
-                         class_="meta")]
+        parts = [
+            element("h3", esc(f"{number}. {finding.get('title') or 'untitled'}")),
+            element(
+                "p", esc(rr.finding_meta(finding, origin.get(finding.get("host")))), class_="meta"
+            ),
+        ]
         if finding.get("summary"):
             parts.append(element("p", esc(finding["summary"])))
         evidence = finding.get("evidence") or []
         if evidence:
             parts.append(element("h4", "Evidence"))
-            parts.append(element("ul", "".join(element("li", esc(e)) for e in evidence),
-                                 class_="evidence"))
+            parts.append(
+                element("ul", "".join(element("li", esc(e)) for e in evidence), class_="evidence")
+            )
         if finding.get("remedy"):
-            parts.append(element("p", element("strong", "Remedy:") + " "
-                                 + esc(finding["remedy"]), class_="remedy"))
-        out.append(element("article", "\n".join(parts),
-                           class_=f"finding {re.sub(r'[^a-z0-9-]', '', kind)}",
-                           id=f"finding-{number}", data_kind=kind,
-                           data_host=finding.get("host")))
+            parts.append(
+                element(
+                    "p",
+                    element("strong", "Remedy:") + " " + esc(finding["remedy"]),
+                    class_="remedy",
+                )
+            )
+        out.append(
+            element(
+                "article",
+                "\n".join(parts),
+                class_=f"finding {re.sub(r'[^a-z0-9-]', '', kind)}",
+                id=f"finding-{number}",
+                data_kind=kind,
+                data_host=finding.get("host"),
+            )
+        )
     quiet = rr.quiet_hosts(doc)
     if not findings:
         out.append(element("p", "No findings.", class_="quiet"))
@@ -171,26 +203,54 @@ def _reservations(doc, origin):
     if not rr.entries(doc, "reservations"):
         out.append(element("p", "No reservations were traced.", class_="quiet"))
         return element("section", "\n".join(out), id="reservations")
-    out.append(element("p", "Rows shaded red got a slower memory type than they asked for. "
-                       "Reservations that differ only in time are one row; <em>n</em> counts "
-                       "them and <em>first</em> is when the first was made."))
+    out.append(
+        element(
+            "p",
+            "Rows shaded red got a slower memory type than they asked for. "
+            "Reservations that differ only in time are one row; <em>n</em> counts "
+            "them and <em>first</em> is when the first was made.",
+        )
+    )
     rows, classes = [], []
     for host in rr.host_names(doc):
         for group in rr.reservation_groups(doc, host):
             entry = group.first
             freed = {"all": "yes", "none": "no", "some": "some"}[group.freed]
             first = rr.rel_time(entry.get("ts_ns"), origin.get(host))
-            rows.append([(esc(host), "host"), (esc(first), "num"),
-                         (esc(rr.phys_range(entry.get("start"), entry.get("end"))), "mono"),
-                         _type_badge(entry.get("requested")), _type_badge(entry.get("granted")),
-                         (esc(group.count), "num"),
-                         (esc(entry.get("requester") or entry.get("fn") or "unknown"), "mono"),
-                         esc(rr.process_text(entry, group.pids)), esc(entry.get("device") or ""),
-                         esc(freed)])
+            rows.append(
+                [
+                    (esc(host), "host"),
+                    (esc(first), "num"),
+                    (esc(rr.phys_range(entry.get("start"), entry.get("end"))), "mono"),
+                    _type_badge(entry.get("requested")),
+                    _type_badge(entry.get("granted")),
+                    (esc(group.count), "num"),
+                    (esc(entry.get("requester") or entry.get("fn") or "unknown"), "mono"),
+                    esc(rr.process_text(entry, group.pids)),
+                    esc(entry.get("device") or ""),
+                    esc(freed),
+                ]
+            )
             classes.append("downgrade" if group.flag == "downgrade" else None)
-    out.append(_table(["host", "first", "range", "requested", "granted", "n", "requester",
-                       "process", "device", "freed"], rows, class_="reservations",
-                      row_classes=classes))
+    out.append(
+        _table(
+            [
+                "host",
+                "first",
+                "range",
+                "requested",
+                "granted",
+                "n",
+                "requester",
+                "process",
+                "device",
+                "freed",
+            ],
+            rows,
+            class_="reservations",
+            row_classes=classes,
+        )
+    )
     return element("section", "\n".join(out), id="reservations")
 
 
@@ -199,27 +259,49 @@ def _latency(doc):
     if not rr.entries(doc, "latency"):
         out.append(element("p", "No latency was measured.", class_="quiet"))
         return element("section", "\n".join(out), id="latency")
-    out.append(element("p", "<em>type</em> is the memory type of the mapping the calls ran on "
-                       "(- = none, or not a mapping); MB/s is over the calls that moved "
-                       "bytes; ~ marks a percentile estimated from a histogram."))
+    out.append(
+        element(
+            "p",
+            "<em>type</em> is the memory type of the mapping the calls ran on "
+            "(- = none, or not a mapping); MB/s is over the calls that moved "
+            "bytes; ~ marks a percentile estimated from a histogram.",
+        )
+    )
     rows = []
     for host, fn, probe, measure, group in rr.latency_groups(doc):
         name = (fn or "unknown") + (f" ({measure})" if measure not in (None, "ns") else "")
         for row in group:
             cells = rr.latency_cells(row)
-            rows.append([(esc(host), "host"), (esc(name), "mono"), (esc(probe or ""), "mono"),
-                         _type_badge(row.get("memtype"))]
-                        + [(esc(c), "num") for c in cells[1:]]
-                        + [(esc(c), "num") for c in rr.moved_cells(row)])
-    out.append(_table(["host", "function", "probe", "type", *rr.LATENCY_HEADERS[1:], "moved",
-                       "MB/s"], rows, class_="latency"))
+            rows.append(
+                [
+                    (esc(host), "host"),
+                    (esc(name), "mono"),
+                    (esc(probe or ""), "mono"),
+                    _type_badge(row.get("memtype")),
+                ]
+                + [(esc(c), "num") for c in cells[1:]]
+                + [(esc(c), "num") for c in rr.moved_cells(row)]
+            )
+    out.append(
+        _table(
+            ["host", "function", "probe", "type", *rr.LATENCY_HEADERS[1:], "moved", "MB/s"],
+            rows,
+            class_="latency",
+        )
+    )
     figures = [_histogram_figure(*group) for group in rr.latency_groups(doc)]
     figures = [f for f in figures if f]
     if figures:
         out.append(element("h3", "Latency histograms"))
-        out.append(element("p", "Calls per power-of-two bucket of latency (log scale), one bar "
-                           "per memory type the calls ran on. Hover over a bar for its "
-                           "numbers.", class_="explain"))
+        out.append(
+            element(
+                "p",
+                "Calls per power-of-two bucket of latency (log scale), one bar "
+                "per memory type the calls ran on. Hover over a bar for its "
+                "numbers.",
+                class_="explain",
+            )
+        )
         out.append(element("div", "\n".join(figures), class_="histograms"))
     return element("section", "\n".join(out), id="latency")
 
@@ -237,11 +319,24 @@ def _timeline(doc, origin):
             out.append(plot)
         entries = rr.timeline_of(doc, host)
         if entries:
-            rows = [[(esc(rr.rel_time(e.get("ts_ns"), origin.get(host))), "num"),
-                     esc(e.get("kind") or ""), esc(e.get("text") or "")] for e in entries]
-            out.append(_table(["time", "kind", "event"], rows, class_="timeline",
-                              row_classes=["downgrade" if e.get("kind") == "conflict" else None
-                                           for e in entries]))
+            rows = [
+                [
+                    (esc(rr.rel_time(e.get("ts_ns"), origin.get(host))), "num"),
+                    esc(e.get("kind") or ""),
+                    esc(e.get("text") or ""),
+                ]
+                for e in entries
+            ]
+            out.append(
+                _table(
+                    ["time", "kind", "event"],
+                    rows,
+                    class_="timeline",
+                    row_classes=[
+                        "downgrade" if e.get("kind") == "conflict" else None for e in entries
+                    ],
+                )
+            )
     return element("section", "\n".join(out), id="timeline")
 
 
@@ -258,22 +353,26 @@ def _bench(doc):
     line, evidence = rr.bench_verdict(bench)
     out.append(element("p", element("strong", esc(line)), class_="verdict"))
     if evidence:
-        out.append(element("ul", "".join(element("li", esc(e)) for e in evidence),
-                           class_="evidence"))
+        out.append(
+            element("ul", "".join(element("li", esc(e)) for e in evidence), class_="evidence")
+        )
     by_name = {m.get("name"): m for m in bench.get("mappings") or []}
     rows = []
     headers, table_rows = rr.bench_table(bench)
     for row in table_rows:
         mapping = by_name.get(row[0]) or {}
-        rows.append([(esc(row[0]), "mono"), _type_badge(mapping.get("effective"))
-                     + " " + esc(row[1])] + [(esc(c), "num") for c in row[2:]])
+        rows.append(
+            [(esc(row[0]), "mono"), _type_badge(mapping.get("effective")) + " " + esc(row[1])]
+            + [(esc(c), "num") for c in row[2:]]
+        )
     if rows:
         out.append(element("p", esc(rr.BENCH_LEGEND), class_="explain"))
         out.append(_table(headers, rows, class_="bench"))
-    for title, lines in (("Mappings", rr.bench_details(bench)),
-                         ("What a frame costs through the uncached reservations",
-                          rr.bench_costs(bench)),
-                         ("Notes", rr.bench_notes(bench))):
+    for title, lines in (
+        ("Mappings", rr.bench_details(bench)),
+        ("What a frame costs through the uncached reservations", rr.bench_costs(bench)),
+        ("Notes", rr.bench_notes(bench)),
+    ):
         if lines:
             out.append(element("h3", esc(title)))
             out.append(element("ul", "".join(element("li", esc(n)) for n in lines)))
@@ -281,20 +380,26 @@ def _bench(doc):
 
 
 def _environment(doc):
-    rows = [[element("th", esc(fact), scope="row")] + [element("td", _lines(c)) for c in cells]
-            for fact, *cells in rr.environment_rows(doc)]
-    head = element("tr", element("th", "") + "".join(element("th", esc(h), scope="col")
-                                                     for h in rr.host_names(doc)))
+    rows = [
+        [element("th", esc(fact), scope="row")] + [element("td", _lines(c)) for c in cells]
+        for fact, *cells in rr.environment_rows(doc)
+    ]
+    head = element(
+        "tr",
+        element("th", "") + "".join(element("th", esc(h), scope="col") for h in rr.host_names(doc)),
+    )
     body = "\n".join(element("tr", "".join(r)) for r in rows)
-    table = element("table", element("thead", head) + element("tbody", body),
-                    class_="environment")
+    table = element("table", element("thead", head) + element("tbody", body), class_="environment")
     return element("section", element("h2", "Environment") + "\n" + table, id="environment")
 
 
 def _notes(doc):
     notes = rr.all_notes(doc)
-    body = (element("ul", "".join(element("li", esc(n)) for n in notes)) if notes
-            else element("p", "None.", class_="quiet"))
+    body = (
+        element("ul", "".join(element("li", esc(n)) for n in notes))
+        if notes
+        else element("p", "None.", class_="quiet")
+    )
     return element("section", element("h2", "Notes") + "\n" + body, id="notes")
 
 
@@ -357,49 +462,148 @@ def _histogram_figure(host, fn, probe, measure, rows):
 
     parts = []
     for tick in ticks:  # horizontal grid and y labels
-        parts.append(element("line", x1=float(left), x2=float(left + plot_w),
-                             y1=float(y(tick)), y2=float(y(tick)), stroke="#e5e5e5"))
-        parts.append(element("text", esc(int(tick)), x=float(left - 6), y=float(y(tick) + 4),
-                             text_anchor="end", font_size="11"))
+        parts.append(
+            element(
+                "line",
+                x1=float(left),
+                x2=float(left + plot_w),
+                y1=float(y(tick)),
+                y2=float(y(tick)),
+                stroke="#e5e5e5",
+            )
+        )
+        parts.append(
+            element(
+                "text",
+                esc(int(tick)),
+                x=float(left - 6),
+                y=float(y(tick) + 4),
+                text_anchor="end",
+                font_size="11",
+            )
+        )
     for value, u in log2_ticks(max(u_min, 0), u_max):
-        parts.append(element("line", x1=float(x(u)), x2=float(x(u)), y1=float(top + plot_h),
-                             y2=float(top + plot_h + 4), stroke="#333"))
-        parts.append(element("text", esc(_tick_label(value, measure)), x=float(x(u)),
-                             y=float(top + plot_h + 17), text_anchor="middle", font_size="11"))
+        parts.append(
+            element(
+                "line",
+                x1=float(x(u)),
+                x2=float(x(u)),
+                y1=float(top + plot_h),
+                y2=float(top + plot_h + 4),
+                stroke="#333",
+            )
+        )
+        parts.append(
+            element(
+                "text",
+                esc(_tick_label(value, measure)),
+                x=float(x(u)),
+                y=float(top + plot_h + 17),
+                text_anchor="middle",
+                font_size="11",
+            )
+        )
     unit = "latency" if measure in (None, "ns") else str(measure)
-    parts.append(element("text", esc(f"{unit} (log scale)"), x=float(left + plot_w / 2),
-                         y=float(height - 6), text_anchor="middle", font_size="11"))
-    parts.append(element("text", "calls", x="12", y=float(top + plot_h / 2), font_size="11",
-                         text_anchor="middle", transform=f"rotate(-90 12 {fmt(top + plot_h / 2)})"))
+    parts.append(
+        element(
+            "text",
+            esc(f"{unit} (log scale)"),
+            x=float(left + plot_w / 2),
+            y=float(height - 6),
+            text_anchor="middle",
+            font_size="11",
+        )
+    )
+    parts.append(
+        element(
+            "text",
+            "calls",
+            x="12",
+            y=float(top + plot_h / 2),
+            font_size="11",
+            text_anchor="middle",
+            transform=f"rotate(-90 12 {fmt(top + plot_h / 2)})",
+        )
+    )
     for (memtype, low, high, count), (u_lo, u_hi) in zip(bars, spans):
         slot_w = x(u_hi) - x(u_lo)
         bar_w = max(1.5, slot_w * 0.85 / len(memtypes))
         bar_x = x(u_lo) + slot_w * 0.075 + memtypes.index(memtype) * bar_w
         label = memtype or "unknown"
-        tip = (f"{host} {fn} {label}: {count} call{'s' if count != 1 else ''} from "
-               f"{rr.latency_value(low, measure)} to {rr.latency_value(high, measure)}")
-        parts.append(element("rect", element("title", esc(tip)), class_="bar",
-                             data_memtype=label, data_count=count, data_low=low,
-                             data_high=high, x=float(bar_x), y=float(y(count)),
-                             width=float(bar_w), height=float(top + plot_h - y(count)),
-                             fill=MEMTYPE_COLOURS.get(memtype, MEMTYPE_COLOURS[None])))
-    parts.append(element("line", x1=float(left), x2=float(left + plot_w),
-                         y1=float(top + plot_h), y2=float(top + plot_h), stroke="#333"))
-    parts.append(element("line", x1=float(left), x2=float(left), y1=float(top),
-                         y2=float(top + plot_h), stroke="#333"))
+        tip = (
+            f"{host} {fn} {label}: {count} call{'s' if count != 1 else ''} from "
+            f"{rr.latency_value(low, measure)} to {rr.latency_value(high, measure)}"
+        )
+        parts.append(
+            element(
+                "rect",
+                element("title", esc(tip)),
+                class_="bar",
+                data_memtype=label,
+                data_count=count,
+                data_low=low,
+                data_high=high,
+                x=float(bar_x),
+                y=float(y(count)),
+                width=float(bar_w),
+                height=float(top + plot_h - y(count)),
+                fill=MEMTYPE_COLOURS.get(memtype, MEMTYPE_COLOURS[None]),
+            )
+        )
+    parts.append(
+        element(
+            "line",
+            x1=float(left),
+            x2=float(left + plot_w),
+            y1=float(top + plot_h),
+            y2=float(top + plot_h),
+            stroke="#333",
+        )
+    )
+    parts.append(
+        element(
+            "line",
+            x1=float(left),
+            x2=float(left),
+            y1=float(top),
+            y2=float(top + plot_h),
+            stroke="#333",
+        )
+    )
     legend_x = left
     for memtype in memtypes:  # legend along the top
         label = memtype or "no iomem / unknown"
-        parts.append(element("rect", x=float(legend_x), y="8", width="11", height="11",
-                             fill=MEMTYPE_COLOURS.get(memtype, MEMTYPE_COLOURS[None])))
+        parts.append(
+            element(
+                "rect",
+                x=float(legend_x),
+                y="8",
+                width="11",
+                height="11",
+                fill=MEMTYPE_COLOURS.get(memtype, MEMTYPE_COLOURS[None]),
+            )
+        )
         parts.append(element("text", esc(label), x=float(legend_x + 15), y="18", font_size="11"))
         legend_x += 30 + 7 * len(label)
     caption = f"{host}: {fn}" + (f" (probed as {probe})" if probe and probe != fn else "")
-    svg = element("svg", "\n".join(parts), class_="histogram", width=width, height=height,
-                  viewBox=f"0 0 {width} {height}", role="img",
-                  aria_label=f"latency histogram of {fn} on {host}", style=_FONT)
-    return element("figure", element("figcaption", esc(caption)) + svg, class_="histogram",
-                   data_host=host, data_fn=fn)
+    svg = element(
+        "svg",
+        "\n".join(parts),
+        class_="histogram",
+        width=width,
+        height=height,
+        viewBox=f"0 0 {width} {height}",
+        role="img",
+        aria_label=f"latency histogram of {fn} on {host}",
+        style=_FONT,
+    )
+    return element(
+        "figure",
+        element("figcaption", esc(caption)) + svg,
+        class_="histogram",
+        data_host=host,
+        data_fn=fn,
+    )
 
 
 # -- reservations over time --------------------------------------------------------------------
@@ -469,9 +673,12 @@ class _TimeAxis:
         while True:
             free = room - self.MIN_SEGMENT * len(fixed)
             rest = sum(d for i, d in enumerate(durations) if i not in fixed)
-            widths = [self.MIN_SEGMENT if i in fixed else
-                      (free * d / rest if rest else free / (len(durations) - len(fixed)))
-                      for i, d in enumerate(durations)]
+            widths = [
+                self.MIN_SEGMENT
+                if i in fixed
+                else (free * d / rest if rest else free / (len(durations) - len(fixed)))
+                for i, d in enumerate(durations)
+            ]
             small = {i for i, w in enumerate(widths) if w < self.MIN_SEGMENT} - fixed
             if not small:
                 return widths
@@ -533,13 +740,23 @@ def _box(fill, **extra):
 
 
 def _tick(colour, dash):
-    return lambda x, y: element("line", x1=x + 5, x2=x + 5, y1=y - 1, y2=y + 12, stroke=colour,
-                                stroke_width="1.5", stroke_dasharray=dash)
+    return lambda x, y: element(
+        "line",
+        x1=x + 5,
+        x2=x + 5,
+        y1=y - 1,
+        y2=y + 12,
+        stroke=colour,
+        stroke_width="1.5",
+        stroke_dasharray=dash,
+    )
 
 
 def _timeline_figure(doc, host, origin):
-    reservations = sorted((r for r in rr.entries(doc, "reservations") if r.get("host") == host),
-                          key=lambda r: r.get("ts_ns") or 0)
+    reservations = sorted(
+        (r for r in rr.entries(doc, "reservations") if r.get("host") == host),
+        key=lambda r: r.get("ts_ns") or 0,
+    )
     everything = rr.timeline_of(doc, host)
     events = [e for e in everything if e.get("kind") in _EVENT_STYLE]
     if not reservations and not events:
@@ -552,8 +769,9 @@ def _timeline_figure(doc, host, origin):
             bar = _bar_label(doc, host, entry)
             ranges[key] = f"{label} {bar}" if bar else label
     rows = list(ranges)
-    stamps = [v for r in reservations for v in (r.get("ts_ns"), r.get("freed_ns"))
-              if isinstance(v, int)]
+    stamps = [
+        v for r in reservations for v in (r.get("ts_ns"), r.get("freed_ns")) if isinstance(v, int)
+    ]
     stamps += [e.get("ts_ns") for e in everything if isinstance(e.get("ts_ns"), int)]
     t0 = origin if origin is not None else min(stamps)
     t1 = max(stamps + [t0])
@@ -570,33 +788,93 @@ def _timeline_figure(doc, host, origin):
     for index, key in enumerate(rows):  # row labels and bands
         y0 = top + index * row_h
         if index % 2:
-            parts.append(element("rect", x=float(left), y=float(y0), width=float(plot_w),
-                                 height=float(row_h), fill="#f6f6f6"))
+            parts.append(
+                element(
+                    "rect",
+                    x=float(left),
+                    y=float(y0),
+                    width=float(plot_w),
+                    height=float(row_h),
+                    fill="#f6f6f6",
+                )
+            )
         label = ranges[key]
-        shown = label if len(label) <= label_chars else label[:label_chars - 1] + "\u2026"
-        parts.append(element("text", element("title", esc(label)) + esc(shown),
-                             x=float(left - 6), y=float(y0 + 13), text_anchor="end",
-                             font_size="11", class_="range"))
+        shown = label if len(label) <= label_chars else label[: label_chars - 1] + "\u2026"
+        parts.append(
+            element(
+                "text",
+                element("title", esc(label)) + esc(shown),
+                x=float(left - 6),
+                y=float(y0 + 13),
+                text_anchor="end",
+                font_size="11",
+                class_="range",
+            )
+        )
     if not rows:
-        parts.append(element("text", "no reservations", x=float(left + 6), y=float(top + 13),
-                             font_size="11"))
+        parts.append(
+            element("text", "no reservations", x=float(left + 6), y=float(top + 13), font_size="11")
+        )
     for ns, label, anchor in axis.ticks():  # time axis
         tx = axis(ns)
-        parts.append(element("line", x1=float(tx), x2=float(tx), y1=float(top),
-                             y2=float(top + plot_h + 4), stroke="#e0e0e0"))
-        parts.append(element("text", esc(label), x=float(tx), y=float(top + plot_h + 17),
-                             text_anchor=anchor, font_size="11"))
+        parts.append(
+            element(
+                "line",
+                x1=float(tx),
+                x2=float(tx),
+                y1=float(top),
+                y2=float(top + plot_h + 4),
+                stroke="#e0e0e0",
+            )
+        )
+        parts.append(
+            element(
+                "text",
+                esc(label),
+                x=float(tx),
+                y=float(top + plot_h + 17),
+                text_anchor=anchor,
+                font_size="11",
+            )
+        )
     for a, b in axis.breaks:  # the stretches cut short
         xa, xb = axis(a), axis(b)
         tip = f"{(b - a) / 1e9:.3f} s without activity, not to scale"
-        parts.append(element("rect", element("title", esc(tip)), class_="gap", x=float(xa + 3),
-                             y=float(top), width=float(xb - xa - 6), height=float(plot_h),
-                             fill="#ffffff", fill_opacity="0.6", stroke="#bbb",
-                             stroke_dasharray="3 3"))
-        parts.append(element("text", "\u2248", x=float((xa + xb) / 2),
-                             y=float(top + plot_h + 17), text_anchor="middle", font_size="12"))
-    parts.append(element("text", "time since the host's first event", x=float(left + plot_w / 2),
-                         y=float(top + plot_h + 33), text_anchor="middle", font_size="11"))
+        parts.append(
+            element(
+                "rect",
+                element("title", esc(tip)),
+                class_="gap",
+                x=float(xa + 3),
+                y=float(top),
+                width=float(xb - xa - 6),
+                height=float(plot_h),
+                fill="#ffffff",
+                fill_opacity="0.6",
+                stroke="#bbb",
+                stroke_dasharray="3 3",
+            )
+        )
+        parts.append(
+            element(
+                "text",
+                "\u2248",
+                x=float((xa + xb) / 2),
+                y=float(top + plot_h + 17),
+                text_anchor="middle",
+                font_size="12",
+            )
+        )
+    parts.append(
+        element(
+            "text",
+            "time since the host's first event",
+            x=float(left + plot_w / 2),
+            y=float(top + plot_h + 33),
+            text_anchor="middle",
+            font_size="11",
+        )
+    )
     flags = set()
     for entry in reservations:
         key = (entry.get("start"), entry.get("end"))
@@ -607,25 +885,40 @@ def _timeline_figure(doc, host, origin):
         flag = rr.reservation_flag(entry)
         flags.add(flag)
         granted = entry.get("granted")
-        tip = (f"{rr.phys_range(*key)}: {entry.get('requester') or entry.get('fn') or '?'} "
-               f"({rr.process_text(entry)}) asked {entry.get('requested') or '?'}, got "
-               f"{granted or '?'} at {rr.rel_time(start, t0)}; "
-               + (f"freed at {rr.rel_time(freed, t0)}" if freed is not None
-                  else "not freed while tracing"))
+        tip = (
+            f"{rr.phys_range(*key)}: {entry.get('requester') or entry.get('fn') or '?'} "
+            f"({rr.process_text(entry)}) asked {entry.get('requested') or '?'}, got "
+            f"{granted or '?'} at {rr.rel_time(start, t0)}; "
+            + (
+                f"freed at {rr.rel_time(freed, t0)}"
+                if freed is not None
+                else "not freed while tracing"
+            )
+        )
         style = {}
         if flag == "downgrade":
             style = {"stroke": "#000", "stroke_width": "1.6"}
         elif flag == "changed":
             style = {"stroke": "#000", "stroke_width": "1", "stroke_dasharray": "2 2"}
-        parts.append(element(
-            "rect", element("title", esc(tip)),
-            class_="mark" + (f" {flag}" if flag else ""),
-            data_granted=granted or "unknown", data_requested=entry.get("requested") or "unknown",
-            data_start=entry.get("start"), data_end=entry.get("end"),
-            data_freed="yes" if freed is not None else "no",
-            x=float(axis(start)), y=float(y0), width=float(max(3.0, axis(end) - axis(start))),
-            height=float(row_h - 6), fill=MEMTYPE_COLOURS.get(granted, MEMTYPE_COLOURS[None]),
-            fill_opacity="0.85", **style))
+        parts.append(
+            element(
+                "rect",
+                element("title", esc(tip)),
+                class_="mark" + (f" {flag}" if flag else ""),
+                data_granted=granted or "unknown",
+                data_requested=entry.get("requested") or "unknown",
+                data_start=entry.get("start"),
+                data_end=entry.get("end"),
+                data_freed="yes" if freed is not None else "no",
+                x=float(axis(start)),
+                y=float(y0),
+                width=float(max(3.0, axis(end) - axis(start))),
+                height=float(row_h - 6),
+                fill=MEMTYPE_COLOURS.get(granted, MEMTYPE_COLOURS[None]),
+                fill_opacity="0.85",
+                **style,
+            )
+        )
     kinds = []
     for event in events:
         kind = event.get("kind")
@@ -634,36 +927,82 @@ def _timeline_figure(doc, host, origin):
             kinds.append(kind)
         ex = axis(event.get("ts_ns") if isinstance(event.get("ts_ns"), int) else t0)
         tip = f"{rr.rel_time(event.get('ts_ns'), t0)} {kind}: {event.get('text') or ''}"
-        parts.append(element("line", element("title", esc(tip)), class_="event",
-                             data_kind=kind, x1=float(ex), x2=float(ex), y1=float(top - 4),
-                             y2=float(top + plot_h), stroke=colour, stroke_width="1.5",
-                             stroke_dasharray=dash))
-    parts.append(element("line", x1=float(left), x2=float(left + plot_w),
-                         y1=float(top + plot_h), y2=float(top + plot_h), stroke="#333"))
-    items = [(_box(MEMTYPE_COLOURS.get(t, MEMTYPE_COLOURS[None])), f"granted {t or 'unknown'}")
-             for t in sorted({r.get("granted") for r in reservations}, key=_memtype_key)]
+        parts.append(
+            element(
+                "line",
+                element("title", esc(tip)),
+                class_="event",
+                data_kind=kind,
+                x1=float(ex),
+                x2=float(ex),
+                y1=float(top - 4),
+                y2=float(top + plot_h),
+                stroke=colour,
+                stroke_width="1.5",
+                stroke_dasharray=dash,
+            )
+        )
+    parts.append(
+        element(
+            "line",
+            x1=float(left),
+            x2=float(left + plot_w),
+            y1=float(top + plot_h),
+            y2=float(top + plot_h),
+            stroke="#333",
+        )
+    )
+    items = [
+        (_box(MEMTYPE_COLOURS.get(t, MEMTYPE_COLOURS[None])), f"granted {t or 'unknown'}")
+        for t in sorted({r.get("granted") for r in reservations}, key=_memtype_key)
+    ]
     if "downgrade" in flags:
-        items.append((_box("#fff", stroke="#000", stroke_width="1.6"),
-                      "outlined: downgraded (slower than requested)"))
+        items.append(
+            (
+                _box("#fff", stroke="#000", stroke_width="1.6"),
+                "outlined: downgraded (slower than requested)",
+            )
+        )
     if "changed" in flags:
-        items.append((_box("#fff", stroke="#000", stroke_dasharray="2 2"),
-                      "dotted: granted another type, not slower"))
+        items.append(
+            (
+                _box("#fff", stroke="#000", stroke_dasharray="2 2"),
+                "dotted: granted another type, not slower",
+            )
+        )
     if axis.breaks:
-        items.append((_box("#fff", stroke="#bbb", stroke_dasharray="3 3"),
-                      "\u2248 idle time cut short"))
+        items.append(
+            (_box("#fff", stroke="#bbb", stroke_dasharray="3 3"), "\u2248 idle time cut short")
+        )
     items += [(_tick(*_EVENT_STYLE[k]), _EVENT_NAMES[k]) for k in kinds]
     legend, legend_h = _legend(items, left, top + plot_h + 44, width - right)
     parts.append(legend)
     height = top + plot_h + 48 + legend_h
-    svg = element("svg", "\n".join(parts), class_="timeline", width=width, height=height,
-                  viewBox=f"0 0 {width} {height}", role="img",
-                  aria_label=f"reservations over time on {host}", style=_FONT)
-    explain = element("p", "Each bar is one reservation, from when it was made to when it was "
-                      "freed (to the end of the trace if it was not), on the row of its "
-                      "physical address range; vertical lines are process and DRM events. "
-                      "Hover for details.", class_="explain")
-    return element("figure", element("figcaption", esc(f"{host}: reservations over time"))
-                   + explain + svg, class_="timeline", data_host=host)
+    svg = element(
+        "svg",
+        "\n".join(parts),
+        class_="timeline",
+        width=width,
+        height=height,
+        viewBox=f"0 0 {width} {height}",
+        role="img",
+        aria_label=f"reservations over time on {host}",
+        style=_FONT,
+    )
+    explain = element(
+        "p",
+        "Each bar is one reservation, from when it was made to when it was "
+        "freed (to the end of the trace if it was not), on the row of its "
+        "physical address range; vertical lines are process and DRM events. "
+        "Hover for details.",
+        class_="explain",
+    )
+    return element(
+        "figure",
+        element("figcaption", esc(f"{host}: reservations over time")) + explain + svg,
+        class_="timeline",
+        data_host=host,
+    )
 
 
 # -- the page ----------------------------------------------------------------------------------
@@ -673,26 +1012,46 @@ def render_html(doc):
     """The report document ``doc`` as one self-contained HTML page (a string)."""
     origin = rr.origins(doc)
     title = f"memtrace report: {rr.headline(doc)}"
-    body = "\n".join([
-        _header(doc),
-        element("main", "\n".join([_findings(doc, origin)]
-                                  + ([_bench(doc)] if "bench" in doc else [])
-                                  + [_reservations(doc, origin),
-                                     _latency(doc), _timeline(doc, origin),
-                                     _environment(doc), _notes(doc)])),
-        element("footer", esc(f"Written by memtrace {doc.get('memtrace') or 'unknown'} "
-                              f"(report format {doc.get('format')} version "
-                              f"{doc.get('version')}). This page loads nothing from the "
-                              "network and needs no JavaScript.")),
-    ])
-    head = "\n".join([
-        '<meta charset="utf-8">',
-        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
-        'style-src \'unsafe-inline\'">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        '<meta name="color-scheme" content="light">',
-        f"<title>{esc(title)}</title>",
-        f"<style>{_CSS}</style>",
-    ])
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n{head}\n</head>\n'
-            f"<body>\n{body}\n</body>\n</html>\n")
+    body = "\n".join(
+        [
+            _header(doc),
+            element(
+                "main",
+                "\n".join(
+                    [_findings(doc, origin)]
+                    + ([_bench(doc)] if "bench" in doc else [])
+                    + [
+                        _reservations(doc, origin),
+                        _latency(doc),
+                        _timeline(doc, origin),
+                        _environment(doc),
+                        _notes(doc),
+                    ]
+                ),
+            ),
+            element(
+                "footer",
+                esc(
+                    f"Written by memtrace {doc.get('memtrace') or 'unknown'} "
+                    f"(report format {doc.get('format')} version "
+                    f"{doc.get('version')}). This page loads nothing from the "
+                    "network and needs no JavaScript."
+                ),
+            ),
+        ]
+    )
+    head = "\n".join(
+        [
+            '<meta charset="utf-8">',
+            '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+            "style-src 'unsafe-inline'\">",
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            '<meta name="color-scheme" content="light">',
+            f"<title>{esc(title)}</title>",
+            f"<style>{_CSS}</style>",
+        ]
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n{head}\n</head>\n'
+        f"<body>\n{body}\n</body>\n</html>\n"
+    )

@@ -32,8 +32,9 @@ def md_table(rows, headers):
     """A GitHub table without tabulate's alignment padding: a comment holds at most 65536
     characters on GitHub, and padding every cell to its column's widest (a kernel command
     line) would spend a third of them on spaces."""
-    text = table([[_md_cell(c) for c in row] for row in rows],
-                 [_md_cell(h) for h in headers], fmt="github")
+    text = table(
+        [[_md_cell(c) for c in row] for row in rows], [_md_cell(h) for h in headers], fmt="github"
+    )
     lines = text.split("\n")
     lines[1] = _MD_RULE.sub("|---", lines[1])
     return "\n".join(_MD_PADDING.sub(" |", line) for line in lines)
@@ -47,8 +48,12 @@ def _md_findings(doc, origin):
     out = ["### Findings", ""]
     findings = rr.entries(doc, "findings")
     for number, finding in enumerate(findings, 1):
-        out += [f"#### {number}. {md(finding.get('title') or 'untitled')}", "",
-                f"*{md(rr.finding_meta(finding, origin.get(finding.get('host'))))}*", ""]
+        out += [
+            f"#### {number}. {md(finding.get('title') or 'untitled')}",
+            "",
+            f"*{md(rr.finding_meta(finding, origin.get(finding.get('host'))))}*",
+            "",
+        ]
         if finding.get("summary"):
             out += [md_block(finding["summary"]), ""]
         evidence = finding.get("evidence") or []
@@ -68,8 +73,11 @@ def _md_reservations(doc, origin):
     out = ["### Reservations", ""]
     if not rr.entries(doc, "reservations"):
         return out + ["No reservations were traced.", ""]
-    out += ["**!** = granted a slower type than requested (a downgrade); *n* = how many times "
-            "the same reservation was made; *first* is the first time.", ""]
+    out += [
+        "**!** = granted a slower type than requested (a downgrade); *n* = how many times "
+        "the same reservation was made; *first* is the first time.",
+        "",
+    ]
     rows, hidden = [], 0
     for host in rr.host_names(doc):
         groups = rr.reservation_groups(doc, host)
@@ -78,14 +86,40 @@ def _md_reservations(doc, origin):
         for group in shown:
             entry = group.first
             freed = {"all": "yes", "none": "no", "some": "some"}[group.freed]
-            rows.append([host, rr.rel_time(entry.get("ts_ns"), origin.get(host)),
-                         rr.phys_range(entry.get("start"), entry.get("end")),
-                         entry.get("requested") or "?", entry.get("granted") or "?",
-                         "!" if group.flag == "downgrade" else "", str(group.count),
-                         entry.get("requester") or "unknown", rr.process_text(entry, group.pids),
-                         entry.get("device") or "", freed])
-    out += [md_table(rows, ["host", "first", "range", "requested", "granted", "!", "n",
-                             "requester", "process", "device", "freed"]), ""]
+            rows.append(
+                [
+                    host,
+                    rr.rel_time(entry.get("ts_ns"), origin.get(host)),
+                    rr.phys_range(entry.get("start"), entry.get("end")),
+                    entry.get("requested") or "?",
+                    entry.get("granted") or "?",
+                    "!" if group.flag == "downgrade" else "",
+                    str(group.count),
+                    entry.get("requester") or "unknown",
+                    rr.process_text(entry, group.pids),
+                    entry.get("device") or "",
+                    freed,
+                ]
+            )
+    out += [
+        md_table(
+            rows,
+            [
+                "host",
+                "first",
+                "range",
+                "requested",
+                "granted",
+                "!",
+                "n",
+                "requester",
+                "process",
+                "device",
+                "freed",
+            ],
+        ),
+        "",
+    ]
     if hidden:
         out += [_md_more(hidden), ""]
     return out
@@ -95,10 +129,17 @@ def _md_latency(doc):
     out = ["### Latency", ""]
     if not rr.entries(doc, "latency"):
         return out + ["No latency was measured.", ""]
-    out += ["*type* is the memory type of the mapping the calls ran on (- = none, or not a "
-            "mapping); MB/s is over the calls that moved bytes"
-            + ("; ~ = estimated from a histogram" if any(
-                not r.get("exact", True) for r in rr.entries(doc, "latency")) else "") + ".", ""]
+    out += [
+        "*type* is the memory type of the mapping the calls ran on (- = none, or not a "
+        "mapping); MB/s is over the calls that moved bytes"
+        + (
+            "; ~ = estimated from a histogram"
+            if any(not r.get("exact", True) for r in rr.entries(doc, "latency"))
+            else ""
+        )
+        + ".",
+        "",
+    ]
     rows = []
     for host, fn, probe, measure, group in rr.latency_groups(doc):
         name = fn or "unknown"
@@ -106,8 +147,7 @@ def _md_latency(doc):
             name += f" ({measure})"
         for row in group:
             rows.append([host, name, probe or "", *rr.latency_cells(row), *rr.moved_cells(row)])
-    out += [md_table(rows, ["host", "function", "probe", *rr.LATENCY_HEADERS, "moved",
-                             "MB/s"]), ""]
+    out += [md_table(rows, ["host", "function", "probe", *rr.LATENCY_HEADERS, "moved", "MB/s"]), ""]
     return out
 
 
@@ -117,11 +157,19 @@ def _md_timeline(doc, origin):
         return out + ["No timeline was recorded.", ""]
     rows, hidden = [], 0
     for host in rr.host_names(doc):
-        shown, left_out = rr.select(rr.timeline_of(doc, host), MARKDOWN_TIMELINE,
-                                    rr.timeline_priority)
+        shown, left_out = rr.select(
+            rr.timeline_of(doc, host), MARKDOWN_TIMELINE, rr.timeline_priority
+        )
         hidden += left_out
-        rows += [[host, rr.rel_time(e.get("ts_ns"), origin.get(host)), e.get("kind") or "",
-                  e.get("text") or ""] for e in shown]
+        rows += [
+            [
+                host,
+                rr.rel_time(e.get("ts_ns"), origin.get(host)),
+                e.get("kind") or "",
+                e.get("text") or "",
+            ]
+            for e in shown
+        ]
     out += [md_table(rows, ["host", "time", "kind", "event"]), ""]
     if hidden:
         out += [_md_more(hidden), ""]
@@ -165,8 +213,9 @@ def _md_bench(doc):
     result = section.get("result") if isinstance(section, dict) else None
     if not isinstance(result, dict):
         return out + [md_block(rr.bench_status(section)), ""]
-    out += [md_block(line) + "  " for line in [rr.bench_title(result)]
-            + rr.bench_preamble(result)] + [""]
+    out += [
+        md_block(line) + "  " for line in [rr.bench_title(result)] + rr.bench_preamble(result)
+    ] + [""]
     return out + _md_bench_body(result, 4)
 
 
@@ -182,9 +231,14 @@ def render_markdown(doc):
     out += _md_reservations(doc, origin)
     out += _md_latency(doc)
     out += _md_timeline(doc, origin)
-    out += ["### Environment", "",
-            md_table([[fact, *cells] for fact, *cells in rr.environment_rows(doc)],
-                      ["", *rr.host_names(doc)]), ""]
+    out += [
+        "### Environment",
+        "",
+        md_table(
+            [[fact, *cells] for fact, *cells in rr.environment_rows(doc)], ["", *rr.host_names(doc)]
+        ),
+        "",
+    ]
     notes = rr.all_notes(doc)
     if notes:
         out += ["### Notes", ""] + [f"- {md_block(n)}" for n in notes] + [""]

@@ -21,8 +21,16 @@ from memtrace.tools.report_words import *  # noqa: F401,F403 (the shared wording
 from memtrace.tools.report_words import TEXT_WIDTH, shrink
 from memtrace.tools.report_words import __all__ as _WORDS
 
-__all__ = ["RENDERERS", "LIMITS", "render", "render_chunks", "render_text", "render_markdown",
-           "render_html", *_WORDS]
+__all__ = [
+    "RENDERERS",
+    "LIMITS",
+    "render",
+    "render_chunks",
+    "render_text",
+    "render_markdown",
+    "render_html",
+    *_WORDS,
+]
 
 
 # -- the formats -------------------------------------------------------------------------------
@@ -32,8 +40,13 @@ __all__ = ["RENDERERS", "LIMITS", "render", "render_chunks", "render_text", "ren
 LIMITS = {"text": 262_144, "markdown": 65_536, "html": 1 << 20}
 # What the document is cut to, step by step, until its rendering fits: (findings, reservation
 # groups per host, timeline entries per host, reservations per group, longest string).
-_STEPS = [(100, 200, 200, None, 1000), (40, 50, 50, 200, 500), (15, 20, 20, 20, 300),
-          (5, 5, 5, 5, 200), (1, 1, 1, 1, 100)]
+_STEPS = [
+    (100, 200, 200, None, 1000),
+    (40, 50, 50, 200, 500),
+    (15, 20, 20, 20, 300),
+    (5, 5, 5, 5, 200),
+    (1, 1, 1, 1, 100),
+]
 
 
 def _bounded(fmt, doc, render_one):
@@ -45,7 +58,7 @@ def _bounded(fmt, doc, render_one):
             return out
     # Past the last step only hosts, environment and notes are left: cut between lines.
     note = "\n... the rest is left out to keep this under the size limit (see --format json).\n"
-    cut = out[:limit - len(note) - 16].rsplit("\n", 1)[0]
+    cut = out[: limit - len(note) - 16].rsplit("\n", 1)[0]
     return cut + note
 
 

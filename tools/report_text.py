@@ -169,9 +169,14 @@ def _text_reservations(doc, width, origin):
     blocks = [_heading("Reservations")]
     if not rr.entries(doc, "reservations"):
         return blocks + ["No reservations were traced."]
-    blocks.append(_fill("! = granted a slower type than requested (a downgrade); n = how "
-                        "many times the same reservation was made; first = when the first "
-                        "of them was made.", width))
+    blocks.append(
+        _fill(
+            "! = granted a slower type than requested (a downgrade); n = how "
+            "many times the same reservation was made; first = when the first "
+            "of them was made.",
+            width,
+        )
+    )
     for host in rr.host_names(doc):
         groups = rr.reservation_groups(doc, host)
         if not groups:
@@ -183,13 +188,20 @@ def _text_reservations(doc, width, origin):
         for group in shown:
             entry = group.first
             flag = " !" if group.flag == "downgrade" else ""
-            rows.append([rr.rel_time(entry.get("ts_ns"), origin.get(host)),
-                         rr.phys_range(entry.get("start"), entry.get("end")),
-                         rr.type_change(entry) + flag]
-                        + ([str(group.count)] if repeats else []) + [_who(group)])
+            rows.append(
+                [
+                    rr.rel_time(entry.get("ts_ns"), origin.get(host)),
+                    rr.phys_range(entry.get("start"), entry.get("end")),
+                    rr.type_change(entry) + flag,
+                ]
+                + ([str(group.count)] if repeats else [])
+                + [_who(group)]
+            )
         headers = ["first", "range", "type"] + (["n"] if repeats else []) + ["requester"]
-        part = [f"{host} ({total} reservation{'s' if total != 1 else ''})",
-                _indent_block(fit_table(rows, headers, width - 2), "  ")]
+        part = [
+            f"{host} ({total} reservation{'s' if total != 1 else ''})",
+            _indent_block(fit_table(rows, headers, width - 2), "  "),
+        ]
         if hidden:
             part.append(_more(hidden, width, "  "))
         part += ["\n".join(wrap(line, width, "  ", "    ")) for line in _device_legend(shown)]
@@ -202,8 +214,10 @@ def _text_latency(doc, width):
     if not rr.entries(doc, "latency"):
         return blocks + ["No latency was measured."]
     approx = any(not row.get("exact", True) for row in rr.entries(doc, "latency"))
-    legend = ("type = memory type of the mapping the calls ran on (- = none, or not a "
-              "mapping); MB/s is over the calls that moved bytes.")
+    legend = (
+        "type = memory type of the mapping the calls ran on (- = none, or not a "
+        "mapping); MB/s is over the calls that moved bytes."
+    )
     if approx:
         legend += " ~ = estimated from a histogram."
     blocks.append(_fill(legend, width))
@@ -220,8 +234,11 @@ def _text_latency(doc, width):
         if measure not in (None, "ns"):
             label += f", in {measure}"
         cells = [rr.latency_cells(r) for r in rows]
-        part += ["", _fill(label, width, "  "),
-                 _indent_block(fit_table(cells, rr.LATENCY_HEADERS, width - 2), "  ")]
+        part += [
+            "",
+            _fill(label, width, "  "),
+            _indent_block(fit_table(cells, rr.LATENCY_HEADERS, width - 2), "  "),
+        ]
         for row in rows:
             if row.get("bytes") is not None:
                 size, rate = rr.moved_cells(row)
@@ -243,10 +260,18 @@ def _text_timeline(doc, width, origin):
         if not events:
             continue
         shown, hidden = rr.select(events, TEXT_TIMELINE, rr.timeline_priority)
-        rows = [[rr.rel_time(e.get("ts_ns"), origin.get(host)), e.get("kind") or "",
-                 e.get("text") or ""] for e in shown]
-        part = [f"{host} ({len(events)} event{'s' if len(events) != 1 else ''})",
-                _indent_block(fit_table(rows, ["time", "kind", "event"], width - 2), "  ")]
+        rows = [
+            [
+                rr.rel_time(e.get("ts_ns"), origin.get(host)),
+                e.get("kind") or "",
+                e.get("text") or "",
+            ]
+            for e in shown
+        ]
+        part = [
+            f"{host} ({len(events)} event{'s' if len(events) != 1 else ''})",
+            _indent_block(fit_table(rows, ["time", "kind", "event"], width - 2), "  "),
+        ]
         if hidden:
             part.append(_more(hidden, width, "  "))
         blocks.append("\n".join(part))
@@ -254,8 +279,9 @@ def _text_timeline(doc, width, origin):
 
 
 def _text_environment(doc, width):
-    rows = [[fact, *["\n".join(lines) for lines in cells]]
-            for fact, *cells in rr.environment_rows(doc)]
+    rows = [
+        [fact, *["\n".join(lines) for lines in cells]] for fact, *cells in rr.environment_rows(doc)
+    ]
     return [_heading("Environment"), fit_table(rows, ["", *rr.host_names(doc)], width)]
 
 
@@ -265,15 +291,18 @@ def _bench_blocks(bench, width):
     blocks = ["\n".join([_fill(line, width)] + [_bullet(e, width, "  ") for e in evidence])]
     headers, rows = rr.bench_table(bench)
     if rows:
-        blocks.append("\n".join([_fill(rr.BENCH_LEGEND, width),
-                                 fit_table(rows, headers, width)]))
+        blocks.append("\n".join([_fill(rr.BENCH_LEGEND, width), fit_table(rows, headers, width)]))
     details = rr.bench_details(bench)
     if details:
         blocks.append("\n".join(["Mappings:"] + [_bullet(d, width, "  ") for d in details]))
     costs = rr.bench_costs(bench)
     if costs:
-        blocks.append("\n".join(["What a frame costs through the uncached reservations:"]
-                                + [_bullet(c, width, "  ") for c in costs]))
+        blocks.append(
+            "\n".join(
+                ["What a frame costs through the uncached reservations:"]
+                + [_bullet(c, width, "  ") for c in costs]
+            )
+        )
     notes = rr.bench_notes(bench)
     if notes:
         blocks.append("\n".join(["Notes:"] + [_bullet(n, width, "  ") for n in notes]))
@@ -298,8 +327,11 @@ def _text_bench(doc, width):
     result = section.get("result") if isinstance(section, dict) else None
     if not isinstance(result, dict):
         return blocks + [_fill(rr.bench_status(section), width)]
-    blocks.append("\n".join(_fill(line, width) for line in
-                            [rr.bench_title(result)] + rr.bench_preamble(result)))
+    blocks.append(
+        "\n".join(
+            _fill(line, width) for line in [rr.bench_title(result)] + rr.bench_preamble(result)
+        )
+    )
     return blocks + _bench_blocks(result, width)
 
 

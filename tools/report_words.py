@@ -75,8 +75,15 @@ KIND_NAMES = {
     "mtrr-downgrade": "MTRR downgrade (warning)",
 }
 # Which timeline entries to keep first when a host has more than the format shows.
-_TIMELINE_PRIORITY = {"conflict": 0, "exec": 1, "exit": 1, "uevent": 1, "move": 2,
-                      "reservation": 3, "free": 4}
+_TIMELINE_PRIORITY = {
+    "conflict": 0,
+    "exec": 1,
+    "exit": 1,
+    "uevent": 1,
+    "move": 2,
+    "reservation": 3,
+    "free": 4,
+}
 
 
 # -- shared by every format --------------------------------------------------------------------
@@ -109,8 +116,11 @@ def origins(doc):
     """``{host: ts_ns}`` of each host's first event (timeline, reservations, findings):
     the zero of the relative times every format shows."""
     first: Dict[str, int] = {}
-    stamps = [(e.get("host"), e.get("ts_ns")) for key in ("timeline", "reservations")
-              for e in entries(doc, key)]
+    stamps = [
+        (e.get("host"), e.get("ts_ns"))
+        for key in ("timeline", "reservations")
+        for e in entries(doc, key)
+    ]
     stamps += [(f.get("host"), f.get("first_ns")) for f in entries(doc, "findings")]
     for host, ns in stamps:
         if isinstance(ns, int) and (host not in first or ns < first[host]):
@@ -136,46 +146,61 @@ def _count(value):
 
 def lost_line(doc):
     """``Lost events: 12 in total (host-1: 0, host-2: 12).`` plus a warning when any were."""
-    per = ", ".join(f"{name}: {_count(host_record(doc, name).get('lost_events'))}"
-                    for name in host_names(doc))
+    per = ", ".join(
+        f"{name}: {_count(host_record(doc, name).get('lost_events'))}" for name in host_names(doc)
+    )
     total = doc.get("lost_events")
     line = f"Lost events: {_count(total)} in total" + (f" ({per})." if per else ".")
     lossy = [name for name in host_names(doc) if host_record(doc, name).get("lost_events")]
     if lossy:
-        line += (f" Events were lost on {', '.join(lossy)}: what is reported there may be "
-                 "incomplete.")
+        line += (
+            f" Events were lost on {', '.join(lossy)}: what is reported there may be incomplete."
+        )
     return line
 
 
 def headline(doc):
     """``3 hosts, 5 findings``."""
-    hosts = doc.get("host_count", len(host_names(doc)))          # grouped: the fleet's
+    hosts = doc.get("host_count", len(host_names(doc)))  # grouped: the fleet's
     findings = doc.get("finding_count", len(entries(doc, "findings")))
-    return (f"{hosts} host{'s' if hosts != 1 else ''}, "
-            f"{findings} finding{'s' if findings != 1 else ''}")
+    return (
+        f"{hosts} host{'s' if hosts != 1 else ''}, {findings} finding{'s' if findings != 1 else ''}"
+    )
 
 
 def preamble(doc):
     """The sentences every format opens with."""
-    lines = [f"Generated {doc.get('generated_at') or 'at an unknown time'} by memtrace "
-             f"{doc.get('memtrace') or 'unknown'}."]
+    lines = [
+        f"Generated {doc.get('generated_at') or 'at an unknown time'} by memtrace "
+        f"{doc.get('memtrace') or 'unknown'}."
+    ]
     if doc.get("redacted"):
-        lines.append("Kernel addresses and host names are replaced by placeholders "
-                     "(<kaddr-N>, host-N); physical addresses are kept.")
+        lines.append(
+            "Kernel addresses and host names are replaced by placeholders "
+            "(<kaddr-N>, host-N); physical addresses are kept."
+        )
     lines.append(lost_line(doc))
     lines.append("Times are seconds since each host's first event.")
     return lines
 
 
 def hosts_rows(doc):
-    return [[name, host_record(doc, name).get("kernel") or "unknown",
-             host_record(doc, name).get("source") or "unknown"] for name in host_names(doc)]
+    return [
+        [
+            name,
+            host_record(doc, name).get("kernel") or "unknown",
+            host_record(doc, name).get("source") or "unknown",
+        ]
+        for name in host_names(doc)
+    ]
 
 
 def finding_meta(finding, origin):
     """``host-1, downgrade, \u00d7 2, first at +0.256 s, last at +0.301 s``."""
-    parts = [finding.get("host") or "unknown host",
-             KIND_NAMES.get(finding.get("kind"), finding.get("kind") or "finding")]
+    parts = [
+        finding.get("host") or "unknown host",
+        KIND_NAMES.get(finding.get("kind"), finding.get("kind") or "finding"),
+    ]
     count = finding.get("count")
     if isinstance(count, int) and count > 1:
         parts.append(f"\u00d7 {count}")
@@ -236,8 +261,20 @@ def reservation_groups(doc, host):
     groups: Dict[tuple, ReservationGroup] = {}
     mine = [e for e in entries(doc, "reservations") if e.get("host") == host]
     for entry in sorted(mine, key=lambda e: e.get("ts_ns") or 0):
-        key = tuple(entry.get(k) for k in ("start", "end", "requested", "granted", "effective",
-                                           "fn", "comm", "requester", "device"))
+        key = tuple(
+            entry.get(k)
+            for k in (
+                "start",
+                "end",
+                "requested",
+                "granted",
+                "effective",
+                "fn",
+                "comm",
+                "requester",
+                "device",
+            )
+        )
         if key in groups:
             groups[key].entries.append(entry)
         else:
@@ -315,18 +352,25 @@ def latency_groups(doc):
 def latency_cells(row):
     measure = row.get("measure")
     mark = "" if row.get("exact", True) else "~"
-    cells = [row.get("memtype") or "-", _count(row.get("count")),
-             latency_value(row.get("min"), measure)]
-    cells += [mark + latency_value(row.get(k), measure) if row.get(k) is not None else "-"
-              for k in ("p50", "p90", "p99")]
+    cells = [
+        row.get("memtype") or "-",
+        _count(row.get("count")),
+        latency_value(row.get("min"), measure),
+    ]
+    cells += [
+        mark + latency_value(row.get(k), measure) if row.get(k) is not None else "-"
+        for k in ("p50", "p90", "p99")
+    ]
     cells += [latency_value(row.get("max"), measure), latency_value(row.get("total"), measure)]
     return cells
 
 
 def moved_cells(row):
     nbytes, rate = row.get("bytes"), row.get("throughput_mbps")
-    return [human_size(nbytes) if nbytes is not None else "-",
-            f"{rate:.1f}" if rate is not None else "-"]
+    return [
+        human_size(nbytes) if nbytes is not None else "-",
+        f"{rate:.1f}" if rate is not None else "-",
+    ]
 
 
 LATENCY_HEADERS = ["type", "calls", "min", "p50", "p90", "p99", "max", "total"]
@@ -352,22 +396,25 @@ def _probes_lines(host):
     lines = [f"{len(probes)} function{'s' if len(probes) != 1 else ''}"]
     for probe in probes:
         if probe.get("how") not in (None, "exact"):
-            lines.append(f"{probe.get('requested')} as {probe.get('probed')} "
-                         f"({probe.get('how')})")
+            lines.append(f"{probe.get('requested')} as {probe.get('probed')} ({probe.get('how')})")
     return lines
 
 
 def _device_lines(device):
-    head = " ".join(str(v) for v in (device.get("slot"), device.get("id"),
-                                     device.get("driver") or "no driver") if v)
+    head = " ".join(
+        str(v)
+        for v in (device.get("slot"), device.get("id"), device.get("driver") or "no driver")
+        if v
+    )
     lines = [head]
     if device.get("name"):
         lines.append(str(device["name"]))
     for bar in device.get("bars") or []:
         kind = " pref" if bar.get("prefetchable") else ""
         reserved = bar.get("reservation") or "not reserved"
-        lines.append(f"BAR{bar.get('index')} {phys_range(bar.get('start'), bar.get('end'))}"
-                     f"{kind} {reserved}")
+        lines.append(
+            f"BAR{bar.get('index')} {phys_range(bar.get('start'), bar.get('end'))}{kind} {reserved}"
+        )
     return lines
 
 
@@ -391,15 +438,24 @@ def environment_rows(doc):
         ("memtrace", lambda h: [h.get("memtrace") or "unknown"]),
         ("backend", lambda h: [_backend_text(h.get("backend"))]),
         ("probes", _probes_lines),
-        ("skipped", lambda h: [f"{s.get('requested')}: {s.get('reason')}"
-                               for s in h.get("skipped") or []] or ["none"]),
+        (
+            "skipped",
+            lambda h: (
+                [f"{s.get('requested')}: {s.get('reason')}" for s in h.get("skipped") or []]
+                or ["none"]
+            ),
+        ),
         ("traced for", lambda h: [_seconds(h.get("seconds"))]),
         ("workload", lambda h: [shlex.join(h["workload"]) if h.get("workload") else "none"]),
         ("lost events", lambda h: [_count(h.get("lost_events"))]),
         ("missed returns", lambda h: [_count(h.get("missed_returns"))]),
         ("process watch", lambda h: [_watch_text(h.get("process_watch"))]),
-        ("PCI devices", lambda h: [line for d in h.get("pci_devices") or []
-                                   for line in _device_lines(d)] or ["none"]),
+        (
+            "PCI devices",
+            lambda h: (
+                [line for d in h.get("pci_devices") or [] for line in _device_lines(d)] or ["none"]
+            ),
+        ),
     ]
     return [(fact, *[get(h) for h in hosts]) for fact, get in facts]
 
@@ -427,14 +483,17 @@ def probe_notes(doc):
     for name in host_names(doc):
         for probe in host_record(doc, name).get("probes") or []:
             if probe.get("explanation"):
-                key = (probe.get("requested"), probe.get("probed"), probe.get("how"),
-                       probe.get("explanation"))
+                key = (
+                    probe.get("requested"),
+                    probe.get("probed"),
+                    probe.get("how"),
+                    probe.get("explanation"),
+                )
                 seen.setdefault(key, []).append(name)
     notes = []
     for (requested, probed, how, explanation), hosts in seen.items():
         text = explanation.rstrip(".")
-        notes.append(f"{requested} is probed as {probed} ({how}) on {', '.join(hosts)}: "
-                     f"{text}.")
+        notes.append(f"{requested} is probed as {probed} ({how}) on {', '.join(hosts)}: {text}.")
     return notes
 
 
@@ -445,10 +504,12 @@ def all_notes(doc):
 # -- the bench section (docs/bench-json.md; a live report's "bench") ---------------------------
 
 BENCH_HEADERS = ["mapping", "type", "write", "read", "copy", "ms/frame", "x WB", "x WC"]
-BENCH_LEGEND = ("write, read, copy: MB/s at the median pass, +- the coefficient of variation "
-                "of the passes; ms/frame, x WB and x WC (how many times the time of the WB "
-                "reference, anonymous RAM, and of the fastest WC mapping) are for writes, or "
-                "for reads (marked r) where a mapping is only read.")
+BENCH_LEGEND = (
+    "write, read, copy: MB/s at the median pass, +- the coefficient of variation "
+    "of the passes; ms/frame, x WB and x WC (how many times the time of the WB "
+    "reference, anonymous RAM, and of the fastest WC mapping) are for writes, or "
+    "for reads (marked r) where a mapping is only read."
+)
 
 
 def bench_type(mapping):
@@ -478,8 +539,7 @@ def bench_table(bench):
     """``(headers, rows)`` of the mappings table: :func:`bench_rows` without the columns
     nothing was measured in (``x WC`` when no write-combined mapping was)."""
     rows = bench_rows(bench)
-    keep = [i for i, _ in enumerate(BENCH_HEADERS)
-            if i < 2 or any(row[i] != "-" for row in rows)]
+    keep = [i for i, _ in enumerate(BENCH_HEADERS) if i < 2 or any(row[i] != "-" for row in rows)]
     return [BENCH_HEADERS[i] for i in keep], [[row[i] for i in keep] for row in rows]
 
 
@@ -492,22 +552,34 @@ def bench_rows(bench):
         figs = mapping.get("figures") or {}
         main = figs.get("write") or figs.get("read")
         mark = "" if figs.get("write") else " r"
-        rows.append([mapping.get("name") or "?", bench_type(mapping),
-                     bench_cell(figs.get("write")), bench_cell(figs.get("read")),
-                     bench_cell(figs.get("copy")),
-                     f"{main['frame_ms']:.2f}{mark}" if main else "-",
-                     _ratio(main.get("ratio_to_wb")) + mark if main else "-",
-                     _ratio(main.get("ratio_to_wc")) + (mark if main.get("ratio_to_wc")
-                                                         is not None else "")
-                     if main else "-"])
+        rows.append(
+            [
+                mapping.get("name") or "?",
+                bench_type(mapping),
+                bench_cell(figs.get("write")),
+                bench_cell(figs.get("read")),
+                bench_cell(figs.get("copy")),
+                f"{main['frame_ms']:.2f}{mark}" if main else "-",
+                _ratio(main.get("ratio_to_wb")) + mark if main else "-",
+                _ratio(main.get("ratio_to_wc"))
+                + (mark if main.get("ratio_to_wc") is not None else "")
+                if main
+                else "-",
+            ]
+        )
     return rows
 
 
 def bench_title(bench):
     """``0000:00:02.0 1234:1111 bochs-drm, /dev/dri/card0, kernel 6.12...``."""
     device = bench.get("device") or {}
-    parts = [" ".join(str(v) for v in (device.get("slot"), device.get("id"),
-                                       device.get("driver") or "no driver") if v)]
+    parts = [
+        " ".join(
+            str(v)
+            for v in (device.get("slot"), device.get("id"), device.get("driver") or "no driver")
+            if v
+        )
+    ]
     if device.get("card"):
         parts.append(str(device["card"]))
     parts.append(f"kernel {bench.get('kernel') or 'unknown'}")
@@ -520,17 +592,21 @@ def bench_preamble(bench):
     who = "root" if user.get("root") else f"uid {user.get('uid')} (not root)"
     frame = bench.get("frame_bytes")
     frame_text = f"{frame} bytes ({frame:#x})" if isinstance(frame, int) else "unknown"
-    return [f"A frame is {frame_text}; {bench.get('runs')} timed passes per operation and "
-            f"mapping; run as {who}.",
-            f"Generated {bench.get('generated_at') or 'at an unknown time'} by memtrace "
-            f"{bench.get('memtrace') or 'unknown'}."]
+    return [
+        f"A frame is {frame_text}; {bench.get('runs')} timed passes per operation and "
+        f"mapping; run as {who}.",
+        f"Generated {bench.get('generated_at') or 'at an unknown time'} by memtrace "
+        f"{bench.get('memtrace') or 'unknown'}.",
+    ]
 
 
 def bench_verdict(bench):
     """``(the verdict line, [evidence sentences])``."""
     verdict = bench.get("verdict") or {}
-    return (f"Verdict: {verdict.get('text') or 'none'}",
-            [str(e) for e in verdict.get("evidence") or []])
+    return (
+        f"Verdict: {verdict.get('text') or 'none'}",
+        [str(e) for e in verdict.get("evidence") or []],
+    )
 
 
 def bench_details(bench):
@@ -540,8 +616,9 @@ def bench_details(bench):
     for mapping in bench.get("mappings") or []:
         name = mapping.get("name") or "?"
         if mapping.get("status") != "measured":
-            lines.append(f"{name}: {mapping.get('status')}: {mapping.get('reason') or ''}"
-                         .rstrip(": "))
+            lines.append(
+                f"{name}: {mapping.get('status')}: {mapping.get('reason') or ''}".rstrip(": ")
+            )
             continue
         parts = []
         if mapping.get("placement"):
@@ -565,8 +642,7 @@ def bench_costs(bench):
 
 def bench_notes(bench):
     """The notes, then the method."""
-    return [str(n) for n in bench.get("notes") or []] + \
-        [str(m) for m in bench.get("method") or []]
+    return [str(n) for n in bench.get("notes") or []] + [str(m) for m in bench.get("method") or []]
 
 
 def bench_status(section):
@@ -588,7 +664,7 @@ def shrink(doc, findings, groups, timeline, entries_per_group=None, most_chars=1
     :func:`timeline_priority`), ``entries_per_group`` reservations per group when given, no
     string longer than about ``most_chars``. The notes say what was left out, and that
     ``--format json`` has it all."""
-    out = dict(doc)   # cut first, then clip what is left: a long trace is copied once
+    out = dict(doc)  # cut first, then clip what is left: a long trace is copied once
     left = []
     all_findings = entries(out, "findings")
     if len(all_findings) > findings:
@@ -599,11 +675,11 @@ def shrink(doc, findings, groups, timeline, entries_per_group=None, most_chars=1
         chosen, more = select(reservation_groups(out, host), groups, group_priority)
         hidden += more
         for group in chosen:
-            kept += group.entries if entries_per_group is None \
-                else group.entries[:entries_per_group]
+            kept += (
+                group.entries if entries_per_group is None else group.entries[:entries_per_group]
+            )
     if hidden:
-        out["reservations"] = sorted(kept, key=lambda e: (str(e.get("host")),
-                                                          e.get("ts_ns") or 0))
+        out["reservations"] = sorted(kept, key=lambda e: (str(e.get("host")), e.get("ts_ns") or 0))
         left.append(f"{hidden} more groups of reservations")
     elif entries_per_group is not None:
         out["reservations"] = kept
@@ -617,8 +693,8 @@ def shrink(doc, findings, groups, timeline, entries_per_group=None, most_chars=1
         left.append(f"{hidden} more timeline entries")
     if left:
         out["notes"] = entries(out, "notes") + [
-            f"Left out here to keep this report short: {', '.join(left)} "
-            "(see --format json)."]
+            f"Left out here to keep this report short: {', '.join(left)} (see --format json)."
+        ]
     return clip_tree(out, most_chars)
 
 
