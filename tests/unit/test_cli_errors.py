@@ -39,6 +39,18 @@ def run(*args, stdout=subprocess.PIPE, user=None, timeout=120):
     )
 
 
+def shell(script, *argv):
+    """Run ``script`` with sh, ``argv`` as its "$@"."""
+    return subprocess.run(
+        ["sh", "-c", script, "sh", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+
+
 def assert_one_line(result, status, *words):
     assert result.returncode == status, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
@@ -118,14 +130,7 @@ def test_stdout_on_a_full_disk_is_one_line(args):
 @pytest.mark.parametrize("args", STDOUT_COMMANDS, ids=lambda args: args[0])
 def test_a_closed_stdout_is_one_line_not_a_silent_success(args):
     # `memtrace ... >&-`: the shell starts memtrace with fd 1 closed.
-    result = subprocess.run(
-        ["sh", "-c", 'exec "$@" >&-', "sh", *memtrace_argv(*args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
-    )
+    result = shell('exec "$@" >&-', *memtrace_argv(*args))
     assert_one_line(
         result,
         EXIT_ERROR,
@@ -137,20 +142,8 @@ def test_a_closed_stdout_does_not_become_the_output_file(tmp_path):
     """With fd 1 closed the first file opened would get fd 1; -o must still get only the
     report, and nothing that was meant for stdout."""
     out = tmp_path / "r.json"
-    result = subprocess.run(
-        [
-            "sh",
-            "-c",
-            'exec "$@" >&-',
-            "sh",
-            *memtrace_argv("conflicts", "-i", TRACE, "--format", "json", "-o", str(out)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
-    )
+    argv = memtrace_argv("conflicts", "-i", TRACE, "--format", "json", "-o", str(out))
+    result = shell('exec "$@" >&-', *argv)
     assert result.returncode == 1, result.stderr
     assert out.read_text().startswith("{") and out.read_text().endswith("}\n")
 
@@ -167,20 +160,8 @@ def test_a_reader_that_left_is_silent_as_for_cat(args):
 
 
 def test_head_c1_gets_its_byte_and_memtrace_no_traceback():
-    result = subprocess.run(
-        [
-            "sh",
-            "-c",
-            '"$@" | head -c1 >/dev/null',
-            "sh",
-            *memtrace_argv("report", "-i", TRACE, "--format", "html"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
-    )
+    argv = memtrace_argv("report", "-i", TRACE, "--format", "html")
+    result = shell('"$@" | head -c1 >/dev/null', *argv)
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
 
 
