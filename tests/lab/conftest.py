@@ -25,11 +25,12 @@ def pytest_collection_modifyitems(items):
 class GuestSession:
     """One boot of the lab guest that ran a shell script; its files stay readable here."""
 
-    def __init__(self, kernel, vga, script, append=(), timeout=1200):
+    def __init__(self, kernel, vga, script, append=(), timeout=1200, guest_timeout=600):
         self.workdir = tempfile.mkdtemp(prefix="memtrace-labtest-")
         self.kernel, self.vga = kernel, vga
         extra = [arg for param in append for arg in ("--append", param)]
         argv = memtrace_argv("lab", "--kernel", kernel, "--vga", vga, *extra,
+                             "--timeout", str(guest_timeout),
                              "--workdir", self.workdir, "--", "sh", "-c", script)
         self.proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                                    cwd=REPO, check=False)
@@ -77,9 +78,11 @@ _SESSIONS = {}
 @pytest.fixture(scope="session")
 def guest():
     """Boot (once per kernel, vga and script) and return the GuestSession."""
-    def _boot(kernel, vga, script, append=()):
+    def _boot(kernel, vga, script, append=(), guest_timeout=600):
         key = (kernel, vga, script, tuple(append))
         if key not in _SESSIONS:
-            _SESSIONS[key] = GuestSession(kernel, vga, script, append)
+            _SESSIONS[key] = GuestSession(kernel, vga, script, append,
+                                          timeout=guest_timeout + 600,
+                                          guest_timeout=guest_timeout)
         return _SESSIONS[key]
     return _boot
