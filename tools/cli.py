@@ -122,8 +122,11 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.subcommand is None:
-        parser.print_usage(sys.stderr)
-        print("memtrace: error: a command is required (see 'memtrace --help')", file=sys.stderr)
+        print(
+            f"memtrace: error: a command is required: {', '.join(SUBCOMMANDS)} "
+            "(see 'memtrace --help')",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     real_stdout = sys.stdout
     sys.stdout = _GuardedStdout(None if _stdout_closed else real_stdout)

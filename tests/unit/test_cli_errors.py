@@ -289,3 +289,14 @@ def test_the_binary_stdout_is_guarded_too():
     assert caught.value.one_line() == "cannot write to standard output: No space left on device"
     with pytest.raises(StdoutFailed, match="standard output is closed"):
         _GuardedStdout(None).buffer.write(b"x")
+
+
+@pytest.mark.parametrize("args", [(), ("--debug",)])
+def test_no_command_is_one_line_naming_the_commands(args):
+    result = run(*args)
+    assert_one_line(
+        result,
+        EXIT_ERROR,
+        "memtrace: error: a command is required: doctor, "
+        "snapshot, record, conflicts, latency, report, bench, lab",
+    )
