@@ -731,6 +731,8 @@ def _times(conflict):
     if conflict.count < 2:
         return ""
     by = len(conflict.requesters)
+    if by >= REQUESTER_SAMPLE:     # only the first are kept: count the processes instead
+        return f", {conflict.count} times by {conflict.process_count} processes"
     return f", {conflict.count} times" + (f" by {by} requesters" if by > 1 else "")
 
 
