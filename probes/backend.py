@@ -14,9 +14,9 @@ from typing import Callable, ClassVar, Dict, FrozenSet, List, Optional, Tuple
 class BackendStats:
     """Loss and attach accounting, shown in every output's footer."""
 
-    lost_events: int = 0          # dropped by a perf/ring buffer before memtrace read them
-    missed_returns: int = 0       # kretprobe misses: calls whose return was not seen
-    missing_stacks: int = 0       # calls whose kernel stack could not be kept
+    lost_events: int = 0  # dropped by a perf/ring buffer before memtrace read them
+    missed_returns: int = 0  # kretprobe misses: calls whose return was not seen
+    missing_stacks: int = 0  # calls whose kernel stack could not be kept
     attached: List[str] = dataclasses.field(default_factory=list)
     attach_failures: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
     late_attached: List[str] = dataclasses.field(default_factory=list)  # on module load
@@ -110,13 +110,20 @@ def reader_notes(notes, cleanup_problems):
     """The sentences an output shows for a backend's ``notes`` and ``cleanup_problems`` (live,
     or a trace footer's ``backend_notes``/``cleanup_problems``; anything not a string is
     skipped, since a trace file may come from anywhere)."""
+
     def strings(value):
-        return [item for item in value if isinstance(item, str)] \
-            if isinstance(value, (list, tuple)) else []
+        return (
+            [item for item in value if isinstance(item, str)]
+            if isinstance(value, (list, tuple))
+            else []
+        )
 
     sentences = [f"Backend: {note}." for note in strings(notes)]
     problems = strings(cleanup_problems)
     if problems:
-        sentences.append("Tracing did not clean up everything: " + "; ".join(problems)
-                         + " (`memtrace doctor --cleanup` removes what is left).")
+        sentences.append(
+            "Tracing did not clean up everything: "
+            + "; ".join(problems)
+            + " (`memtrace doctor --cleanup` removes what is left)."
+        )
     return sentences

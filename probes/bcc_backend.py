@@ -33,7 +33,7 @@ from memtrace.probes.plan import fetch_offset
 PROGRAM_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bcc_program.c")
 
 EVENT_PAGES = 2048  # 8 MiB: a burst of ~10,000 calls (2,000 BAR mmaps) in a TCG guest fits
-MODNAME_LEN = 56                  # MODULE_NAME_LEN on 64-bit
+MODNAME_LEN = 56  # MODULE_NAME_LEN on 64-bit
 COMM_LEN = 16
 # x86-64: vmlinux lies below this address, modules (and BPF JIT code) above it.
 MODULES_VADDR = 0xFFFFFFFFC0000000
@@ -46,15 +46,29 @@ HEADERS_HINT = "apt-get install linux-headers-$(uname -r)"
 
 # Frames of the probe machinery itself, dropped from the top of a stack when the probed
 # function cannot be found in it.
-MACHINERY_PREFIXES = ("kprobe_", "kretprobe_", "ftrace_", "bpf_", "__bpf_", "perf_",
-                      "trace_call_bpf", "aggr_pre_handler", "pre_handler_kretprobe",
-                      "exc_int3", "asm_exc_int3", "do_int3", "arch_rethook", "rethook_",
-                      "[unknown]")
+MACHINERY_PREFIXES = (
+    "kprobe_",
+    "kretprobe_",
+    "ftrace_",
+    "bpf_",
+    "__bpf_",
+    "perf_",
+    "trace_call_bpf",
+    "aggr_pre_handler",
+    "pre_handler_kretprobe",
+    "exc_int3",
+    "asm_exc_int3",
+    "do_int3",
+    "arch_rethook",
+    "rethook_",
+    "[unknown]",
+)
 
 # What a return address reads as when a kretprobe on the caller replaced it (a tail call
 # from a function we also probe): our machinery, not a caller.
-RETURN_TRAMPOLINES = frozenset({"arch_rethook_trampoline", "__kretprobe_trampoline",
-                                "kretprobe_trampoline"})
+RETURN_TRAMPOLINES = frozenset(
+    {"arch_rethook_trampoline", "__kretprobe_trampoline", "kretprobe_trampoline"}
+)
 
 _PLACEHOLDER_RE = re.compile(r"\{\{(\w+)\}\}")
 
@@ -88,8 +102,10 @@ def fill(template, **values):
     names = set(_PLACEHOLDER_RE.findall(template))
     missing, unused = names - set(values), set(values) - names
     if missing or unused:
-        raise ValueError(f"template placeholders unfilled {sorted(missing)}, "
-                         f"values without placeholder {sorted(unused)}")
+        raise ValueError(
+            f"template placeholders unfilled {sorted(missing)}, "
+            f"values without placeholder {sorted(unused)}"
+        )
     return _PLACEHOLDER_RE.sub(lambda match: str(values[match.group(1)]), template)
 
 
@@ -150,8 +166,9 @@ def program_text(plan, aggregated=frozenset()):
     probes named in ``aggregated`` (probe names) keep histograms in the kernel."""
     with open(PROGRAM_FILE) as stream:
         fixed = stream.read()
-    generated = "".join(probe_functions(i, p, p.probe_name in aggregated)
-                        for i, p in enumerate(plan.probes))
+    generated = "".join(
+        probe_functions(i, p, p.probe_name in aggregated) for i, p in enumerate(plan.probes)
+    )
     return f"{fixed}\n/* ---- generated per probe ---- */\n{generated}"
 
 
@@ -190,13 +207,24 @@ def parse_record(layout, data):
     """Unpack one ``struct mt_record`` into a dict of its fields (values as a list)."""
     fields = layout.unpack_from(data)
     nfetch = len(fields) - 14
-    head, values, tail = fields[:5], fields[5:5 + nfetch], fields[5 + nfetch:]
+    head, values, tail = fields[:5], fields[5 : 5 + nfetch], fields[5 + nfetch :]
     ts, duration, cycles, ret, caller = head
     probe, flags, valid, granted, pid, tid, stack_id, cpu, comm = tail
     return {
-        "ts": ts, "duration": duration, "cycles": cycles, "ret": ret, "caller": caller,
-        "values": list(values), "probe": probe, "flags": flags, "valid": valid,
-        "granted": granted, "pid": pid, "tid": tid, "stack_id": stack_id, "cpu": cpu,
+        "ts": ts,
+        "duration": duration,
+        "cycles": cycles,
+        "ret": ret,
+        "caller": caller,
+        "values": list(values),
+        "probe": probe,
+        "flags": flags,
+        "valid": valid,
+        "granted": granted,
+        "pid": pid,
+        "tid": tid,
+        "stack_id": stack_id,
+        "cpu": cpu,
         "comm": _cstr(comm),
     }
 
@@ -204,8 +232,11 @@ def parse_record(layout, data):
 def raw_call(probe, record, tsc_mhz=None, stack=(), caller=None):
     """Turn a parsed record of planned ``probe`` into a decode.RawCall."""
     spec = probe.spec
-    values = {fetch.name: record["values"][i] for i, fetch in enumerate(spec.fetch)
-              if record["valid"] >> i & 1}
+    values = {
+        fetch.name: record["values"][i]
+        for i, fetch in enumerate(spec.fetch)
+        if record["valid"] >> i & 1
+    }
     flags = record["flags"]
     ret = None
     if flags & F_RET:
@@ -213,10 +244,17 @@ def raw_call(probe, record, tsc_mhz=None, stack=(), caller=None):
         if spec.returns in ("x64", "u64"):
             ret &= (1 << 64) - 1
     call = decode.RawCall(
-        ts_ns=record["ts"], cpu=record["cpu"], pid=record["pid"], tid=record["tid"],
-        comm=record["comm"], values=values, ret=ret,
+        ts_ns=record["ts"],
+        cpu=record["cpu"],
+        pid=record["pid"],
+        tid=record["tid"],
+        comm=record["comm"],
+        values=values,
+        ret=ret,
         granted_raw=record["granted"] if flags & F_GRANTED else None,
-        duration_ns=record["duration"], caller=caller, stack=list(stack),
+        duration_ns=record["duration"],
+        caller=caller,
+        stack=list(stack),
     )
     if flags & F_PMU:
         call.cycles, call.cycles_source = record["cycles"], "pmu"
@@ -229,7 +267,7 @@ def clean_frames(frames, symbol):
     """Drop the probe machinery above the probed function ``symbol`` (innermost first)."""
     names = [frame.split(" [", 1)[0].split("+0x", 1)[0] for frame in frames]
     if symbol in names:
-        return list(frames[names.index(symbol):])
+        return list(frames[names.index(symbol) :])
     top = 0
     while top < len(frames) and names[top].startswith(MACHINERY_PREFIXES + ("0x",)):
         top += 1
@@ -261,8 +299,13 @@ class KernelSymbolizer:
     cache, refreshed when the set of loaded modules changes (``check()``, done before any
     address not seen yet is resolved); results are memoised per address."""
 
-    def __init__(self, bpf_class, kallsyms_path=kallsyms.KALLSYMS_PATH,
-                 modules_path="/proc/modules", keep_offset=False):
+    def __init__(
+        self,
+        bpf_class,
+        kallsyms_path=kallsyms.KALLSYMS_PATH,
+        modules_path="/proc/modules",
+        keep_offset=False,
+    ):
         self._bpf_class = bpf_class
         self.keep_offset = keep_offset
         self._index = kallsyms.ModuleIndex(kallsyms_path, modules_path)
@@ -299,8 +342,9 @@ class KernelSymbolizer:
         else:
             name_offset, _, module = text.partition(" [")
             name = name_offset.split("+0x", 1)[0]
-            module = pick_module(address, name, module.rstrip("]") or None,
-                                 self._index.owners(name))
+            module = pick_module(
+                address, name, module.rstrip("]") or None, self._index.owners(name)
+            )
             shown = name_offset if self.keep_offset else name
             result = f"{shown} [{module}]" if module else shown
         self._memo[address] = result
@@ -340,8 +384,9 @@ def _import_bcc():
     try:
         import bcc
     except Exception as err:  # OSError too, when libbcc.so is missing
-        raise FeatureMissing(f"bcc does not import ({type(err).__name__}: {err})",
-                             INSTALL_BCC_HINT) from None
+        raise FeatureMissing(
+            f"bcc does not import ({type(err).__name__}: {err})", INSTALL_BCC_HINT
+        ) from None
     return bcc
 
 
@@ -389,7 +434,7 @@ class BccBackend(Backend):
         self._ringbuf = True
         self._layout = record_struct(max_fetch(plan))
         self._tsc_mhz = None
-        self._attached = {}               # probe id -> [("kprobe"|"kretprobe", event, fn)]
+        self._attached = {}  # probe id -> [("kprobe"|"kretprobe", event, fn)]
         self._waiting: Dict[str, List[int]] = {}  # module -> probe ids not attached yet
         self._tracepoint = False
         self._held: Dict[int, str] = {}  # pid stopped by us -> module it was loading
@@ -399,7 +444,7 @@ class BccBackend(Backend):
         self._failure = None
         self._wakeup = False
         self._detached = False
-        self._callbacks = []              # keep ctypes callbacks alive
+        self._callbacks = []  # keep ctypes callbacks alive
         self._final_counters = None
         self._final_histograms = None
         self._final_totals = None
@@ -416,8 +461,9 @@ class BccBackend(Backend):
         waiting for the modules of the others. Raises FeatureMissing when nothing at all
         could be attached (and no module is awaited)."""
         self._bcc = _import_bcc()
-        self._symbolizer = KernelSymbolizer(self._bcc.BPF,
-                                            keep_offset=bool(self.options.get("offsets")))
+        self._symbolizer = KernelSymbolizer(
+            self._bcc.BPF, keep_offset=bool(self.options.get("offsets"))
+        )
         atexit.register(self._release_held)
         try:
             started = time.monotonic()
@@ -440,7 +486,8 @@ class BccBackend(Backend):
                 first = self.stats.attach_failures[:1]
                 raise FeatureMissing(
                     "the kernel refused every bcc probe",
-                    f"{first[0][0]}: {first[0][1]}" if first else "the plan has no probes")
+                    f"{first[0][0]}: {first[0][1]}" if first else "the plan has no probes",
+                )
         except BaseException:
             self.detach()
             raise
@@ -451,22 +498,30 @@ class BccBackend(Backend):
         release = os.uname().release
         kernel = features.running_kernel_features()
         if kernel.kernel_headers is None:
-            raise FeatureMissing(f"no kernel headers for {release}: bcc cannot compile",
-                                 HEADERS_HINT)
+            raise FeatureMissing(
+                f"no kernel headers for {release}: bcc cannot compile", HEADERS_HINT
+            )
         wanted = self.options.get("buffer", "auto")
         if wanted == "auto":
             # BPF ring buffers came with 5.8; kallsyms shows whether their helper exists.
             table = kernel.kallsyms
-            self._ringbuf = (isinstance(table, kallsyms.SymbolTable)
-                             and table.has_function("bpf_ringbuf_output"))
+            self._ringbuf = isinstance(table, kallsyms.SymbolTable) and table.has_function(
+                "bpf_ringbuf_output"
+            )
         else:
             self._ringbuf = wanted == "ringbuf"
-        self.notes.append("events through a BPF ring buffer" if self._ringbuf
-                          else "events through perf buffers")
+        self.notes.append(
+            "events through a BPF ring buffer" if self._ringbuf else "events through perf buffers"
+        )
         ncpus = len(self._bcc.utils.get_possible_cpus())
         text = program_text(self.plan, self.aggregated)
-        cflags = program_cflags(self.plan, ncpus, self._ringbuf, self.aggregate,
-                                int(self.options.get("buffer_pages", EVENT_PAGES)))
+        cflags = program_cflags(
+            self.plan,
+            ncpus,
+            self._ringbuf,
+            self.aggregate,
+            int(self.options.get("buffer_pages", EVENT_PAGES)),
+        )
         box = []
         try:
             with _captured_stderr(box):
@@ -474,13 +529,15 @@ class BccBackend(Backend):
         except Exception as err:
             output = "".join(box)
             if "kernel headers" in output:
-                raise FeatureMissing(f"bcc cannot find kernel headers for {release}",
-                                     HEADERS_HINT) from None
+                raise FeatureMissing(
+                    f"bcc cannot find kernel headers for {release}", HEADERS_HINT
+                ) from None
             if self.options.get("debug"):
                 sys.stderr.write(output)
             raise FeatureMissing(
                 f"the BPF program did not compile: {first_error(output) or err}",
-                "run with --debug for the compiler's full output") from None
+                "run with --debug for the compiler's full output",
+            ) from None
 
     def _open_buffers(self):
         if self.all_aggregated:
@@ -491,15 +548,20 @@ class BccBackend(Backend):
         for name, handler in names:
             table = self._bpf[name]
             if self._ringbuf:
+
                 def _deliver(_ctx, data, size, handler=handler):
                     self._guarded(handler, data, size)
                     return 0
+
                 table.open_ring_buffer(_deliver)
             else:
+
                 def _deliver(_cpu, data, size, handler=handler):
                     self._guarded(handler, data, size)
-                table.open_perf_buffer(_deliver, page_cnt=pages if name == "mt_events" else 1,
-                                       lost_cb=self._on_lost)
+
+                table.open_perf_buffer(
+                    _deliver, page_cnt=pages if name == "mt_events" else 1, lost_cb=self._on_lost
+                )
             self._callbacks.append(_deliver)
 
     def _open_cycle_counter(self):
@@ -507,8 +569,9 @@ class BccBackend(Backend):
         box = []
         try:
             with _captured_stderr(box):
-                self._bpf["mt_cycles"].open_perf_event(bcc.PerfType.HARDWARE,
-                                                       bcc.PerfHWConfig.CPU_CYCLES)
+                self._bpf["mt_cycles"].open_perf_event(
+                    bcc.PerfType.HARDWARE, bcc.PerfHWConfig.CPU_CYCLES
+                )
             self.notes.append("cycles from the PMU cycle counter")
             return
         except Exception:
@@ -520,8 +583,10 @@ class BccBackend(Backend):
             found = features.running_tsc_mhz()
         if found:
             self._tsc_mhz = found[0]
-            self.notes.append(f"no PMU cycle counter: cycles = duration x TSC "
-                              f"{found[0]:.0f} MHz (from {found[1]})")
+            self.notes.append(
+                f"no PMU cycle counter: cycles = duration x TSC "
+                f"{found[0]:.0f} MHz (from {found[1]})"
+            )
         else:
             self.notes.append("no PMU cycle counter and TSC rate unknown: no cycles")
 
@@ -550,7 +615,7 @@ class BccBackend(Backend):
     def _wait_for_modules(self, pending):
         table = self._bpf["mt_waiting"]
         for module in pending:
-            table[table.Key(module.encode()[:MODNAME_LEN - 1])] = table.Leaf(1)
+            table[table.Key(module.encode()[: MODNAME_LEN - 1])] = table.Leaf(1)
         self._waiting = {m: list(ids) for m, ids in pending.items()}
         box = []
         try:
@@ -562,9 +627,12 @@ class BccBackend(Backend):
             for module, ids in self._waiting.items():
                 for probe_id in ids:
                     self.stats.attach_failures.append(
-                        (self.plan.probes[probe_id].probe_name,
-                         f"module {module} not loaded, and the module_load tracepoint "
-                         f"cannot be watched: {reason}"))
+                        (
+                            self.plan.probes[probe_id].probe_name,
+                            f"module {module} not loaded, and the module_load tracepoint "
+                            f"cannot be watched: {reason}",
+                        )
+                    )
             self._waiting = {}
             return
         # A module that loaded between planning and the tracepoint attach was not seen.
@@ -576,7 +644,7 @@ class BccBackend(Backend):
         ids = self._waiting.pop(module, [])
         table = self._bpf["mt_waiting"]
         with contextlib.suppress(KeyError):
-            del table[table.Key(module.encode()[:MODNAME_LEN - 1])]
+            del table[table.Key(module.encode()[: MODNAME_LEN - 1])]
         pending = list(ids)
         try:
             while pending:
@@ -587,8 +655,11 @@ class BccBackend(Backend):
         finally:
             for probe_id in pending:  # only after an interrupt
                 self.stats.attach_failures.append(
-                    (self.plan.probes[probe_id].probe_name,
-                     f"interrupted while attaching module {module}'s probes"))
+                    (
+                        self.plan.probes[probe_id].probe_name,
+                        f"interrupted while attaching module {module}'s probes",
+                    )
+                )
 
     # -- module loads ---------------------------------------------------------------------
 
@@ -604,8 +675,9 @@ class BccBackend(Backend):
             pid, module = held.pid, _cstr(bytes(held.name))
             if held.signal_ret == 0:
                 self._held[pid] = module
-                self.notes.append(f"held pid {pid} after loading {module} until its probes "
-                                  "were attached")
+                self.notes.append(
+                    f"held pid {pid} after loading {module} until its probes were attached"
+                )
             try:
                 if module in self._waiting:
                     self._attach_module(module)
@@ -614,9 +686,11 @@ class BccBackend(Backend):
                     del table[key]
                 self._resume(pid)
             if held.signal_ret != 0:
-                self.notes.append(f"could not stop {pid} loading {module} "
-                                  f"(bpf_send_signal: {held.signal_ret}); its probes were "
-                                  "attached late and may have missed calls")
+                self.notes.append(
+                    f"could not stop {pid} loading {module} "
+                    f"(bpf_send_signal: {held.signal_ret}); its probes were "
+                    "attached late and may have missed calls"
+                )
 
     def _resume(self, pid):
         if self._held.pop(pid, None) is None:
@@ -825,11 +899,14 @@ class BccBackend(Backend):
         self.stats.missed_returns = counts["missed"] + left_open
         self.stats.missing_stacks = counts["no_stack"]
         if counts["nested"]:
-            self.notes.append(f"{counts['nested']} recursive calls folded into their "
-                              "outermost call")
+            self.notes.append(
+                f"{counts['nested']} recursive calls folded into their outermost call"
+            )
         for module, ids in self._waiting.items():
-            self.notes.append(f"module {module} did not load while tracing: "
-                              f"{len(ids)} of its probes never attached")
+            self.notes.append(
+                f"module {module} did not load while tracing: "
+                f"{len(ids)} of its probes never attached"
+            )
 
 
 def _attach_reason(err, stderr_text):

@@ -34,9 +34,11 @@ def change_notes(before, after, probes_by_module, seconds, unloaded=()):
     for module in sorted(probes_by_module):
         names = ", ".join(probes_by_module[module])
         if module in before and module not in after:
-            notes.append(f"module {module} was unloaded {seconds:.1f} s into the trace: its "
-                         f"probes ({names}) were detached by the kernel; the events before "
-                         "are kept, the other probes went on")
+            notes.append(
+                f"module {module} was unloaded {seconds:.1f} s into the trace: its "
+                f"probes ({names}) were detached by the kernel; the events before "
+                "are kept, the other probes went on"
+            )
         elif module in unloaded and module not in before and module in after:
             notes.append(f"module {module} was loaded again {seconds:.1f} s into the trace")
     return notes
@@ -68,8 +70,9 @@ class ModuleWatch:
         loaded = read_modules(self.path)
         if loaded is None:
             return []
-        notes = change_notes(self._loaded, loaded, self.by_module, now - self.started,
-                             self._unloaded)
+        notes = change_notes(
+            self._loaded, loaded, self.by_module, now - self.started, self._unloaded
+        )
         self._unloaded.update(m for m in self.by_module if m in self._loaded - loaded)
         self._loaded = loaded
         return notes

@@ -15,9 +15,10 @@ from typing import List, Optional
 
 from memtrace.analysis.granted import GrantedFromMapSync
 from memtrace.errors import BadInput, FeatureMissing, MemtraceError
-from memtrace.probes import btf, kmod_symbols, plan as plans
-from memtrace.probes.module_watch import ModuleWatch
+from memtrace.probes import btf, kmod_symbols
+from memtrace.probes import plan as plans
 from memtrace.probes.features import running_kernel_features
+from memtrace.probes.module_watch import ModuleWatch
 
 BACKEND_CLASSES = {
     "bcc": ("memtrace.probes.bcc_backend", "BccBackend"),
@@ -40,8 +41,10 @@ def choose_backend(features, wanted="auto"):
     if wanted != "auto":
         if not usable.get(wanted):
             check = features.bcc_check if wanted == "bcc" else features.kprobes_check
-            raise FeatureMissing(f"backend {wanted} is not usable here: {check.detail}",
-                                 check.hint or "try --backend auto")
+            raise FeatureMissing(
+                f"backend {wanted} is not usable here: {check.detail}",
+                check.hint or "try --backend auto",
+            )
         return wanted, "chosen with --backend"
     if usable["bcc"]:
         return "bcc", "auto: bcc imports and kernel headers are present"
@@ -85,29 +88,37 @@ class SessionResult:
 
     seconds: float
     workload_status: Optional[int]
-    stopped_by: str          # "workload", "duration", "interrupt", "signal"
+    stopped_by: str  # "workload", "duration", "interrupt", "signal"
 
 
 class TraceSession:
     """Plans and runs one trace; construct, then ``run(on_event, ...)``."""
 
-    def __init__(self, requests: List[str], backend="auto", strict=False, options=None,
-                 debug=False, required=()):
+    def __init__(
+        self,
+        requests: List[str],
+        backend="auto",
+        strict=False,
+        options=None,
+        debug=False,
+        required=(),
+    ):
         self.features = running_kernel_features()
         if self.features.root_check.status != "ok":
             raise MemtraceError("tracing needs root", "run it with sudo")
         self.backend_name, self.backend_reason = choose_backend(self.features, backend)
         source = self.features.symbol_source
         requests = plans.expand_requests(requests, source.kallsyms, source.module_files)
-        self.plan = plans.build_plan(requests, source, btf_offset_resolver(self.features), strict,
-                                     required=required)
+        self.plan = plans.build_plan(
+            requests, source, btf_offset_resolver(self.features), strict, required=required
+        )
         if not self.plan.probes:
             reasons = "; ".join(f"{name}: {why}" for name, why in self.plan.skipped[:3])
             raise FeatureMissing(f"nothing to probe ({reasons})")
         self.options = dict(options or {})
         self.options.setdefault("debug", debug)
         self.backend = None
-        self.removed_stale = []
+        self.removed_stale: List[str] = []
         self.modules = None
 
     def describe(self):
@@ -127,11 +138,19 @@ class TraceSession:
         tracefs_dir = self.features.tracefs_dir
         if tracefs_dir and self.features.has_kprobe_events:
             from memtrace.probes.tracefs_backend import remove_stale
+
             with contextlib.suppress(OSError):
                 self.removed_stale = remove_stale(tracefs_dir)
 
-    def run(self, on_event, duration=None, workload=None, on_attached=None, on_tick=None,
-            tick_seconds=None):
+    def run(
+        self,
+        on_event,
+        duration=None,
+        workload=None,
+        on_attached=None,
+        on_tick=None,
+        tick_seconds=None,
+    ):
         """Attach, run ``workload`` (argv) or wait ``duration`` seconds (or until Ctrl-C /
         SIGTERM), detach. Events go to ``on_event`` as they are read; ``on_tick(session)``
         is called about every ``tick_seconds`` while tracing (between reads)."""
@@ -205,8 +224,10 @@ def _start_workload(argv):
     try:
         return subprocess.Popen(argv)
     except OSError as err:
-        raise BadInput(f"cannot run {argv[0]}: {err.strerror}",
-                       "give the workload as an argv after --, e.g. -- modprobe bochs") from None
+        raise BadInput(
+            f"cannot run {argv[0]}: {err.strerror}",
+            "give the workload as an argv after --, e.g. -- modprobe bochs",
+        ) from None
 
 
 def _end_workload(child):

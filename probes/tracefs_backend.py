@@ -19,7 +19,7 @@ import select
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, List, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 import psutil
 
@@ -39,12 +39,24 @@ TRACE_CLOCK = "mono"
 # MAX_EVENT_NAME_LEN in kernel/trace/trace_probe.h
 MAX_EVENT_NAME = 64
 # Where a kprobe's own handlers sit in a stack when the probed function is not found in it.
-TRACING_FRAMES = frozenset({
-    "kprobe_trace_func", "kretprobe_trace_func", "kprobe_dispatcher", "kretprobe_dispatcher",
-    "aggr_pre_handler", "kprobe_ftrace_handler", "kprobe_int3_handler", "do_int3",
-    "exc_int3", "asm_exc_int3", "ftrace_trampoline", "event_triggers_call",
-    "stacktrace_trigger", "__trace_stack",
-})
+TRACING_FRAMES = frozenset(
+    {
+        "kprobe_trace_func",
+        "kretprobe_trace_func",
+        "kprobe_dispatcher",
+        "kretprobe_dispatcher",
+        "aggr_pre_handler",
+        "kprobe_ftrace_handler",
+        "kprobe_int3_handler",
+        "do_int3",
+        "exc_int3",
+        "asm_exc_int3",
+        "ftrace_trampoline",
+        "event_triggers_call",
+        "stacktrace_trigger",
+        "__trace_stack",
+    }
+)
 
 _STALE_INSTANCE_RE = re.compile(rf"^{INSTANCE_PREFIX}(\d+)$")
 _STALE_GROUP_RE = re.compile(rf"^{GROUP_PREFIX}(\d+)$")
@@ -92,7 +104,7 @@ def event_name(probe_name):
     name = re.sub(r"[^A-Za-z0-9_]", "_", probe_name)
     if not name or name[0].isdigit():
         name = "_" + name
-    return name[:MAX_EVENT_NAME - len(RETURN_SUFFIX)]
+    return name[: MAX_EVENT_NAME - len(RETURN_SUFFIX)]
 
 
 def _fetch_arg(probe, fetch):
@@ -114,7 +126,7 @@ def compile_plan(plan, group):
         name, n = base, 1
         while name in used or name + RETURN_SUFFIX in used:
             n += 1
-            name = f"{base[:MAX_EVENT_NAME - len(RETURN_SUFFIX) - 4]}_{n}"
+            name = f"{base[: MAX_EVENT_NAME - len(RETURN_SUFFIX) - 4]}_{n}"
         used.update((name, name + RETURN_SUFFIX))
         fetches = [_fetch_arg(probe, fetch) for fetch in spec.fetch]
         # The comm in the line's header comes from ftrace's cache of task names, which a
@@ -126,8 +138,7 @@ def compile_plan(plan, group):
         ret_plain = " ".join(ret_head)
         if spec.granted_via_arg:
             granted = f"granted=+0($arg{spec.granted_via_arg}):u32"
-            compiled.append(CompiledProbe(probe, name, entry, f"{ret_plain} {granted}",
-                                          ret_plain))
+            compiled.append(CompiledProbe(probe, name, entry, f"{ret_plain} {granted}", ret_plain))
         else:
             compiled.append(CompiledProbe(probe, name, entry, ret_plain))
     return compiled
@@ -174,7 +185,7 @@ def parse_record(line):
         ts_ns += int(match["frac"].ljust(9, "0")[:9])
     rest = match["rest"]
     if rest.startswith(STACK_EVENT):
-        event, body = STACK_EVENT, rest[len(STACK_EVENT):].strip()
+        event, body = STACK_EVENT, rest[len(STACK_EVENT) :].strip()
     else:
         event, _, body = rest.partition(": ")
         event = event.rstrip(":")
@@ -223,7 +234,7 @@ def clean_stack(frames, symbol):
     """
     names = [split_symbol(frame)[0] for frame in frames]
     if symbol in names:
-        return list(frames[names.index(symbol):])
+        return list(frames[names.index(symbol) :])
     top = 0
     while top < len(frames) and (names[top] in TRACING_FRAMES or names[top].startswith("0x")):
         top += 1
@@ -271,7 +282,7 @@ def parse_error_log(text):
         if line.startswith("[") and "error: " in line:
             entries.append([line.split("error: ", 1)[1].strip(), "", None])
         elif entries and line.startswith(prefix):
-            entries[-1][1] = line[len(prefix):]
+            entries[-1][1] = line[len(prefix) :]
         elif entries and line.strip() == "^":
             entries[-1][2] = max(line.index("^") - len(prefix), 0)
     return [tuple(entry) for entry in entries]
@@ -311,21 +322,24 @@ class TraceParser:
     cycles (``cycles_source`` "tsc").
     """
 
-    def __init__(self, compiled, on_event: Callable, module_of=None, tgid_of=None,
-                 tsc_mhz=None):
+    def __init__(self, compiled, on_event: Callable, module_of=None, tgid_of=None, tsc_mhz=None):
         self.on_event = on_event
         self.module_of = module_of or (lambda name, prefer=None: None)
         self.tgid_of = tgid_of or _identity_tgid
         self.tsc_mhz = tsc_mhz
         self._entries = {c.event: c for c in compiled}
         self._returns = {c.return_event: c for c in compiled}
-        self._pending = defaultdict(list)   # tid -> [_Entry], innermost last
-        self._awaiting_stack = {}           # tid -> _Entry whose <stack trace> comes next
-        self._block_owner = None            # the _Entry receiving " => " lines
+        self._pending: Dict[int, List["_Entry"]] = defaultdict(
+            list
+        )  # tid -> [_Entry], innermost last
+        self._awaiting_stack: Dict[
+            int, "_Entry"
+        ] = {}  # tid -> _Entry whose <stack trace> comes next
+        self._block_owner = None  # the _Entry receiving " => " lines
         self._block_open = False
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._partial = ""
-        self.lost_reported = 0      # from "CPU:N [LOST M EVENTS]" lines
+        self.lost_reported = 0  # from "CPU:N [LOST M EVENTS]" lines
         self.unmatched_returns = 0  # returns whose entry was never seen
         self.unparsed_lines = 0
         self.emitted = 0
@@ -371,8 +385,7 @@ class TraceParser:
         """Emit every entry still waiting for its return (at detach), oldest first."""
         self._close_block()
         waiting = [e for entries in self._pending.values() for e in entries]
-        waiting += [e for e in self._awaiting_stack.values()
-                    if not e.compiled.return_registered]
+        waiting += [e for e in self._awaiting_stack.values() if not e.compiled.return_registered]
         self._pending.clear()
         self._awaiting_stack.clear()
         for entry in sorted(waiting, key=lambda e: e.call.ts_ns):
@@ -387,10 +400,16 @@ class TraceParser:
         body, comm = record.body, record.comm
         fetched_comm = _COMM_ARG_RE.search(body)
         if fetched_comm:
-            body, comm = body[:fetched_comm.start()], fetched_comm[1]
+            body, comm = body[: fetched_comm.start()], fetched_comm[1]
         _location, values = parse_body(body)
-        call = decode.RawCall(ts_ns=record.ts_ns, cpu=record.cpu, pid=self.tgid_of(record.tid),
-                              tid=record.tid, comm=comm, values=values)
+        call = decode.RawCall(
+            ts_ns=record.ts_ns,
+            cpu=record.cpu,
+            pid=self.tgid_of(record.tid),
+            tid=record.tid,
+            comm=comm,
+            values=values,
+        )
         entry = _Entry(compiled, call)
         earlier = self._awaiting_stack.pop(record.tid, None)
         if earlier is not None and not earlier.compiled.return_registered:
@@ -404,12 +423,13 @@ class TraceParser:
 
     def _on_return(self, compiled, record):
         stack = self._pending.get(record.tid, [])
-        index = next((i for i in range(len(stack) - 1, -1, -1)
-                      if stack[i].compiled is compiled), None)
+        index = next(
+            (i for i in range(len(stack) - 1, -1, -1) if stack[i].compiled is compiled), None
+        )
         if index is None:
             self.unmatched_returns += 1
             return
-        entry, inner = stack[index], stack[index + 1:]
+        entry, inner = stack[index], stack[index + 1 :]
         del stack[index:]
         if self._awaiting_stack.get(record.tid) is entry:
             del self._awaiting_stack[record.tid]
@@ -540,14 +560,18 @@ class TracefsBackend(Backend):
         if self.tracefs_dir is None:
             self.tracefs_dir = features.running_kernel_features().tracefs_dir
         if not self.tracefs_dir:
-            raise FeatureMissing("tracefs is not mounted",
-                                 "mount -t tracefs tracefs /sys/kernel/tracing")
+            raise FeatureMissing(
+                "tracefs is not mounted", "mount -t tracefs tracefs /sys/kernel/tracing"
+            )
         if not os.path.exists(self._path("kprobe_events")):
-            raise FeatureMissing(f"{self.tracefs_dir} has no kprobe_events",
-                                 "the kernel lacks CONFIG_KPROBE_EVENTS; try --backend bcc")
+            raise FeatureMissing(
+                f"{self.tracefs_dir} has no kprobe_events",
+                "the kernel lacks CONFIG_KPROBE_EVENTS; try --backend bcc",
+            )
         tsc = self.options.get("tsc_mhz") or _tsc_mhz()
-        self._parser = TraceParser(self.compiled, self.on_event, kallsyms.ModuleIndex().module_of,
-                                   _tgid_from_proc, tsc)
+        self._parser = TraceParser(
+            self.compiled, self.on_event, kallsyms.ModuleIndex().module_of, _tgid_from_proc, tsc
+        )
         self._make_instance()
         try:
             self._configure()
@@ -557,7 +581,8 @@ class TracefsBackend(Backend):
                 first = self.stats.attach_failures[0] if self.stats.attach_failures else None
                 raise FeatureMissing(
                     "the kernel refused every kprobe_events probe",
-                    f"{first[0]}: {first[1]}" if first else "the plan has no probes")
+                    f"{first[0]}: {first[1]}" if first else "the plan has no probes",
+                )
             self._enable()
             self._fd = os.open(self._instance_path("trace_pipe"), os.O_RDONLY | os.O_NONBLOCK)
             raw = self.options.get("raw_trace")
@@ -578,10 +603,13 @@ class TracefsBackend(Backend):
             raise FeatureMissing(
                 f"the kernel refuses writes to {self.tracefs_dir} ({os.strerror(err.errno)})",
                 "lockdown or a container forbids ftrace here; `memtrace lab` runs a guest "
-                "that allows it") from None
+                "that allows it",
+            ) from None
         except FileNotFoundError:
-            raise FeatureMissing(f"{self.tracefs_dir} has no instances/ directory",
-                                 "ftrace instances need Linux 3.16 or later") from None
+            raise FeatureMissing(
+                f"{self.tracefs_dir} has no instances/ directory",
+                "ftrace instances need Linux 3.16 or later",
+            ) from None
         except OSError as err:
             raise FeatureMissing(f"cannot create {path}: {os.strerror(err.errno)}") from None
         self._instance_made = True
@@ -591,8 +619,10 @@ class TracefsBackend(Backend):
         try:
             _write(self._instance_path("buffer_size_kb"), f"{size}\n")
         except OSError as err:
-            self.notes.append(f"buffer_size_kb {size} refused ({os.strerror(err.errno)}); "
-                              "the default is smaller, events may be lost")
+            self.notes.append(
+                f"buffer_size_kb {size} refused ({os.strerror(err.errno)}); "
+                "the default is smaller, events may be lost"
+            )
         try:
             _write(self._instance_path("trace_clock"), TRACE_CLOCK)
             self.clock = TRACE_CLOCK
@@ -602,8 +632,10 @@ class TracefsBackend(Backend):
             except OSError:
                 current = None
             self.clock = current[1] if current else "unknown"
-            self.notes.append(f"trace_clock {TRACE_CLOCK} refused ({os.strerror(err.errno)}); "
-                              f"timestamps use {self.clock}, not comparable with bcc's")
+            self.notes.append(
+                f"trace_clock {TRACE_CLOCK} refused ({os.strerror(err.errno)}); "
+                f"timestamps use {self.clock}, not comparable with bcc's"
+            )
 
     def _add(self, line):
         """Append one definition to kprobe_events; return None or why the kernel refused it."""
@@ -655,8 +687,10 @@ class TracefsBackend(Backend):
                     _write(self._event_path(compiled.event, "trigger"), "stacktrace\n")
                     compiled.stack_registered = True
                 except OSError as err:
-                    self.notes.append(f"no stacks for {compiled.planned.probe_name}: "
-                                      f"stacktrace trigger refused ({os.strerror(err.errno)})")
+                    self.notes.append(
+                        f"no stacks for {compiled.planned.probe_name}: "
+                        f"stacktrace trigger refused ({os.strerror(err.errno)})"
+                    )
             # Returns first, so that every entry recorded can find its return.
             for event in reversed(compiled.events):
                 try:
@@ -723,8 +757,9 @@ class TracefsBackend(Backend):
 
     def detach(self):
         """Stop recording, remove triggers, disable, drain, count losses, then remove the
-        instance and our kprobe events. Safe to call twice and after a partial attach; what cannot be undone is
-        listed in ``cleanup_problems`` (``remove_stale`` retries it next run)."""
+        instance and our kprobe events. Safe to call twice and after a partial attach; what
+        cannot be undone is listed in ``cleanup_problems`` (``remove_stale`` retries it next
+        run)."""
         if self._detached:
             return
         self._detached = True
@@ -735,16 +770,23 @@ class TracefsBackend(Backend):
         # disabling the events would otherwise be recorded without their stacks (seen: a
         # kworker's qxl moves at the end of a lab trace). Calls after this are after the trace.
         if registered:
-            self._try("stopping the recording", _write, self._instance_path("tracing_on"),
-                      "0\n")
+            self._try("stopping the recording", _write, self._instance_path("tracing_on"), "0\n")
         # Then triggers: a stacktrace trigger keeps firing on a disabled event.
         for compiled in registered:
             if compiled.stack_registered:
-                self._try(f"removing the trigger of {compiled.event}", _write,
-                          self._event_path(compiled.event, "trigger"), "!stacktrace\n")
+                self._try(
+                    f"removing the trigger of {compiled.event}",
+                    _write,
+                    self._event_path(compiled.event, "trigger"),
+                    "!stacktrace\n",
+                )
         if registered:
-            self._try("disabling events", _write,
-                      self._instance_path("events", self.group, "enable"), "0\n")
+            self._try(
+                "disabling events",
+                _write,
+                self._instance_path("events", self.group, "enable"),
+                "0\n",
+            )
         if self._fd is not None:
             try:
                 while self._read_available():  # events are off: this ends
@@ -761,8 +803,13 @@ class TracefsBackend(Backend):
         self._remove_instance()
         for compiled in registered:
             for event in compiled.events:
-                self._try(f"deleting {self.group}/{event}", _write, self._path("kprobe_events"),
-                          f"-:{self.group}/{event}\n", True)
+                self._try(
+                    f"deleting {self.group}/{event}",
+                    _write,
+                    self._path("kprobe_events"),
+                    f"-:{self.group}/{event}\n",
+                    True,
+                )
 
     def _remove_instance(self):
         for attempt in range(5):
@@ -775,7 +822,8 @@ class TracefsBackend(Backend):
                 # EBUSY while the kernel still holds a reference (a reader finishing).
                 if err.errno != errno.EBUSY or attempt == 4:
                     self.cleanup_problems.append(
-                        f"removing instances/{self.instance}: {os.strerror(err.errno)}")
+                        f"removing instances/{self.instance}: {os.strerror(err.errno)}"
+                    )
                     return
                 time.sleep(0.1)
 
