@@ -12,6 +12,7 @@ backend), ``concurrent`` (two records at once), ``netns`` (no proc connector).
 """
 
 import ctypes
+import glob
 import json
 import mmap
 import os
@@ -35,18 +36,37 @@ def emit(scenario, **fields):
 
 
 def mapper():
-    """Map and touch BAR0's first page every 0.1 s: a steady trickle of memtype events."""
+    """Map and touch BAR0's first page every 0.1 s: a steady trickle of memtype events;
+    mapper.PID.ready says the first map is done (python starts in seconds under TCG)."""
     fd = os.open(BAR0_WC, os.O_RDWR | os.O_SYNC)
     while True:
         area = mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         area[0] = area[0]
         area.close()
+        if not os.path.exists(f"mapper.{os.getpid()}.ready"):
+            open(f"mapper.{os.getpid()}.ready", "w").close()
         time.sleep(0.1)
 
 
+def wait_for_new_mapper(ready_before, timeout=30):
+    """Wait until one more mapper has made its first map."""
+    deadline = time.monotonic() + timeout
+    while len(glob.glob("mapper.*.ready")) <= ready_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def with_mapper(shell):
+    """A workload argv: the mapper in the background ($m), then ``shell`` once it maps."""
+    return [
+        "sh",
+        "-c",
+        f"{' '.join(MAPPER)} & m=$!; while [ ! -e mapper.$m.ready ]; do sleep 0.1; done; " + shell,
+    ]
+
+
 def mapping_for(seconds):
-    """A workload argv: the mapper for ``seconds``."""
-    return ["sh", "-c", f"{' '.join(MAPPER)} & m=$!; sleep {seconds}; kill $m"]
+    """A workload argv: the mapper for ``seconds`` after its first map."""
+    return with_mapper(f"sleep {seconds}; kill $m")
 
 
 # -- what a killed run can leave behind -----------------------------------------------------
@@ -57,13 +77,22 @@ def leftovers():
     programs (bcc names them mt_entry_N, mt_return_N, mt_module_load: 15 characters kept)."""
     with open(os.path.join(TRACEFS, "kprobe_events")) as stream:
         kprobes = [line for line in stream.read().splitlines() if line.strip()]
-    instances = [n for n in os.listdir(os.path.join(TRACEFS, "instances"))
-                 if n.startswith("memtrace")]
-    progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True,
-                                      text=True, check=True).stdout or "[]")
+    instances = [
+        n for n in os.listdir(os.path.join(TRACEFS, "instances")) if n.startswith("memtrace")
+    ]
+    progs = json.loads(
+        subprocess.run(
+            ["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True
+        ).stdout
+        or "[]"
+    )
     bpf = [p.get("name", "") for p in progs if p.get("name", "").startswith("mt_")]
-    return {"kprobe_events": kprobes, "instances": instances, "bpf_programs": bpf,
-            "count": len(kprobes) + len(instances) + len(bpf)}
+    return {
+        "kprobe_events": kprobes,
+        "instances": instances,
+        "bpf_programs": bpf,
+        "count": len(kprobes) + len(instances) + len(bpf),
+    }
 
 
 def settled_leftovers(seconds=3.0):
@@ -86,11 +115,15 @@ def read_killed(path):
         data = stream.read()
     lines = data.split(b"\n")
     complete = [json.loads(line) for line in lines[:-1]]
-    result = {"bytes": len(data), "complete_lines": len(complete),
-              "cut_line": lines[-1] != b"",
-              "events": sum(1 for r in complete if r.get("type") == "event"),
-              "footer": any(r.get("type") == "footer" for r in complete)}
+    result = {
+        "bytes": len(data),
+        "complete_lines": len(complete),
+        "cut_line": lines[-1] != b"",
+        "events": sum(1 for r in complete if r.get("type") == "event"),
+        "footer": any(r.get("type") == "footer" for r in complete),
+    }
     from memtrace.tracefile import read_trace
+
     try:
         trace = read_trace(path, allow_partial=True)
         result["reader_events"] = len(trace.events)
@@ -111,8 +144,8 @@ def prepare_sessions():
     """A TraceSession per backend: features and plan, worked out once."""
     from memtrace.probes.plan import DEFAULT_TARGETS
     from memtrace.probes.session import TraceSession
-    return {backend: TraceSession(list(DEFAULT_TARGETS), backend=backend)
-            for backend in BACKENDS}
+
+    return {backend: TraceSession(list(DEFAULT_TARGETS), backend=backend) for backend in BACKENDS}
 
 
 class Run:
@@ -135,8 +168,10 @@ class Run:
                     before()
                 from memtrace.tools import cli
                 from memtrace.tools import record as record_module
-                record_module.TraceSession = \
-                    lambda _requests, backend="auto", **_kw: sessions[backend]
+
+                record_module.TraceSession = lambda _requests, backend="auto", **_kw: sessions[
+                    backend
+                ]
                 status = cli.main(argv)
             finally:
                 sys.stderr.flush()
@@ -230,50 +265,81 @@ def kills(sessions, count):
     for number in range(count):
         backend = BACKENDS[number % 2]
         output = f"kill-{number}.jsonl"
+        mappers_before = len(glob.glob("mapper.*.ready"))
         run = record(sessions, backend, output, workload=MAPPER)
         if number // 2 % 2 == 0 or backend not in attach:
             attach[backend] = run.wait_tracing()
-            time.sleep(rng.uniform(1, 3))  # the mapper maps every 0.1 s once it runs
+            wait_for_new_mapper(mappers_before)
+            time.sleep(rng.uniform(0, 1))
         else:
             time.sleep(rng.uniform(0, attach[backend] or 10))
         was_tracing = run.tracing()
         left = run.kill9()
-        emit("kill", number=number, backend=backend,
-             killed_after=round(time.monotonic() - run.started, 2),
-             was_tracing=was_tracing, leftovers=left, trace=read_killed(output))
+        emit(
+            "kill",
+            number=number,
+            backend=backend,
+            killed_after=round(time.monotonic() - run.started, 2),
+            was_tracing=was_tracing,
+            leftovers=left,
+            trace=read_killed(output),
+        )
         if number == count // 2 - 1:
             status, err = Run(sessions, "doctor", ["doctor", "--cleanup"]).finish()
-            emit("leftovers", after="doctor --cleanup", status=status, stderr=err,
-                 **settled_leftovers())
+            emit(
+                "leftovers",
+                after="doctor --cleanup",
+                status=status,
+                stderr=err,
+                **settled_leftovers(),
+            )
 
 
 def rmmod(sessions, backend):
     """bochs (and the drm_vram_helper/ttm it pulled in) removed while the trace runs."""
     subprocess.run(["modprobe", "bochs"], check=True)
     output = f"rmmod-{backend}.jsonl"
-    workload = ["sh", "-c", f"{' '.join(MAPPER)} & m=$!; sleep 1; "
-                "modprobe -r bochs; echo rmmod $? >&2; sleep 1.5; kill $m"]
+    workload = with_mapper("sleep 1; modprobe -r bochs; echo rmmod $? >&2; sleep 1.5; kill $m")
     status, err = record(sessions, backend, output, workload=workload).finish()
     footer = footer_of(output)
     events = events_of(output)
-    emit("rmmod", backend=backend, status=status, stderr=err,
-         stale_removed=footer.get("stale_removed") if footer else None,
-         modules_after=sorted(m for m in ("bochs", "drm_vram_helper", "ttm")
-                              if os.path.isdir(f"/sys/module/{m}")),
-         footer={k: footer.get(k) for k in ("lost_events", "missed_returns", "events",
-                                             "backend_notes", "cleanup_problems",
-                                             "attach_failures", "workload_status")}
-         if footer else None,
-         event_times=[e["ts_ns"] for e in events if e["fn"] == "memtype_reserve"],
-         leftovers=settled_leftovers()["count"])
+    emit(
+        "rmmod",
+        backend=backend,
+        status=status,
+        stderr=err,
+        stale_removed=footer.get("stale_removed") if footer else None,
+        modules_after=sorted(
+            m for m in ("bochs", "drm_vram_helper", "ttm") if os.path.isdir(f"/sys/module/{m}")
+        ),
+        footer={
+            k: footer.get(k)
+            for k in (
+                "lost_events",
+                "missed_returns",
+                "events",
+                "backend_notes",
+                "cleanup_problems",
+                "attach_failures",
+                "workload_status",
+            )
+        }
+        if footer
+        else None,
+        event_times=[e["ts_ns"] for e in events if e["fn"] == "memtype_reserve"],
+        leftovers=settled_leftovers()["count"],
+    )
 
 
 def concurrent(sessions):
     """Two records started together (both tracefs: the same kprobe_events file); the first
     maps the BAR until the second has ended, so their tracing overlaps."""
-    first = record(sessions, "tracefs", "first.jsonl", workload=[
-        "sh", "-c", f"{' '.join(MAPPER)} & m=$!; "
-        "while [ ! -e second.done ]; do sleep 0.3; done; kill $m"])
+    first = record(
+        sessions,
+        "tracefs",
+        "first.jsonl",
+        workload=with_mapper("while [ ! -e second.done ]; do sleep 0.3; done; sleep 1; kill $m"),
+    )
     second = record(sessions, "tracefs", "second.jsonl", workload=mapping_for(2))
     results = {}
     for name, run in (("second", second), ("first", first)):
@@ -281,21 +347,29 @@ def concurrent(sessions):
         open("second.done", "w").close()
         path = f"{name}.jsonl"
         footer = footer_of(path) if os.path.exists(path) and os.path.getsize(path) else None
-        results[name] = {"status": status, "stderr": err,
-                         "footer": {k: footer.get(k) for k in ("lost_events", "events",
-                                                                "stopped_by")}
-                         if footer else None}
+        results[name] = {
+            "status": status,
+            "stderr": err,
+            "footer": {k: footer.get(k) for k in ("lost_events", "events", "stopped_by")}
+            if footer
+            else None,
+        }
     emit("concurrent", **results, leftovers=settled_leftovers()["count"])
 
 
 def netns(sessions):
     """record in a new network namespace: no proc connector there (cn_proc is init_net's)."""
-    status, err = record(sessions, "tracefs", "netns.jsonl", workload=mapping_for(2),
-                         before=new_network_namespace).finish()
+    status, err = record(
+        sessions, "tracefs", "netns.jsonl", workload=mapping_for(2), before=new_network_namespace
+    ).finish()
     footer = footer_of("netns.jsonl")
-    emit("netns", status=status, stderr=err,
-         process_watch=footer.get("process_watch") if footer else None,
-         events=len(events_of("netns.jsonl")))
+    emit(
+        "netns",
+        status=status,
+        stderr=err,
+        process_watch=footer.get("process_watch") if footer else None,
+        events=len(events_of("netns.jsonl")),
+    )
 
 
 def main():

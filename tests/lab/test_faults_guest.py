@@ -16,8 +16,10 @@ from tests.lab.conftest import LAB_KERNELS
 
 KILLS = 10
 # memtrace_argv() without its "-m memtrace": the same python, environment and checkout.
-SCRIPT = (f"{shlex.join(memtrace_argv()[:-2])} {REPO}/tests/lab/faults_guest.py all {KILLS} "
-          "> results.jsonl 2> faults.err")
+SCRIPT = (
+    f"{shlex.join(memtrace_argv()[:-2])} {REPO}/tests/lab/faults_guest.py all {KILLS} "
+    "> results.jsonl 2> faults.err"
+)
 
 
 @pytest.fixture(scope="module", params=LAB_KERNELS)
@@ -63,27 +65,37 @@ def test_a_killed_trace_keeps_every_line_it_wrote(faults):
 
 
 def test_removing_a_probed_module_while_tracing_is_said_and_tracing_goes_on(faults):
+    # `modprobe -r bochs` also removes drm_vram_helper, whose bo_driver_move is probed.
     for result in faults["rmmod"]:
         assert result["status"] == 0, result
-        assert "bochs" not in result["modules_after"], result
+        assert "rmmod 0" in result["stderr"], result["stderr"]
+        assert "drm_vram_helper" not in result["modules_after"], result
         footer = result["footer"]
         assert footer["lost_events"] == 0 and footer["workload_status"] == 0, result
-        notes = [n for n in footer["backend_notes"] if n.startswith("module bochs was unloaded")]
-        assert notes and "detached" in notes[0], footer["backend_notes"]
-        assert any("note: Backend: module bochs was unloaded" in line
-                   for line in result["stderr"]), result["stderr"]
-        # The BAR kept being mapped before and after the unload: both halves are there.
-        assert len(result["event_times"]) >= 4, result
+        assert footer["cleanup_problems"] == [], footer
+        unloaded = [
+            n
+            for n in footer["backend_notes"]
+            if n.startswith("module drm_vram_helper was unloaded")
+        ]
+        assert unloaded and "drm_vram_helper:bo_driver_move" in unloaded[0], footer
+        assert any(
+            line.startswith("memtrace record: note: Backend: module drm_vram_helper was unloaded")
+            for line in result["stderr"]
+        ), result
+        # The BAR was mapped every 0.1 s for 2.5 s around the unload: all the calls are there.
+        assert len(result["event_times"]) >= 10, result
         assert result["leftovers"] == 0
     assert {r["backend"] for r in faults["rmmod"]} == {"tracefs", "bcc"}
 
 
 def test_two_records_at_once(faults):
+    # Both tracefs, started together: the same kprobe_events file, tracing overlapping.
     (result,) = faults["concurrent"]
     first, second = result["first"], result["second"]
     # The first is unharmed whatever the second did.
-    assert first["status"] == 0 and first["footer"]["stopped_by"] == "duration", first
-    assert first["footer"]["lost_events"] == 0
+    assert first["status"] == 0 and first["footer"]["stopped_by"] == "workload", first
+    assert first["footer"]["lost_events"] == 0 and first["footer"]["events"] > 0, first
     if second["status"] == 0:
         assert second["footer"]["events"] > 0 and second["footer"]["lost_events"] == 0, second
     else:
