@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 # <linux/cn_proc.h>: the proc connector's message kinds and subscription operations.
-PROC_EVENT_NONE = 0x0          # an acknowledgement of a subscription
+PROC_EVENT_NONE = 0x0  # an acknowledgement of a subscription
 PROC_EVENT_FORK = 0x1
 PROC_EVENT_EXEC = 0x2
 PROC_EVENT_EXIT = 0x80000000
@@ -68,7 +68,7 @@ CN_VAL_PROC = 1
 # The offset of ``event_data.ack.err`` in an acknowledgement: nlmsghdr (16) + cn_msg (20) +
 # proc_event's what, cpu and timestamp_ns (16).
 _ACK_ERR_OFFSET = 52
-_NO_CPU = 0xFFFFFFFF           # acknowledgements of kernels before per-CPU sequence numbers
+_NO_CPU = 0xFFFFFFFF  # acknowledgements of kernels before per-CPU sequence numbers
 
 # <linux/taskstats.h>: commands, attributes, and the offsets of the fields read from
 # struct taskstats; fields are only ever appended, so these hold for every version.
@@ -79,11 +79,11 @@ TASKSTATS_TYPE_STATS = 3
 TASKSTATS_TYPE_AGGR_PID = 4
 _TS_COMM_OFFSET, _TS_COMM_LEN = 80, 32
 _TS_PPID_OFFSET = 132
-_NLA_TYPE_MASK = 0x3FFF            # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 _NLMSG_ERROR = 2
 POSSIBLE_CPUS = "/sys/devices/system/cpu/possible"
 
-UEVENT_KERNEL_GROUP = 1        # the kernel's own uevents (2 is udevd's re-broadcast)
+UEVENT_KERNEL_GROUP = 1  # the kernel's own uevents (2 is udevd's re-broadcast)
 UEVENT_SUBSYSTEMS = ("drm",)
 
 # 4 MiB asked (the kernel doubles it): several thousand proc connector messages of backlog.
@@ -129,7 +129,7 @@ def describe_process(pid):
         return details
     if details["exe"] and details["exe"].endswith(" (deleted)"):
         # Replaced on disk (an upgrade) while running: still the same program.
-        details["exe"] = details["exe"][:-len(" (deleted)")]
+        details["exe"] = details["exe"][: -len(" (deleted)")]
     if details["ppid"]:
         details["parent_name"] = _process_name(details["ppid"])
     return details
@@ -173,13 +173,24 @@ def process_record(msg, details=None):
         if msg.get("parent_tgid"):
             record["ppid"] = msg["parent_tgid"]
         code, sig, core = decode_wait_status(msg.get("exit_code", 0))
-        record.update({"exit_code": code, "exit_signal": sig, "core_dumped": core,
-                       "wait_status": int(msg.get("exit_code", 0))})
+        record.update(
+            {
+                "exit_code": code,
+                "exit_signal": sig,
+                "core_dumped": core,
+                "wait_status": int(msg.get("exit_code", 0)),
+            }
+        )
     return record
 
 
-_UEVENT_NAMED = {"ACTION": "action", "SUBSYSTEM": "subsystem", "DEVPATH": "devpath",
-                 "DEVNAME": "devname", "DEVTYPE": "devtype"}
+_UEVENT_NAMED = {
+    "ACTION": "action",
+    "SUBSYSTEM": "subsystem",
+    "DEVPATH": "devpath",
+    "DEVNAME": "devname",
+    "DEVTYPE": "devtype",
+}
 
 
 def uevent_record(msg, ts_ns, subsystems=UEVENT_SUBSYSTEMS):
@@ -193,9 +204,15 @@ def uevent_record(msg, ts_ns, subsystems=UEVENT_SUBSYSTEMS):
     record["hotplug"] = msg.get("HOTPLUG") == "1"
     seqnum = msg.get("SEQNUM")
     record["seqnum"] = int(seqnum) if isinstance(seqnum, str) and seqnum.isdigit() else None
-    record["properties"] = {key: value for key, value in msg.items()
-                            if isinstance(key, str) and key.isupper() and isinstance(value, str)
-                            and key not in _UEVENT_NAMED and key not in ("HOTPLUG", "SEQNUM")}
+    record["properties"] = {
+        key: value
+        for key, value in msg.items()
+        if isinstance(key, str)
+        and key.isupper()
+        and isinstance(value, str)
+        and key not in _UEVENT_NAMED
+        and key not in ("HOTPLUG", "SEQNUM")
+    }
     return record
 
 
@@ -218,7 +235,7 @@ class _SequenceGaps:
         self.last[cpu] = seq
         if previous is not None:
             gap = (seq - previous - 1) & 0xFFFFFFFF
-            if gap < 0x80000000:          # a huge "gap" is a counter reset, not a loss
+            if gap < 0x80000000:  # a huge "gap" is a counter reset, not a loss
                 self.lost += gap
 
 
@@ -244,12 +261,15 @@ def _netlink_socket(factory, group, what, config):
         if err.errno in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT):
             raise ProcessWatchUnavailable(
                 f"{what}: this kernel has no netlink family for it (built without {config})",
-                "the trace goes on without it") from None
-        raise ProcessWatchUnavailable(f"{what}: cannot open a netlink socket: "
-                                      f"{os.strerror(err.errno)}") from None
+                "the trace goes on without it",
+            ) from None
+        raise ProcessWatchUnavailable(
+            f"{what}: cannot open a netlink socket: {os.strerror(err.errno)}"
+        ) from None
     except Exception as err:  # pyroute2's own failures must not end the trace
         raise ProcessWatchUnavailable(
-            f"{what}: pyroute2 could not open the socket: {type(err).__name__}: {err}") from None
+            f"{what}: pyroute2 could not open the socket: {type(err).__name__}: {err}"
+        ) from None
     try:
         sock = socket.socket(fileno=os.dup(opened.fileno()))
     finally:
@@ -259,7 +279,7 @@ def _netlink_socket(factory, group, what, config):
         try:
             sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECEIVE_BUFFER)
         except OSError:
-            pass                               # not root: rmem_max caps SO_RCVBUF instead
+            pass  # not root: rmem_max caps SO_RCVBUF instead
         try:
             sock.bind((0, group))
         except OSError as err:
@@ -274,13 +294,23 @@ def _netlink_socket(factory, group, what, config):
 def _control_message(action, port, ack):
     from pyroute2.netlink import NLMSG_DONE
     from pyroute2.netlink.connector.cn_proc import proc_event_control
+
     msg = proc_event_control()
     msg["header"]["type"] = NLMSG_DONE
     msg["header"]["flags"] = 0
     msg["header"]["sequence_number"] = ack
     msg["header"]["pid"] = port
-    msg.update({"idx": CN_IDX_PROC, "val": CN_VAL_PROC, "seq": ack, "ack": ack, "len": 4,
-                "flags": 0, "action": action})
+    msg.update(
+        {
+            "idx": CN_IDX_PROC,
+            "val": CN_VAL_PROC,
+            "seq": ack,
+            "ack": ack,
+            "len": 4,
+            "flags": 0,
+            "action": action,
+        }
+    )
     msg.encode()
     return msg.data
 
@@ -295,7 +325,8 @@ def _read_until_answer(sock, is_answer, what, timeout, hint=None):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ProcessWatchUnavailable(
-                f"{what}: the kernel did not answer within {timeout:g} s", hint)
+                f"{what}: the kernel did not answer within {timeout:g} s", hint
+            )
         readable, _, _ = select.select([sock], [], [], remaining)
         if not readable:
             continue
@@ -305,7 +336,7 @@ def _read_until_answer(sock, is_answer, what, timeout, hint=None):
             continue
         except OSError as err:
             if err.errno == errno.ENOBUFS:
-                backlog.append(None)          # an overrun while waiting: counted later
+                backlog.append(None)  # an overrun while waiting: counted later
                 continue
             raise ProcessWatchUnavailable(f"{what}: {os.strerror(err.errno)}") from None
         if is_answer(data):
@@ -324,30 +355,38 @@ def _subscribe(sock, ack, timeout=ACK_TIMEOUT_S):
 
     def is_answer(data):
         # cn_msg.ack (offset 28) is ours + 1, proc_event.what (36) is NONE.
-        return (len(data) >= _ACK_ERR_OFFSET + 4
-                and struct.unpack_from("=I", data, 36)[0] == PROC_EVENT_NONE
-                and struct.unpack_from("=I", data, 28)[0] == (ack + 1) & 0xFFFFFFFF)
+        return (
+            len(data) >= _ACK_ERR_OFFSET + 4
+            and struct.unpack_from("=I", data, 36)[0] == PROC_EVENT_NONE
+            and struct.unpack_from("=I", data, 28)[0] == (ack + 1) & 0xFFFFFFFF
+        )
 
     answer, backlog = _read_until_answer(
-        sock, is_answer, what, timeout,
+        sock,
+        is_answer,
+        what,
+        timeout,
         "it answers only in the initial user and PID namespaces (not in a container), "
-        "on a kernel with CONFIG_PROC_EVENTS")
-    (err,) = struct.unpack_from("=I", answer, _ACK_ERR_OFFSET)
-    if err in (errno.EPERM, errno.EACCES):
-        raise ProcessWatchUnavailable(f"{what}: the kernel refused the subscription",
-                                      NEEDS_ROOT_HINT)
-    if err:
+        "on a kernel with CONFIG_PROC_EVENTS",
+    )
+    (code,) = struct.unpack_from("=I", answer, _ACK_ERR_OFFSET)
+    if code in (errno.EPERM, errno.EACCES):
         raise ProcessWatchUnavailable(
-            f"{what}: the kernel refused the subscription: {os.strerror(err)}")
-    return backlog + [answer]             # the answer is counted like every other message
+            f"{what}: the kernel refused the subscription", NEEDS_ROOT_HINT
+        )
+    if code:
+        raise ProcessWatchUnavailable(
+            f"{what}: the kernel refused the subscription: {os.strerror(code)}"
+        )
+    return backlog + [answer]  # the answer is counted like every other message
 
 
 def open_proc_connector(ack=None):
     """A subscribed proc connector socket and the datagrams read while subscribing; raise
     :class:`ProcessWatchUnavailable` saying why not."""
     from pyroute2 import ProcEventSocket
-    sock = _netlink_socket(ProcEventSocket, CN_IDX_PROC, "process connector",
-                           "CONFIG_CONNECTOR")
+
+    sock = _netlink_socket(ProcEventSocket, CN_IDX_PROC, "process connector", "CONFIG_CONNECTOR")
     ack = ack if ack is not None else (os.getpid() << 8 | 0x5A) & 0x7FFFFFFF
     try:
         return sock, _subscribe(sock, ack)
@@ -360,6 +399,7 @@ def open_uevent_socket():
     """A socket on the kernel's uevent multicast group; raise :class:`ProcessWatchUnavailable`
     saying why not."""
     from pyroute2 import UeventSocket
+
     return _netlink_socket(UeventSocket, UEVENT_KERNEL_GROUP, "uevents", "CONFIG_NET")
 
 
@@ -396,7 +436,7 @@ def exit_names_from(data):
                         stats = value
                 if pid is None or stats is None:
                     continue
-                comm = data[stats + _TS_COMM_OFFSET:stats + _TS_COMM_OFFSET + _TS_COMM_LEN]
+                comm = data[stats + _TS_COMM_OFFSET : stats + _TS_COMM_OFFSET + _TS_COMM_LEN]
                 comm = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
                 (ppid,) = struct.unpack_from("=I", data, stats + _TS_PPID_OFFSET)
                 found.append((pid, comm or None, ppid or None))
@@ -407,6 +447,7 @@ def exit_names_from(data):
 def _taskstats_request(family, attribute, cpus, port, seq):
     from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
     from pyroute2.netlink.taskstats import tcmd
+
     msg = tcmd()
     msg["cmd"] = TASKSTATS_CMD_GET
     msg["version"] = 1
@@ -449,9 +490,15 @@ class ExitStatsListener:
         if self.sock is None:
             return
         try:
-            self.sock.send(_taskstats_request(
-                self.family, "TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK", self.cpus,
-                self.sock.getsockname()[0], 2))
+            self.sock.send(
+                _taskstats_request(
+                    self.family,
+                    "TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK",
+                    self.cpus,
+                    self.sock.getsockname()[0],
+                    2,
+                )
+            )
         except OSError:
             pass
         self.sock.close()
@@ -463,6 +510,7 @@ def open_exit_stats(timeout=ACK_TIMEOUT_S):
     :class:`ProcessWatchUnavailable` saying why not."""
     from pyroute2 import TaskStats
     from pyroute2.netlink.exceptions import NetlinkError
+
     what = ExitStatsListener.WHAT
     try:
         resolver = TaskStats()
@@ -473,13 +521,15 @@ def open_exit_stats(timeout=ACK_TIMEOUT_S):
             resolver.close()
     except NetlinkError as err:
         if err.code == errno.ENOENT:
-            raise ProcessWatchUnavailable(f"{what}: this kernel has no taskstats family "
-                                          "(built without CONFIG_TASKSTATS)",
-                                          "exits keep the names seen at exec") from None
+            raise ProcessWatchUnavailable(
+                f"{what}: this kernel has no taskstats family (built without CONFIG_TASKSTATS)",
+                "exits keep the names seen at exec",
+            ) from None
         raise ProcessWatchUnavailable(f"{what}: {os.strerror(err.code)}") from None
     except OSError as err:
-        raise ProcessWatchUnavailable(f"{what}: cannot open a netlink socket: "
-                                      f"{os.strerror(err.errno)}") from None
+        raise ProcessWatchUnavailable(
+            f"{what}: cannot open a netlink socket: {os.strerror(err.errno)}"
+        ) from None
     except Exception as err:  # pyroute2's own failures must not end the trace
         raise ProcessWatchUnavailable(
             f"{what}: pyroute2 could not resolve the family: {type(err).__name__}: {err}"
@@ -487,19 +537,26 @@ def open_exit_stats(timeout=ACK_TIMEOUT_S):
     sock = _netlink_socket(TaskStats, 0, what, "CONFIG_TASKSTATS")
     cpus = _possible_cpus()
     try:
-        sock.send(_taskstats_request(family, "TASKSTATS_CMD_ATTR_REGISTER_CPUMASK", cpus,
-                                     sock.getsockname()[0], 1))
+        sock.send(
+            _taskstats_request(
+                family, "TASKSTATS_CMD_ATTR_REGISTER_CPUMASK", cpus, sock.getsockname()[0], 1
+            )
+        )
         answer, backlog = _read_until_answer(
-            sock, lambda data: (len(data) >= 20
-                                and struct.unpack_from("=H", data, 4)[0] == _NLMSG_ERROR),
-            what, timeout)
+            sock,
+            lambda data: len(data) >= 20 and struct.unpack_from("=H", data, 4)[0] == _NLMSG_ERROR,
+            what,
+            timeout,
+        )
         (code,) = struct.unpack_from("=i", answer, 16)
         if code in (-errno.EPERM, -errno.EACCES):
-            raise ProcessWatchUnavailable(f"{what}: the kernel refused the listener",
-                                          NEEDS_ROOT_HINT)
+            raise ProcessWatchUnavailable(
+                f"{what}: the kernel refused the listener", NEEDS_ROOT_HINT
+            )
         if code:
-            raise ProcessWatchUnavailable(f"{what}: the kernel refused the listener for "
-                                          f"CPUs {cpus}: {os.strerror(-code)}")
+            raise ProcessWatchUnavailable(
+                f"{what}: the kernel refused the listener for CPUs {cpus}: {os.strerror(-code)}"
+            )
         return ExitStatsListener(sock, family, cpus), backlog
     except OSError as err:
         sock.close()
@@ -515,9 +572,9 @@ class _Source:
     def __init__(self):
         self.status = "ok"
         self.reason: Optional[str] = None
-        self.read = 0          # messages read, of every kind
-        self.records = 0       # records made from them
-        self.overruns = 0      # ENOBUFS: the kernel dropped messages (at least one each)
+        self.read = 0  # messages read, of every kind
+        self.records = 0  # records made from them
+        self.overruns = 0  # ENOBUFS: the kernel dropped messages (at least one each)
         self.gaps = _SequenceGaps()
 
     @property
@@ -525,8 +582,14 @@ class _Source:
         return max(self.gaps.lost, self.overruns)
 
     def as_dict(self):
-        return {"status": self.status, "reason": self.reason, "read": self.read,
-                "records": self.records, "lost": self.lost, "overruns": self.overruns}
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "read": self.read,
+            "records": self.records,
+            "lost": self.lost,
+            "overruns": self.overruns,
+        }
 
 
 class ProcessWatcher:
@@ -540,10 +603,18 @@ class ProcessWatcher:
     manager.
     """
 
-    def __init__(self, on_record: Optional[Callable] = None, uevents=True,
-                 lookup=describe_process, clock=time.monotonic_ns, open_proc=None,
-                 open_uevents=None, exit_names=True, open_exit_stats=None):
-        self.records = []
+    def __init__(
+        self,
+        on_record: Optional[Callable] = None,
+        uevents=True,
+        lookup=describe_process,
+        clock=time.monotonic_ns,
+        open_proc=None,
+        open_uevents=None,
+        exit_names=True,
+        open_exit_stats=None,
+    ):
+        self.records: list = []
         # Tests give other sockets; by default the module's openers, looked up at start().
         self._open_proc = open_proc
         self._open_uevents = open_uevents
@@ -561,8 +632,8 @@ class ProcessWatcher:
         self.stuck = False
         self._started = False
         self._proc_sock = self._uevent_sock = self._exit_sock = None
-        self._backlog = []
-        self._exit_backlog = []
+        self._backlog: list = []
+        self._exit_backlog: list = []
         # pid (thread id) -> the kernel's comm at exit, until the connector's exit comes.
         self._exit_names: "collections.OrderedDict[int, str]" = collections.OrderedDict()
         self._known: "collections.OrderedDict[int, dict]" = collections.OrderedDict()
@@ -579,12 +650,12 @@ class ProcessWatcher:
         """Open and subscribe, then start reading; ProcessWatchUnavailable says why not."""
         from pyroute2.netlink.connector.cn_proc import ProcEventMarshal
         from pyroute2.netlink.uevent import MarshalUevent
+
         self._proc_marshal, self._uevent_marshal = ProcEventMarshal(), MarshalUevent()
         try:
             self._ack = (os.getpid() << 8 | 0x5A) & 0x7FFFFFFF
             try:
-                self._proc_sock, self._backlog = (self._open_proc or open_proc_connector)(
-                    self._ack)
+                self._proc_sock, self._backlog = (self._open_proc or open_proc_connector)(self._ack)
             except ProcessWatchUnavailable as err:
                 self.proc.status, self.proc.reason = "unavailable", err.one_line()
                 raise
@@ -598,14 +669,16 @@ class ProcessWatcher:
             if self._want_exit_names:
                 try:
                     self._exit_sock, self._exit_backlog = (
-                        self._open_exit_stats or open_exit_stats)()
+                        self._open_exit_stats or open_exit_stats
+                    )()
                 except ProcessWatchUnavailable as err:
                     self.exit_stats.status, self.exit_stats.reason = "unavailable", err.one_line()
             else:
                 self.exit_stats.status, self.exit_stats.reason = "unavailable", "not asked for"
             self._wake_r, self._wake_w = os.pipe()
-            self._thread = threading.Thread(target=self._run, name="memtrace-process-watch",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="memtrace-process-watch", daemon=True
+            )
             self._thread.start()
             self._started = True
         except BaseException:
@@ -676,8 +749,11 @@ class ProcessWatcher:
             self._exit_backlog, self._backlog = [], []
             while not self._stopping.is_set():
                 # Exit stats first: a connector exit then finds its task's name waiting.
-                socks = [s for s in (self._exit_sock, self._proc_sock, self._uevent_sock)
-                         if s is not None]
+                socks = [
+                    s
+                    for s in (self._exit_sock, self._proc_sock, self._uevent_sock)
+                    if s is not None
+                ]
                 readable, _, _ = select.select(socks + [self._wake_r], [], [], 1.0)
                 for sock in readable:
                     if sock is not self._wake_r:
@@ -749,7 +825,8 @@ class ProcessWatcher:
             if not details.get("ppid") and self._parents.get(pid):
                 details["ppid"] = self._parents[pid]
                 details["parent_name"] = details.get("parent_name") or _process_name(
-                    details["ppid"])
+                    details["ppid"]
+                )
             _remember(self._known, pid, details)
             return process_record(msg, details)
         if what == PROC_EVENT_EXIT:
@@ -810,8 +887,11 @@ class ProcessWatcher:
         # Kernels that count listeners keep sending events until told to stop.
         if self._proc_sock is not None and self._ack is not None:
             try:
-                self._proc_sock.send(_control_message(
-                    PROC_CN_MCAST_IGNORE, self._proc_sock.getsockname()[0], self._ack + 2))
+                self._proc_sock.send(
+                    _control_message(
+                        PROC_CN_MCAST_IGNORE, self._proc_sock.getsockname()[0], self._ack + 2
+                    )
+                )
             except OSError:
                 pass
 
