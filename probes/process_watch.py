@@ -28,7 +28,8 @@ opened with pyroute2:
 
 Nothing is hidden: every message read is counted, and messages the kernel dropped (gaps in the
 connector's per-CPU sequence numbers; ``ENOBUFS`` when a socket's buffer overflowed) are
-counted as lost; a lost taskstats message costs at most one exit's name. A background thread reads both sockets; ``stop()`` ends and joins it.
+counted as lost; a lost taskstats message costs at most one exit's name. A background thread
+reads the sockets; ``stop()`` ends and joins it.
 """
 
 import collections
