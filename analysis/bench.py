@@ -664,7 +664,7 @@ def parse_ttm_manager(text):
         a node line that does not add up, nodes out of order or past the size).
     """
     size = None
-    nodes = []
+    nodes: list = []
     for line in text.splitlines()[:100000]:
         if len(line) > 200:
             return None

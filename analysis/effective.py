@@ -279,6 +279,7 @@ def effective_type(granted, start, end, pat_state, mtrr_table):
     page, page_reason = page_type(granted, pat_state)
     reasons = [page_reason] if page_reason else []
     pat_disabled = page != granted and pat_state is not None and pat_state.enabled is False
+    unknown_note: Optional[str]
     if mtrr_table is None:
         lookup, pieces = None, []
         unknown_note = "the MTRR type is unknown (/proc/mtrr was not recorded)"

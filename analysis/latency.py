@@ -175,7 +175,8 @@ def distribution_from_histogram(slots, total, minimum=None, maximum=None):
             if seen >= rank:
                 percentiles.append(_clip(slot_bounds(slot)[1], minimum, maximum))
                 break
-    return Distribution(count, minimum, *percentiles, maximum, total,
+    p50, p90, p99 = percentiles
+    return Distribution(count, minimum, p50, p90, p99, maximum, total,
                         tuple(histogram.items()), False)
 
 
@@ -309,7 +310,8 @@ def latency_rows(selected, moves=(), measure="ns"):
     granted_of = _granted_of_calls(moves)
     rows = []
     for key in sorted(groups, key=order):
-        row = _row(*key, measure, groups[key])
+        fn, probe, mover, memtype = key
+        row = _row(fn, probe, mover, memtype, measure, groups[key])
         if row.mover:
             row = dataclasses.replace(row, granted=slowest(
                 granted_of.get(id(e)) for e in groups[key]))

@@ -49,7 +49,7 @@ import dataclasses
 import os
 import signal
 from collections import Counter
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 __all__ = [
     "DEFAULT_MIN_RESTARTS",
@@ -222,13 +222,13 @@ def _instances_and_restarts(process_records, failures_only):
             running[pid] = instance
             alive.setdefault(key, set()).add(pid)
         else:
-            instance = running.pop(pid, None)
-            if instance is None:                  # started before tracing, or exec unseen
-                if key is None:
-                    continue
-                instance = _Instance(key, pid)
-            else:
+            if pid in running:
+                instance = running.pop(pid)
                 alive.get(instance.key, set()).discard(pid)
+            elif key is None:                     # started before tracing, or exec unseen
+                continue
+            else:
+                instance = _Instance(key, pid)
             instance.end = record
             ended[instance.key] = instance
     return restarts, side_by_side, exes
@@ -267,13 +267,15 @@ def find_restart_loops(process_records, min_restarts=DEFAULT_MIN_RESTARTS,
         # Restarts in time order, broken into runs by a gap over the window, by a start
         # beside a running instance (a burst, not one instance at a time), and by a "restart"
         # of or into such a crowd or long after the exit (a fresh start, not a respawn).
-        marks = [(when, None) for when in side_by_side.get(key, ())]
+        marks: List[Tuple[int, Optional[tuple]]] = \
+            [(when, None) for when in side_by_side.get(key, ())]
         for previous, restarted in pairs:
             fresh = restarted.start_ns - previous.end["ts_ns"] > window_ns
             crowd = previous.crowded or restarted.crowded
             marks.append((restarted.start_ns, None if fresh or crowd else (previous, restarted)))
         marks.sort(key=lambda mark: (mark[0], mark[1] is not None))
-        clusters, current = [], []
+        clusters: list = []
+        current: list = []
         for when, pair in marks:
             if pair is None or (current and when - current[-1][1].start_ns > window_ns):
                 clusters.append(current)

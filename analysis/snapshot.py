@@ -140,7 +140,8 @@ def find_uncached_framebuffers(reservations, pci_devices, effective_of=None):
     """Find display framebuffers (prefetchable memory BARs) reserved UC- or UC.
 
     An ordinary register BAR (not prefetchable, or smaller than
-    :data:`FRAMEBUFFER_MIN_BYTES`) reserved UC- is normal and not reported. ``effective_of`` maps a reservation to the type the CPU uses through it (a UC-
+    :data:`FRAMEBUFFER_MIN_BYTES`) reserved UC- is normal and not reported.
+    ``effective_of`` maps a reservation to the type the CPU uses through it (a UC-
     reservation under a WC MTRR is write-combined and not reported); None: the reserved
     type.
 
@@ -148,7 +149,7 @@ def find_uncached_framebuffers(reservations, pci_devices, effective_of=None):
         list of short reasons.
     """
     findings = []
-    flagged = {}
+    flagged: Dict[object, list] = {}
     for device in pci_devices:
         if not device.is_display:
             continue
@@ -186,7 +187,7 @@ def find_type_overlaps(reservations):
     :return: ``(findings, flagged)`` like :func:`find_uncached_framebuffers`.
     """
     findings = []
-    flagged = {}
+    flagged: Dict[object, list] = {}
     live: Dict[str, list] = {}   # type -> heap of (-end, position, reservation)
     ordered = sorted(reservations, key=lambda reservation: (reservation.start, reservation.end))
     for position, second in enumerate(ordered):
