@@ -78,8 +78,8 @@ OPERATIONS = ("write", "read", "copy")
 
 HONOURED_MIN_RATIO = 3.0
 NOT_HONOURED_MAX_RATIO = 1.5
-SEED_UC_SECONDS = 1.24     # drm_gem_vram_bo_driver_move() of 0x3e8000 bytes, ioremap() (UC-)
-SEED_WC_SECONDS = 0.01     # the same with ioremap_wc() (WC), Sapphire Rapids, KVM
+SEED_UC_SECONDS = 1.24  # drm_gem_vram_bo_driver_move() of 0x3e8000 bytes, ioremap() (UC-)
+SEED_WC_SECONDS = 0.01  # the same with ioremap_wc() (WC), Sapphire Rapids, KVM
 THRESHOLD_SOURCES = (
     f"honoured when uncached writes take at least {HONOURED_MIN_RATIO:g}x the reference's "
     "time: the seed thread's smallest honoured gap is 3.5x (Coffee Lake-S, 0.5868 s UC vs "
@@ -161,12 +161,17 @@ class Figures:
 
     def to_json(self, frame_bytes=FRAME_BYTES):
         """The figures as docs/bench-json.md describes them (ratios are added by the caller)."""
-        return {"bytes": self.bytes, "runs": self.runs,
-                "median_mbps": round(self.median_mbps, 1), "min_mbps": round(self.min_mbps, 1),
-                "max_mbps": round(self.max_mbps, 1), "cv": round(self.cv, 4),
-                "median_ms": round(self.median_ns / 1e6, 3),
-                "frame_ms": round(self.frame_ms(frame_bytes), 3),
-                "durations_ns": list(self.durations_ns)}
+        return {
+            "bytes": self.bytes,
+            "runs": self.runs,
+            "median_mbps": round(self.median_mbps, 1),
+            "min_mbps": round(self.min_mbps, 1),
+            "max_mbps": round(self.max_mbps, 1),
+            "cv": round(self.cv, 4),
+            "median_ms": round(self.median_ns / 1e6, 3),
+            "frame_ms": round(self.frame_ms(frame_bytes), 3),
+            "durations_ns": list(self.durations_ns),
+        }
 
 
 def figures(operation, nbytes, durations_ns):
@@ -251,12 +256,28 @@ class Host:
         return {"kind": self.kind, "name": self.name, "evidence": list(self.evidence)}
 
 
-_PARAVIRT_CLOCKS = {"kvm-clock": "kvm", "hyperv_clocksource_tsc_page": "hyper-v",
-                    "hyperv_clocksource_msr": "hyper-v", "xen": "xen"}
-_VENDORS = (("kvm", "kvm"), ("xen", "xen"), ("microsoft", "hyper-v"), ("hyper-v", "hyper-v"),
-            ("vmware", "vmware"))
-_NAMES = {"tcg": "QEMU's TCG", "kvm": "KVM", "xen": "Xen", "hyper-v": "Hyper-V",
-          "vmware": "VMware", "bare-metal": "no hypervisor", "unknown": "an unknown host"}
+_PARAVIRT_CLOCKS = {
+    "kvm-clock": "kvm",
+    "hyperv_clocksource_tsc_page": "hyper-v",
+    "hyperv_clocksource_msr": "hyper-v",
+    "xen": "xen",
+}
+_VENDORS = (
+    ("kvm", "kvm"),
+    ("xen", "xen"),
+    ("microsoft", "hyper-v"),
+    ("hyper-v", "hyper-v"),
+    ("vmware", "vmware"),
+)
+_NAMES = {
+    "tcg": "QEMU's TCG",
+    "kvm": "KVM",
+    "xen": "Xen",
+    "hyper-v": "Hyper-V",
+    "vmware": "VMware",
+    "bare-metal": "no hypervisor",
+    "unknown": "an unknown host",
+}
 
 
 def _vendor_kind(text):
@@ -289,8 +310,11 @@ def identify_host(evidence):
         facts.append(f"the {clock} clocksource is available")
         kinds.append(_PARAVIRT_CLOCKS[clock])
     if evidence.hypervisor_flag is not None:
-        facts.append("/proc/cpuinfo has the hypervisor flag" if evidence.hypervisor_flag
-                     else "/proc/cpuinfo has no hypervisor flag")
+        facts.append(
+            "/proc/cpuinfo has the hypervisor flag"
+            if evidence.hypervisor_flag
+            else "/proc/cpuinfo has no hypervisor flag"
+        )
     if kinds:
         kind = Counter(kinds).most_common(1)[0][0]
         name = _NAMES.get(kind, evidence.log_vendor or evidence.sys_hypervisor or kind)
@@ -308,8 +332,10 @@ def identify_host(evidence):
         facts.append(f"the DMI system vendor is '{evidence.dmi_vendor}'")
     facts.extend(silent)
     if evidence.hypervisor_flag and silent:
-        facts.append("a hypervisor that sets the hypervisor flag but gives no name is QEMU's "
-                     "TCG, which emulates the CPU")
+        facts.append(
+            "a hypervisor that sets the hypervisor flag but gives no name is QEMU's "
+            "TCG, which emulates the CPU"
+        )
         return Host("tcg", _NAMES["tcg"], tuple(facts))
     return Host("unknown", _NAMES["unknown"], tuple(facts))
 
@@ -332,14 +358,21 @@ class Basis:
 
     def sentence(self):
         """``resource0 (UC) writes took 1.02x the time of anonymous RAM (WB) writes``."""
-        return (f"{self.slow} ({self.slow_type}) {self.operation}s took {self.ratio:.2f}x the "
-                f"time of {self.reference} ({self.reference_type}) {self.operation}s")
+        return (
+            f"{self.slow} ({self.slow_type}) {self.operation}s took {self.ratio:.2f}x the "
+            f"time of {self.reference} ({self.reference_type}) {self.operation}s"
+        )
 
     def to_json(self):
         """``{"operation", "slow", "slow_type", "reference", "reference_type", "ratio"}``."""
-        return {"operation": self.operation, "slow": self.slow, "slow_type": self.slow_type,
-                "reference": self.reference, "reference_type": self.reference_type,
-                "ratio": round(self.ratio, 3)}
+        return {
+            "operation": self.operation,
+            "slow": self.slow,
+            "slow_type": self.slow_type,
+            "reference": self.reference,
+            "reference_type": self.reference_type,
+            "ratio": round(self.ratio, 3),
+        }
 
 
 def _slowest_mapping(mappings, types, operation):
@@ -352,8 +385,11 @@ def _slowest_mapping(mappings, types, operation):
 
 
 def _fastest_mapping(mappings, types, operation, reference_only=False):
-    found = [m for m in mappings if m.effective in types and operation in m.figures
-             and (m.reference or not reference_only)]
+    found = [
+        m
+        for m in mappings
+        if m.effective in types and operation in m.figures and (m.reference or not reference_only)
+    ]
     if not found:
         return None
     return min(found, key=lambda m: m.figures[operation].median_ns / m.figures[operation].bytes)
@@ -366,16 +402,27 @@ def choose_basis(mappings):
     comparison), against write-back writes (the anonymous-RAM reference), uncached reads
     against write-back reads, write-combined reads against write-back reads.
     """
-    plans = (("write", UNCACHED, ("WC",)), ("write", UNCACHED, ("WB",)),
-             ("read", UNCACHED, ("WB",)), ("read", ("WC",), ("WB",)))
+    plans = (
+        ("write", UNCACHED, ("WC",)),
+        ("write", UNCACHED, ("WB",)),
+        ("read", UNCACHED, ("WB",)),
+        ("read", ("WC",), ("WB",)),
+    )
     for operation, slow_types, reference_types in plans:
         slow = _slowest_mapping(mappings, slow_types, operation)
-        reference = _fastest_mapping(mappings, reference_types, operation,
-                                     reference_only=reference_types == ("WB",))
+        reference = _fastest_mapping(
+            mappings, reference_types, operation, reference_only=reference_types == ("WB",)
+        )
         if slow is None or reference is None or slow is reference:
             continue
-        return Basis(operation, slow.name, slow.effective, reference.name, reference.effective,
-                     time_ratio(slow.figures[operation], reference.figures[operation]))
+        return Basis(
+            operation,
+            slow.name,
+            slow.effective,
+            reference.name,
+            reference.effective,
+            time_ratio(slow.figures[operation], reference.figures[operation]),
+        )
     return None
 
 
@@ -398,12 +445,18 @@ class Verdict:
 
     def to_json(self):
         """docs/bench-json.md, ``verdict``."""
-        return {"honoured": self.honoured, "text": self.text,
-                "basis": self.basis.to_json() if self.basis else None,
-                "host": self.host.to_json(), "evidence": list(self.evidence),
-                "thresholds": {"honoured_min_ratio": HONOURED_MIN_RATIO,
-                               "not_honoured_max_ratio": NOT_HONOURED_MAX_RATIO,
-                               "sources": list(THRESHOLD_SOURCES)}}
+        return {
+            "honoured": self.honoured,
+            "text": self.text,
+            "basis": self.basis.to_json() if self.basis else None,
+            "host": self.host.to_json(),
+            "evidence": list(self.evidence),
+            "thresholds": {
+                "honoured_min_ratio": HONOURED_MIN_RATIO,
+                "not_honoured_max_ratio": NOT_HONOURED_MAX_RATIO,
+                "sources": list(THRESHOLD_SOURCES),
+            },
+        }
 
 
 def _judge(basis):
@@ -415,14 +468,18 @@ def _judge(basis):
     return None
 
 
-_NO_FIGURE = ("no mapping whose type would be slow if honoured (UC, UC- or, for reads, WC) "
-              "could be measured; as root on a kernel booted with iomem=relaxed memtrace maps "
-              "the framebuffer BAR through sysfs")
+_NO_FIGURE = (
+    "no mapping whose type would be slow if honoured (UC, UC- or, for reads, WC) "
+    "could be measured; as root on a kernel booted with iomem=relaxed memtrace maps "
+    "the framebuffer BAR through sysfs"
+)
 _WHY_IGNORED = {
-    "kvm": ("KVM gives RAM-backed guest memory (QEMU's VRAM is host RAM) write-back and "
-            "ignores the guest's type on Intel with EPT unless the host honours guest PAT "
-            "(host kernel 6.11, or 6.16+ with KVM_X86_QUIRK_IGNORE_GUEST_PAT disabled); AMD "
-            "(NPT) and TDX always honour it"),
+    "kvm": (
+        "KVM gives RAM-backed guest memory (QEMU's VRAM is host RAM) write-back and "
+        "ignores the guest's type on Intel with EPT unless the host honours guest PAT "
+        "(host kernel 6.11, or 6.16+ with KVM_X86_QUIRK_IGNORE_GUEST_PAT disabled); AMD "
+        "(NPT) and TDX always honour it"
+    ),
 }
 
 
@@ -441,8 +498,10 @@ def decide(mappings, host):
     if basis is not None:
         line = basis.sentence() + "."
         if basis.operation == "read":
-            line += (" Reads are weaker evidence than writes: the seed thread measured "
-                     "writes only, and uncached reads are slow for reasons of their own.")
+            line += (
+                " Reads are weaker evidence than writes: the seed thread measured "
+                "writes only, and uncached reads are slow for reasons of their own."
+            )
         evidence.append(line)
     else:
         evidence.append(f"No figure: {_NO_FIGURE}.")
@@ -450,31 +509,55 @@ def decide(mappings, host):
     judged = _judge(basis) if basis is not None else None
     if host.kind == "tcg":
         if judged:
-            evidence.append("The figure is large, but TCG caches nothing by type: the gap is "
-                            "its emulation of device memory (e.g. display dirty tracking), "
-                            "not the memory type.")
-        return Verdict(False, "not honoured: TCG emulates no memory types", basis, host,
-                       tuple(evidence))
+            evidence.append(
+                "The figure is large, but TCG caches nothing by type: the gap is "
+                "its emulation of device memory (e.g. display dirty tracking), "
+                "not the memory type."
+            )
+        return Verdict(
+            False, "not honoured: TCG emulates no memory types", basis, host, tuple(evidence)
+        )
     if basis is None:
         if host.kind == "bare-metal":
-            return Verdict(True, "honoured: no hypervisor, the CPU uses the types itself",
-                           None, host, tuple(evidence))
+            return Verdict(
+                True,
+                "honoured: no hypervisor, the CPU uses the types itself",
+                None,
+                host,
+                tuple(evidence),
+            )
         return Verdict(None, f"unknown: {_NO_FIGURE}", None, host, tuple(evidence))
     where = "" if host.kind in ("unknown", "bare-metal") else f" by {host.name}"
     if judged:
-        return Verdict(True, f"honoured{where}: {basis.slow_type} {basis.operation}s are "
-                       f"{basis.ratio:.1f}x slower than {basis.reference_type}", basis, host,
-                       tuple(evidence))
+        return Verdict(
+            True,
+            f"honoured{where}: {basis.slow_type} {basis.operation}s are "
+            f"{basis.ratio:.1f}x slower than {basis.reference_type}",
+            basis,
+            host,
+            tuple(evidence),
+        )
     if judged is False:
         if host.kind in _WHY_IGNORED:
             evidence.append(_WHY_IGNORED[host.kind] + ".")
-        return Verdict(False, f"not honoured{where}: {basis.slow_type} {basis.operation}s run "
-                       f"as fast as {basis.reference_type} ({basis.ratio:.2f}x)", basis, host,
-                       tuple(evidence))
-    return Verdict(None, f"inconclusive: {basis.slow_type} {basis.operation}s take "
-                   f"{basis.ratio:.1f}x the {basis.reference_type} time, between the "
-                   f"{NOT_HONOURED_MAX_RATIO:g}x and {HONOURED_MIN_RATIO:g}x thresholds; "
-                   "measure again with more --runs", basis, host, tuple(evidence))
+        return Verdict(
+            False,
+            f"not honoured{where}: {basis.slow_type} {basis.operation}s run "
+            f"as fast as {basis.reference_type} ({basis.ratio:.2f}x)",
+            basis,
+            host,
+            tuple(evidence),
+        )
+    return Verdict(
+        None,
+        f"inconclusive: {basis.slow_type} {basis.operation}s take "
+        f"{basis.ratio:.1f}x the {basis.reference_type} time, between the "
+        f"{NOT_HONOURED_MAX_RATIO:g}x and {HONOURED_MIN_RATIO:g}x thresholds; "
+        "measure again with more --runs",
+        basis,
+        host,
+        tuple(evidence),
+    )
 
 
 # -- what the uncached reservations cost per frame -----------------------------------------------
@@ -522,32 +605,46 @@ class Cost:
             where += f" in {self.device}"
         frame = f"a frame of {frame_bytes} bytes"
         if self.frame_ms is None:
-            text = (f"{where}: not measured here (no mapping of it could be written); with "
-                    "types honoured the seed's frame took "
-                    f"{SEED_UC_SECONDS:g} s uncached instead of {SEED_WC_SECONDS:g} s")
+            text = (
+                f"{where}: not measured here (no mapping of it could be written); with "
+                "types honoured the seed's frame took "
+                f"{SEED_UC_SECONDS:g} s uncached instead of {SEED_WC_SECONDS:g} s"
+            )
             return text + "."
         text = f"{where}: {frame} written through it takes {self.frame_ms:.2f} ms here"
         text += f" (measured through {self.measured_by})"
         if self.reference_frame_ms is not None:
-            text += (f", {self.times_slower:.1f}x the {self.reference_frame_ms:.2f} ms at "
-                     f"{self.reference}")
+            text += (
+                f", {self.times_slower:.1f}x the {self.reference_frame_ms:.2f} ms at "
+                f"{self.reference}"
+            )
         if honoured is False:
-            text += ("; the host does not honour the type, so on a host that does (the "
-                     f"seed's) it would be about {SEED_UC_SECONDS / SEED_WC_SECONDS:.0f}x "
-                     "the write-combined time")
+            text += (
+                "; the host does not honour the type, so on a host that does (the "
+                f"seed's) it would be about {SEED_UC_SECONDS / SEED_WC_SECONDS:.0f}x "
+                "the write-combined time"
+            )
         return text + "."
 
     def to_json(self, frame_bytes=FRAME_BYTES, honoured=None):
         """docs/bench-json.md, ``costs``."""
+
         def _rounded(value):
             return None if value is None else round(value, 3)
-        return {"start": hex(self.start), "end": hex(self.end), "granted": self.granted,
-                "effective": self.effective, "device": self.device,
-                "measured_by": self.measured_by, "frame_ms": _rounded(self.frame_ms),
-                "reference": self.reference,
-                "reference_frame_ms": _rounded(self.reference_frame_ms),
-                "times_slower": _rounded(self.times_slower),
-                "text": self.sentence(frame_bytes, honoured)}
+
+        return {
+            "start": hex(self.start),
+            "end": hex(self.end),
+            "granted": self.granted,
+            "effective": self.effective,
+            "device": self.device,
+            "measured_by": self.measured_by,
+            "frame_ms": _rounded(self.frame_ms),
+            "reference": self.reference,
+            "reference_frame_ms": _rounded(self.reference_frame_ms),
+            "times_slower": _rounded(self.times_slower),
+            "text": self.sentence(frame_bytes, honoured),
+        }
 
 
 def frame_costs(reservations, mappings, frame_bytes=FRAME_BYTES):
@@ -567,12 +664,21 @@ def frame_costs(reservations, mappings, frame_bytes=FRAME_BYTES):
     for start, end, granted, effective, device in reservations:
         measured = _slowest_mapping(mappings, (effective,), "write")
         frame_ms = measured.figures["write"].frame_ms(frame_bytes) if measured else None
-        costs.append(Cost(
-            start, end, granted, effective, device,
-            measured.name if measured else None, frame_ms,
-            reference.effective if reference and measured else None,
-            reference.figures["write"].frame_ms(frame_bytes) if reference and measured
-            else None))
+        costs.append(
+            Cost(
+                start,
+                end,
+                granted,
+                effective,
+                device,
+                measured.name if measured else None,
+                frame_ms,
+                reference.effective if reference and measured else None,
+                reference.figures["write"].frame_ms(frame_bytes)
+                if reference and measured
+                else None,
+            )
+        )
     return costs
 
 
@@ -674,8 +780,11 @@ def parse_ttm_manager(text):
             continue
         match = _TTM_NODE.match(line)
         if match:
-            start, end, count = int(match.group(1), 16), int(match.group(2), 16), \
-                int(match.group(3))
+            start, end, count = (
+                int(match.group(1), 16),
+                int(match.group(2), 16),
+                int(match.group(3)),
+            )
             if end - start != count or end <= start:
                 return None
             if nodes and start < nodes[-1].end:

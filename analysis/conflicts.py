@@ -96,41 +96,67 @@ MTRR_DOWNGRADE = "mtrr-downgrade"
 ERROR = "error"
 WARNING = "warning"
 
-_WC_REMEDY = ("The usual remedy is to map the framebuffer write-combined at probe time in the "
-              "driver that reserved it {holder_type} ({who}): ioremap_wc, devm_ioremap_wc or "
-              "arch_io_reserve_memtype_wc instead of ioremap. Upstream commit 9388ccf69925 "
-              '("drm/bochs: use devm_ioremap_wc() to map framebuffer", first in v6.13) is '
-              "that fix for bochs.")
-_AGREE_REMEDY = ("Make every mapping of this range ask for one type, or release the older "
-                 "reservation before mapping the range again.")
+_WC_REMEDY = (
+    "The usual remedy is to map the framebuffer write-combined at probe time in the "
+    "driver that reserved it {holder_type} ({who}): ioremap_wc, devm_ioremap_wc or "
+    "arch_io_reserve_memtype_wc instead of ioremap. Upstream commit 9388ccf69925 "
+    '("drm/bochs: use devm_ioremap_wc() to map framebuffer", first in v6.13) is '
+    "that fix for bochs."
+)
+_AGREE_REMEDY = (
+    "Make every mapping of this range ask for one type, or release the older "
+    "reservation before mapping the range again."
+)
 # Failures of these wrappers are refusals; ttm_kmap_iter_linear_io_init is left out because
 # its -EINVAL is the ordinary "not iomem, use the page iterator" answer.
 _MAPPING_PREFIXES = ("ioremap", "devm_ioremap", "pci_iomap", "pcim_iomap")
 _RESERVE_WRAPPERS = frozenset({"arch_io_reserve_memtype_wc", "memtype_reserve_io"})
 _UNKNOWN_COMM = "<...>"
-_KIND_ORDER = {DOWNGRADE: 0, USER_MAP_DOWNGRADE: 0, REFUSED: 0, PAT_DISABLED: 0, STATIC: 1,
-               MTRR_DOWNGRADE: 2, UPGRADE: 2}
+_KIND_ORDER = {
+    DOWNGRADE: 0,
+    USER_MAP_DOWNGRADE: 0,
+    REFUSED: 0,
+    PAT_DISABLED: 0,
+    STATIC: 1,
+    MTRR_DOWNGRADE: 2,
+    UPGRADE: 2,
+}
 _PAT_OFF_REMEDY = (
     "Boot without `nopat`, on a CPU model that offers PAT (the VM's CPU needs the `pat` flag; "
     "QEMU's -cpu host or a named model has it) and a kernel built with CONFIG_X86_PAT. On a Xen "
     "PV guest PAT follows the PAT MSR Xen programs: use a PVH or HVM guest, or a kernel with "
     "Xen PV PAT support. Until then, a driver that calls arch_phys_wc_add() gets "
     "write-combining through an MTRR instead (most DRM drivers of real GPUs do; bochs does "
-    "not).")
+    "not)."
+)
 _UPGRADE_REMEDY = (
     "If the requester relies on uncached ordering (registers, doorbells, a ring header read by "
     "the device), map it outside the write-combined range or flush with a fence before the "
-    "device reads it; otherwise nothing to do.")
+    "device reads it; otherwise nothing to do."
+)
 _MTRR_REMEDY = (
     "The firmware's MTRRs make this range uncached; ask for WC (ioremap_wc) where "
-    "write-combining is wanted, since a WC page overrides an uncached MTRR.")
+    "write-combining is wanted, since a WC page overrides an uncached MTRR."
+)
 # Where a user mapping comes from, by a frame of its stack.
 _SYSFS_MMAP = {"pci_mmap_resource_wc": "_wc", "pci_mmap_resource_uc": ""}
-_FB_MMAP_PREFIXES = ("fb_mmap", "fb_io_mmap", "fb_deferred_io_mmap", "fb_sys_mmap",
-                     "drm_fbdev_fb_mmap", "drm_fb_helper_mmap")
-_DRM_MMAP_PREFIXES = ("drm_gem_mmap", "drm_gem_ttm_mmap", "ttm_bo_mmap", "drm_gem_vram_mmap",
-                      "drm_gem_shmem_mmap", "drm_gem_prime_mmap", "ttm_bo_vm_fault")
-
+_FB_MMAP_PREFIXES = (
+    "fb_mmap",
+    "fb_io_mmap",
+    "fb_deferred_io_mmap",
+    "fb_sys_mmap",
+    "drm_fbdev_fb_mmap",
+    "drm_fb_helper_mmap",
+)
+_DRM_MMAP_PREFIXES = (
+    "drm_gem_mmap",
+    "drm_gem_ttm_mmap",
+    "ttm_bo_mmap",
+    "drm_gem_vram_mmap",
+    "drm_gem_shmem_mmap",
+    "drm_gem_prime_mmap",
+    "ttm_bo_vm_fault",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,8 +173,13 @@ class Requester:
     def of(cls, event, pci_devices=()):
         """The requester of ``event``; ``mapped`` names what a process mapped (a sysfs
         resource file, /dev/fb0, a DRM node) when its stack shows it."""
-        return cls(event.comm, event.pid, first_outside_frame(event.stack, event.caller),
-                   tuple(event.stack), mapped_object(event, pci_devices))
+        return cls(
+            event.comm,
+            event.pid,
+            first_outside_frame(event.stack, event.caller),
+            tuple(event.stack),
+            mapped_object(event, pci_devices),
+        )
 
     def describe(self):
         """``ttm_kmap_iter_linear_io_init [ttm] (modprobe, pid 175)``."""
@@ -279,12 +310,21 @@ class Report:
     def findings(self):
         """True when there is something to act on: a conflict of severity ``error``, or a
         slow move (warnings alone are not)."""
-        return (any(c.severity == ERROR for c in self.conflicts)
-                or bool(self.slow_moves and self.slow_moves.slow))
+        return any(c.severity == ERROR for c in self.conflicts) or bool(
+            self.slow_moves and self.slow_moves.slow
+        )
 
 
-def analyze(events, snapshot=None, pci_devices=(), static=True, wc_reference_mbps=None,
-            slow_factor=DEFAULT_SLOW_FACTOR, context=None, snapshot_end=None):
+def analyze(
+    events,
+    snapshot=None,
+    pci_devices=(),
+    static=True,
+    wc_reference_mbps=None,
+    slow_factor=DEFAULT_SLOW_FACTOR,
+    context=None,
+    snapshot_end=None,
+):
     """Find the conflicts and the slow moves in ``events``.
 
     :param events: Event objects in any order (they are sorted by ``ts_ns``).
@@ -316,7 +356,7 @@ def analyze(events, snapshot=None, pci_devices=(), static=True, wc_reference_mbp
     moves = find_moves(ordered, granted, {key: e.type for key, e in effective.items()})
     groups: Dict[tuple, Conflict] = {}
     user_windows = _windows(e for e in ordered if e.role == ROLE_USER_MAP)
-    owner_of = {}     # id(reservation event) -> its finding, for the moves that mapped it
+    owner_of = {}  # id(reservation event) -> its finding, for the moves that mapped it
     for decision in decisions:
         conflict = _classify(groups, decision, user_windows, pci_devices)
         if conflict is not None:
@@ -342,7 +382,8 @@ def analyze(events, snapshot=None, pci_devices=(), static=True, wc_reference_mbp
         conflict.chain = _chain(conflict, adopters)
         if not conflict.explanation:
             conflict.explanation, conflict.remedy = _explain(
-                conflict, _wc_estimate(slow_of.get(id(conflict)), slow_moves), context)
+                conflict, _wc_estimate(slow_of.get(id(conflict)), slow_moves), context
+            )
     conflicts.sort(key=lambda c: (_KIND_ORDER[c.kind], c.first_ns or 0, c.start))
     if slow_moves is not None:
         slow_moves.conflicts.sort(key=conflicts.index)
@@ -365,8 +406,12 @@ def _classify(groups, decision, user_windows, pci_devices):
     if event.requested in ("UC-", "UC") and "WC" in (decision.granted, effective):
         return _add_effective(groups, UPGRADE, decision, effective, pci_devices)
     if is_downgrade(event.requested, effective):
-        if decision.holder_entry is None and decision.granted != effective \
-                or decision.holder_entry is None and event.requested == "WB":
+        if (
+            decision.holder_entry is None
+            and decision.granted != effective
+            or decision.holder_entry is None
+            and event.requested == "WB"
+        ):
             return _add_effective(groups, MTRR_DOWNGRADE, decision, effective, pci_devices)
         if is_downgrade(event.requested, decision.granted):
             return _add_downgrade(groups, decision, effective, user_windows, pci_devices)
@@ -392,8 +437,12 @@ def _name_processes(events):
     """Give events whose comm the tracer could not resolve (tracefs prints ``<...>`` when
     its comm cache missed the pid) the comm other events of the same thread carry."""
     known = {e.tid: e.comm for e in events if e.comm and e.comm != _UNKNOWN_COMM}
-    return [dataclasses.replace(e, comm=known[e.tid])
-            if e.comm in ("", _UNKNOWN_COMM) and e.tid in known else e for e in events]
+    return [
+        dataclasses.replace(e, comm=known[e.tid])
+        if e.comm in ("", _UNKNOWN_COMM) and e.tid in known
+        else e
+        for e in events
+    ]
 
 
 def _windows(events):
@@ -432,15 +481,24 @@ def _effective_fields(decision):
     found = decision.effective
     if found is None:
         return {"effective": decision.granted}
-    return {"effective": found.type, "effective_reasons": tuple(found.reasons),
-            "mtrr_ranges": tuple(found.mtrr_ranges)}
+    return {
+        "effective": found.type,
+        "effective_reasons": tuple(found.reasons),
+        "mtrr_ranges": tuple(found.mtrr_ranges),
+    }
 
 
 def _add_downgrade(groups, decision, effective, user_windows, pci_devices):
     event = decision.event
     user = is_user_mapping_stack(event.stack) or _inside(user_windows, event)
-    return _add_decision(groups, USER_MAP_DOWNGRADE if user else DOWNGRADE, decision,
-                         effective, decision.holder_entry, pci_devices)
+    return _add_decision(
+        groups,
+        USER_MAP_DOWNGRADE if user else DOWNGRADE,
+        decision,
+        effective,
+        decision.holder_entry,
+        pci_devices,
+    )
 
 
 def _add_effective(groups, kind, decision, effective, pci_devices):
@@ -453,11 +511,26 @@ def _add_decision(groups, kind, decision, effective, holder, pci_devices):
     """Add one replayed reservation to the finding of its kind, range, types and holder."""
     event = decision.event
     requester = Requester.of(event, pci_devices)
-    key = (kind, event.start, event.end, event.requested, decision.granted, effective,
-           _holder_signature(holder))
-    conflict = _group(groups, key, kind=kind, start=event.start, end=event.end,
-                      requested=event.requested, granted=decision.granted, holder=holder,
-                      **_effective_fields(decision))
+    key = (
+        kind,
+        event.start,
+        event.end,
+        event.requested,
+        decision.granted,
+        effective,
+        _holder_signature(holder),
+    )
+    conflict = _group(
+        groups,
+        key,
+        kind=kind,
+        start=event.start,
+        end=event.end,
+        requested=event.requested,
+        granted=decision.granted,
+        holder=holder,
+        **_effective_fields(decision),
+    )
     conflict.granted_inferred = conflict.granted_inferred or decision.granted_inferred
     conflict._add(event, requester)
     return conflict
@@ -469,8 +542,7 @@ def _holder_signature(entry):
     time through a new reservation); None for no holder."""
     if entry is None:
         return None
-    return (entry.start, entry.end, entry.type, entry.holder.before_tracing,
-            entry.holder.function)
+    return (entry.start, entry.end, entry.type, entry.holder.before_tracing, entry.holder.function)
 
 
 def mapped_object(event, pci_devices=()):
@@ -487,8 +559,11 @@ def mapped_object(event, pci_devices=()):
         # asked for says which one (resourceN_wc maps write-combining).
         sysfs = "_wc" if event.requested == "WC" else ""
     if sysfs is not None:
-        owner = find_owner(event.start, event.end, pci_devices, []) \
-            if pci_devices and event.start is not None else None
+        owner = (
+            find_owner(event.start, event.end, pci_devices, [])
+            if pci_devices and event.start is not None
+            else None
+        )
         if owner is not None and owner.kind == "pci" and owner.bar is not None:
             return f"resource{owner.bar}{sysfs} of {owner.slot}"
         return f"a sysfs resource{sysfs} file of a PCI device"
@@ -530,20 +605,40 @@ def _add_refusal(groups, decision, pci_devices=()):
     event, clash = decision.event, decision.clash
     reason = None
     if event.start >= event.end:
-        reason = (f"memtype_reserve failed: [mem {event.start:#010x}-{event.end - 1:#010x}], "
-                  f"req {_cattr(event.requested)}")
+        reason = (
+            f"memtype_reserve failed: [mem {event.start:#010x}-{event.end - 1:#010x}], "
+            f"req {_cattr(event.requested)}"
+        )
     elif clash is not None:
-        reason = (f"x86/PAT: {event.comm}:{event.pid} conflicting memory types "
-                  f"{event.start:x}-{event.end:x} {_cattr(decision.found_type)}<->"
-                  f"{_cattr(clash.type)}")
+        reason = (
+            f"x86/PAT: {event.comm}:{event.pid} conflicting memory types "
+            f"{event.start:x}-{event.end:x} {_cattr(decision.found_type)}<->"
+            f"{_cattr(clash.type)}"
+        )
     error = _errno_name(event.ret)
     holder, holders = _refusal_holders(decision)
     requester = Requester.of(event, pci_devices)
-    key = (REFUSED, event.start, event.end, event.requested, error,
-           tuple(_holder_signature(h) for h in holders))
-    conflict = _group(groups, key, kind=REFUSED, start=event.start, end=event.end,
-                      requested=event.requested, granted=None, holder=holder, reason=reason,
-                      error=error, holders=holders)
+    key = (
+        REFUSED,
+        event.start,
+        event.end,
+        event.requested,
+        error,
+        tuple(_holder_signature(h) for h in holders),
+    )
+    conflict = _group(
+        groups,
+        key,
+        kind=REFUSED,
+        start=event.start,
+        end=event.end,
+        requested=event.requested,
+        granted=None,
+        holder=holder,
+        reason=reason,
+        error=error,
+        holders=holders,
+    )
     conflict._add(event, requester)
 
 
@@ -591,22 +686,35 @@ def _add_wrapper_refusal(groups, event, inner, pci_devices=()):
         start, end = inner.event.start, inner.event.end
         if granted is not None and not new_memtype_allowed(requested, granted):
             if event.role == ROLE_USER_MAP:
-                reason = (f"x86/PAT: {event.comm}:{event.pid} map pfn expected mapping type "
-                          f"{_cattr(requested)} for [mem {start:#010x}-{end - 1:#010x}], "
-                          f"got {_cattr(granted)}")
+                reason = (
+                    f"x86/PAT: {event.comm}:{event.pid} map pfn expected mapping type "
+                    f"{_cattr(requested)} for [mem {start:#010x}-{end - 1:#010x}], "
+                    f"got {_cattr(granted)}"
+                )
             else:
-                reason = (f"ioremap error for {start:#x}-{end:#x}, requested "
-                          f"{_value(requested):#x}, got {_value(granted):#x}")
+                reason = (
+                    f"ioremap error for {start:#x}-{end:#x}, requested "
+                    f"{_value(requested):#x}, got {_value(granted):#x}"
+                )
     if start is None:
         return
     error = "NULL" if event.role == ROLE_IOREMAP else _errno_name(event.ret)
     requester = Requester.of(event, pci_devices)
     # The kernel's message names the process (comm:pid): repeats differ only there.
-    key = (REFUSED, start, end, requested, error, reason is not None,
-           _holder_signature(holder))
-    conflict = _group(groups, key, kind=REFUSED, start=start, end=end, requested=requested,
-                      granted=granted, holder=holder, reason=reason, error=error,
-                      holders=[holder] if holder is not None else [])
+    key = (REFUSED, start, end, requested, error, reason is not None, _holder_signature(holder))
+    conflict = _group(
+        groups,
+        key,
+        kind=REFUSED,
+        start=start,
+        end=end,
+        requested=requested,
+        granted=granted,
+        holder=holder,
+        reason=reason,
+        error=error,
+        holders=[holder] if holder is not None else [],
+    )
     conflict._add(event, requester)
 
 
@@ -623,16 +731,18 @@ def _static(initial, model, decisions, pci_devices, traced, context):
     its whole VRAM UC- and asks for nothing else). Judged on effective types."""
     made = {id(d.reservation): d for d in decisions if d.reservation is not None}
     held_at_start = {id(entry) for entry in initial}
-    entries = list(initial) + [e for e in model.live
-                               if id(e) in made and id(e) not in held_at_start]
+    entries = list(initial) + [
+        e for e in model.live if id(e) in made and id(e) not in held_at_start
+    ]
     effective = {}
     for entry in entries:
         decision = made.get(id(entry))
         if decision is not None and decision.effective is not None:
             effective[id(entry)] = decision.effective
         else:
-            effective[id(entry)] = effective_type(entry.type, entry.start, entry.end,
-                                                  context.pat_state, context.mtrr_table)
+            effective[id(entry)] = effective_type(
+                entry.type, entry.start, entry.end, context.pat_state, context.mtrr_table
+            )
 
     def effective_of(entry):
         found = effective.get(id(entry))
@@ -641,18 +751,26 @@ def _static(initial, model, decisions, pci_devices, traced, context):
     findings, flagged = find_uncached_framebuffers(entries, pci_devices, effective_of)
     out = []
     for finding in findings:
-        if any(c.holder is not None and c.holder.overlaps(finding.start, finding.end)
-               for c in traced):
+        if any(
+            c.holder is not None and c.holder.overlaps(finding.start, finding.end) for c in traced
+        ):
             continue
         held = [r for r in flagged if r.overlaps(finding.start, finding.end)]
         first = held[0] if held else None
         found = effective.get(id(first)) if first is not None else None
-        conflict = Conflict(STATIC, finding.start, finding.end, None,
-                            "/".join(sorted({r.type for r in held})), count=len(held),
-                            holder=first, explanation=finding.message,
-                            remedy=finding.remedy,
-                            effective=slowest(effective_of(r) for r in held),
-                            effective_reasons=tuple(found.reasons) if found else ())
+        conflict = Conflict(
+            STATIC,
+            finding.start,
+            finding.end,
+            None,
+            "/".join(sorted({r.type for r in held})),
+            count=len(held),
+            holder=first,
+            explanation=finding.message,
+            remedy=finding.remedy,
+            effective=slowest(effective_of(r) for r in held),
+            effective_reasons=tuple(found.reasons) if found else (),
+        )
         if first is not None and not first.holder.before_tracing:
             conflict.first_ns = conflict.last_ns = first.holder.ts_ns
         out.append(conflict)
@@ -683,7 +801,7 @@ class ChainLink:
     end: int
     type: str
     requested: Optional[str]
-    holder: object          # reservations.Holder
+    holder: object  # reservations.Holder
     adopted: bool
     count: int = 1
 
@@ -704,19 +822,29 @@ def _chain(conflict, adopters):
     first = conflict.holder
     if first is None or id(first) not in adopters:
         return []
-    links = [ChainLink(first.start, first.end, first.type, first.requested, first.holder,
-                       adopted=False)]
+    links = [
+        ChainLink(first.start, first.end, first.type, first.requested, first.holder, adopted=False)
+    ]
     seen: Dict[tuple, int] = {}
     for entry in adopters[id(first)]:
-        key = (entry.start, entry.end, entry.type, entry.requested, entry.holder.function,
-               entry.holder.comm)
+        key = (
+            entry.start,
+            entry.end,
+            entry.type,
+            entry.requested,
+            entry.holder.function,
+            entry.holder.comm,
+        )
         if key in seen:
             index = seen[key]
             links[index] = dataclasses.replace(links[index], count=links[index].count + 1)
             continue
         seen[key] = len(links)
-        links.append(ChainLink(entry.start, entry.end, entry.type, entry.requested,
-                               entry.holder, adopted=True))
+        links.append(
+            ChainLink(
+                entry.start, entry.end, entry.type, entry.requested, entry.holder, adopted=True
+            )
+        )
     return links
 
 
@@ -731,7 +859,7 @@ def _times(conflict):
     if conflict.count < 2:
         return ""
     by = len(conflict.requesters)
-    if by >= REQUESTER_SAMPLE:     # only the first are kept: count the processes instead
+    if by >= REQUESTER_SAMPLE:  # only the first are kept: count the processes instead
         return f", {conflict.count} times by {conflict.process_count} processes"
     return f", {conflict.count} times" + (f" by {by} requesters" if by > 1 else "")
 
@@ -739,15 +867,19 @@ def _times(conflict):
 def _holder_sentence(conflict):
     holder = conflict.holder
     if holder is None:
-        return ("memtrace saw no live reservation that explains it: one made before tracing "
-                "started (the snapshot was unavailable) or an event that was lost.")
+        return (
+            "memtrace saw no live reservation that explains it: one made before tracing "
+            "started (the snapshot was unavailable) or an event that was lost."
+        )
     where = f"{_range(holder.start, holder.end)} {holder.type}"
     if holder.holder.before_tracing:
         made = "which already existed when tracing started"
     else:
         made = f"made by {holder.holder.describe()}"
-    return (f"The kernel gives a new reservation the type of the first live reservation it "
-            f"overlaps: {where}, {made}.")
+    return (
+        f"The kernel gives a new reservation the type of the first live reservation it "
+        f"overlaps: {where}, {made}."
+    )
 
 
 def describe_impact(impact):
@@ -774,8 +906,9 @@ def _wc_estimate(slow, slow_moves):
     nbytes = sum(m.bytes for m in slow)
     pronoun = "they" if len(slow) > 1 else "it"
     estimate = human_duration(estimated_wc_ns(nbytes, slow_moves.wc_reference_mbps))
-    return (f"write-combined {pronoun} would take about {estimate} "
-            f"({describe_reference(slow_moves)})")
+    return (
+        f"write-combined {pronoun} would take about {estimate} ({describe_reference(slow_moves)})"
+    )
 
 
 def _impact_sentence(conflict, wc_estimate=None):
@@ -783,16 +916,21 @@ def _impact_sentence(conflict, wc_estimate=None):
     if summary is None:
         return "No buffer move was seen running on it."
     estimate = f"; {wc_estimate}" if wc_estimate else ""
-    return (f"Buffer moves ran on this {conflict.effective or conflict.granted} mapping: "
-            f"{summary}{estimate}.")
+    return (
+        f"Buffer moves ran on this {conflict.effective or conflict.granted} mapping: "
+        f"{summary}{estimate}."
+    )
 
 
 def _wc_remedy(conflict):
     holder = conflict.holder
     if holder is None or holder.type not in ("UC-", "UC") or conflict.requested not in ("WC", "WB"):
         return _AGREE_REMEDY
-    who = "made before tracing started" if holder.holder.before_tracing else \
-        (frame_name(holder.holder.function) if holder.holder.function else "unknown caller")
+    who = (
+        "made before tracing started"
+        if holder.holder.before_tracing
+        else (frame_name(holder.holder.function) if holder.holder.function else "unknown caller")
+    )
     return _WC_REMEDY.format(holder_type=holder.type, who=who)
 
 
@@ -815,20 +953,29 @@ def _entry_text(entry):
 
 def _explain_refusal(conflict):
     requester = conflict.requester
-    how = f"returned {conflict.error}" if conflict.error == "NULL" else \
-        f"failed with {conflict.error or 'an error'}"
-    first = (f"{requester.describe()} asked for {conflict.requested or 'a mapping'} on "
-             f"{_range(conflict.start, conflict.end)}{_mapped_clause(requester)} and it {how}"
-             f"{_times(conflict)}.")
+    how = (
+        f"returned {conflict.error}"
+        if conflict.error == "NULL"
+        else f"failed with {conflict.error or 'an error'}"
+    )
+    first = (
+        f"{requester.describe()} asked for {conflict.requested or 'a mapping'} on "
+        f"{_range(conflict.start, conflict.end)}{_mapped_clause(requester)} and it {how}"
+        f"{_times(conflict)}."
+    )
     holders = conflict.holders or ([conflict.holder] if conflict.holder is not None else [])
     if len(holders) >= 2:
-        second = (f"The kernel compares a request with the first live reservation it "
-                  f"overlaps, {_entry_text(holders[0])}, and refuses it when another one it "
-                  f"overlaps has a different type: {_entry_text(holders[1])}. PAT allows one "
-                  "type per range.")
+        second = (
+            f"The kernel compares a request with the first live reservation it "
+            f"overlaps, {_entry_text(holders[0])}, and refuses it when another one it "
+            f"overlaps has a different type: {_entry_text(holders[1])}. PAT allows one "
+            "type per range."
+        )
     elif holders:
-        second = (f"It overlaps {_entry_text(holders[0])}, whose type differs from the one "
-                  "asked for, and the caller accepts no other type.")
+        second = (
+            f"It overlaps {_entry_text(holders[0])}, whose type differs from the one "
+            "asked for, and the caller accepts no other type."
+        )
     else:
         second = "memtrace saw no live reservation it clashed with."
     if conflict.reason:
@@ -841,43 +988,58 @@ def _explain_pat_disabled(conflict, wc_estimate, context):
     state = context.pat_state
     why = state.reason or "PAT is disabled"
     evidence = "; ".join(state.evidence[:2])
-    first = (f"{requester.describe()} asked for {conflict.requested} on "
-             f"{_range(conflict.start, conflict.end)}{_mapped_clause(requester)}"
-             f"{_times(conflict)}; the kernel's bookkeeping says {conflict.granted}, but PAT "
-             f"is disabled ({why}" + (f"; evidence: {evidence}" if evidence else "") + ").")
+    first = (
+        f"{requester.describe()} asked for {conflict.requested} on "
+        f"{_range(conflict.start, conflict.end)}{_mapped_clause(requester)}"
+        f"{_times(conflict)}; the kernel's bookkeeping says {conflict.granted}, but PAT "
+        f"is disabled ({why}" + (f"; evidence: {evidence}" if evidence else "") + ")."
+    )
     reasons = " ".join(r if r.endswith(".") else r + "." for r in conflict.effective_reasons)
-    second = (f"The CPU uses {conflict.effective}: {reasons}" if reasons
-              else f"The CPU uses {conflict.effective}.")
+    second = (
+        f"The CPU uses {conflict.effective}: {reasons}"
+        if reasons
+        else f"The CPU uses {conflict.effective}."
+    )
     if is_downgrade(conflict.requested, conflict.effective):
-        return " ".join((first, second, _impact_sentence(conflict, wc_estimate))), \
-            _PAT_OFF_REMEDY
-    return (f"{first} {second} An MTRR makes it write-combining after all, so nothing runs "
-            "uncached here."), None
+        return " ".join((first, second, _impact_sentence(conflict, wc_estimate))), _PAT_OFF_REMEDY
+    return (
+        f"{first} {second} An MTRR makes it write-combining after all, so nothing runs "
+        "uncached here."
+    ), None
 
 
 def _explain_upgrade(conflict):
     requester = conflict.requester
-    first = (f"{requester.describe()} asked for {conflict.requested} on "
-             f"{_range(conflict.start, conflict.end)}{_mapped_clause(requester)} and got "
-             f"{conflict.granted}{_effective_clause(conflict)}{_times(conflict)}.")
+    first = (
+        f"{requester.describe()} asked for {conflict.requested} on "
+        f"{_range(conflict.start, conflict.end)}{_mapped_clause(requester)} and got "
+        f"{conflict.granted}{_effective_clause(conflict)}{_times(conflict)}."
+    )
     if conflict.holder is not None and conflict.granted == "WC":
         second = _holder_sentence(conflict)
     else:
         second = "An MTRR makes the range write-combining."
-    third = ("Accesses through it are write-combined: faster, but writes may be combined and "
-             "reordered where the requester expected uncached accesses.")
+    third = (
+        "Accesses through it are write-combined: faster, but writes may be combined and "
+        "reordered where the requester expected uncached accesses."
+    )
     return " ".join((first, second, third)), _UPGRADE_REMEDY
 
 
 def _explain_mtrr_downgrade(conflict, wc_estimate):
     requester = conflict.requester
-    first = (f"{requester.describe()} asked for {conflict.requested} on "
-             f"{_range(conflict.start, conflict.end)} and got {conflict.granted}"
-             f"{_effective_clause(conflict)}{_times(conflict)}.")
+    first = (
+        f"{requester.describe()} asked for {conflict.requested} on "
+        f"{_range(conflict.start, conflict.end)} and got {conflict.granted}"
+        f"{_effective_clause(conflict)}{_times(conflict)}."
+    )
     lines = "; ".join(r.describe() for r in conflict.mtrr_ranges)
-    second = (f"No reservation forced it: the MTRRs do ({lines})." if lines else
-              "No reservation forced it: the range's MTRR type is not write-back, and the "
-              "kernel makes a WB request there UC- (pat_x_mtrr_type).")
+    second = (
+        f"No reservation forced it: the MTRRs do ({lines})."
+        if lines
+        else "No reservation forced it: the range's MTRR type is not write-back, and the "
+        "kernel makes a WB request there UC- (pat_x_mtrr_type)."
+    )
     return " ".join((first, second, _impact_sentence(conflict, wc_estimate))), _MTRR_REMEDY
 
 
@@ -886,8 +1048,11 @@ def _explain(conflict, wc_estimate=None, context=None):
     ``wc_estimate`` is what its slow moves would take write-combined (see _wc_estimate)."""
     where = _range(conflict.start, conflict.end)
     requester = conflict.requester
-    inferred = (" (memtrace inferred the granted type from the reservations it saw)"
-                if conflict.granted_inferred else "")
+    inferred = (
+        " (memtrace inferred the granted type from the reservations it saw)"
+        if conflict.granted_inferred
+        else ""
+    )
     if conflict.kind == PAT_DISABLED:
         return _explain_pat_disabled(conflict, wc_estimate, context or MemoryTypeContext())
     if conflict.kind == UPGRADE:
@@ -895,16 +1060,20 @@ def _explain(conflict, wc_estimate=None, context=None):
     if conflict.kind == MTRR_DOWNGRADE:
         return _explain_mtrr_downgrade(conflict, wc_estimate)
     if conflict.kind == DOWNGRADE:
-        first = (f"{requester.describe()} asked for {conflict.requested} on {where} and got "
-                 f"{conflict.granted}{inferred}{_effective_clause(conflict)}{_times(conflict)}.")
-        return " ".join((first, _holder_sentence(conflict),
-                         _impact_sentence(conflict, wc_estimate))), \
-            _wc_remedy(conflict)
+        first = (
+            f"{requester.describe()} asked for {conflict.requested} on {where} and got "
+            f"{conflict.granted}{inferred}{_effective_clause(conflict)}{_times(conflict)}."
+        )
+        return " ".join(
+            (first, _holder_sentence(conflict), _impact_sentence(conflict, wc_estimate))
+        ), _wc_remedy(conflict)
     if conflict.kind == USER_MAP_DOWNGRADE:
-        first = (f"Process {requester.comm} (pid {requester.pid}) mapped {where}"
-                 f"{_mapped_clause(requester)} through {requester.function} asking for "
-                 f"{conflict.requested}, and the kernel silently made the mapping "
-                 f"{conflict.granted}{inferred}{_effective_clause(conflict)}{_times(conflict)}.")
+        first = (
+            f"Process {requester.comm} (pid {requester.pid}) mapped {where}"
+            f"{_mapped_clause(requester)} through {requester.function} asking for "
+            f"{conflict.requested}, and the kernel silently made the mapping "
+            f"{conflict.granted}{inferred}{_effective_clause(conflict)}{_times(conflict)}."
+        )
         last = f"Every access through that mapping runs {conflict.effective or conflict.granted}."
         return " ".join((first, _holder_sentence(conflict), last)), _wc_remedy(conflict)
     return _explain_refusal(conflict)

@@ -46,16 +46,36 @@ _CONFIGURATION = "Configuration [0-7]:"
 # Documentation/arch/x86/pat.rst gives UC for a UC- page over a WC MTRR; the SDM (followed
 # here) gives WC.
 SDM_EFFECTIVE = {
-    ("UC", "UC"): "UC", ("UC", "UC-"): "UC", ("UC", "WC"): "WC",
-    ("UC", "WT"): "UC", ("UC", "WB"): "UC", ("UC", "WP"): "UC",
-    ("WC", "UC"): "UC", ("WC", "UC-"): "WC", ("WC", "WC"): "WC",
-    ("WC", "WT"): "UC", ("WC", "WB"): "WC", ("WC", "WP"): "UC",
-    ("WT", "UC"): "UC", ("WT", "UC-"): "UC", ("WT", "WC"): "WC",
-    ("WT", "WT"): "WT", ("WT", "WB"): "WT", ("WT", "WP"): "WP",
-    ("WB", "UC"): "UC", ("WB", "UC-"): "UC", ("WB", "WC"): "WC",
-    ("WB", "WT"): "WT", ("WB", "WB"): "WB", ("WB", "WP"): "WP",
-    ("WP", "UC"): "UC", ("WP", "UC-"): "WC", ("WP", "WC"): "WC",
-    ("WP", "WT"): "WT", ("WP", "WB"): "WP", ("WP", "WP"): "WP",
+    ("UC", "UC"): "UC",
+    ("UC", "UC-"): "UC",
+    ("UC", "WC"): "WC",
+    ("UC", "WT"): "UC",
+    ("UC", "WB"): "UC",
+    ("UC", "WP"): "UC",
+    ("WC", "UC"): "UC",
+    ("WC", "UC-"): "WC",
+    ("WC", "WC"): "WC",
+    ("WC", "WT"): "UC",
+    ("WC", "WB"): "WC",
+    ("WC", "WP"): "UC",
+    ("WT", "UC"): "UC",
+    ("WT", "UC-"): "UC",
+    ("WT", "WC"): "WC",
+    ("WT", "WT"): "WT",
+    ("WT", "WB"): "WT",
+    ("WT", "WP"): "WP",
+    ("WB", "UC"): "UC",
+    ("WB", "UC-"): "UC",
+    ("WB", "WC"): "WC",
+    ("WB", "WT"): "WT",
+    ("WB", "WB"): "WB",
+    ("WB", "WP"): "WP",
+    ("WP", "UC"): "UC",
+    ("WP", "UC-"): "WC",
+    ("WP", "WC"): "WC",
+    ("WP", "WT"): "WT",
+    ("WP", "WB"): "WP",
+    ("WP", "WP"): "WP",
 }
 _SDM = "Intel SDM effective-type table"
 
@@ -73,7 +93,7 @@ def parse_pat_configuration(line):
     at = line.find(_CONFIGURATION)
     if at < 0:
         return None
-    slots = tuple(line[at + len(_CONFIGURATION):].split(None, 8))
+    slots = tuple(line[at + len(_CONFIGURATION) :].split(None, 8))
     if len(slots) != 8 or not set(slots) <= set(_PAGE_TYPES):
         return None
     return slots
@@ -109,10 +129,13 @@ def _recorded_pat_state(recorded):
         return None
     enabled, configuration = recorded.get("enabled"), recorded.get("configuration")
     reason, evidence = recorded.get("reason"), recorded.get("evidence", [])
-    if (not isinstance(enabled, (bool, type(None)))
-            or not isinstance(configuration, (str, type(None)))
-            or not isinstance(reason, (str, type(None))) or not isinstance(evidence, list)
-            or not all(isinstance(item, str) for item in evidence)):
+    if (
+        not isinstance(enabled, (bool, type(None)))
+        or not isinstance(configuration, (str, type(None)))
+        or not isinstance(reason, (str, type(None)))
+        or not isinstance(evidence, list)
+        or not all(isinstance(item, str) for item in evidence)
+    ):
         return None
     return PatState(enabled, parse_pat_configuration(configuration), reason, tuple(evidence))
 
@@ -137,8 +160,12 @@ def _derived_pat_state(header):
         off.append("`nopat` on the kernel command line")
         reasons.append("the kernel was booted with nopat")
     flags = header.get("cpu_flags")
-    if (isinstance(flags, list) and flags and all(isinstance(f, str) for f in flags)
-            and "pat" not in flags):
+    if (
+        isinstance(flags, list)
+        and flags
+        and all(isinstance(f, str) for f in flags)
+        and "pat" not in flags
+    ):
         off.append("the CPU has no `pat` flag in /proc/cpuinfo")
         reasons.append("the CPU has no PAT")
     if isinstance(header.get("pat_snapshot"), list):
@@ -191,8 +218,10 @@ def page_type(granted, pat_state):
         return granted, None
     slot = _DEFAULT_SLOT[granted]
     page = slots[slot]
-    why = (f"the PAT table has no {granted} entry, so the kernel's cache-mode table maps "
-           f"{granted} to {page} page bits (PAT slot {slot})")
+    why = (
+        f"the PAT table has no {granted} entry, so the kernel's cache-mode table maps "
+        f"{granted} to {page} page bits (PAT slot {slot})"
+    )
     if state.enabled is False:
         return page, f"PAT is disabled: {why}"
     return page, _sentence(why)
@@ -243,8 +272,10 @@ def _mtrr_reasons(page, effective, judged, start, end):
             reasons.append(_sentence(piece.note))
     if len({e for _, e in judged}) > 1:
         types = ", ".join(sorted({piece.type for piece, _ in judged}))
-        reasons.append(f"{start:x}-{end:x} spans MTRR types {types}; the slowest effective "
-                       f"type, {effective}, applies")
+        reasons.append(
+            f"{start:x}-{end:x} spans MTRR types {types}; the slowest effective "
+            f"type, {effective}, applies"
+        )
     return reasons
 
 
@@ -258,8 +289,10 @@ def _unknown_mtrr_reason(page, effective, unknown_note, all_unknown):
         options = {o for o in options if slowest((o, effective)) == o}
     if not options:
         return None
-    return (f"{_sentence(unknown_note)}, so this {page} page may be effectively "
-            f"{' or '.join(sorted(options))} instead")
+    return (
+        f"{_sentence(unknown_note)}, so this {page} page may be effectively "
+        f"{' or '.join(sorted(options))} instead"
+    )
 
 
 def effective_type(granted, start, end, pat_state, mtrr_table):
@@ -286,10 +319,19 @@ def effective_type(granted, start, end, pat_state, mtrr_table):
     else:
         lookup = mtrr_table.type_of(start, end)
         pieces = mtrr_table.pieces(start, end)
-        unknown_note = next((f"{low:x}-{high:x} is {piece.note}"
-                             for low, high, piece in pieces if piece.type is None), None)
-    judged = [(piece, SDM_EFFECTIVE.get((piece.type, page), page))
-              for _, _, piece in pieces if piece.type is not None]
+        unknown_note = next(
+            (
+                f"{low:x}-{high:x} is {piece.note}"
+                for low, high, piece in pieces
+                if piece.type is None
+            ),
+            None,
+        )
+    judged = [
+        (piece, SDM_EFFECTIVE.get((piece.type, page), page))
+        for _, _, piece in pieces
+        if piece.type is not None
+    ]
     # slowest() knows only memory types; an unrecognised page type passes through.
     effective = (slowest(e for _, e in judged) if judged else None) or page
     for reason in _mtrr_reasons(page, effective, judged, start, end):
@@ -300,5 +342,11 @@ def effective_type(granted, start, end, pat_state, mtrr_table):
         if unknown:
             reasons.append(unknown)
     ranges = {r for piece, e in judged if e == effective for r in piece.ranges}
-    return Effective(effective, page, lookup.type if lookup is not None else None,
-                     tuple(reasons), pat_disabled, tuple(sorted(ranges, key=lambda r: r.reg)))
+    return Effective(
+        effective,
+        page,
+        lookup.type if lookup is not None else None,
+        tuple(reasons),
+        pat_disabled,
+        tuple(sorted(ranges, key=lambda r: r.reg)),
+    )

@@ -68,8 +68,9 @@ def effective_by_event(events, decisions, context) -> Dict[int, Effective]:
             continue
         key = (decision.granted, event.start, event.end)
         if key not in answers:
-            answers[key] = effective_type(decision.granted, event.start, event.end,
-                                          context.pat_state, table)
+            answers[key] = effective_type(
+                decision.granted, event.start, event.end, context.pat_state, table
+            )
         found = answers[key]
         if found is not None:
             effective[id(event)] = found

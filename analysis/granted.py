@@ -28,12 +28,20 @@ class GrantedFromMapSync:
         ready = []
         held = self._held.pop(event.tid, None)
         if held is not None:
-            if (event.role == ROLE_MAP_SYNC and event.granted is not None
-                    and event.start == held.start and event.end == held.end):
+            if (
+                event.role == ROLE_MAP_SYNC
+                and event.granted is not None
+                and event.start == held.start
+                and event.end == held.end
+            ):
                 held.granted, held.granted_from = event.granted, GRANTED_FROM_MAP_SYNC
             ready.append(held)
-        if event.role == ROLE_RESERVE and event.granted is None and event.ret == 0 \
-                and event.start is not None:
+        if (
+            event.role == ROLE_RESERVE
+            and event.granted is None
+            and event.ret == 0
+            and event.start is not None
+        ):
             self._held[event.tid] = event
         else:
             ready.append(event)

@@ -42,8 +42,9 @@ UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000}
 MEASURES = ("ns", "cycles")
 _MEASURE_FIELD = {"ns": "duration_ns", "cycles": "cycles"}
 # Rows of one function come fastest memory type first; moves that mapped no iomem last.
-_MEMTYPE_ORDER = {memtype: rank for rank, memtype in
-                  enumerate(("WB", "WT", "WC", "WP", "UC-", "UC", None))}
+_MEMTYPE_ORDER = {
+    memtype: rank for rank, memtype in enumerate(("WB", "WT", "WC", "WP", "UC-", "UC", None))
+}
 _PERCENTILES = (Fraction(1, 2), Fraction(9, 10), Fraction(99, 100))
 
 
@@ -129,8 +130,9 @@ def distribution(values):
             histogram.append((slot, upto - below))
         below = upto
     p50, p90, p99 = (percentile(ordered, fraction) for fraction in _PERCENTILES)
-    return Distribution(len(ordered), ordered[0], p50, p90, p99, ordered[-1], sum(ordered),
-                        tuple(histogram), True)
+    return Distribution(
+        len(ordered), ordered[0], p50, p90, p99, ordered[-1], sum(ordered), tuple(histogram), True
+    )
 
 
 def _checked_slots(slots):
@@ -176,8 +178,9 @@ def distribution_from_histogram(slots, total, minimum=None, maximum=None):
                 percentiles.append(_clip(slot_bounds(slot)[1], minimum, maximum))
                 break
     p50, p90, p99 = percentiles
-    return Distribution(count, minimum, p50, p90, p99, maximum, total,
-                        tuple(histogram.items()), False)
+    return Distribution(
+        count, minimum, p50, p90, p99, maximum, total, tuple(histogram.items()), False
+    )
 
 
 def merge_histograms(*slot_dicts):
@@ -200,8 +203,10 @@ def subtract_histograms(now, before):
     for slot in set(now) | set(before):
         count = now.get(slot, 0) - before.get(slot, 0)
         if count < 0:
-            raise ValueError(f"histogram slot {slot} went down from {before.get(slot, 0)} "
-                             f"to {now.get(slot, 0)}: it was cleared in between")
+            raise ValueError(
+                f"histogram slot {slot} went down from {before.get(slot, 0)} "
+                f"to {now.get(slot, 0)}: it was cleared in between"
+            )
         delta[slot] = count
     return _checked_slots(delta)
 
@@ -265,13 +270,20 @@ def _row(fn, probe, mover, memtype, measure, events):
     with_bytes = [e for e in events if e.bytes is not None]
     timed = [e for e in with_bytes if e.duration_ns is not None]
     return LatencyRow(
-        fn=fn, probe=probe, mover=mover, memtype=memtype, measure=measure,
+        fn=fn,
+        probe=probe,
+        mover=mover,
+        memtype=memtype,
+        measure=measure,
         cycles_source=_cycles_source(events) if measure == "cycles" else None,
         distribution=distribution(values),
         bytes=sum(e.bytes for e in with_bytes) if with_bytes else None,
         calls_with_bytes=len(with_bytes),
-        throughput_mbps=throughput_mbps(sum(e.bytes for e in timed),
-                                        sum(e.duration_ns for e in timed)) if timed else None,
+        throughput_mbps=throughput_mbps(
+            sum(e.bytes for e in timed), sum(e.duration_ns for e in timed)
+        )
+        if timed
+        else None,
         missing=len(events) - len(values),
     )
 
@@ -313,8 +325,9 @@ def latency_rows(selected, moves=(), measure="ns"):
         fn, probe, mover, memtype = key
         row = _row(fn, probe, mover, memtype, measure, groups[key])
         if row.mover:
-            row = dataclasses.replace(row, granted=slowest(
-                granted_of.get(id(e)) for e in groups[key]))
+            row = dataclasses.replace(
+                row, granted=slowest(granted_of.get(id(e)) for e in groups[key])
+            )
         rows.append(row)
     return rows
 
@@ -329,9 +342,19 @@ def row_from_histogram(fn, probe, slots, total_ns, count, minimum=None, maximum=
     :param minimum: smallest duration seen, if the kernel kept it; likewise ``maximum``.
     """
     spread = distribution_from_histogram(slots, total_ns, minimum, maximum)
-    return LatencyRow(fn=fn, probe=probe, mover=False, memtype=None, measure="ns",
-                      cycles_source=None, distribution=dataclasses.replace(spread, count=count),
-                      bytes=None, calls_with_bytes=0, throughput_mbps=None, missing=0)
+    return LatencyRow(
+        fn=fn,
+        probe=probe,
+        mover=False,
+        memtype=None,
+        measure="ns",
+        cycles_source=None,
+        distribution=dataclasses.replace(spread, count=count),
+        bytes=None,
+        calls_with_bytes=0,
+        throughput_mbps=None,
+        missing=0,
+    )
 
 
 def human_size(nbytes):

@@ -39,7 +39,8 @@ MTRR_TYPES = frozenset(MTRR_TYPE_NAMES.values())
 # reg%02i: base=0x%06lx000 (%5luMB), size=%5lu%cB, count=%d: %s  (mtrr_seq_show, if.c)
 _PROC_MTRR_LINE = re.compile(
     r"reg(\d{1,3}):\s*base=0x([0-9a-fA-F]{1,16})\s*(?:\(\s*\d{1,12}MB\))?\s*,"
-    r"\s*size=\s*(\d{1,12})([KM])B\s*,\s*count=(\d{1,9})\s*:\s*([a-z-]{1,20})")
+    r"\s*size=\s*(\d{1,12})([KM])B\s*,\s*count=(\d{1,9})\s*:\s*([a-z-]{1,20})"
+)
 # Longer lines are not /proc/mtrr lines; skipping them keeps the regex work per line bounded.
 _MAX_LINE = 200
 _UNIT = {"K": 1 << 10, "M": 1 << 20}
@@ -56,8 +57,9 @@ def mtrr_type_from_value(value):
 
 def _check_type(memtype):
     if memtype not in MTRR_TYPES:
-        raise ValueError(f"{memtype!r} is not an MTRR type (expected one of "
-                         f"{', '.join(sorted(MTRR_TYPES))})")
+        raise ValueError(
+            f"{memtype!r} is not an MTRR type (expected one of {', '.join(sorted(MTRR_TYPES))})"
+        )
 
 
 def _format_size(size):
@@ -157,9 +159,11 @@ def _combine(matched):
         memtype = next(iter(types))
     else:
         names = " and ".join(sorted(types))
-        return ("UC", tuple(matched),
-                f"overlapping MTRRs of types {names} are undefined by the Intel SDM; "
-                "assumed UC")
+        return (
+            "UC",
+            tuple(matched),
+            f"overlapping MTRRs of types {names} are undefined by the Intel SDM; assumed UC",
+        )
     return memtype, tuple(r for r in matched if r.type == memtype), None
 
 
@@ -246,8 +250,9 @@ class MtrrTable:
         if self.enabled is False:
             return [(start, end, MtrrLookup("UC", (), True, NOTE_DISABLED))]
         inside = [r for r in self._by_reg.values() if r.base < end and r.end > start]
-        cuts = sorted({start, end} | {x for r in inside for x in (r.base, r.end)
-                                      if start < x < end})
+        cuts = sorted(
+            {start, end} | {x for r in inside for x in (r.base, r.end) if start < x < end}
+        )
         pieces: List[Tuple[int, int, MtrrLookup]] = []
         for low, high in zip(cuts, cuts[1:]):
             matched = [r for r in inside if r.base < high and r.end > low]
@@ -260,8 +265,7 @@ class MtrrTable:
                 found = MtrrLookup(None, (), True, NOTE_DEFAULT_UNKNOWN)
             if pieces and (pieces[-1][2].type, pieces[-1][2].note) == (found.type, found.note):
                 first, _, before = pieces[-1]
-                merged = tuple(sorted(set(before.ranges) | set(found.ranges),
-                                      key=lambda r: r.reg))
+                merged = tuple(sorted(set(before.ranges) | set(found.ranges), key=lambda r: r.reg))
                 pieces[-1] = (first, high, MtrrLookup(found.type, merged, True, found.note))
             else:
                 pieces.append((low, high, found))
@@ -284,15 +288,19 @@ class MtrrTable:
             # One type whose parts differ only in their notes (an undefined overlap in part).
             ranges = {r for lookup in lookups for r in lookup.ranges}
             note = next((lookup.note for lookup in lookups if lookup.note), None)
-            return MtrrLookup(lookups[0].type, tuple(sorted(ranges, key=lambda r: r.reg)),
-                              True, note)
+            return MtrrLookup(
+                lookups[0].type, tuple(sorted(ranges, key=lambda r: r.reg)), True, note
+            )
         known = [lookup.type for lookup in lookups if lookup.type is not None]
         unknown = len(known) < len(lookups)
         memtype = "UC" if "UC" in known else (None if unknown else slowest(known))
         deciding = {r for lookup in lookups if lookup.type == memtype for r in lookup.ranges}
         shown = sorted(set(known)) + (["unknown"] if unknown else [])
-        outcome = (f"the slowest for writes, {memtype}, applies" if memtype is not None
-                   else "the type of the whole is unknown")
+        outcome = (
+            f"the slowest for writes, {memtype}, applies"
+            if memtype is not None
+            else "the type of the whole is unknown"
+        )
         note = f"{start:x}-{end:x} spans MTRR types {', '.join(shown)}; {outcome}"
         return MtrrLookup(memtype, tuple(sorted(deciding, key=lambda r: r.reg)), False, note)
 

@@ -12,9 +12,10 @@ import re
 __all__ = ["KERNEL_ADDRESS", "Redactor"]
 
 # 0xffff8c7704226100, ffffd19f00100dc0 (as tracefs prints stacks), with or without 0x.
-KERNEL_ADDRESS = re.compile(r"(?<![0-9A-Za-z_])(?:0x)?ffff[0-9a-f]{12}(?![0-9A-Za-z_])",
-                            re.IGNORECASE)
-_MIN_HOSTNAME = 3   # shorter names would match inside ordinary words
+KERNEL_ADDRESS = re.compile(
+    r"(?<![0-9A-Za-z_])(?:0x)?ffff[0-9a-f]{12}(?![0-9A-Za-z_])", re.IGNORECASE
+)
+_MIN_HOSTNAME = 3  # shorter names would match inside ordinary words
 
 
 class Redactor:
@@ -41,8 +42,9 @@ class Redactor:
         """``value`` with addresses and host names replaced."""
         value = KERNEL_ADDRESS.sub(self._address, value)
         for hostname in sorted(self.hostnames, key=len, reverse=True):
-            value = re.sub(rf"(?<![\w.-]){re.escape(hostname)}(?![\w-])",
-                           self.hostnames[hostname], value)
+            value = re.sub(
+                rf"(?<![\w.-]){re.escape(hostname)}(?![\w-])", self.hostnames[hostname], value
+            )
         return value
 
     def document(self, value):

@@ -40,29 +40,58 @@ __all__ = [
 ]
 
 BEFORE_TRACING = "before tracing"
-_MAX = 1 << 65   # above every end, for bisecting ``(start, end)`` keys
+_MAX = 1 << 65  # above every end, for bisecting ``(start, end)`` keys
 
 # Functions that take part in every reservation and say nothing about who wanted it: the
 # PAT core, the ioremap and pfn-remap families, and the tracer's own frames.
-_INTERNAL_NAMES = frozenset({
-    "memtype_reserve", "reserve_memtype", "memtype_reserve_io", "io_reserve_memtype",
-    "memtype_kernel_map_sync", "kernel_map_sync_memtype", "__ioremap_caller",
-    "arch_io_reserve_memtype_wc", "reserve_pfn_range", "track_pfn_remap", "pfnmap_track",
-    "io_remap_pfn_range", "vm_iomap_memory", "memremap", "devm_memremap",
-    "kprobe_trace_func", "kprobe_dispatcher", "aggr_pre_handler", "kprobe_ftrace_handler",
-    "kprobe_int3_handler", "pre_handler_kretprobe", "trace_call_bpf", "kprobe_perf_func",
-})
-_INTERNAL_PREFIXES = ("ioremap", "devm_ioremap", "pci_iomap", "pcim_iomap", "remap_pfn_range",
-                      "__remap_pfn_range", "bpf_prog_", "__bpf_")
+_INTERNAL_NAMES = frozenset(
+    {
+        "memtype_reserve",
+        "reserve_memtype",
+        "memtype_reserve_io",
+        "io_reserve_memtype",
+        "memtype_kernel_map_sync",
+        "kernel_map_sync_memtype",
+        "__ioremap_caller",
+        "arch_io_reserve_memtype_wc",
+        "reserve_pfn_range",
+        "track_pfn_remap",
+        "pfnmap_track",
+        "io_remap_pfn_range",
+        "vm_iomap_memory",
+        "memremap",
+        "devm_memremap",
+        "kprobe_trace_func",
+        "kprobe_dispatcher",
+        "aggr_pre_handler",
+        "kprobe_ftrace_handler",
+        "kprobe_int3_handler",
+        "pre_handler_kretprobe",
+        "trace_call_bpf",
+        "kprobe_perf_func",
+    }
+)
+_INTERNAL_PREFIXES = (
+    "ioremap",
+    "devm_ioremap",
+    "pci_iomap",
+    "pcim_iomap",
+    "remap_pfn_range",
+    "__remap_pfn_range",
+    "bpf_prog_",
+    "__bpf_",
+)
 # A process mapping a BAR (mmap of sysfs resourceN[_wc], a driver's remap_pfn_range).
 _USER_MAP_NAMES = frozenset({"track_pfn_remap", "pfnmap_track"})
 _USER_MAP_PREFIXES = ("pci_mmap_resource",)
 # Reservation wrappers probed as role "reserve" that call memtype_reserve themselves.
-_WRAPPER_RESERVES = frozenset({"arch_io_reserve_memtype_wc", "memtype_reserve_io",
-                               "io_reserve_memtype"})
+_WRAPPER_RESERVES = frozenset(
+    {"arch_io_reserve_memtype_wc", "memtype_reserve_io", "io_reserve_memtype"}
+)
 # Callers that pass a new_type pointer and accept the type of an overlapping entry.
-_LENIENT_CALLERS = frozenset({"__ioremap_caller", "reserve_pfn_range", "memtype_reserve_io",
-                              "io_reserve_memtype"})
+_LENIENT_CALLERS = frozenset(
+    {"__ioremap_caller", "reserve_pfn_range", "memtype_reserve_io", "io_reserve_memtype"}
+)
 
 # How fast writes through a type are, for telling a downgrade from an upgrade.
 _WRITE_RANK = {"WB": 3, "WC": 2, "WT": 1, "WP": 1, "UC-": 0, "UC": 0}
@@ -79,8 +108,12 @@ def frame_name(frame):
 
 
 def _is_internal(name):
-    return (name in _INTERNAL_NAMES or name.startswith(_INTERNAL_PREFIXES)
-            or name.startswith("0x") or not name)
+    return (
+        name in _INTERNAL_NAMES
+        or name.startswith(_INTERNAL_PREFIXES)
+        or name.startswith("0x")
+        or not name
+    )
 
 
 def first_outside_frame(stack, fallback=None):
@@ -252,9 +285,11 @@ def parse_pat_snapshot(records):
             start, end = int(record["start"], 16), int(record["end"], 16)
             memtype = memtypes.from_short(record["type"]).short
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise ValueError(f"pat_snapshot entry {number} is not "
-                             "{start, end, type} with hex addresses and a WB/WC/UC-/UC/WT/WP "
-                             "type") from None
+            raise ValueError(
+                f"pat_snapshot entry {number} is not "
+                "{start, end, type} with hex addresses and a WB/WC/UC-/UC/WT/WP "
+                "type"
+            ) from None
         parsed.append((start, end, memtype))
     return parsed
 
@@ -283,7 +318,7 @@ class _Bucket:
         ordered = self.entries and entry.seq < next(reversed(self.entries))
         self.entries[entry.seq] = entry
         self.by_type.setdefault(entry.type, {})[entry.seq] = entry
-        if ordered:     # an older entry shrunk into this range: keep age order
+        if ordered:  # an older entry shrunk into this range: keep age order
             self.entries = dict(sorted(self.entries.items()))
             self.by_type[entry.type] = dict(sorted(self.by_type[entry.type].items()))
 
@@ -300,8 +335,11 @@ class _Bucket:
             found = self.by_type.get(memtype)
             return next(iter(found.values())) if found else None
         if other_than is not None:
-            firsts = [next(iter(entries.values())) for memtype, entries in self.by_type.items()
-                      if memtype != other_than]
+            firsts = [
+                next(iter(entries.values()))
+                for memtype, entries in self.by_type.items()
+                if memtype != other_than
+            ]
             return min(firsts, key=lambda e: e.seq) if firsts else None
         return next(iter(self.entries.values()), None)
 
@@ -324,7 +362,7 @@ class ReservationModel:
         self.tracking = tracking
         self._seq = 0
         self._buckets: Dict[Tuple[int, int], _Bucket] = {}
-        self._classes: Dict[int, List[Tuple[int, int]]] = {}   # length class -> sorted keys
+        self._classes: Dict[int, List[Tuple[int, int]]] = {}  # length class -> sorted keys
         self._count = 0
         for start, end, memtype in snapshot or ():
             self._insert(Reservation(start, end, memtype, Holder(), self._next()))
@@ -336,8 +374,10 @@ class ReservationModel:
     @property
     def live(self):
         """Every live entry in the kernel's order (a new list)."""
-        return sorted((e for b in self._buckets.values() for e in b.entries.values()),
-                      key=lambda e: (e.start, e.seq))
+        return sorted(
+            (e for b in self._buckets.values() for e in b.entries.values()),
+            key=lambda e: (e.start, e.seq),
+        )
 
     def __len__(self):
         return self._count
@@ -387,15 +427,18 @@ class ReservationModel:
         best = None
         for bucket in buckets:
             entry = bucket.oldest(memtype, other_than)
-            if entry is not None and (best is None or (entry.start, entry.seq)
-                                      < (best.start, best.seq)):
+            if entry is not None and (
+                best is None or (entry.start, entry.seq) < (best.start, best.seq)
+            ):
                 best = entry
         return best
 
     def overlapping(self, start, end):
         """The live entries overlapping ``[start, end)``, first (as the kernel finds them) first."""
-        return sorted((e for b in self._overlapping_buckets(start, end)
-                       for e in b.entries.values()), key=lambda e: (e.start, e.seq))
+        return sorted(
+            (e for b in self._overlapping_buckets(start, end) for e in b.entries.values()),
+            key=lambda e: (e.start, e.seq),
+        )
 
     def check(self, start, end, requested):
         """Replay ``memtype_check_conflict`` for a lenient request.
@@ -436,16 +479,23 @@ class ReservationModel:
         holder_entry = None
         if granted is not None and first is not None:
             holder_entry = self._first(buckets, memtype=granted)
-            while holder_entry is not None and holder_entry.forced_by is not None \
-                    and self.is_live(holder_entry.forced_by):
+            while (
+                holder_entry is not None
+                and holder_entry.forced_by is not None
+                and self.is_live(holder_entry.forced_by)
+            ):
                 holder_entry = holder_entry.forced_by
         entry = None
         if granted is not None:
             forced_by = holder_entry if granted != requested else None
-            entry = self._insert(Reservation(start, end, granted, Holder.of(event), self._next(),
-                                             requested, event, forced_by))
-        return Decision(event, granted, inferred, first=first, holder_entry=holder_entry,
-                        reservation=entry)
+            entry = self._insert(
+                Reservation(
+                    start, end, granted, Holder.of(event), self._next(), requested, event, forced_by
+                )
+            )
+        return Decision(
+            event, granted, inferred, first=first, holder_entry=holder_entry, reservation=entry
+        )
 
     def _refused(self, event, requested, buckets, first):
         """Which entry a refused request clashed with, as memtype_check_conflict decides:
@@ -455,11 +505,11 @@ class ReservationModel:
             return Decision(event, None, refused=True, found_type=requested)
         lenient = stack_passes_through(event.stack, _LENIENT_CALLERS)
         if not lenient and first.type != requested:
-            return Decision(event, None, refused=True, first=first, clash=first,
-                            found_type=requested)
+            return Decision(
+                event, None, refused=True, first=first, clash=first, found_type=requested
+            )
         clash = self._first(buckets, other_than=first.type)
-        return Decision(event, None, refused=True, first=first, clash=clash,
-                        found_type=first.type)
+        return Decision(event, None, refused=True, first=first, clash=clash, found_type=first.type)
 
     def free(self, event):
         """Apply one ``memtype_free`` event; return the entry it removed (or shrank), or None.
@@ -475,8 +525,11 @@ class ReservationModel:
             entry = bucket.oldest()
             self._remove(entry)
             return entry
-        around = [b for b in self._overlapping_buckets(event.start, event.end)
-                  if b.start < event.start and b.end == event.end]
+        around = [
+            b
+            for b in self._overlapping_buckets(event.start, event.end)
+            if b.start < event.start and b.end == event.end
+        ]
         entry = self._first(around)
         if entry is not None:
             self._remove(entry)
@@ -525,6 +578,7 @@ def compare_with_kernel_list(model, kernel_list):
     :func:`parse_pat_snapshot` returns), counting repeats: the kernel keeps one entry per
     reservation, so two identical mappings are two entries."""
     from collections import Counter
+
     kernel = Counter((start, end, memtype) for start, end, memtype in kernel_list)
     modelled = Counter((entry.start, entry.end, entry.type) for entry in model.live)
     missing = tuple(sorted((kernel - modelled).elements()))

@@ -65,7 +65,7 @@ __all__ = [
 
 DEFAULT_MIN_RESTARTS = 3
 DEFAULT_WINDOW_S = 60.0
-COMM_LEN = 15   # TASK_COMM_LEN - 1: what the kernel keeps of a program's name
+COMM_LEN = 15  # TASK_COMM_LEN - 1: what the kernel keeps of a program's name
 
 
 def program_key(record):
@@ -90,11 +90,18 @@ def with_exit_names(process_records):
     named = {}
     for records in by_pid.values():
         for record, following in zip(records, records[1:]):
-            if (record["what"] == "exec" and program_key(record) is None
-                    and following["what"] == "exit" and program_key(following) is not None):
-                named[id(record)] = dict(record, name=following.get("name"),
-                                         exe=record.get("exe") or following.get("exe"),
-                                         name_from="exit")
+            if (
+                record["what"] == "exec"
+                and program_key(record) is None
+                and following["what"] == "exit"
+                and program_key(following) is not None
+            ):
+                named[id(record)] = dict(
+                    record,
+                    name=following.get("name"),
+                    exe=record.get("exe") or following.get("exe"),
+                    name_from="exit",
+                )
     return [named.get(id(record), record) for record in process_records]
 
 
@@ -124,9 +131,9 @@ def _signal_name(number):
 class _Instance:
     key: str
     pid: int
-    start: Optional[dict] = None    # the exec record; None when it started before tracing
-    end: Optional[dict] = None      # the exit record, once seen
-    crowded: bool = False           # another instance started while this one ran
+    start: Optional[dict] = None  # the exec record; None when it started before tracing
+    end: Optional[dict] = None  # the exit record, once seen
+    crowded: bool = False  # another instance started while this one ran
 
     @property
     def start_ns(self):
@@ -138,18 +145,18 @@ class RestartLoop:
     """A program started ``count`` times (``count - 1`` restarts), each start after the
     previous instance ended. Times are nanoseconds of the kernel's monotonic clock."""
 
-    program: str                  # its executable's path when known, else its name
-    name: str                     # the name it is matched by (comm, 15 characters)
-    count: int                    # starts, the first instance included
-    pids: List[int]               # one per start, in order
-    first_ns: int                 # the first instance's start (its exit if it started earlier)
-    last_ns: int                  # the last start
-    exit_codes: List[int]         # statuses of the instances that exited normally, in order
-    exit_signals: List[int]       # signals that killed the others, in order
-    failures: int                 # instances that ended with a non-zero status or a signal
-    ended: int                    # instances whose exit the trace holds
+    program: str  # its executable's path when known, else its name
+    name: str  # the name it is matched by (comm, 15 characters)
+    count: int  # starts, the first instance included
+    pids: List[int]  # one per start, in order
+    first_ns: int  # the first instance's start (its exit if it started earlier)
+    last_ns: int  # the last start
+    exit_codes: List[int]  # statuses of the instances that exited normally, in order
+    exit_signals: List[int]  # signals that killed the others, in order
+    failures: int  # instances that ended with a non-zero status or a signal
+    ended: int  # instances whose exit the trace holds
     parent: Optional[str] = None  # the name of the process that started them (most often)
-    still_running: bool = False   # the last instance had not exited when the trace ended
+    still_running: bool = False  # the last instance had not exited when the trace ended
 
     @property
     def restarts(self):
@@ -164,8 +171,10 @@ class RestartLoop:
     def exits_summary(self):
         """``"killed by SIGKILL ×4"``, ``"status 1 ×2, status 0 ×1"``: how the instances
         ended, most frequent first."""
-        counts = Counter([f"status {code}" for code in self.exit_codes]
-                         + [f"killed by {_signal_name(sig)}" for sig in self.exit_signals])
+        counts = Counter(
+            [f"status {code}" for code in self.exit_codes]
+            + [f"killed by {_signal_name(sig)}" for sig in self.exit_signals]
+        )
         return ", ".join(f"{what} ×{n}" for what, n in counts.most_common())
 
     def describe(self):
@@ -174,8 +183,10 @@ class RestartLoop:
         pids = ", ".join(str(pid) for pid in self.pids[:8])
         if len(self.pids) > 8:
             pids += f", ... ({len(self.pids)} in all)"
-        sentence = (f"{who} was started {self.count} times in {self.seconds:.1f} s "
-                    f"(pids {pids}), each time after the previous one ended")
+        sentence = (
+            f"{who} was started {self.count} times in {self.seconds:.1f} s "
+            f"(pids {pids}), each time after the previous one ended"
+        )
         if self.ended:
             sentence += f": {self.exits_summary()}"
         if self.parent:
@@ -188,12 +199,13 @@ class RestartLoop:
 def _instances_and_restarts(process_records, failures_only):
     """Replay exec/exit records; return {key: [(previous instance, restarted instance)]},
     {key: [times of starts while another instance ran]} and {key: exe path}."""
-    records = sorted((r for r in with_exit_names(process_records)
-                      if r.get("what") in ("exec", "exit")),
-                     key=lambda r: r["ts_ns"])
-    running: Dict[int, _Instance] = {}            # pid -> the instance it runs now
-    alive: Dict[str, set] = {}                    # key -> pids of instances seen starting
-    ended: Dict[str, _Instance] = {}              # key -> the latest exit no restart used
+    records = sorted(
+        (r for r in with_exit_names(process_records) if r.get("what") in ("exec", "exit")),
+        key=lambda r: r["ts_ns"],
+    )
+    running: Dict[int, _Instance] = {}  # pid -> the instance it runs now
+    alive: Dict[str, set] = {}  # key -> pids of instances seen starting
+    ended: Dict[str, _Instance] = {}  # key -> the latest exit no restart used
     restarts: Dict[str, list] = {}
     side_by_side: Dict[str, list] = {}
     exes: Dict[str, str] = {}
@@ -204,14 +216,17 @@ def _instances_and_restarts(process_records, failures_only):
             exes.setdefault(key, record["exe"])
         if record["what"] == "exec":
             replaced = running.pop(pid, None)
-            if replaced is not None:              # exec'd another program: not an exit
+            if replaced is not None:  # exec'd another program: not an exit
                 alive.get(replaced.key, set()).discard(pid)
             if key is None:
                 continue
             instance = _Instance(key, pid, start=record)
             previous = ended.get(key)
-            if previous is not None and not alive.get(key) and (
-                    not failures_only or _failed(previous.end)):
+            if (
+                previous is not None
+                and not alive.get(key)
+                and (not failures_only or _failed(previous.end))
+            ):
                 restarts.setdefault(key, []).append((previous, instance))
                 del ended[key]
             elif alive.get(key):
@@ -225,7 +240,7 @@ def _instances_and_restarts(process_records, failures_only):
             if pid in running:
                 instance = running.pop(pid)
                 alive.get(instance.key, set()).discard(pid)
-            elif key is None:                     # started before tracing, or exec unseen
+            elif key is None:  # started before tracing, or exec unseen
                 continue
             else:
                 instance = _Instance(key, pid)
@@ -248,8 +263,12 @@ def _dense_enough(times, min_restarts, window_ns):
     return False
 
 
-def find_restart_loops(process_records, min_restarts=DEFAULT_MIN_RESTARTS,
-                       window_s=DEFAULT_WINDOW_S, failures_only=False):
+def find_restart_loops(
+    process_records,
+    min_restarts=DEFAULT_MIN_RESTARTS,
+    window_s=DEFAULT_WINDOW_S,
+    failures_only=False,
+):
     """The restart loops among ``process`` records (see the module's docstring).
 
     :param process_records: ``exec`` and ``exit`` records (dicts with ``what``, ``ts_ns``,
@@ -267,8 +286,9 @@ def find_restart_loops(process_records, min_restarts=DEFAULT_MIN_RESTARTS,
         # Restarts in time order, broken into runs by a gap over the window, by a start
         # beside a running instance (a burst, not one instance at a time), and by a "restart"
         # of or into such a crowd or long after the exit (a fresh start, not a respawn).
-        marks: List[Tuple[int, Optional[tuple]]] = \
-            [(when, None) for when in side_by_side.get(key, ())]
+        marks: List[Tuple[int, Optional[tuple]]] = [
+            (when, None) for when in side_by_side.get(key, ())
+        ]
         for previous, restarted in pairs:
             fresh = restarted.start_ns - previous.end["ts_ns"] > window_ns
             crowd = previous.crowded or restarted.crowded
@@ -295,8 +315,11 @@ def _loop(key, exe, cluster):
     first = cluster[0][0]
     instances = [first] + [restarted for _previous, restarted in cluster]
     ends = [instance.end for instance in instances if instance.end is not None]
-    parents = Counter(instance.start.get("parent_name") for instance in instances
-                      if instance.start is not None and instance.start.get("parent_name"))
+    parents = Counter(
+        instance.start.get("parent_name")
+        for instance in instances
+        if instance.start is not None and instance.start.get("parent_name")
+    )
     return RestartLoop(
         program=exe or key,
         name=key,
@@ -304,8 +327,11 @@ def _loop(key, exe, cluster):
         pids=[instance.pid for instance in instances],
         first_ns=first.start_ns if first.start_ns is not None else first.end["ts_ns"],
         last_ns=instances[-1].start_ns,
-        exit_codes=[end["exit_code"] for end in ends
-                    if not end.get("exit_signal") and end.get("exit_code") is not None],
+        exit_codes=[
+            end["exit_code"]
+            for end in ends
+            if not end.get("exit_signal") and end.get("exit_code") is not None
+        ],
         exit_signals=[end["exit_signal"] for end in ends if end.get("exit_signal")],
         failures=sum(1 for end in ends if _failed(end)),
         ended=len(ends),
@@ -320,7 +346,7 @@ class TimelineEntry:
     the record or Event it came from."""
 
     ts_ns: int
-    kind: str        # "process", "uevent" or "event"
+    kind: str  # "process", "uevent" or "event"
     text: str
     item: object
 
@@ -336,8 +362,10 @@ def _process_text(record):
 
 
 def _uevent_text(record):
-    text = (f"{record.get('subsystem')} {record.get('action')} "
-            f"{record.get('devname') or record.get('devpath')}")
+    text = (
+        f"{record.get('subsystem')} {record.get('action')} "
+        f"{record.get('devname') or record.get('devpath')}"
+    )
     return text + (" hotplug" if record.get("hotplug") else "")
 
 
@@ -351,8 +379,10 @@ def _event_text(event):
 def timeline(process_records, uevents, events=None):
     """Process records, uevents and (optionally) memtrace Events in time order, as
     :class:`TimelineEntry` objects; entries at the same nanosecond keep that argument order."""
-    entries = [TimelineEntry(r["ts_ns"], "process", _process_text(r), r)
-               for r in with_exit_names(process_records)]
+    entries = [
+        TimelineEntry(r["ts_ns"], "process", _process_text(r), r)
+        for r in with_exit_names(process_records)
+    ]
     entries += [TimelineEntry(u["ts_ns"], "uevent", _uevent_text(u), u) for u in uevents]
     entries += [TimelineEntry(e.ts_ns, "event", _event_text(e), e) for e in events or ()]
     entries.sort(key=lambda entry: entry.ts_ns)

@@ -41,8 +41,8 @@ __all__ = [
     "describe_slow_moves",
 ]
 
-DEFAULT_WC_REFERENCE_MBPS = 409.6   # the seed's WC move: 0x3e8000 bytes in 0.01 s
-DEFAULT_SLOW_FACTOR = 4.0           # a UC/UC- move is slow when it takes >= 4x the WC estimate
+DEFAULT_WC_REFERENCE_MBPS = 409.6  # the seed's WC move: 0x3e8000 bytes in 0.01 s
+DEFAULT_SLOW_FACTOR = 4.0  # a UC/UC- move is slow when it takes >= 4x the WC estimate
 UNCACHED_TYPES = ("UC", "UC-")
 
 REFERENCE_TRACE = "trace"
@@ -114,9 +114,17 @@ class SlowMoves:
 
 def _move_record(move):
     outer = move.outer
-    return {"ts_ns": outer.ts_ns, "fn": outer.fn, "probe": outer.probe, "comm": outer.comm,
-            "pid": outer.pid, "memtype": move.effective_type, "bytes": move.bytes,
-            "duration_ns": move.duration_ns, "cycles": move.cycles}
+    return {
+        "ts_ns": outer.ts_ns,
+        "fn": outer.fn,
+        "probe": outer.probe,
+        "comm": outer.comm,
+        "pid": outer.pid,
+        "memtype": move.effective_type,
+        "bytes": move.bytes,
+        "duration_ns": move.duration_ns,
+        "cycles": move.cycles,
+    }
 
 
 def _timed(move):
@@ -135,8 +143,7 @@ def wc_reference(moves, user_mbps=None):
     """
     if user_mbps is not None:
         if not (math.isfinite(user_mbps) and user_mbps > 0):
-            raise ValueError(f"the WC reference must be a positive number of MB/s, "
-                             f"not {user_mbps}")
+            raise ValueError(f"the WC reference must be a positive number of MB/s, not {user_mbps}")
         return float(user_mbps), REFERENCE_USER, 0
     wc = [m for m in moves if m.effective_type == "WC" and _timed(m)]
     if wc:
@@ -168,17 +175,24 @@ def find_slow_moves(moves, wc_reference_mbps=None, slow_factor=DEFAULT_SLOW_FACT
     if not uncached:
         return None
     reference, source, wc_moves = wc_reference(moves, wc_reference_mbps)
-    slow = [m for m in uncached
-            if m.duration_ns >= slow_factor * estimated_wc_ns(m.bytes, reference)]
+    slow = [
+        m for m in uncached if m.duration_ns >= slow_factor * estimated_wc_ns(m.bytes, reference)
+    ]
     nbytes = sum(m.bytes for m in slow)
     total_ns = sum(m.duration_ns for m in slow)
     cycles = [m.cycles for m in slow if m.cycles is not None]
     return SlowMoves(
-        uncached=uncached, slow=slow, bytes=nbytes, total_ns=total_ns,
+        uncached=uncached,
+        slow=slow,
+        bytes=nbytes,
+        total_ns=total_ns,
         cycles=sum(cycles) if cycles else None,
         throughput_mbps=throughput_mbps(nbytes, total_ns) or 0.0,
-        wc_reference_mbps=reference, wc_reference_source=source, wc_moves=wc_moves,
-        estimated_wc_ns=estimated_wc_ns(nbytes, reference), slow_factor=slow_factor,
+        wc_reference_mbps=reference,
+        wc_reference_source=source,
+        wc_moves=wc_moves,
+        estimated_wc_ns=estimated_wc_ns(nbytes, reference),
+        slow_factor=slow_factor,
     )
 
 
@@ -204,12 +218,16 @@ def describe_slow_moves(slow):
     if not slow.slow:
         count = len(slow.uncached)
         moves = f"{count} buffer move{'s' if count > 1 else ''}"
-        return (f"{moves} ran on {'/'.join(slow.types)} memory; none took {slow.slow_factor:g}x "
-                f"or more the time write-combined would take ({describe_reference(slow)}).")
+        return (
+            f"{moves} ran on {'/'.join(slow.types)} memory; none took {slow.slow_factor:g}x "
+            f"or more the time write-combined would take ({describe_reference(slow)})."
+        )
     count = len(slow.slow)
     moves = f"{count} buffer move{'s' if count > 1 else ''}"
     pronoun = "they" if count > 1 else "it"
-    return (f"{moves} ran on {'/'.join(slow.types)} memory: {human_size(slow.bytes)} in "
-            f"{human_duration(slow.total_ns)} ({slow.throughput_mbps:.1f} MB/s); "
-            f"write-combined {pronoun} would take about {human_duration(slow.estimated_wc_ns)} "
-            f"({describe_reference(slow)}), {_times(slow.times_slower)} faster.")
+    return (
+        f"{moves} ran on {'/'.join(slow.types)} memory: {human_size(slow.bytes)} in "
+        f"{human_duration(slow.total_ns)} ({slow.throughput_mbps:.1f} MB/s); "
+        f"write-combined {pronoun} would take about {human_duration(slow.estimated_wc_ns)} "
+        f"({describe_reference(slow)}), {_times(slow.times_slower)} faster."
+    )

@@ -154,15 +154,16 @@ def find_uncached_framebuffers(reservations, pci_devices, effective_of=None):
         if not device.is_display:
             continue
         for bar in device.bars:
-            if not (bar.is_memory and bar.is_prefetchable) \
-                    or bar.end - bar.start < FRAMEBUFFER_MIN_BYTES:
+            if (
+                not (bar.is_memory and bar.is_prefetchable)
+                or bar.end - bar.start < FRAMEBUFFER_MIN_BYTES
+            ):
                 continue
             uncached = [
                 reservation
                 for reservation in reservations
                 if reservation.memtype in _UNCACHED_SHORT_NAMES
-                and (effective_of is None
-                     or effective_of(reservation) in _UNCACHED_SHORT_NAMES)
+                and (effective_of is None or effective_of(reservation) in _UNCACHED_SHORT_NAMES)
                 and _overlap(reservation.start, reservation.end, bar.start, bar.end)
             ]
             if not uncached:
@@ -188,7 +189,7 @@ def find_type_overlaps(reservations):
     """
     findings = []
     flagged: Dict[object, list] = {}
-    live: Dict[str, list] = {}   # type -> heap of (-end, position, reservation)
+    live: Dict[str, list] = {}  # type -> heap of (-end, position, reservation)
     ordered = sorted(reservations, key=lambda reservation: (reservation.start, reservation.end))
     for position, second in enumerate(ordered):
         for memtype, heap in live.items():
@@ -235,7 +236,8 @@ def find_pat_disabled(pat_state, pci_devices, mtrr_table=None):
             result = found.type if found is not None else "UC-"
             driver = f"driver {device.driver}" if device.driver else "no driver bound"
             message = (
-                f"PAT is disabled ({why}" + (f"; evidence: {evidence}" if evidence else "")
+                f"PAT is disabled ({why}"
+                + (f"; evidence: {evidence}" if evidence else "")
                 + f"). A write-combining mapping of the framebuffer {bar.label} of display "
                 f"device {device.slot} ({device.vendor_device}, {driver}), "
                 f"{bar.start:x}-{bar.end:x}, gets UC- page bits: effective {result}. The "
@@ -252,8 +254,7 @@ def find_pat_disabled(pat_state, pci_devices, mtrr_table=None):
     return findings
 
 
-def analyze_snapshot(reservations, iomem_entries, pci_devices, pat_state=None,
-                     mtrr_table=None):
+def analyze_snapshot(reservations, iomem_entries, pci_devices, pat_state=None, mtrr_table=None):
     """Attribute every PAT reservation to an owner and collect the findings.
 
     :param reservations: PAT reservations (``start``, ``end`` exclusive, ``memtype``);
@@ -268,15 +269,17 @@ def analyze_snapshot(reservations, iomem_entries, pci_devices, pat_state=None,
     state = pat_state if pat_state is not None else PatState(None, None)
     effective = {}
     for reservation in reservations:
-        effective[reservation] = effective_type(reservation.memtype, reservation.start,
-                                                reservation.end, state, mtrr_table)
+        effective[reservation] = effective_type(
+            reservation.memtype, reservation.start, reservation.end, state, mtrr_table
+        )
 
     def effective_of(reservation):
         found = effective.get(reservation)
         return found.type if found is not None else reservation.memtype
 
     framebuffer_findings, framebuffer_flags = find_uncached_framebuffers(
-        reservations, pci_devices, effective_of)
+        reservations, pci_devices, effective_of
+    )
     overlap_findings, overlap_flags = find_type_overlaps(reservations)
     reasons: Dict[object, List[str]] = {}
     for flags in (framebuffer_flags, overlap_flags):
@@ -355,4 +358,3 @@ def _overlap(start, end, other_start, other_end):
 
 def _hex_range(reservation):
     return f"{reservation.start:x}-{reservation.end:x}"
-

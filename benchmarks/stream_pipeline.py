@@ -63,18 +63,34 @@ def write_replicated_trace(path, events_wanted, leaking=False, seed=SEED):
         unload = []
     else:
         last = max(e["ts_ns"] for e in events)
-        unload = [{"type": "event", "ts_ns": last + 1_000_000 + n * 1000, "fn": "memtype_free",
-                   "probe": "memtype_free", "role": "free", "cpu": 0, "pid": 170, "tid": 170,
-                   "comm": "rmmod", "start": start, "end": end, "ret": 0,
-                   "duration_ns": 20_000, "caller": "iounmap",
-                   "stack": ["memtype_free", "iounmap", "bochs_remove [bochs]"]}
-                  for n, (start, end) in enumerate(_unfreed(events))]
+        unload = [
+            {
+                "type": "event",
+                "ts_ns": last + 1_000_000 + n * 1000,
+                "fn": "memtype_free",
+                "probe": "memtype_free",
+                "role": "free",
+                "cpu": 0,
+                "pid": 170,
+                "tid": 170,
+                "comm": "rmmod",
+                "start": start,
+                "end": end,
+                "ret": 0,
+                "duration_ns": 20_000,
+                "caller": "iounmap",
+                "stack": ["memtype_free", "iounmap", "bochs_remove [bochs]"],
+            }
+            for n, (start, end) in enumerate(_unfreed(events))
+        ]
     per_copy = len(events) + len(unload)
     copies = -(-events_wanted // per_copy)
     times = [r["ts_ns"] for r in body]
     span = max(times) - min(times) + 50_000_000
-    pids = sorted({r["pid"] for r in body if isinstance(r.get("pid"), int)
-                   and r.get("comm") != "kworker/0:2"} | {170})
+    pids = sorted(
+        {r["pid"] for r in body if isinstance(r.get("pid"), int) and r.get("comm") != "kworker/0:2"}
+        | {170}
+    )
     written = 0
     with open(path, "w", encoding="utf-8") as out:
         out.write(json.dumps(header, separators=(",", ":")) + "\n")
@@ -96,9 +112,12 @@ def write_replicated_trace(path, events_wanted, leaking=False, seed=SEED):
                     record["seqnum"] = record.get("seqnum", 0) + n * 3
                 out.write(json.dumps(record, separators=(",", ":")) + "\n")
                 written += record["type"] == "event"
-        footer = dict(footer, events=written, process_records=copies * sum(
-            r["type"] == "process" for r in others), uevent_records=copies * sum(
-            r["type"] == "uevent" for r in others))
+        footer = dict(
+            footer,
+            events=written,
+            process_records=copies * sum(r["type"] == "process" for r in others),
+            uevent_records=copies * sum(r["type"] == "uevent" for r in others),
+        )
         footer.pop("pat_snapshot_end", None)
         out.write(json.dumps(footer, separators=(",", ":")) + "\n")
     return copies, written
@@ -120,8 +139,13 @@ sys.exit(main(sys.argv[1:]))
 """
 COMMANDS = {
     "conflicts -i T --format json": ["conflicts", "--format", "json"],
-    "latency -i T --fn drm_gem_vram_bo_driver_move --fn memtype_reserve":
-        ["latency", "--fn", "drm_gem_vram_bo_driver_move", "--fn", "memtype_reserve"],
+    "latency -i T --fn drm_gem_vram_bo_driver_move --fn memtype_reserve": [
+        "latency",
+        "--fn",
+        "drm_gem_vram_bo_driver_move",
+        "--fn",
+        "memtype_reserve",
+    ],
     "report -i T --format json": ["report", "--format", "json"],
     "report -i T --format markdown": ["report", "--format", "markdown"],
 }
@@ -133,14 +157,22 @@ def measure(argv, output):
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     null = os.open(os.devnull, os.O_WRONLY)
     start = time.monotonic()
-    pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=[
-        (os.POSIX_SPAWN_DUP2, fd, 1), (os.POSIX_SPAWN_DUP2, null, 2)])
+    pid = os.posix_spawn(
+        argv[0],
+        argv,
+        os.environ,
+        file_actions=[(os.POSIX_SPAWN_DUP2, fd, 1), (os.POSIX_SPAWN_DUP2, null, 2)],
+    )
     _pid, status, usage = os.wait4(pid, 0)
     wall = time.monotonic() - start
     os.close(fd)
     os.close(null)
-    return (wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
-            os.waitstatus_to_exitcode(status))
+    return (
+        wall,
+        usage.ru_utime + usage.ru_stime,
+        usage.ru_maxrss / 1024,
+        os.waitstatus_to_exitcode(status),
+    )
 
 
 def _loadavg():
@@ -153,39 +185,55 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--variants", default="repeated,leaking")
-    parser.add_argument("--decoders", default="auto,json",
-                        help="auto: the fastest installed (orjson); json: the fallback")
+    parser.add_argument(
+        "--decoders",
+        default="auto,json",
+        help="auto: the fastest installed (orjson); json: the fallback",
+    )
     parser.add_argument("--workdir", help="keep the traces and outputs here")
     args = parser.parse_args()
     workdir = args.workdir or tempfile.mkdtemp(prefix="memtrace-stream-")
     os.makedirs(workdir, exist_ok=True)
-    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
-          f"load {_loadavg()}, workdir {workdir}", flush=True)
-    print("| trace | decoder | command | wall s | x floor (wall) | CPU s | x floor (CPU) "
-          "| peak RSS MiB | output bytes | exit |", flush=True)
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
+        f"load {_loadavg()}, workdir {workdir}",
+        flush=True,
+    )
+    print(
+        "| trace | decoder | command | wall s | x floor (wall) | CPU s | x floor (CPU) "
+        "| peak RSS MiB | output bytes | exit |",
+        flush=True,
+    )
     print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for variant in args.variants.split(","):
         trace = os.path.join(workdir, f"{variant}.jsonl")
         if not os.path.exists(trace):
-            copies, events = write_replicated_trace(trace, args.events,
-                                                    leaking=variant == "leaking")
-            print(f"<!-- {variant}: {copies} loads, {events} events, "
-                  f"{os.path.getsize(trace) / 2**20:.0f} MiB -->", flush=True)
+            copies, events = write_replicated_trace(
+                trace, args.events, leaking=variant == "leaking"
+            )
+            print(
+                f"<!-- {variant}: {copies} loads, {events} events, "
+                f"{os.path.getsize(trace) / 2**20:.0f} MiB -->",
+                flush=True,
+            )
         name = f"{variant} ({os.path.getsize(trace) / 2**20:.0f} MiB)"
-        wall0, cpu0, rss0, _status = measure([sys.executable, "-c", FLOOR, trace],
-                                             os.devnull)
-        print(f"| {name} | json | floor: json.loads loop | {wall0:.1f} | 1.0 | {cpu0:.1f} "
-              f"| 1.0 | {rss0:.0f} | - | - |", flush=True)
+        wall0, cpu0, rss0, _status = measure([sys.executable, "-c", FLOOR, trace], os.devnull)
+        print(
+            f"| {name} | json | floor: json.loads loop | {wall0:.1f} | 1.0 | {cpu0:.1f} "
+            f"| 1.0 | {rss0:.0f} | - | - |",
+            flush=True,
+        )
         for decoder in args.decoders.split(","):
             for label, command in COMMANDS.items():
-                out = os.path.join(workdir, f"{variant}-{decoder}-{command[0]}-"
-                                   f"{command[-1]}.out")
-                argv = [sys.executable, "-c", RUN, decoder, command[0], "-i", trace,
-                        *command[1:]]
+                out = os.path.join(workdir, f"{variant}-{decoder}-{command[0]}-{command[-1]}.out")
+                argv = [sys.executable, "-c", RUN, decoder, command[0], "-i", trace, *command[1:]]
                 wall, cpu, rss, status = measure(argv, out)
-                print(f"| {name} | {decoder} | `{label}` | {wall:.1f} | {wall / wall0:.1f} "
-                      f"| {cpu:.1f} | {cpu / cpu0:.1f} | {rss:.0f} | "
-                      f"{os.path.getsize(out):,} | {status} |", flush=True)
+                print(
+                    f"| {name} | {decoder} | `{label}` | {wall:.1f} | {wall / wall0:.1f} "
+                    f"| {cpu:.1f} | {cpu / cpu0:.1f} | {rss:.0f} | "
+                    f"{os.path.getsize(out):,} | {status} |",
+                    flush=True,
+                )
     print(f"load at the end {_loadavg()}", flush=True)
 
 

@@ -64,8 +64,12 @@ class _Checker:
         value = self.value(name)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not finite(value) or value < minimum:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not finite(value)
+            or value < minimum
+        ):
             self.fail(name, f"a number >= {minimum}")
         return value
 
@@ -114,7 +118,7 @@ class _Checker:
 class _MappingRecord(collections.abc.Mapping):
     """Read access by field name, as for the dicts records used to be."""
 
-    _FIELD_NAMES: Tuple[str, ...] = ()   # set by _with_names
+    _FIELD_NAMES: Tuple[str, ...] = ()  # set by _with_names
 
     def __getitem__(self, name):
         if name not in self._names():
@@ -136,8 +140,9 @@ class _MappingRecord(collections.abc.Mapping):
 
     def as_dict(self):
         """The record as the dict it was written from, fields that are None left out."""
-        return {name: getattr(self, name) for name in self._names()
-                if getattr(self, name) is not None}
+        return {
+            name: getattr(self, name) for name in self._names() if getattr(self, name) is not None
+        }
 
     @classmethod
     def _names(cls):
@@ -176,14 +181,20 @@ class ProcessRecord(_MappingRecord):
         if record.get("what") not in ("exec", "exit", "fork"):
             raise BadInput(f"{where}: bad process record: 'what' must be exec, exit or fork")
         return cls(
-            what=record["what"], ts_ns=check.integer("ts_ns", True, 0),
+            what=record["what"],
+            ts_ns=check.integer("ts_ns", True, 0),
             pid=check.integer("pid", True),
-            tgid=check.integer("tgid"), ppid=check.integer("ppid"),
-            name=check.string("name"), exe=check.string("exe"),
+            tgid=check.integer("tgid"),
+            ppid=check.integer("ppid"),
+            name=check.string("name"),
+            exe=check.string("exe"),
             parent_name=check.string("parent_name"),
             cmdline=None if record.get("cmdline") is None else list(check.strings("cmdline")),
-            exit_code=check.integer("exit_code"), exit_signal=check.integer("exit_signal"),
-            wait_status=check.integer("wait_status"), core_dumped=check.boolean("core_dumped"))
+            exit_code=check.integer("exit_code"),
+            exit_signal=check.integer("exit_signal"),
+            wait_status=check.integer("wait_status"),
+            core_dumped=check.boolean("core_dumped"),
+        )
 
 
 @_with_names
@@ -210,11 +221,16 @@ class UeventRecord(_MappingRecord):
         if not all(isinstance(value, str) for value in properties.values()):
             check.fail("properties", "an object of strings")
         return cls(
-            ts_ns=check.integer("ts_ns", True, 0), action=check.string("action"),
-            subsystem=check.string("subsystem"), devpath=check.string("devpath"),
-            devname=check.string("devname"), devtype=check.string("devtype"),
-            hotplug=check.boolean("hotplug"), seqnum=check.integer("seqnum"),
-            properties=dict(properties))
+            ts_ns=check.integer("ts_ns", True, 0),
+            action=check.string("action"),
+            subsystem=check.string("subsystem"),
+            devpath=check.string("devpath"),
+            devname=check.string("devname"),
+            devtype=check.string("devtype"),
+            hotplug=check.boolean("hotplug"),
+            seqnum=check.integer("seqnum"),
+            properties=dict(properties),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,13 +247,22 @@ class Header:
     def from_record(cls, record, where):
         """The checked header; BadInput ``where: bad FIELD: value`` for a wrong type."""
         check = _Checker(record, where, None)
-        for name in ("kernel_cmdline", "cpu_model", "hypervisor", "mtrr", "memtrace",
-                     "pat_snapshot_note", "backend.name", "backend.reason"):
+        for name in (
+            "kernel_cmdline",
+            "cpu_model",
+            "hypervisor",
+            "mtrr",
+            "memtrace",
+            "pat_snapshot_note",
+            "backend.name",
+            "backend.reason",
+        ):
             check.string(name)
         check.object("backend")
         check.strings("cpu_flags")
-        return cls(record, check.string("kernel"), check.string("hostname"),
-                   check.strings("workload"))
+        return cls(
+            record, check.string("kernel"), check.string("hostname"), check.strings("workload")
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,9 +281,14 @@ class WatchStatus:
         """The part at ``prefix`` (``process_watch``, ``process_watch.uevents``...) or None."""
         if check.object(prefix) is None:
             return None
-        return cls(check.string(f"{prefix}.status"), check.string(f"{prefix}.reason"),
-                   *(check.integer(f"{prefix}.{name}", minimum=0)
-                     for name in ("read", "records", "lost", "overruns")))
+        return cls(
+            check.string(f"{prefix}.status"),
+            check.string(f"{prefix}.reason"),
+            *(
+                check.integer(f"{prefix}.{name}", minimum=0)
+                for name in ("read", "records", "lost", "overruns")
+            ),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,14 +312,18 @@ class Footer:
         for name in ("events", "process_records", "uevent_records"):
             check.integer(name, minimum=0)
         for name in ("backend_notes", "cleanup_problems"):
-            check.value(name) is None or isinstance(check.value(name), list) \
-                or check.fail(name, "a list")
+            check.value(name) is None or isinstance(check.value(name), list) or check.fail(
+                name, "a list"
+            )
         check.string("stopped_by")
         check.integer("workload_status")
-        return cls(record, check.integer("lost_events", minimum=0) or 0,
-                   check.integer("missed_returns", minimum=0),
-                   check.integer("missing_stacks", minimum=0),
-                   check.number("seconds"),
-                   WatchStatus.check(check, "process_watch"),
-                   WatchStatus.check(check, "process_watch.uevents"),
-                   WatchStatus.check(check, "process_watch.exit_names"))
+        return cls(
+            record,
+            check.integer("lost_events", minimum=0) or 0,
+            check.integer("missed_returns", minimum=0),
+            check.integer("missing_stacks", minimum=0),
+            check.number("seconds"),
+            WatchStatus.check(check, "process_watch"),
+            WatchStatus.check(check, "process_watch.uevents"),
+            WatchStatus.check(check, "process_watch.exit_names"),
+        )

@@ -105,9 +105,15 @@ class TraceWriter:
 
     def footer(self, footer):
         """Append the footer (counts, lost events, misses, duration, process watch)."""
-        self._write({"type": "footer", "events": self.events,
-                     "process_records": self.processes, "uevent_records": self.uevents,
-                     **footer})
+        self._write(
+            {
+                "type": "footer",
+                "events": self.events,
+                "process_records": self.processes,
+                "uevent_records": self.uevents,
+                **footer,
+            }
+        )
 
 
 class TraceReader:
@@ -122,15 +128,16 @@ class TraceReader:
 
     def __init__(self, path, allow_partial=False):
         self.path, self.allow_partial = path, allow_partial
-        self.footer = None          # the footer's dict, once read
-        self.typed_footer = None    # memtrace.records.Footer, once read
+        self.footer = None  # the footer's dict, once read
+        self.typed_footer = None  # memtrace.records.Footer, once read
         self.lines = 0
         self._handle = _open_regular(path)
         try:
             first = self._next_line()
             if first is None:
-                raise BadInput(f"{path} is empty",
-                               "give a file written by 'memtrace record -o FILE'")
+                raise BadInput(
+                    f"{path} is empty", "give a file written by 'memtrace record -o FILE'"
+                )
             record = self._decode(first, 1)
             self.header = _check_header(record, path)
             self.typed_header = Header.from_record(record, f"{path}:1")
@@ -145,12 +152,15 @@ class TraceReader:
         self.lines += 1
         where = f"{self.path}:{self.lines}"
         if len(raw) > MAX_LINE:
-            raise BadInput(f"{where}: a line longer than {MAX_LINE >> 20} MiB; this is not "
-                           "a trace memtrace wrote", "give a file written by "
-                           "'memtrace record -o FILE'")
+            raise BadInput(
+                f"{where}: a line longer than {MAX_LINE >> 20} MiB; this is not "
+                "a trace memtrace wrote",
+                "give a file written by 'memtrace record -o FILE'",
+            )
         if not raw.endswith(b"\n"):
-            raise BadInput(f"{where}: the last line is cut off; the file is truncated",
-                           "record it again")
+            raise BadInput(
+                f"{where}: the last line is cut off; the file is truncated", "record it again"
+            )
         return raw
 
     def _decode(self, raw, number):
@@ -158,10 +168,13 @@ class TraceReader:
             record = decode.loads(raw)
         except decode.ERRORS as err:
             if number == 1:
-                raise BadInput(f"{self.path} is not a memtrace trace (line 1 is not JSON)",
-                               "give a file written by 'memtrace record -o FILE'") from None
-            what = "nested too deeply" if isinstance(err, RecursionError) else \
-                err.__class__.__name__
+                raise BadInput(
+                    f"{self.path} is not a memtrace trace (line 1 is not JSON)",
+                    "give a file written by 'memtrace record -o FILE'",
+                ) from None
+            what = (
+                "nested too deeply" if isinstance(err, RecursionError) else err.__class__.__name__
+            )
             raise BadInput(f"{self.path}:{number}: corrupted line ({what})") from None
         if not isinstance(record, dict):
             raise BadInput(f"{self.path}:{number}: expected a JSON object")
@@ -197,8 +210,10 @@ class TraceReader:
                 else:
                     raise BadInput(f"{where}: unknown record type {kind!r}")
         if self.footer is None and not self.allow_partial:
-            raise BadInput(f"{self.path} has no footer after line {self.lines}: the recording "
-                           "was killed or the file truncated, so its loss counts are unknown")
+            raise BadInput(
+                f"{self.path} has no footer after line {self.lines}: the recording "
+                "was killed or the file truncated, so its loss counts are unknown"
+            )
 
 
 def read_trace(path, allow_partial=False):
@@ -234,16 +249,23 @@ def _open_regular(path):
         raise BadInput(f"cannot read {path}: {err.strerror}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise BadInput(f"{path} is not a regular file (a pipe, device or directory)",
-                       "give the trace file written by 'memtrace record -o FILE'")
+        raise BadInput(
+            f"{path} is not a regular file (a pipe, device or directory)",
+            "give the trace file written by 'memtrace record -o FILE'",
+        )
     return os.fdopen(fd, "rb")
 
 
 def _check_header(record, path):
     if record.get("type") != "header" or record.get("format") != FORMAT:
-        raise BadInput(f"{path} is not a memtrace trace (no memtrace header on line 1)",
-                       "give a file written by 'memtrace record -o FILE'")
+        raise BadInput(
+            f"{path} is not a memtrace trace (no memtrace header on line 1)",
+            "give a file written by 'memtrace record -o FILE'",
+        )
     if record.get("version") != VERSION:
-        raise BadInput(f"{path} has trace format version {record.get('version')!r}; this "
-                       f"memtrace reads version {VERSION}", "upgrade memtrace or re-record")
+        raise BadInput(
+            f"{path} has trace format version {record.get('version')!r}; this "
+            f"memtrace reads version {VERSION}",
+            "upgrade memtrace or re-record",
+        )
     return record

@@ -52,17 +52,35 @@ __all__ = ["build_document", "FORMAT", "VERSION"]
 
 FORMAT = "memtrace-report"
 VERSION = 1
-_EVIDENCE_EVENTS = 6       # requests listed one by one in a finding's evidence
-_SLOW_REMEDY = ("The usual remedy is to have the driver map the memory the moves copy "
-                "through write-combined: ioremap_wc or devm_ioremap_wc instead of ioremap.")
-_PCI_CLASSES = {0x00: "unclassified", 0x01: "storage", 0x02: "network", 0x03: "display",
-                0x04: "multimedia", 0x05: "memory", 0x06: "bridge", 0x07: "communication",
-                0x08: "system", 0x0C: "serial bus"}
+_EVIDENCE_EVENTS = 6  # requests listed one by one in a finding's evidence
+_SLOW_REMEDY = (
+    "The usual remedy is to have the driver map the memory the moves copy "
+    "through write-combined: ioremap_wc or devm_ioremap_wc instead of ioremap."
+)
+_PCI_CLASSES = {
+    0x00: "unclassified",
+    0x01: "storage",
+    0x02: "network",
+    0x03: "display",
+    0x04: "multimedia",
+    0x05: "memory",
+    0x06: "bridge",
+    0x07: "communication",
+    0x08: "system",
+    0x0C: "serial bus",
+}
 
 
-def build_document(sources, redact=True, wc_reference_mbps=None,
-                   slow_factor=DEFAULT_SLOW_FACTOR, min_restarts=DEFAULT_MIN_RESTARTS,
-                   window_s=DEFAULT_WINDOW_S, generated_at=None, bench=None):
+def build_document(
+    sources,
+    redact=True,
+    wc_reference_mbps=None,
+    slow_factor=DEFAULT_SLOW_FACTOR,
+    min_restarts=DEFAULT_MIN_RESTARTS,
+    window_s=DEFAULT_WINDOW_S,
+    generated_at=None,
+    bench=None,
+):
     """Build the report document of ``sources``.
 
     :param sources: :class:`memtrace.tools.tracing_io.TraceSource` objects, one per host, in
@@ -74,10 +92,18 @@ def build_document(sources, redact=True, wc_reference_mbps=None,
     :return: the JSON-ready document.
     """
     doc = {
-        "format": FORMAT, "version": VERSION, "memtrace": __version__,
+        "format": FORMAT,
+        "version": VERSION,
+        "memtrace": __version__,
         "generated_at": generated_at or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "redacted": bool(redact), "lost_events": 0, "hosts": [], "findings": [],
-        "reservations": [], "latency": [], "timeline": [], "notes": [],
+        "redacted": bool(redact),
+        "lost_events": 0,
+        "hosts": [],
+        "findings": [],
+        "reservations": [],
+        "latency": [],
+        "timeline": [],
+        "notes": [],
     }
     redactor = Redactor()
     for number, source in enumerate(sources, 1):
@@ -100,7 +126,7 @@ def build_document(sources, redact=True, wc_reference_mbps=None,
 _range, _who, _stack_line = hex_range, who, stack
 
 
-_SHOWN_REPEATS = 10   # identical timeline entries and reservations listed one by one
+_SHOWN_REPEATS = 10  # identical timeline entries and reservations listed one by one
 
 
 class _Folded:
@@ -110,7 +136,7 @@ class _Folded:
     times makes 11 rows, not 10,000; what a short trace shows is unchanged."""
 
     def __init__(self):
-        self._seen: dict = {}      # signature -> [times listed, folded entry or None]
+        self._seen: dict = {}  # signature -> [times listed, folded entry or None]
         self._entries: list = []
 
     def repeat(self, signature, event, ts_ns=None):
@@ -139,8 +165,13 @@ class _Folded:
         if seen[0] <= _SHOWN_REPEATS:
             self._entries.append(entry)
             if seen[0] == _SHOWN_REPEATS:
-                seen[1] = {"template": entry, "count": 0, "first_ts_ns": None,
-                           "last_ts_ns": None, "processes": set()}
+                seen[1] = {
+                    "template": entry,
+                    "count": 0,
+                    "first_ts_ns": None,
+                    "last_ts_ns": None,
+                    "processes": set(),
+                }
 
     def entries(self, at, what):
         """The listed entries and one per folded signature, in time order; ``at`` writes
@@ -149,13 +180,19 @@ class _Folded:
         for _shown, folded in self._seen.values():
             if folded is None or not folded["count"]:
                 continue
-            entry = dict(folded["template"], ts_ns=folded["first_ts_ns"],
-                         count=folded["count"], last_ts_ns=folded["last_ts_ns"],
-                         process_count=len(folded["processes"]))
+            entry = dict(
+                folded["template"],
+                ts_ns=folded["first_ts_ns"],
+                count=folded["count"],
+                last_ts_ns=folded["last_ts_ns"],
+                process_count=len(folded["processes"]),
+            )
             if what == "timeline":
-                entry["text"] = (f"{folded['count']} more like this from "
-                                 f"{at(folded['first_ts_ns'])} to {at(folded['last_ts_ns'])}: "
-                                 + folded["template"]["text"])
+                entry["text"] = (
+                    f"{folded['count']} more like this from "
+                    f"{at(folded['first_ts_ns'])} to {at(folded['last_ts_ns'])}: "
+                    + folded["template"]["text"]
+                )
             out.append(entry)
         out.sort(key=lambda entry: entry["ts_ns"])
         return out
@@ -167,9 +204,15 @@ class _Host:
     def __init__(self, name, source, wc_reference_mbps, slow_factor, min_restarts, window_s):
         self.name = name
         self.source = source
-        self.report = analyze(source.events, source.snapshot, source.pci_devices,
-                              wc_reference_mbps=wc_reference_mbps, slow_factor=slow_factor,
-                              context=source.context, snapshot_end=source.snapshot_end)
+        self.report = analyze(
+            source.events,
+            source.snapshot,
+            source.pci_devices,
+            wc_reference_mbps=wc_reference_mbps,
+            slow_factor=slow_factor,
+            context=source.context,
+            snapshot_end=source.snapshot_end,
+        )
         self.processes = with_exit_names(source.processes)
         self.loops = find_restart_loops(self.processes, min_restarts, window_s)
         self.exits = {r.get("pid"): r for r in self.processes if r.get("what") == "exit"}
@@ -204,11 +247,32 @@ class _Host:
         out.extend(self._loop_finding(loop, slow) for loop in self.loops)
         return out
 
-    def _finding(self, kind, title, summary, evidence, remedy, first_ns, count,
-                 severity="error", effective=None, last_ns=None):
-        return {"host": self.name, "kind": kind, "title": title, "summary": summary,
-                "evidence": evidence, "remedy": remedy, "first_ns": first_ns, "count": count,
-                "severity": severity, "effective": effective, "last_ns": last_ns}
+    def _finding(
+        self,
+        kind,
+        title,
+        summary,
+        evidence,
+        remedy,
+        first_ns,
+        count,
+        severity="error",
+        effective=None,
+        last_ns=None,
+    ):
+        return {
+            "host": self.name,
+            "kind": kind,
+            "title": title,
+            "summary": summary,
+            "evidence": evidence,
+            "remedy": remedy,
+            "first_ns": first_ns,
+            "count": count,
+            "severity": severity,
+            "effective": effective,
+            "last_ns": last_ns,
+        }
 
     def _conflict_finding(self, conflict):
         where = _range(conflict.start, conflict.end)
@@ -216,19 +280,30 @@ class _Host:
         if conflict.effective and conflict.effective != conflict.granted:
             effective = f" (effective {conflict.effective})"
         titles = {
-            DOWNGRADE: (f"{conflict.requested} request downgraded to {conflict.granted}"
-                        f"{effective} on {where}"),
-            USER_MAP_DOWNGRADE: (f"User mapping of {where} downgraded from "
-                                 f"{conflict.requested} to {conflict.granted}{effective}"),
-            REFUSED: (f"{conflict.requested or 'Mapping'} request refused on {where} "
-                      f"({conflict.error or 'error'})"),
+            DOWNGRADE: (
+                f"{conflict.requested} request downgraded to {conflict.granted}"
+                f"{effective} on {where}"
+            ),
+            USER_MAP_DOWNGRADE: (
+                f"User mapping of {where} downgraded from "
+                f"{conflict.requested} to {conflict.granted}{effective}"
+            ),
+            REFUSED: (
+                f"{conflict.requested or 'Mapping'} request refused on {where} "
+                f"({conflict.error or 'error'})"
+            ),
             STATIC: f"Display memory {where} reserved {conflict.granted}",
-            PAT_DISABLED: (f"{conflict.requested} request on {where} is {conflict.effective}: "
-                           "PAT is disabled"),
-            UPGRADE: (f"{conflict.requested} request on {where} runs {conflict.effective} "
-                      "(upgrade, warning)"),
-            MTRR_DOWNGRADE: (f"{conflict.requested} request on {where} made "
-                             f"{conflict.effective} by the MTRRs (warning)"),
+            PAT_DISABLED: (
+                f"{conflict.requested} request on {where} is {conflict.effective}: PAT is disabled"
+            ),
+            UPGRADE: (
+                f"{conflict.requested} request on {where} runs {conflict.effective} "
+                "(upgrade, warning)"
+            ),
+            MTRR_DOWNGRADE: (
+                f"{conflict.requested} request on {where} made "
+                f"{conflict.effective} by the MTRRs (warning)"
+            ),
         }
         holders = conflict.holders if len(conflict.holders) > 1 else [conflict.holder]
         evidence = []
@@ -236,11 +311,16 @@ class _Host:
             evidence.extend(self._holder_evidence(holder))
         for event in conflict.events[:_EVIDENCE_EVENTS]:
             function = first_outside_frame(event.stack, event.caller) or event.fn
-            got = f"got {conflict.granted}" if conflict.granted else \
-                f"failed ({conflict.error or 'error'})"
-            evidence.append(f"{function} asked for {event.requested or conflict.requested} on "
-                            f"{_range(event.start, event.end)} at {self.at(event.ts_ns)} "
-                            f"({_who(event.comm, event.pid)}) and {got}")
+            got = (
+                f"got {conflict.granted}"
+                if conflict.granted
+                else f"failed ({conflict.error or 'error'})"
+            )
+            evidence.append(
+                f"{function} asked for {event.requested or conflict.requested} on "
+                f"{_range(event.start, event.end)} at {self.at(event.ts_ns)} "
+                f"({_who(event.comm, event.pid)}) and {got}"
+            )
         if conflict.count > _EVIDENCE_EVENTS:
             evidence.append(f"... and {conflict.count - _EVIDENCE_EVENTS} more such requests")
         requester = conflict.requester
@@ -252,19 +332,28 @@ class _Host:
         if impact:
             evidence.append(f"buffer moves on this mapping: {impact}")
         if conflict.device:
-            evidence.append(f"device: {conflict.device}"
-                            + (f" ({conflict.driver}, {conflict.pci_id})" if conflict.driver
-                               else ""))
+            evidence.append(
+                f"device: {conflict.device}"
+                + (f" ({conflict.driver}, {conflict.pci_id})" if conflict.driver else "")
+            )
         mapped = sorted({r.mapped for r in conflict.requesters if r.mapped})
         if mapped:
             evidence.append(f"mapped: {', '.join(mapped)}")
         for reason in conflict.effective_reasons:
             evidence.append(f"effective type: {reason}")
         evidence.extend(self._chain_evidence(conflict.chain))
-        return self._finding(conflict.kind, titles[conflict.kind], conflict.explanation,
-                             evidence, conflict.remedy, conflict.first_ns, conflict.count,
-                             conflict.severity, conflict.effective,
-                             getattr(conflict, "last_ns", None))
+        return self._finding(
+            conflict.kind,
+            titles[conflict.kind],
+            conflict.explanation,
+            evidence,
+            conflict.remedy,
+            conflict.first_ns,
+            conflict.count,
+            conflict.severity,
+            conflict.effective,
+            getattr(conflict, "last_ns", None),
+        )
 
     def _chain_evidence(self, chain):
         """``adoption chain: first ... then ...`` lines: who set the type, who adopted it."""
@@ -278,8 +367,10 @@ class _Host:
             where = _range(link.start, link.end)
             times = f", {link.count} times" if link.count > 1 else ""
             if link.adopted:
-                lines.append(f"adoption chain: then {where} asked {link.requested} and adopted "
-                             f"{link.type}: {by}{times}")
+                lines.append(
+                    f"adoption chain: then {where} asked {link.requested} and adopted "
+                    f"{link.type}: {by}{times}"
+                )
             else:
                 lines.append(f"adoption chain: first {where} {link.type}: {by}")
         return lines
@@ -293,23 +384,30 @@ class _Host:
         who = holder.holder
         if who.before_tracing:
             return [f"{where} was already reserved when tracing started (PAT list){suffix}"]
-        lines = [f"{who.function or '?'} reserved {where} at {self.at(who.ts_ns)} "
-                 f"({_who(who.comm, who.pid)}){suffix}"]
+        lines = [
+            f"{who.function or '?'} reserved {where} at {self.at(who.ts_ns)} "
+            f"({_who(who.comm, who.pid)}){suffix}"
+        ]
         if who.stack:
             lines.append(_stack_line("holder stack", who.stack))
         return lines
 
     def _slow_finding(self, slow):
         types = "/".join(slow.types)
-        title = (f"Buffer moves on {types} memory ran {slow.times_slower:.0f}x slower than "
-                 "write-combined")
+        title = (
+            f"Buffer moves on {types} memory ran {slow.times_slower:.0f}x slower than "
+            "write-combined"
+        )
         summary = describe_slow_moves(slow)
-        causes = [self._finding_numbers[id(c)] for c in slow.conflicts
-                  if id(c) in self._finding_numbers]
+        causes = [
+            self._finding_numbers[id(c)] for c in slow.conflicts if id(c) in self._finding_numbers
+        ]
         if causes:
             listed = ", ".join(str(n) for n in causes)
-            summary += (f" Their mappings are the downgrade{'s' if len(causes) > 1 else ''} "
-                        f"of finding{'s' if len(causes) > 1 else ''} {listed} on {self.name}.")
+            summary += (
+                f" Their mappings are the downgrade{'s' if len(causes) > 1 else ''} "
+                f"of finding{'s' if len(causes) > 1 else ''} {listed} on {self.name}."
+            )
         evidence = []
         for move in slow.slow[:_EVIDENCE_EVENTS]:
             call = move.outer
@@ -318,26 +416,30 @@ class _Host:
                 f" ({throughput_mbps(move.bytes, move.duration_ns):.1f} MB/s) on "
                 f"{move.effective_type} at {self.at(call.ts_ns)} ({_who(call.comm, call.pid)});"
                 f" write-combined about "
-                f"{human_duration(estimated_wc_ns(move.bytes, slow.wc_reference_mbps))}")
+                f"{human_duration(estimated_wc_ns(move.bytes, slow.wc_reference_mbps))}"
+            )
         if len(slow.slow) > _EVIDENCE_EVENTS:
             evidence.append(f"... and {len(slow.slow) - _EVIDENCE_EVENTS} more slow moves")
-        evidence.append(f"slow means at least {slow.slow_factor:g}x the time at the WC "
-                        f"reference ({slow.wc_reference_mbps:.1f} MB/s, from "
-                        f"{slow.wc_reference_source})")
+        evidence.append(
+            f"slow means at least {slow.slow_factor:g}x the time at the WC "
+            f"reference ({slow.wc_reference_mbps:.1f} MB/s, from "
+            f"{slow.wc_reference_source})"
+        )
         remedy = next((c.remedy for c in slow.conflicts if c.remedy), _SLOW_REMEDY)
         first = slow.slow[0].outer.ts_ns
-        return self._finding("slow-moves", title, summary, evidence, remedy, first,
-                             len(slow.slow))
+        return self._finding("slow-moves", title, summary, evidence, remedy, first, len(slow.slow))
 
     def _loop_finding(self, loop, slow):
         title = f"{loop.name} restarted {loop.restarts} times in {loop.seconds:.0f} s"
         summary = loop.describe()
         if slow is not None and slow.slow:
-            summary += (" Buffer moves on uncached memory ran slow on this host meanwhile "
-                        "(the slow-moves finding): a likely cause when the program is a "
-                        "display server or compositor.")
+            summary += (
+                " Buffer moves on uncached memory ran slow on this host meanwhile "
+                "(the slow-moves finding): a likely cause when the program is a "
+                "display server or compositor."
+            )
         evidence = []
-        for pid in loop.pids[:_EVIDENCE_EVENTS * 2]:
+        for pid in loop.pids[: _EVIDENCE_EVENTS * 2]:
             line = f"{loop.name} (pid {pid})"
             start = self.starts.get(pid)
             if start is not None:
@@ -346,11 +448,17 @@ class _Host:
             if end is not None:
                 line += f", {exit_description(end)} at {self.at(end['ts_ns'])}"
             evidence.append(line)
-        remedy = ("Find why it exits (its own log, `journalctl -b`), and whether the slow "
-                  "moves above keep it from drawing its first frames in time.") \
-            if slow is not None and slow.slow else None
-        return self._finding("restart-loop", title, summary, evidence, remedy, loop.first_ns,
-                             loop.count)
+        remedy = (
+            (
+                "Find why it exits (its own log, `journalctl -b`), and whether the slow "
+                "moves above keep it from drawing its first frames in time."
+            )
+            if slow is not None and slow.slow
+            else None
+        )
+        return self._finding(
+            "restart-loop", title, summary, evidence, remedy, loop.first_ns, loop.count
+        )
 
     # -- tables -----------------------------------------------------------------------------
 
@@ -359,7 +467,7 @@ class _Host:
         for event in sorted(self.source.events, key=lambda e: e.ts_ns):
             if event.role == ROLE_FREE and event.start is not None:
                 frees.setdefault((event.start, event.end), []).append(event.ts_ns)
-        used = dict.fromkeys(frees, 0)     # frees of each range already matched
+        used = dict.fromkeys(frees, 0)  # frees of each range already matched
         rows = _Folded()
         for decision in self.report.decisions:
             event = decision.event
@@ -378,27 +486,45 @@ class _Host:
             entry = decision.reservation
             adopted = entry.forced_by if entry is not None else None
             requester = first_outside_frame(event.stack, event.caller)
-            signature = (key, event.requested, decision.granted,
-                         None if found is None else (found.type, tuple(found.reasons)),
-                         event.fn, event.comm,
-                         requester, None if adopted is None else
-                         (adopted.start, adopted.end, adopted.type, adopted.holder.function))
+            signature = (
+                key,
+                event.requested,
+                decision.granted,
+                None if found is None else (found.type, tuple(found.reasons)),
+                event.fn,
+                event.comm,
+                requester,
+                None
+                if adopted is None
+                else (adopted.start, adopted.end, adopted.type, adopted.holder.function),
+            )
             if rows.repeat(signature, event):
                 continue
-            rows.add(signature, event, {
-                "host": self.name, "ts_ns": event.ts_ns, "duration_ns": event.duration_ns,
-                "start": hex(event.start), "end": hex(event.end),
-                "requested": event.requested, "granted": decision.granted,
-                "effective": found.type if found is not None else decision.granted,
-                "effective_reasons": list(found.reasons) if found is not None else [],
-                "adopted_from": None if adopted is None else
-                f"{_range(adopted.start, adopted.end)} {adopted.type} "
-                f"({adopted.holder.describe()})",
-                "fn": event.fn,
-                "comm": event.comm, "pid": event.pid,
-                "requester": requester,
-                "freed_ns": freed_ns, "device": self.device(event.start, event.end),
-            })
+            rows.add(
+                signature,
+                event,
+                {
+                    "host": self.name,
+                    "ts_ns": event.ts_ns,
+                    "duration_ns": event.duration_ns,
+                    "start": hex(event.start),
+                    "end": hex(event.end),
+                    "requested": event.requested,
+                    "granted": decision.granted,
+                    "effective": found.type if found is not None else decision.granted,
+                    "effective_reasons": list(found.reasons) if found is not None else [],
+                    "adopted_from": None
+                    if adopted is None
+                    else f"{_range(adopted.start, adopted.end)} {adopted.type} "
+                    f"({adopted.holder.describe()})",
+                    "fn": event.fn,
+                    "comm": event.comm,
+                    "pid": event.pid,
+                    "requester": requester,
+                    "freed_ns": freed_ns,
+                    "device": self.device(event.start, event.end),
+                },
+            )
         return rows.entries(self.at, "reservations")
 
     def latency(self):
@@ -406,17 +532,29 @@ class _Host:
         rows = []
         for row in latency_rows(selected, self.report.moves, "ns"):
             dist = row.distribution
-            rows.append({
-                "host": self.name, "fn": row.fn, "probe": row.probe, "memtype": row.memtype,
-                "granted": row.granted,
-                "measure": row.measure, "count": dist.count, "min": dist.min,
-                "p50": dist.p50, "p90": dist.p90, "p99": dist.p99, "max": dist.max,
-                "total": dist.total, "exact": dist.exact,
-                "histogram": [[*slot_bounds(slot), count] for slot, count in dist.histogram],
-                "bytes": row.bytes,
-                "throughput_mbps": None if row.throughput_mbps is None
-                else round(row.throughput_mbps, 1),
-            })
+            rows.append(
+                {
+                    "host": self.name,
+                    "fn": row.fn,
+                    "probe": row.probe,
+                    "memtype": row.memtype,
+                    "granted": row.granted,
+                    "measure": row.measure,
+                    "count": dist.count,
+                    "min": dist.min,
+                    "p50": dist.p50,
+                    "p90": dist.p90,
+                    "p99": dist.p99,
+                    "max": dist.max,
+                    "total": dist.total,
+                    "exact": dist.exact,
+                    "histogram": [[*slot_bounds(slot), count] for slot, count in dist.histogram],
+                    "bytes": row.bytes,
+                    "throughput_mbps": None
+                    if row.throughput_mbps is None
+                    else round(row.throughput_mbps, 1),
+                }
+            )
         return rows
 
     def timeline(self):
@@ -427,23 +565,33 @@ class _Host:
             return not entries.repeat((kind, signature), event, ts_ns)
 
         def add(ts_ns, kind, signature, text, event=None):
-            entries.add((kind, signature), event,
-                        {"host": self.name, "ts_ns": ts_ns, "kind": kind, "text": text}, ts_ns)
+            entries.add(
+                (kind, signature),
+                event,
+                {"host": self.name, "ts_ns": ts_ns, "kind": kind, "text": text},
+                ts_ns,
+            )
 
         for record in self.processes:
             pid, name = record.get("pid"), record.get("name") or record.get("exe") or "?"
             what = record.get("what")
             if what == "exec":
-                parent = f", started by {record['parent_name']}" \
-                    if record.get("parent_name") else ""
+                parent = (
+                    f", started by {record['parent_name']}" if record.get("parent_name") else ""
+                )
                 if shown(record["ts_ns"], "exec", (name, parent)):
-                    add(record["ts_ns"], "exec", (name, parent),
-                        f"{name} (pid {pid}) started{parent}")
+                    add(
+                        record["ts_ns"],
+                        "exec",
+                        (name, parent),
+                        f"{name} (pid {pid}) started{parent}",
+                    )
             elif what == "exit":
                 ended = exit_description(record)
                 if shown(record["ts_ns"], "exit", (name, ended)):
-                    add(record["ts_ns"], "exit", (name, ended),
-                        f"{name} (pid {pid}) ended: {ended}")
+                    add(
+                        record["ts_ns"], "exit", (name, ended), f"{name} (pid {pid}) ended: {ended}"
+                    )
         for record in self.source.uevents:
             text = f"DRM {record.get('action')} {record.get('devname') or record.get('devpath')}"
             text += " (hotplug)" if record.get("hotplug") else ""
@@ -454,12 +602,20 @@ class _Host:
             if event.start is None:
                 continue
             function = first_outside_frame(event.stack, event.caller) or event.fn
-            effective = decision.effective.type if decision.effective is not None \
-                else decision.granted
+            effective = (
+                decision.effective.type if decision.effective is not None else decision.granted
+            )
             refused, downgraded = decision.refused, is_downgrade(event.requested, effective)
             kind = "conflict" if refused or downgraded else "reservation"
-            signature = (event.start, event.end, event.requested, decision.granted,
-                         effective, event.comm, function)
+            signature = (
+                event.start,
+                event.end,
+                event.requested,
+                decision.granted,
+                effective,
+                event.comm,
+                function,
+            )
             if not shown(event.ts_ns, kind, signature, event):
                 continue
             where = _range(event.start, event.end)
@@ -468,8 +624,7 @@ class _Host:
             if refused:
                 text = f"{who}: {event.requested} on {where} refused"
             elif downgraded:
-                text = (f"{who}: asked {event.requested} on {where}, got "
-                        f"{decision.granted}{as_used}")
+                text = f"{who}: asked {event.requested} on {where}, got {decision.granted}{as_used}"
             else:
                 text = f"{who}: reserved {where} {decision.granted or '?'}{as_used}"
             add(event.ts_ns, kind, signature, text, event)
@@ -480,22 +635,37 @@ class _Host:
                 signature = (event.fn, event.start, size, not event.vaddr, event.comm, function)
                 if shown(event.ts_ns, "reservation", signature, event):
                     returned = "NULL" if not event.vaddr else f"{event.vaddr:#x}"
-                    add(event.ts_ns, "reservation", signature,
+                    add(
+                        event.ts_ns,
+                        "reservation",
+                        signature,
                         f"{event.fn}({event.start:#x}, {size:#x}) = {returned} "
-                        f"({_who(event.comm, event.pid)}, {function})", event)
+                        f"({_who(event.comm, event.pid)}, {function})",
+                        event,
+                    )
             if event.role == ROLE_FREE and event.start is not None:
                 signature = (event.comm, event.start, event.end)
                 if shown(event.ts_ns, "free", signature, event):
-                    add(event.ts_ns, "free", signature, f"{_who(event.comm, event.pid)}: "
-                        f"freed {_range(event.start, event.end)}", event)
+                    add(
+                        event.ts_ns,
+                        "free",
+                        signature,
+                        f"{_who(event.comm, event.pid)}: freed {_range(event.start, event.end)}",
+                        event,
+                    )
         for move in self.report.moves:
             call = move.outer
             size = human_size(move.bytes) if move.bytes is not None else "? bytes"
             on = f"on {move.effective_type}" if move.effective_type else "no iomem mapped"
             if shown(call.ts_ns, "move", (call.fn, size, on, call.comm), call):
-                add(call.ts_ns, "move", (call.fn, size, on, call.comm),
+                add(
+                    call.ts_ns,
+                    "move",
+                    (call.fn, size, on, call.comm),
                     f"{call.fn}: {size} in {human_duration(move.duration_ns)}, {on} "
-                    f"({_who(call.comm, call.pid)})", call)
+                    f"({_who(call.comm, call.pid)})",
+                    call,
+                )
         return entries.entries(self.at, "timeline")
 
     # -- environment ------------------------------------------------------------------------
@@ -511,35 +681,66 @@ class _Host:
         if isinstance(watch, dict):
             lost = (watch.get("lost") or 0) + ((watch.get("uevents") or {}).get("lost") or 0)
             exit_names = watch.get("exit_names")
-            process_watch = {"status": watch.get("status") or "unavailable",
-                             "reason": watch.get("reason"), "lost": lost,
-                             "exit_names": (exit_names.get("status") or "unavailable")
-                             if isinstance(exit_names, dict) else "not recorded"}
+            process_watch = {
+                "status": watch.get("status") or "unavailable",
+                "reason": watch.get("reason"),
+                "lost": lost,
+                "exit_names": (exit_names.get("status") or "unavailable")
+                if isinstance(exit_names, dict)
+                else "not recorded",
+            }
         else:
-            process_watch = {"status": "not recorded", "reason": None, "lost": 0,
-                             "exit_names": "not recorded"}
+            process_watch = {
+                "status": "not recorded",
+                "reason": None,
+                "lost": 0,
+                "exit_names": "not recorded",
+            }
         return {
-            "name": self.name, "hostname": header.get("hostname"), "source": source.source,
+            "name": self.name,
+            "hostname": header.get("hostname"),
+            "source": source.source,
             "kernel": source.kernel,
             "kernel_cmdline": cmdline,
-            "pat": {"enabled": state.enabled, "nopat": "nopat" in words,
-                    "cmdline_flags": pat_words, "reason": state.reason,
-                    "evidence": list(state.evidence),
-                    "configuration": list(state.slots) if state.slots else None},
+            "pat": {
+                "enabled": state.enabled,
+                "nopat": "nopat" in words,
+                "cmdline_flags": pat_words,
+                "reason": state.reason,
+                "evidence": list(state.evidence),
+                "configuration": list(state.slots) if state.slots else None,
+            },
             "model_check": self._model_check(),
-            "cpu_model": header.get("cpu_model"), "cpu_flags": list(flags),
-            "hypervisor": header.get("hypervisor"), "mtrr": header.get("mtrr"),
+            "cpu_model": header.get("cpu_model"),
+            "cpu_flags": list(flags),
+            "hypervisor": header.get("hypervisor"),
+            "mtrr": header.get("mtrr"),
             "memtrace": header.get("memtrace") or __version__,
             "backend": {"name": source.backend, "reason": source.backend_reason},
-            "probes": [{"requested": p.get("requested"), "probed": p.get("probed"),
-                        "how": p.get("how"), "explanation": p.get("explanation") or ""}
-                       for p in header.get("probes") or () if isinstance(p, dict)],
-            "skipped": [{"requested": s.get("requested"), "reason": s.get("reason")}
-                        for s in header.get("skipped") or () if isinstance(s, dict)]
-            + [{"requested": f.get("probe"), "reason": f"attach failed: {f.get('reason')}"}
-               for f in footer.get("attach_failures") or () if isinstance(f, dict)],
-            "lost_events": source.lost_events, "missed_returns": source.missed_returns,
-            "seconds": source.seconds, **workload_fate.json_fields(source),
+            "probes": [
+                {
+                    "requested": p.get("requested"),
+                    "probed": p.get("probed"),
+                    "how": p.get("how"),
+                    "explanation": p.get("explanation") or "",
+                }
+                for p in header.get("probes") or ()
+                if isinstance(p, dict)
+            ],
+            "skipped": [
+                {"requested": s.get("requested"), "reason": s.get("reason")}
+                for s in header.get("skipped") or ()
+                if isinstance(s, dict)
+            ]
+            + [
+                {"requested": f.get("probe"), "reason": f"attach failed: {f.get('reason')}"}
+                for f in footer.get("attach_failures") or ()
+                if isinstance(f, dict)
+            ],
+            "lost_events": source.lost_events,
+            "missed_returns": source.missed_returns,
+            "seconds": source.seconds,
+            **workload_fate.json_fields(source),
             "process_watch": process_watch,
             "pci_devices": self._pci_devices(),
         }
@@ -549,32 +750,52 @@ class _Host:
         check = self.report.model_check
         if check is None:
             return None
-        return {"agrees": check.agrees, "kernel_entries": check.kernel_entries,
-                "model_entries": check.model_entries,
-                "missing": [f"{_range(s, e)} {t}" for s, e, t in check.missing],
-                "extra": [f"{_range(s, e)} {t}" for s, e, t in check.extra]}
+        return {
+            "agrees": check.agrees,
+            "kernel_entries": check.kernel_entries,
+            "model_entries": check.model_entries,
+            "missing": [f"{_range(s, e)} {t}" for s, e, t in check.missing],
+            "extra": [f"{_range(s, e)} {t}" for s, e, t in check.extra],
+        }
 
     def _pci_devices(self):
         """Display devices, and devices with a BAR that a traced reservation fell in."""
         live = list(self.report.model.live) if self.report.model is not None else []
-        traced = [(d.event.start, d.event.end) for d in self.report.decisions
-                  if d.event.start is not None and d.event.end is not None]
+        traced = [
+            (d.event.start, d.event.end)
+            for d in self.report.decisions
+            if d.event.start is not None and d.event.end is not None
+        ]
         out = []
         for device in self.source.pci_devices:
             reserved = {bar.index: self._reservation_type(bar, live) for bar in device.bars}
-            touched = any(bar.is_memory and start < bar.end and bar.start < end
-                          for bar in device.bars for start, end in traced)
+            touched = any(
+                bar.is_memory and start < bar.end and bar.start < end
+                for bar in device.bars
+                for start, end in traced
+            )
             if not device.is_display and not touched:
                 continue
-            out.append({
-                "slot": device.slot, "id": f"{device.vendor:04x}:{device.device:04x}",
-                "class": _PCI_CLASSES.get(device.pci_class >> 16, "other"), "name": None,
-                "driver": device.driver,
-                "bars": [{"index": bar.index, "start": hex(bar.start), "end": hex(bar.end),
-                          "prefetchable": bar.is_prefetchable,
-                          "reservation": reserved[bar.index]}
-                         for bar in device.bars if bar.is_memory],
-            })
+            out.append(
+                {
+                    "slot": device.slot,
+                    "id": f"{device.vendor:04x}:{device.device:04x}",
+                    "class": _PCI_CLASSES.get(device.pci_class >> 16, "other"),
+                    "name": None,
+                    "driver": device.driver,
+                    "bars": [
+                        {
+                            "index": bar.index,
+                            "start": hex(bar.start),
+                            "end": hex(bar.end),
+                            "prefetchable": bar.is_prefetchable,
+                            "reservation": reserved[bar.index],
+                        }
+                        for bar in device.bars
+                        if bar.is_memory
+                    ],
+                }
+            )
         return out
 
     @staticmethod
@@ -592,13 +813,19 @@ class _Host:
         if check_line:
             notes.append(f"{self.name}: {check_line}")
         if "hypervisor" in (header.get("cpu_flags") or []) and not header.get("hypervisor"):
-            notes.append(f"{self.name} runs under a hypervisor that does not name itself, as "
-                         "QEMU TCG guests do; TCG does not model memory types, so durations "
-                         "there show nothing about the cost of UC-.")
+            notes.append(
+                f"{self.name} runs under a hypervisor that does not name itself, as "
+                "QEMU TCG guests do; TCG does not model memory types, so durations "
+                "there show nothing about the cost of UC-."
+            )
         if source.lost_events:
-            notes.append(f"{self.name} lost {source.lost_events} events (the kernel's buffers "
-                         "were full): counts there may be low.")
+            notes.append(
+                f"{self.name} lost {source.lost_events} events (the kernel's buffers "
+                "were full): counts there may be low."
+            )
         if not source.processes and (source.footer or {}).get("process_watch") is None:
-            notes.append(f"{self.name}'s trace has no process records (recorded before "
-                         "memtrace watched processes): restart loops cannot be seen.")
+            notes.append(
+                f"{self.name}'s trace has no process records (recorded before "
+                "memtrace watched processes): restart loops cannot be seen."
+            )
         return notes

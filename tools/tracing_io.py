@@ -26,7 +26,7 @@ from memtrace.tools.render import hex_range
 class TraceSource:
     """What the analysis was given, and what to tell the reader about where it came from."""
 
-    source: str                       # "live" or the trace file's path
+    source: str  # "live" or the trace file's path
     kernel: Optional[str]
     traced: bool
     events: list
@@ -40,10 +40,10 @@ class TraceSource:
     notes: List[str] = dataclasses.field(default_factory=list)
     seconds: Optional[float] = None
     workload: Optional[list] = None
-    header: dict = dataclasses.field(default_factory=dict)   # a trace file's header line
-    footer: dict = dataclasses.field(default_factory=dict)   # a trace file's footer line
+    header: dict = dataclasses.field(default_factory=dict)  # a trace file's header line
+    footer: dict = dataclasses.field(default_factory=dict)  # a trace file's footer line
     processes: list = dataclasses.field(default_factory=list)  # process exec/exit records
-    uevents: list = dataclasses.field(default_factory=list)    # DRM uevent records
+    uevents: list = dataclasses.field(default_factory=list)  # DRM uevent records
     # PAT state and MTRRs, which make granted types effective (analysis.effective)
     context: MemoryTypeContext = dataclasses.field(default_factory=MemoryTypeContext)
     # the kernel's PAT list read when tracing ended (the footer's pat_snapshot_end)
@@ -56,10 +56,13 @@ def memory_type_context(environment):
     text and ``mtrr_default``); parts that are missing or malformed are unknown."""
     from memtrace.analysis.effective import pat_state_from_header
     from memtrace.analysis.mtrr import table_from_header
+
     mtrr_text = environment.get("mtrr")
     default = environment.get("mtrr_default")
-    table = table_from_header(mtrr_text if isinstance(mtrr_text, str) else None,
-                              default if isinstance(default, dict) else None)
+    table = table_from_header(
+        mtrr_text if isinstance(mtrr_text, str) else None,
+        default if isinstance(default, dict) else None,
+    )
     return MemoryTypeContext(pat_state_from_header(environment), table)
 
 
@@ -68,6 +71,7 @@ def read_recorded_trace(path):
     naming the line and the field for anything malformed (every record is checked as it
     is read: memtrace.records, Event.from_record)."""
     from memtrace.tracefile import read_trace
+
     # The cyclic garbage collector would walk every event read so far again and again (two
     # thirds of the time on a long trace) though reading makes no cycles; what is read
     # stays for the command's life, so it is then moved out of the collector's sight.
@@ -84,33 +88,46 @@ def read_recorded_trace(path):
         raise BadInput(f"{path}:1: {err}") from None
     backend = header.get("backend") or {}
     footer = trace.footer or {}
-    source = TraceSource(source=path, kernel=header.get("kernel"), traced=True,
-                         events=trace.events, lost_events=trace.lost_events,
-                         missed_returns=footer.get("missed_returns"),
-                         backend=backend.get("name"), backend_reason=backend.get("reason"),
-                         snapshot=snapshot, seconds=footer.get("seconds"),
-                         workload=header.get("workload"), header=header, footer=footer,
-                         processes=trace.processes, uevents=trace.uevents,
-                         context=memory_type_context(header))
+    source = TraceSource(
+        source=path,
+        kernel=header.get("kernel"),
+        traced=True,
+        events=trace.events,
+        lost_events=trace.lost_events,
+        missed_returns=footer.get("missed_returns"),
+        backend=backend.get("name"),
+        backend_reason=backend.get("reason"),
+        snapshot=snapshot,
+        seconds=footer.get("seconds"),
+        workload=header.get("workload"),
+        header=header,
+        footer=footer,
+        processes=trace.processes,
+        uevents=trace.uevents,
+        context=memory_type_context(header),
+    )
     try:
         source.snapshot_end = parse_pat_snapshot(footer.get("pat_snapshot_end"))
     except ValueError as err:
         raise BadInput(f"{path}: footer: pat_snapshot_end: {err}") from None
     if snapshot is None and source.context.pat_disabled:
-        source.notes.append("With PAT off the kernel keeps no reservation list, so the trace "
-                            "has no PAT snapshot and no conflict between reservations can "
-                            "happen.")
+        source.notes.append(
+            "With PAT off the kernel keeps no reservation list, so the trace "
+            "has no PAT snapshot and no conflict between reservations can "
+            "happen."
+        )
     elif snapshot is None:
-        source.notes.append("The trace has no PAT snapshot"
-                            + (f" ({header['pat_snapshot_note']})"
-                               if header.get("pat_snapshot_note") else "")
-                            + ": reservations made before tracing are unknown.")
+        source.notes.append(
+            "The trace has no PAT snapshot"
+            + (f" ({header['pat_snapshot_note']})" if header.get("pat_snapshot_note") else "")
+            + ": reservations made before tracing are unknown."
+        )
     source.pci_devices = _pci_for_trace(header, footer, source.notes)
     note = missing_stacks_note(footer.get("missing_stacks"))
     if note:
         source.notes.append(note)
     source.notes.extend(reader_notes(footer.get("backend_notes"), footer.get("cleanup_problems")))
-    workload_fate.apply(source)   # a failed CMD with nothing traced: an error
+    workload_fate.apply(source)  # a failed CMD with nothing traced: an error
     return source
 
 
@@ -121,9 +138,12 @@ def pat_state_line(context):
     if len(state.evidence) > 2:
         evidence += f"; {len(state.evidence) - 2} more in --format json"
     if state.enabled is False:
-        text = (f"PAT is disabled ({state.reason or 'reason unknown'}"
-                + (f"; evidence: {evidence}" if evidence else "") + "): the kernel keeps no "
-                "reservation list and write-combining requests get UC- page bits.")
+        text = (
+            f"PAT is disabled ({state.reason or 'reason unknown'}"
+            + (f"; evidence: {evidence}" if evidence else "")
+            + "): the kernel keeps no "
+            "reservation list and write-combining requests get UC- page bits."
+        )
     elif state.enabled:
         text = "PAT is enabled" + (f" ({evidence})" if evidence else "") + "."
     else:
@@ -136,9 +156,13 @@ def pat_state_line(context):
 def pat_state_json(context):
     """The PAT state and MTRR knowledge a report was judged with, as JSON."""
     state = context.pat_state
-    return {"enabled": state.enabled, "reason": state.reason, "evidence": list(state.evidence),
-            "configuration": list(state.slots) if state.slots else None,
-            "mtrrs_known": context.mtrr_table is not None}
+    return {
+        "enabled": state.enabled,
+        "reason": state.reason,
+        "evidence": list(state.evidence),
+        "configuration": list(state.slots) if state.slots else None,
+        "mtrrs_known": context.mtrr_table is not None,
+    }
 
 
 def model_check_line(check):
@@ -147,18 +171,28 @@ def model_check_line(check):
     if check is None:
         return None
     if check.agrees:
-        return (f"Model check: the {check.model_entries} reservations memtrace's model holds at "
-                "the end equal the kernel's pat_memtype_list read then.")
+        return (
+            f"Model check: the {check.model_entries} reservations memtrace's model holds at "
+            "the end equal the kernel's pat_memtype_list read then."
+        )
     parts = []
     if check.missing:
-        parts.append(f"{len(check.missing)} in the kernel's list but not in the model (e.g. "
-                     + ", ".join(f"{hex_range(s, e)} {t}" for s, e, t in check.missing[:3]) + ")")
+        parts.append(
+            f"{len(check.missing)} in the kernel's list but not in the model (e.g. "
+            + ", ".join(f"{hex_range(s, e)} {t}" for s, e, t in check.missing[:3])
+            + ")"
+        )
     if check.extra:
-        parts.append(f"{len(check.extra)} in the model but not in the list (e.g. "
-                     + ", ".join(f"{hex_range(s, e)} {t}" for s, e, t in check.extra[:3]) + ")")
-    return ("Model check: memtrace's model disagrees with the kernel's pat_memtype_list at the "
-            "end: " + "; ".join(parts) + ". Events were lost or a reservation path is not "
-            "probed; holders named above may be incomplete.")
+        parts.append(
+            f"{len(check.extra)} in the model but not in the list (e.g. "
+            + ", ".join(f"{hex_range(s, e)} {t}" for s, e, t in check.extra[:3])
+            + ")"
+        )
+    return (
+        "Model check: memtrace's model disagrees with the kernel's pat_memtype_list at the "
+        "end: " + "; ".join(parts) + ". Events were lost or a reservation path is not "
+        "probed; holders named above may be incomplete."
+    )
 
 
 def _pci_for_trace(header, footer, notes):
@@ -168,6 +202,7 @@ def _pci_for_trace(header, footer, notes):
     records = footer.get("pci_devices") or header.get("pci_devices")
     if records:
         from memtrace.probes.pci import device_from_record
+
         try:
             return [device_from_record(record) for record in records]
         except (KeyError, TypeError, ValueError) as err:
@@ -175,17 +210,22 @@ def _pci_for_trace(header, footer, notes):
     if header.get("kernel") == platform.release() and header.get("hostname") == platform.node():
         devices = read_pci(notes)
         if devices:
-            notes.append("Devices and drivers are named from this machine's PCI devices, where "
-                         "the trace was recorded.")
+            notes.append(
+                "Devices and drivers are named from this machine's PCI devices, where "
+                "the trace was recorded."
+            )
         return devices
-    notes.append("The trace was recorded on another machine or kernel, so PCI devices and "
-                 "drivers are not named.")
+    notes.append(
+        "The trace was recorded on another machine or kernel, so PCI devices and "
+        "drivers are not named."
+    )
     return []
 
 
 def read_pci(notes):
     """This machine's PCI devices; an empty list and a note in ``notes`` when unreadable."""
     from memtrace.probes import pci
+
     try:
         return pci.read_pci_devices()
     except MemtraceError as err:
@@ -198,8 +238,9 @@ def snapshot_tuples(environment):
     when it could not read them."""
     if environment.get("pat_snapshot") is None:
         return None
-    return [(int(r["start"], 16), int(r["end"], 16), r["type"])
-            for r in environment["pat_snapshot"]]
+    return [
+        (int(r["start"], 16), int(r["end"], 16), r["type"]) for r in environment["pat_snapshot"]
+    ]
 
 
 @contextlib.contextmanager
@@ -208,6 +249,7 @@ def stdout_to_stderr():
     (a `--format json` report stays one JSON object). Yields a text stream on the real
     stdout, for output that must reach it while tracing (interval tables)."""
     import sys
+
     sys.stdout.flush()
     saved = os.dup(1)
     real_stdout = os.fdopen(os.dup(saved), "w")
@@ -226,21 +268,33 @@ def stdout_to_stderr():
 
 def add_slow_move_arguments(parser):
     """Register ``--wc-reference`` and ``--slow-factor`` (analysis.slow_moves) on ``parser``."""
-    parser.add_argument("--wc-reference", type=wc_reference_type, metavar="MB/S",
-                        help="write-combined throughput that moves on UC/UC- memory are "
-                             "compared with (default: the trace's own WC moves, else "
-                             f"{DEFAULT_WC_REFERENCE_MBPS:g} MB/s, the seed's 4 MB framebuffer "
-                             "move write-combined under KVM on Sapphire Rapids)")
-    parser.add_argument("--slow-factor", type=slow_factor_type, metavar="N",
-                        default=DEFAULT_SLOW_FACTOR,
-                        help="a move on UC/UC- memory is slow when it takes at least N times "
-                             f"as long as at the WC reference (default: {DEFAULT_SLOW_FACTOR:g})")
+    parser.add_argument(
+        "--wc-reference",
+        type=wc_reference_type,
+        metavar="MB/S",
+        help="write-combined throughput that moves on UC/UC- memory are "
+        "compared with (default: the trace's own WC moves, else "
+        f"{DEFAULT_WC_REFERENCE_MBPS:g} MB/s, the seed's 4 MB framebuffer "
+        "move write-combined under KVM on Sapphire Rapids)",
+    )
+    parser.add_argument(
+        "--slow-factor",
+        type=slow_factor_type,
+        metavar="N",
+        default=DEFAULT_SLOW_FACTOR,
+        help="a move on UC/UC- memory is slow when it takes at least N times "
+        f"as long as at the WC reference (default: {DEFAULT_SLOW_FACTOR:g})",
+    )
 
 
 def add_output_arguments(parser):
     """Register ``-o FILE`` and ``--force`` on ``parser``."""
-    parser.add_argument("-o", "--output", metavar="FILE",
-                        help="write the report to FILE (mode 0600, never through a symlink)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the report to FILE (mode 0600, never through a symlink)",
+    )
     parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
 
 
@@ -309,9 +363,11 @@ def missing_stacks_note(count):
     """The note for ``count`` calls whose kernel stack was lost, or None when there are none."""
     if not count:
         return None
-    return (f"{count} calls have no kernel stack (the BPF stack map was full or two stacks "
-            "hashed alike): who reserved or asked for a range may be named by its caller "
-            "only.")
+    return (
+        f"{count} calls have no kernel stack (the BPF stack map was full or two stacks "
+        "hashed alike): who reserved or asked for a range may be named by its caller "
+        "only."
+    )
 
 
 def missed_returns_text(source):

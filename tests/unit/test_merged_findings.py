@@ -18,7 +18,8 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 def _pipeline():
     spec = importlib.util.spec_from_file_location(
-        "stream_pipeline", os.path.join(ROOT, "benchmarks", "stream_pipeline.py"))
+        "stream_pipeline", os.path.join(ROOT, "benchmarks", "stream_pipeline.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -110,19 +111,39 @@ def test_the_interval_index_answers_as_a_full_scan(monkeypatch):
             if events and rng.random() < 0.35:
                 made = rng.choice(events)
                 cut = made.start + 0x1000 if rng.random() < 0.2 else made.start
-                events.append(Event(ts_ns=ts, fn="memtype_free", role="free",
-                                    start=min(cut, made.end - 1), end=made.end, ret=0))
+                events.append(
+                    Event(
+                        ts_ns=ts,
+                        fn="memtype_free",
+                        role="free",
+                        start=min(cut, made.end - 1),
+                        end=made.end,
+                        ret=0,
+                    )
+                )
             else:
-                events.append(Event(ts_ns=ts, fn="memtype_reserve", role="reserve",
-                                    start=start, end=end, requested="WC", ret=0,
-                                    granted=rng.choice(("WC", "UC-", None)),
-                                    stack=["memtype_reserve", "__ioremap_caller"]))
+                events.append(
+                    Event(
+                        ts_ns=ts,
+                        fn="memtype_reserve",
+                        role="reserve",
+                        start=start,
+                        end=end,
+                        requested="WC",
+                        ret=0,
+                        granted=rng.choice(("WC", "UC-", None)),
+                        stack=["memtype_reserve", "__ioremap_caller"],
+                    )
+                )
         snapshot = [(0x10000, 0x20000, "UC-")]
         model, decisions = replay(events, snapshot)
         expected, expected_live = _naive(events, snapshot)
-        got = [None if d.refused else
-               (d.granted, None if d.first is None else (d.first.start, d.first.seq))
-               for d in decisions]
+        got = [
+            None
+            if d.refused
+            else (d.granted, None if d.first is None else (d.first.start, d.first.seq))
+            for d in decisions
+        ]
         assert got == expected
         assert sorted((e.start, e.end, e.type) for e in model.live) == expected_live
 
@@ -130,7 +151,17 @@ def test_the_interval_index_answers_as_a_full_scan(monkeypatch):
 def test_many_live_reservations_of_one_range_stay_fast():
     model = ReservationModel()
     for ts in range(20000):
-        model.reserve(Event(ts_ns=ts, fn="memtype_reserve", role="reserve", start=0xfd000000,
-                            end=0xfe000000, requested="WC", granted="UC-", ret=0))
+        model.reserve(
+            Event(
+                ts_ns=ts,
+                fn="memtype_reserve",
+                role="reserve",
+                start=0xFD000000,
+                end=0xFE000000,
+                requested="WC",
+                granted="UC-",
+                ret=0,
+            )
+        )
     assert len(model) == 20000
-    assert model.check(0xfd000000, 0xfd001000, "WC") == ("UC-", model.live[0], None)
+    assert model.check(0xFD000000, 0xFD001000, "WC") == ("UC-", model.live[0], None)
