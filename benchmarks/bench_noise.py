@@ -39,8 +39,13 @@ def rounds_of_bench(rounds):
     docs = []
     for _ in range(rounds):
         started = time.monotonic()
-        proc = subprocess.run(MEMTRACE + ["bench", "--runs", str(RUNS), "--format", "json"],
-                              capture_output=True, text=True, cwd=REPO, check=False)
+        proc = subprocess.run(
+            MEMTRACE + ["bench", "--runs", str(RUNS), "--format", "json"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=False,
+        )
         if proc.returncode != 0:
             raise SystemExit(f"memtrace bench exited {proc.returncode}: {proc.stderr.strip()}")
         docs.append(dict(json.loads(proc.stdout), wall_s=time.monotonic() - started))
@@ -51,6 +56,7 @@ def rounds_of_ram(rounds):
     """Bench-shaped documents holding anonymous RAM only, measured in this process."""
     from memtrace.analysis.bench import FRAME_BYTES
     from memtrace.probes.bench_mappings import anonymous, timed_passes
+
     docs = []
     for _ in range(rounds):
         with anonymous(FRAME_BYTES) as ram, anonymous(FRAME_BYTES) as target:
@@ -58,18 +64,33 @@ def rounds_of_ram(rounds):
         figures = {}
         for operation, durations in timings.items():
             median = statistics.median(durations)
-            figures[operation] = {"median_mbps": FRAME_BYTES / (median / 1e9) / 1e6,
-                                  "cv": statistics.stdev(durations) / statistics.mean(durations)}
-        docs.append({"mappings": [{"name": "anonymous RAM", "effective": "WB",
-                                   "status": "measured", "figures": figures}],
-                     "verdict": {"basis": None}})
+            figures[operation] = {
+                "median_mbps": FRAME_BYTES / (median / 1e9) / 1e6,
+                "cv": statistics.stdev(durations) / statistics.mean(durations),
+            }
+        docs.append(
+            {
+                "mappings": [
+                    {
+                        "name": "anonymous RAM",
+                        "effective": "WB",
+                        "status": "measured",
+                        "figures": figures,
+                    }
+                ],
+                "verdict": {"basis": None},
+            }
+        )
     return docs
 
 
 def table(docs):
     """The markdown table of the rounds ``docs``."""
-    rows = ["| mapping | type | operation | median MB/s | CV of 10 passes: median (max) "
-            "| CV of the rounds' medians |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| mapping | type | operation | median MB/s | CV of 10 passes: median (max) "
+        "| CV of the rounds' medians |",
+        "|---|---|---|---|---|---|",
+    ]
     names = [m["name"] for m in docs[0]["mappings"] if m["status"] == "measured"]
     for name in names:
         per_round = [next(m for m in doc["mappings"] if m["name"] == name) for doc in docs]
@@ -79,18 +100,25 @@ def table(docs):
                 continue
             medians = [f["median_mbps"] for f in figs]
             cvs = [f["cv"] for f in figs]
-            between = statistics.stdev(medians) / statistics.mean(medians) \
-                if len(medians) > 1 else 0.0
-            rows.append(f"| {name} | {per_round[0].get('effective') or '?'} | {operation} | "
-                        f"{statistics.median(medians):,.0f} | "
-                        f"{statistics.median(cvs) * 100:.0f}% ({max(cvs) * 100:.0f}%) | "
-                        f"{between * 100:.0f}% |")
+            between = (
+                statistics.stdev(medians) / statistics.mean(medians) if len(medians) > 1 else 0.0
+            )
+            rows.append(
+                f"| {name} | {per_round[0].get('effective') or '?'} | {operation} | "
+                f"{statistics.median(medians):,.0f} | "
+                f"{statistics.median(cvs) * 100:.0f}% ({max(cvs) * 100:.0f}%) | "
+                f"{between * 100:.0f}% |"
+            )
     ratios = [doc["verdict"]["basis"]["ratio"] for doc in docs if doc["verdict"].get("basis")]
     if ratios:
         basis = docs[0]["verdict"]["basis"]
-        rows += ["", f"Verdict basis, {basis['slow']} ({basis['slow_type']}) against "
-                 f"{basis['reference']} ({basis['reference_type']}) {basis['operation']}s: "
-                 + ", ".join(f"{r:.2f}x" for r in ratios) + " (thresholds 1.5x and 3x)."]
+        rows += [
+            "",
+            f"Verdict basis, {basis['slow']} ({basis['slow_type']}) against "
+            f"{basis['reference']} ({basis['reference_type']}) {basis['operation']}s: "
+            + ", ".join(f"{r:.2f}x" for r in ratios)
+            + " (thresholds 1.5x and 3x).",
+        ]
     return "\n".join(rows)
 
 
@@ -101,13 +129,17 @@ def main(argv):
     rounds = int(numbers[0]) if numbers else 3
     started = time.monotonic()
     docs = rounds_of_ram(rounds) if ram_only else rounds_of_bench(rounds)
-    print(f"{rounds} rounds of {RUNS} passes in {time.monotonic() - started:.1f} s, "
-          f"kernel {os.uname().release}, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(
+        f"{rounds} rounds of {RUNS} passes in {time.monotonic() - started:.1f} s, "
+        f"kernel {os.uname().release}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
     if not ram_only:
         print(f"verdict: {docs[0]['verdict']['text']}")
-        print("wall time of each `memtrace bench --runs 10`, start to exit: "
-              + ", ".join(f"{doc['wall_s']:.1f} s" for doc in docs))
+        print(
+            "wall time of each `memtrace bench --runs 10`, start to exit: "
+            + ", ".join(f"{doc['wall_s']:.1f} s" for doc in docs)
+        )
     print(table(docs))
     return 0
 

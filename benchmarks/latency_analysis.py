@@ -43,11 +43,12 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO, "tests/fixtures/traces/6.12-bcc-bochs.jsonl")
 MOVER, NON_MOVER = "drm_gem_vram_bo_driver_move", "memtype_reserve"
-TID_STEP = 100     # above every pid/tid of the fixture's residues: copies never share a tid
+TID_STEP = 100  # above every pid/tid of the fixture's residues: copies never share a tid
 
 
 def _load_fixture():
     from memtrace.tracefile import read_trace
+
     return read_trace(FIXTURE)
 
 
@@ -55,11 +56,24 @@ def _leftovers(events):
     """memtype_free events for what ``events`` leave reserved (as an unload would)."""
     from memtrace.analysis.events import ROLE_FREE, Event
     from memtrace.analysis.reservations import replay
+
     model, _ = replay(events, None)
     end = max(e.ts_ns + (e.duration_ns or 0) for e in events)
-    return [Event(ts_ns=end + i + 1, fn="memtype_free", probe="memtype_free", role=ROLE_FREE,
-                  start=r.start, end=r.end, pid=1, tid=1, comm="rmmod")
-            for i, r in enumerate(model.live) if r.event is not None]
+    return [
+        Event(
+            ts_ns=end + i + 1,
+            fn="memtype_free",
+            probe="memtype_free",
+            role=ROLE_FREE,
+            start=r.start,
+            end=r.end,
+            pid=1,
+            tid=1,
+            comm="rmmod",
+        )
+        for i, r in enumerate(model.live)
+        if r.event is not None
+    ]
 
 
 def build_trace(path, events_wanted, leak=False):
@@ -67,6 +81,7 @@ def build_trace(path, events_wanted, leak=False):
     followed by the frees of what it left reserved unless ``leak``); return the number of
     copies."""
     from memtrace.tracefile import TraceWriter
+
     fixture = _load_fixture()
     events = fixture.events
     frees = [] if leak else _leftovers(events)
@@ -74,23 +89,28 @@ def build_trace(path, events_wanted, leak=False):
     copies = -(-events_wanted // per_copy)
     first = min(e.ts_ns for e in events)
     last = max(e.ts_ns + (e.duration_ns or 0) for e in events)
-    period = last - first + 1_000_000          # the recording's span plus 1 ms
+    period = last - first + 1_000_000  # the recording's span plus 1 ms
     if max(e.tid for e in events) >= TID_STEP * 3:
         raise SystemExit("fixture tids too large for TID_STEP")
-    header = {k: v for k, v in fixture.header.items()
-              if k not in ("type", "format", "version")}
+    header = {k: v for k, v in fixture.header.items() if k not in ("type", "format", "version")}
     header["workload"] = ["benchmarks/latency_analysis.py", f"{copies} copies of {FIXTURE}"]
     with open(path, "wb") as stream:
         writer = TraceWriter(stream, header)
         for k in range(copies):
             shift, tids = k * period, k * TID_STEP
             for e in events:
-                writer.event(dataclasses.replace(e, ts_ns=e.ts_ns + shift, pid=e.pid + tids,
-                                                 tid=e.tid + tids))
+                writer.event(
+                    dataclasses.replace(
+                        e, ts_ns=e.ts_ns + shift, pid=e.pid + tids, tid=e.tid + tids
+                    )
+                )
             for e in frees:
                 writer.event(dataclasses.replace(e, ts_ns=e.ts_ns + shift))
-        footer = {k: v for k, v in (fixture.footer or {}).items()
-                  if k not in ("type", "events", "process_records", "uevent_records")}
+        footer = {
+            k: v
+            for k, v in (fixture.footer or {}).items()
+            if k not in ("type", "events", "process_records", "uevent_records")
+        }
         footer["seconds"] = round(copies * period / 1e9, 3)
         writer.footer(footer)
     return copies
@@ -103,11 +123,16 @@ def _maxrss_mib():
 def stage_parse(path):
     """(a): read_trace alone."""
     from memtrace.tracefile import read_trace
+
     started, cpu = time.perf_counter(), time.process_time()
     trace = read_trace(path)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "cpu_s": time.process_time() - cpu, "events": len(trace.events),
-            "self_maxrss_mib": _maxrss_mib()}
+    return {
+        "seconds": seconds,
+        "cpu_s": time.process_time() - cpu,
+        "events": len(trace.events),
+        "self_maxrss_mib": _maxrss_mib(),
+    }
 
 
 def stage_analyse(path):
@@ -117,6 +142,7 @@ def stage_analyse(path):
     from memtrace.analysis.latency import latency_rows
     from memtrace.tools.latency import _matches, _same_objects
     from memtrace.tools.tracing_io import read_recorded_trace
+
     steps = {}
     started = now = time.perf_counter()
     cpu = time.process_time()
@@ -128,8 +154,9 @@ def stage_analyse(path):
 
     source = read_recorded_trace(path)
     step("read_recorded_trace")
-    selected = [e for e in source.events
-                if any(_matches(p, e.fn, e.probe) for p in (MOVER, NON_MOVER))]
+    selected = [
+        e for e in source.events if any(_matches(p, e.fn, e.probe) for p in (MOVER, NON_MOVER))
+    ]
     step("select")
     report = analyze(source.events, source.snapshot, source.pci_devices, static=False)
     step("analyze")
@@ -137,13 +164,19 @@ def stage_analyse(path):
     step("latency_rows")
     seconds = time.perf_counter() - started
     movers = [r for r in rows if r.mover]
-    return {"seconds": seconds, "cpu_s": time.process_time() - cpu, "steps": steps,
-            "events": len(source.events),
-            "selected": len(selected), "moves": len(report.moves),
-            "uc_moves": sum(r.distribution.count for r in movers if r.memtype == "UC-"),
-            "move_calls": sum(1 for e in selected if e.role == ROLE_MOVE),
-            "rows": [(r.fn, r.memtype, r.distribution.count) for r in rows],
-            "conflicts": len(report.conflicts), "self_maxrss_mib": _maxrss_mib()}
+    return {
+        "seconds": seconds,
+        "cpu_s": time.process_time() - cpu,
+        "steps": steps,
+        "events": len(source.events),
+        "selected": len(selected),
+        "moves": len(report.moves),
+        "uc_moves": sum(r.distribution.count for r in movers if r.memtype == "UC-"),
+        "move_calls": sum(1 for e in selected if e.role == ROLE_MOVE),
+        "rows": [(r.fn, r.memtype, r.distribution.count) for r in rows],
+        "conflicts": len(report.conflicts),
+        "self_maxrss_mib": _maxrss_mib(),
+    }
 
 
 STAGES = {"parse": stage_parse, "analyse": stage_analyse}
@@ -158,7 +191,7 @@ def _child(argv):
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
-    if proc.returncode not in (0, 1):      # latency exits 1 for slow UC- moves
+    if proc.returncode not in (0, 1):  # latency exits 1 for slow UC- moves
         raise SystemExit(f"{argv} exited {proc.returncode}")
     return out, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
@@ -167,8 +200,9 @@ def main():
     """Build the trace, time the three stages, print JSON and a markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("events", nargs="?", type=int, default=1_000_000)
-    parser.add_argument("--leak", action="store_true",
-                        help="do not free what each copy left reserved")
+    parser.add_argument(
+        "--leak", action="store_true", help="do not free what each copy left reserved"
+    )
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     parser.add_argument("--trace", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -181,26 +215,48 @@ def main():
         copies = build_trace(path, args.events, args.leak)
         build_s = time.perf_counter() - started
         size_mib = os.path.getsize(path) / 2**20
-        print(f"built about {args.events:,} events ({copies:,} copies, {size_mib:.0f} MiB) "
-              f"in {build_s:.1f} s", file=sys.stderr, flush=True)
+        print(
+            f"built about {args.events:,} events ({copies:,} copies, {size_mib:.0f} MiB) "
+            f"in {build_s:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         me = [sys.executable, os.path.abspath(__file__)]
-        results = {"events": None, "copies": copies, "file_mib": round(size_mib, 1),
-                   "python": platform.python_version(), "host_kernel": platform.release()}
+        results = {
+            "events": None,
+            "copies": copies,
+            "file_mib": round(size_mib, 1),
+            "python": platform.python_version(),
+            "host_kernel": platform.release(),
+        }
         for stage in ("parse", "analyse"):
-            out, wall, cpu, rss = _child(me + [str(args.events), "--stage", stage,
-                                               "--trace", path])
-            results[stage] = dict(json.loads(out), wall_s=wall, process_cpu_s=cpu,
-                                  maxrss_mib=rss)
+            out, wall, cpu, rss = _child(me + [str(args.events), "--stage", stage, "--trace", path])
+            results[stage] = dict(json.loads(out), wall_s=wall, process_cpu_s=cpu, maxrss_mib=rss)
             results["events"] = results["events"] or results[stage]["events"]
             print(json.dumps({stage: results[stage]}), file=sys.stderr, flush=True)
-        cli = [sys.executable, "-m", "memtrace", "latency", "-i", path, "--fn", MOVER,
-               "--fn", NON_MOVER, "--format", "json"]
+        cli = [
+            sys.executable,
+            "-m",
+            "memtrace",
+            "latency",
+            "-i",
+            path,
+            "--fn",
+            MOVER,
+            "--fn",
+            NON_MOVER,
+            "--format",
+            "json",
+        ]
         out, wall, cpu, rss = _child(cli)
         report = json.loads(out)
-        results["cli"] = {"seconds": wall, "cpu_s": cpu, "maxrss_mib": rss,
-                          "events": report["events"],
-                          "functions": [(f["fn"], f["memtype"], f["count"])
-                                        for f in report["functions"]]}
+        results["cli"] = {
+            "seconds": wall,
+            "cpu_s": cpu,
+            "maxrss_mib": rss,
+            "events": report["events"],
+            "functions": [(f["fn"], f["memtype"], f["count"]) for f in report["functions"]],
+        }
         print(json.dumps({"cli": results["cli"]}), file=sys.stderr, flush=True)
     print(json.dumps(results, indent=2), file=sys.stderr)
     print(table(results))
@@ -211,16 +267,22 @@ def table(results):
     process, interpreter start included); ratios are to parsing, by wall and by CPU time."""
     n = results["events"]
     parse, parse_cpu = results["parse"]["seconds"], results["parse"]["cpu_s"]
-    lines = ["| stage | wall s | CPU s | events/s (wall) | peak RSS MiB | ratio to parse, wall "
-             "| ratio to parse, CPU |",
-             "|---|---|---|---|---|---|---|"]
-    for name, key in (("(a) read_trace (parse only)", "parse"),
-                      ("(b) read_recorded_trace + analyze + latency_rows", "analyse"),
-                      ("(c) `memtrace latency -i` CLI, start to exit", "cli")):
+    lines = [
+        "| stage | wall s | CPU s | events/s (wall) | peak RSS MiB | ratio to parse, wall "
+        "| ratio to parse, CPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, key in (
+        ("(a) read_trace (parse only)", "parse"),
+        ("(b) read_recorded_trace + analyze + latency_rows", "analyse"),
+        ("(c) `memtrace latency -i` CLI, start to exit", "cli"),
+    ):
         row = results[key]
-        lines.append(f"| {name} | {row['seconds']:,.1f} | {row['cpu_s']:,.1f} "
-                     f"| {n / row['seconds']:,.0f} | {row['maxrss_mib']:,.0f} "
-                     f"| {row['seconds'] / parse:.1f} | {row['cpu_s'] / parse_cpu:.1f} |")
+        lines.append(
+            f"| {name} | {row['seconds']:,.1f} | {row['cpu_s']:,.1f} "
+            f"| {n / row['seconds']:,.0f} | {row['maxrss_mib']:,.0f} "
+            f"| {row['seconds'] / parse:.1f} | {row['cpu_s'] / parse_cpu:.1f} |"
+        )
     steps = results["analyse"]["steps"]
     lines.append("")
     lines.append("(b) by step, wall: " + ", ".join(f"{k} {v:,.1f} s" for k, v in steps.items()))

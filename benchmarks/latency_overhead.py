@@ -46,20 +46,28 @@ CONFIGS = (
     ("memtrace latency --backend tracefs", ["--backend", "tracefs"]),
     ("memtrace latency --cycles (bcc, per call)", ["--backend", "bcc", "--cycles"]),
 )
-WORKLOAD = [sys.executable, os.path.join(REPO, "tests/lab/mmap_bar.py"),
-            "/sys/bus/pci/devices/0000:00:02.0/resource0", str(COUNT)]
+WORKLOAD = [
+    sys.executable,
+    os.path.join(REPO, "tests/lab/mmap_bar.py"),
+    "/sys/bus/pci/devices/0000:00:02.0/resource0",
+    str(COUNT),
+]
 
 
 def with_latency(options):
     """The workload under `memtrace latency OPTIONS --fn memtype_reserve --format json`;
     returns a result dict."""
     started = time.monotonic()
-    proc = subprocess.Popen(MEMTRACE + ["latency", *options, "--fn", FN, "--format", "json",
-                                        "--"] + WORKLOAD,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        MEMTRACE + ["latency", *options, "--fn", FN, "--format", "json", "--"] + WORKLOAD,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     attach_s = None
     stderr_lines = []
-    for line in proc.stderr:          # the workload's own output comes here too
+    for line in proc.stderr:  # the workload's own output comes here too
         stderr_lines.append(line)
         if attach_s is None and line.startswith("memtrace latency: timing"):
             attach_s = time.monotonic() - started
@@ -67,20 +75,28 @@ def with_latency(options):
     proc.wait()
     total_s = time.monotonic() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"memtrace latency {options} exited {proc.returncode}:\n"
-                           f"{''.join(stderr_lines)}")
+        raise RuntimeError(
+            f"memtrace latency {options} exited {proc.returncode}:\n{''.join(stderr_lines)}"
+        )
     report = json.loads(report)
     rows = [f for f in report["functions"] if f["fn"] == FN]
     count = sum(f["count"] for f in rows)
     total_ns = sum(f["total"] or 0 for f in rows)
-    return {"us": per_map_us("".join(stderr_lines)), "attach_s": attach_s, "wall_s": total_s,
-            "backend": report["backend"], "unit": report["unit"],
-            "exact": [f["exact"] for f in rows], "calls": count,
-            "avg": total_ns / count if count else None,
-            "p50": rows[0]["p50"] if rows else None,
-            "cycles_source": rows[0]["cycles_source"] if rows else None,
-            "events": report["events"], "lost": report["lost_events"],
-            "missed_returns": report["missed_returns"]}
+    return {
+        "us": per_map_us("".join(stderr_lines)),
+        "attach_s": attach_s,
+        "wall_s": total_s,
+        "backend": report["backend"],
+        "unit": report["unit"],
+        "exact": [f["exact"] for f in rows],
+        "calls": count,
+        "avg": total_ns / count if count else None,
+        "p50": rows[0]["p50"] if rows else None,
+        "cycles_source": rows[0]["cycles_source"] if rows else None,
+        "events": report["events"],
+        "lost": report["lost_events"],
+        "missed_returns": report["missed_returns"],
+    }
 
 
 def with_funclatency():
@@ -89,25 +105,35 @@ def with_funclatency():
     match = _FUNCLATENCY_AVG.search(output)
     if not match:
         raise RuntimeError(f"funclatency printed no average:\n{output}")
-    return {"us": us, "attach_s": attach_s, "calls": int(match[3]), "avg": int(match[1]),
-            "exact": "histogram", "lost": None}
+    return {
+        "us": us,
+        "attach_s": attach_s,
+        "calls": int(match[3]),
+        "avg": int(match[1]),
+        "exact": "histogram",
+        "lost": None,
+    }
 
 
 def _spread(values, fmt="{:.1f}"):
     """``median (min-max)`` of ``values``, or the one value."""
     if len(values) == 1:
         return fmt.format(values[0])
-    return (f"{fmt.format(statistics.median(values))} "
-            f"({fmt.format(min(values))}-{fmt.format(max(values))})")
+    return (
+        f"{fmt.format(statistics.median(values))} "
+        f"({fmt.format(min(values))}-{fmt.format(max(values))})"
+    )
 
 
 def table(results):
     """The markdown table of RESULTS.md: medians over the rounds, (min-max) where several."""
     base = statistics.median(results["baselines_us"])
-    lines = ["| configuration | µs per mmap+munmap | overhead µs | ratio to untraced "
-             "| start to attached s | memtype_reserve calls per pair | its p50 / mean | lost |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| untraced | {_spread(results['baselines_us'])} | - | 1.0 | - | - | - | - |"]
+    lines = [
+        "| configuration | µs per mmap+munmap | overhead µs | ratio to untraced "
+        "| start to attached s | memtype_reserve calls per pair | its p50 / mean | lost |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| untraced | {_spread(results['baselines_us'])} | - | 1.0 | - | - | - | - |",
+    ]
     for name, rounds in results["runs"].items():
         if not rounds:
             continue
@@ -119,17 +145,25 @@ def table(results):
         avg = statistics.median(r["avg"] for r in rounds)
         p50 = [r.get("p50") for r in rounds if r.get("p50") is not None]
         p50 = f"{statistics.median(p50):,.0f}" if p50 else "-"
-        lines.append(f"| {name} | {_spread([r['us'] for r in rounds])} | {us - base:.1f} "
-                     f"| {us / base:.2f} | {_spread(attach) if attach else '-'} | {calls} "
-                     f"| {p50} / {avg:,.0f} {unit} | {lost} |")
+        lines.append(
+            f"| {name} | {_spread([r['us'] for r in rounds])} | {us - base:.1f} "
+            f"| {us / base:.2f} | {_spread(attach) if attach else '-'} | {calls} "
+            f"| {p50} / {avg:,.0f} {unit} | {lost} |"
+        )
     return "\n".join(lines)
 
 
 def main():
     """Run the untraced workload and every configuration, ROUNDS times in turn; print the
     JSON results on stderr, the table on stdout."""
-    results = {"count": COUNT, "rounds": ROUNDS, "kernel": os.uname().release,
-               "cpus": os.cpu_count(), "baselines_us": [], "runs": {}}
+    results = {
+        "count": COUNT,
+        "rounds": ROUNDS,
+        "kernel": os.uname().release,
+        "cpus": os.cpu_count(),
+        "baselines_us": [],
+        "runs": {},
+    }
     runs = [(name, lambda options=options: with_latency(options)) for name, options in CONFIGS]
     runs.append(("funclatency-bpfcc memtype_reserve", with_funclatency))
     for round_number in range(ROUNDS):
@@ -138,12 +172,12 @@ def main():
             try:
                 row = run()
             except (RuntimeError, ValueError, KeyError, subprocess.SubprocessError) as error:
-                results.setdefault("errors", []).append(f"{name}, round {round_number + 1}: "
-                                                        f"{error}")
+                results.setdefault("errors", []).append(
+                    f"{name}, round {round_number + 1}: {error}"
+                )
                 continue
             results["runs"].setdefault(name, []).append(row)
-            print(json.dumps({"round": round_number + 1, name: row}), file=sys.stderr,
-                  flush=True)
+            print(json.dumps({"round": round_number + 1, name: row}), file=sys.stderr, flush=True)
     results["baselines_us"].append(baseline())
     print(json.dumps(results, indent=2), file=sys.stderr)
     print(table(results))

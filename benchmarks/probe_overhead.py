@@ -50,9 +50,13 @@ def with_memtrace(backend):
     if os.path.exists(out):
         os.unlink(out)
     started = time.monotonic()
-    proc = subprocess.Popen(MEMTRACE + ["record", "--backend", backend, "-o", out, "--"]
-                            + WORKLOAD, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        MEMTRACE + ["record", "--backend", backend, "-o", out, "--"] + WORKLOAD,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     attach_s = None
     stderr_lines = []
     for line in proc.stderr:
@@ -72,9 +76,13 @@ def run_funclatency(fn="memtype_reserve"):
     funclatency's output)``."""
     started = time.monotonic()
     # funclatency is Python: unbuffered, or its "Tracing ..." line never arrives through a pipe.
-    proc = subprocess.Popen([FUNCLATENCY, fn], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc = subprocess.Popen(
+        [FUNCLATENCY, fn],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     for line in proc.stdout:
         if line.startswith("Tracing"):
             break
@@ -91,8 +99,13 @@ def main():
     results = {"count": COUNT, "kernel": os.uname().release, "baseline_us": base}
     for backend in ("tracefs", "bcc"):
         us, attach_s, footer = with_memtrace(backend)
-        results[backend] = {"us": us, "overhead_us": us - base, "attach_s": attach_s,
-                            "events": footer["events"], "lost": footer["lost_events"]}
+        results[backend] = {
+            "us": us,
+            "overhead_us": us - base,
+            "attach_s": attach_s,
+            "events": footer["events"],
+            "lost": footer["lost_events"],
+        }
         print(json.dumps({backend: results[backend]}), file=sys.stderr, flush=True)
     us, attach_s, _output = run_funclatency()
     results["funclatency"] = {"us": us, "overhead_us": us - base, "attach_s": attach_s}

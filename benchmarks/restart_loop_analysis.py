@@ -37,17 +37,23 @@ def main():
                     w.event(e)
                 for k in range(n):
                     for e in user:
-                        w.event(dataclasses.replace(e, ts_ns=e.ts_ns + k * period,
-                                                    pid=1000 + k, tid=1000 + k))
+                        w.event(
+                            dataclasses.replace(
+                                e, ts_ns=e.ts_ns + k * period, pid=1000 + k, tid=1000 + k
+                            )
+                        )
                 w.footer({"lost_events": 0, "missed_returns": 0})
             t0 = time.process_time()
             src = read_recorded_trace(path)
             t1 = time.process_time()
             r = analyze(src.events, src.snapshot, src.pci_devices, static=False)
             t2 = time.process_time()
-        print(f"{n} user maps ({len(src.events)} events): read {t1 - t0:.1f} s CPU, "
-              f"analyze {t2 - t1:.1f} s CPU, conflicts {len(r.conflicts)}, "
-              f"requesters {[len(c.requesters) for c in r.conflicts]}", flush=True)
+        print(
+            f"{n} user maps ({len(src.events)} events): read {t1 - t0:.1f} s CPU, "
+            f"analyze {t2 - t1:.1f} s CPU, conflicts {len(r.conflicts)}, "
+            f"requesters {[len(c.requesters) for c in r.conflicts]}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

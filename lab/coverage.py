@@ -78,7 +78,13 @@ SOURCE_DIRS = ("memtrace", "tools", "probes", "analysis", "lab")
 SOURCE_SUFFIXES = (".py", ".c", ".sh")
 
 OK, BOOT_FAILED, TIMEOUT, NO_RESULT, NO_MODULE, RUNNER_ERROR = (
-    "ok", "boot-failed", "timeout", "no-guest-result", "no-module", "runner-error")
+    "ok",
+    "boot-failed",
+    "timeout",
+    "no-guest-result",
+    "no-module",
+    "runner-error",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,8 +245,14 @@ def pat_entries_on_bars(pat_text, bars):
     for entry in parse_pat_memtype_list(pat_text, source="pat_memtype_list"):
         for bar in bars:
             if entry.start < int(bar["end"], 16) and int(bar["start"], 16) < entry.end:
-                entries.append({"start": hex(entry.start), "end": hex(entry.end),
-                                "type": entry.memtype, "bar": bar["bar"]})
+                entries.append(
+                    {
+                        "start": hex(entry.start),
+                        "end": hex(entry.end),
+                        "type": entry.memtype,
+                        "bar": bar["bar"],
+                    }
+                )
                 break
     return entries
 
@@ -248,19 +260,37 @@ def pat_entries_on_bars(pat_text, bars):
 def finding_of(conflict):
     """The fields of one ``memtrace conflicts`` JSON conflict the table shows (absent -> None);
     of the holder, only its range and type."""
-    finding = {key: conflict.get(key) for key in
-               ("kind", "start", "end", "requested", "granted", "effective", "severity", "count",
-                "device", "driver")}
+    finding = {
+        key: conflict.get(key)
+        for key in (
+            "kind",
+            "start",
+            "end",
+            "requested",
+            "granted",
+            "effective",
+            "severity",
+            "count",
+            "device",
+            "driver",
+        )
+    }
     holder = conflict.get("holder")
-    finding["holder"] = ({key: holder.get(key) for key in ("start", "end", "type")}
-                         if isinstance(holder, dict) else None)
+    finding["holder"] = (
+        {key: holder.get(key) for key in ("start", "end", "type")}
+        if isinstance(holder, dict)
+        else None
+    )
     return finding
 
 
 def kernel_pat_messages(dmesg_text):
     """Return the kernel's lines about PAT and MTRRs (``x86/PAT`` or ``mtrr``, any case)."""
-    return [line for line in (dmesg_text or "").splitlines()
-            if "x86/PAT" in line or "mtrr" in line.lower()]
+    return [
+        line
+        for line in (dmesg_text or "").splitlines()
+        if "x86/PAT" in line or "mtrr" in line.lower()
+    ]
 
 
 def read_guest_results(result, cell_dir, source_dir=SOURCE_TOP):
@@ -280,8 +310,9 @@ def read_guest_results(result, cell_dir, source_dir=SOURCE_TOP):
     result.pci_class, result.framebuffer_bar = display.get("class"), display.get("framebuffer_bar")
     result.driver_bound = guest.get("driver_bound")
     result.memtrace_path = guest.get("memtrace_path")
-    result.foreign_memtrace = bool(result.memtrace_path) and \
-        not result.memtrace_path.startswith(source_dir.rstrip(os.sep) + os.sep)
+    result.foreign_memtrace = bool(result.memtrace_path) and not result.memtrace_path.startswith(
+        source_dir.rstrip(os.sep) + os.sep
+    )
     if result.foreign_memtrace:
         result.error = f"the guest ran the memtrace in {result.memtrace_path}, not {source_dir}"
     result.user_map = guest.get("user_map")
@@ -333,8 +364,7 @@ def freeze_source(target, top=SOURCE_TOP):
     package = os.path.join(target, "memtrace")
     shutil.copytree(os.path.join(top, "memtrace"), package, ignore=skip)
     for directory in SOURCE_DIRS[1:]:
-        shutil.copytree(os.path.join(top, directory), os.path.join(package, directory),
-                        ignore=skip)
+        shutil.copytree(os.path.join(top, directory), os.path.join(package, directory), ignore=skip)
     return target
 
 
@@ -346,14 +376,26 @@ def guest_argv(module, cell_dir, mode, timeout, source_dir=SOURCE_TOP):
     system-wide (the venv sees system site-packages before the editable install's finder,
     and a .deb test installs one).
     """
-    argv = ["env", "-C", source_dir, sys.executable, "-m", "memtrace.lab.coverage_guest",
-            "--module", module, "--out", cell_dir,
-            "--conflicts-timeout", str(max(60, timeout - GUEST_MARGIN))]
+    argv = [
+        "env",
+        "-C",
+        source_dir,
+        sys.executable,
+        "-m",
+        "memtrace.lab.coverage_guest",
+        "--module",
+        module,
+        "--out",
+        cell_dir,
+        "--conflicts-timeout",
+        str(max(60, timeout - GUEST_MARGIN)),
+    ]
     return argv + (["--user-map"] if mode == "user-map" else [])
 
 
-def run_cell(kernel, device, mode, workdir, timeout=DEFAULT_TIMEOUT, accel=None,
-             source_dir=SOURCE_TOP):
+def run_cell(
+    kernel, device, mode, workdir, timeout=DEFAULT_TIMEOUT, accel=None, source_dir=SOURCE_TOP
+):
     """Boot one cell's guest and return its :class:`CellResult`; never raises for a guest
     that fails to boot, hangs or crashes (the result's ``status`` says so).
 
@@ -366,8 +408,13 @@ def run_cell(kernel, device, mode, workdir, timeout=DEFAULT_TIMEOUT, accel=None,
     :param source_dir: the memtrace the guest runs: this checkout, or a frozen copy
     """
     display = DEVICES_BY_NAME[device]
-    result = CellResult(kernel, device, mode, qemu_display=qemu_display_arguments(device),
-                        kernel_parameters=list(MODES[mode]))
+    result = CellResult(
+        kernel,
+        device,
+        mode,
+        qemu_display=qemu_display_arguments(device),
+        kernel_parameters=list(MODES[mode]),
+    )
     try:
         lab_kernel = kernels.select_kernel(kernel)
     except LabError as err:
@@ -384,14 +431,24 @@ def run_cell(kernel, device, mode, workdir, timeout=DEFAULT_TIMEOUT, accel=None,
     os.makedirs(cell_dir, exist_ok=True)
     result.workdir = cell_dir
     argv = guest_argv(result.module, cell_dir, mode, timeout, source_dir)
-    result.lab_command = shlex.join(["memtrace", "lab", "--kernel", kernel,
-                                     *lab_options(device, mode), "--", *argv])
+    result.lab_command = shlex.join(
+        ["memtrace", "lab", "--kernel", kernel, *lab_options(device, mode), "--", *argv]
+    )
     started = time.monotonic()
     try:
-        qemu.run_in_guest(lab_kernel, argv, vga=display.vga, device=display.device,
-                          timeout=timeout, workdir=cell_dir, accel=accel, stream=False,
-                          keep_console=os.path.join(cell_dir, "console.log"),
-                          append_extra=MODES[mode], readonly_paths=(source_dir,))
+        qemu.run_in_guest(
+            lab_kernel,
+            argv,
+            vga=display.vga,
+            device=display.device,
+            timeout=timeout,
+            workdir=cell_dir,
+            accel=accel,
+            stream=False,
+            keep_console=os.path.join(cell_dir, "console.log"),
+            append_extra=MODES[mode],
+            readonly_paths=(source_dir,),
+        )
     except LabTimeout as err:
         result.status, result.error = TIMEOUT, err.message
         result.console_tail = list(err.details[-CONSOLE_TAIL:])
@@ -408,24 +465,42 @@ def run_cell(kernel, device, mode, workdir, timeout=DEFAULT_TIMEOUT, accel=None,
     return result
 
 
-def run_matrix(cells, workdir, jobs=2, timeout=DEFAULT_TIMEOUT, accel=None, progress=None,
-               source_dir=SOURCE_TOP):
+def run_matrix(
+    cells,
+    workdir,
+    jobs=2,
+    timeout=DEFAULT_TIMEOUT,
+    accel=None,
+    progress=None,
+    source_dir=SOURCE_TOP,
+):
     """Run ``cells`` ``jobs`` at a time, each in ``workdir/<cell name>`` with the memtrace in
     ``source_dir``; return their results in the order of ``cells``.
     ``progress(done, total, result)`` is called as each cell ends."""
     results = {}
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
     try:
-        futures = {pool.submit(run_cell, c.kernel, c.device, c.mode,
-                               os.path.join(workdir, c.name), timeout, accel, source_dir): c
-                   for c in cells}
+        futures = {
+            pool.submit(
+                run_cell,
+                c.kernel,
+                c.device,
+                c.mode,
+                os.path.join(workdir, c.name),
+                timeout,
+                accel,
+                source_dir,
+            ): c
+            for c in cells
+        }
         for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
             cell = futures[future]
             try:
                 results[cell] = future.result()
             except Exception as err:  # noqa: BLE001 - a bug in one cell must not lose the others
-                results[cell] = CellResult(cell.kernel, cell.device, cell.mode,
-                                           status=RUNNER_ERROR, error=repr(err))
+                results[cell] = CellResult(
+                    cell.kernel, cell.device, cell.mode, status=RUNNER_ERROR, error=repr(err)
+                )
             if progress:
                 progress(done, len(cells), results[cell])
     finally:
@@ -515,8 +590,9 @@ def pat_summary(result):
         per_bar.setdefault(entry["bar"], []).append(entry["type"])
     parts = []
     for bar, types in per_bar.items():
-        counted = [f"{t} ×{types.count(t)}" if types.count(t) > 1 else t
-                   for t in dict.fromkeys(types)]
+        counted = [
+            f"{t} ×{types.count(t)}" if types.count(t) > 1 else t for t in dict.fromkeys(types)
+        ]
         parts.append(f"{bar} {', '.join(counted)}")
     return "; ".join(parts)
 
@@ -534,23 +610,55 @@ def _cell_anchor(result):
 def render_markdown(results, meta):
     """Return docs/coverage.md for ``results`` (CellResults) and ``meta`` (how the run was
     made: see :func:`run_metadata`)."""
-    lines = ["# memtrace coverage matrix", "",
-             "Generated by running memtrace in lab guests; do not edit by hand.", ""]
+    lines = [
+        "# memtrace coverage matrix",
+        "",
+        "Generated by running memtrace in lab guests; do not edit by hand.",
+        "",
+    ]
     lines += _meta_lines(meta)
     foreign = [r.cell.name for r in results if r.foreign_memtrace]
     if foreign:
-        lines.append(f"- **{len(foreign)} cells ran another memtrace than this checkout's** "
-                     f"(an installed package?): {', '.join(foreign)}")
-    lines += ["", "## Summary", "",
-              "Exit is `memtrace conflicts`' status (0 nothing found, 1 findings, 2 error), or "
-              "why it did not run. Findings are kind and requested→granted types (eff. = the "
-              "effective type when it differs). PAT lists the kernel's reservations on the "
-              "display device's BARs after the driver loaded.", ""]
-    rows = [[f"[{r.kernel}](#{_cell_anchor(r)})", r.device, mode_text(r), _field(r.driver_bound),
-             _outcome(r), findings_summary(r), pat_summary(r), _field(r.lost_events)]
-            for r in results]
-    lines += _table(["kernel", "device", "mode", "driver bound", "exit", "findings",
-                     "PAT on the device's BARs", "lost events"], rows)
+        lines.append(
+            f"- **{len(foreign)} cells ran another memtrace than this checkout's** "
+            f"(an installed package?): {', '.join(foreign)}"
+        )
+    lines += [
+        "",
+        "## Summary",
+        "",
+        "Exit is `memtrace conflicts`' status (0 nothing found, 1 findings, 2 error), or "
+        "why it did not run. Findings are kind and requested→granted types (eff. = the "
+        "effective type when it differs). PAT lists the kernel's reservations on the "
+        "display device's BARs after the driver loaded.",
+        "",
+    ]
+    rows = [
+        [
+            f"[{r.kernel}](#{_cell_anchor(r)})",
+            r.device,
+            mode_text(r),
+            _field(r.driver_bound),
+            _outcome(r),
+            findings_summary(r),
+            pat_summary(r),
+            _field(r.lost_events),
+        ]
+        for r in results
+    ]
+    lines += _table(
+        [
+            "kernel",
+            "device",
+            "mode",
+            "driver bound",
+            "exit",
+            "findings",
+            "PAT on the device's BARs",
+            "lost events",
+        ],
+        rows,
+    )
     lines += ["", "## Cells"]
     for result in results:
         lines += [""] + _cell_lines(result)
@@ -558,8 +666,9 @@ def render_markdown(results, meta):
 
 
 def _meta_lines(meta):
-    kernels_text = ", ".join(f"{series}: {release}" for series, release in
-                             (meta.get("kernels") or {}).items())
+    kernels_text = ", ".join(
+        f"{series}: {release}" for series, release in (meta.get("kernels") or {}).items()
+    )
     return [
         f"- command: `{meta.get('command', '-')}`",
         f"- date: {meta.get('date', '-')}; wall time {_field(meta.get('wall_seconds'))} s "
@@ -574,55 +683,101 @@ def _meta_lines(meta):
 
 
 def _cell_lines(result):
-    lines = [f"### {result.kernel} · {result.device} · {result.mode}",
-             f'<a id="{_cell_anchor(result)}"></a>', ""]
+    lines = [
+        f"### {result.kernel} · {result.device} · {result.mode}",
+        f'<a id="{_cell_anchor(result)}"></a>',
+        "",
+    ]
     params = " ".join(result.kernel_parameters) or "none"
-    lines.append(f"- boot: {_field(result.release)}, QEMU `{' '.join(result.qemu_display)}`, "
-                 f"kernel parameters: {params}; {result.status}"
-                 + (f" after {result.seconds} s" if result.seconds is not None else ""))
+    lines.append(
+        f"- boot: {_field(result.release)}, QEMU `{' '.join(result.qemu_display)}`, "
+        f"kernel parameters: {params}; {result.status}"
+        + (f" after {result.seconds} s" if result.seconds is not None else "")
+    )
     if result.status != OK:
         lines.append(f"- error: {_field(result.error)}")
         if result.console_tail:
             lines += ["", "```", *result.console_tail, "```"]
         return lines
     if result.slot:
-        lines.append(f"- display device: {result.slot} {result.pci_id} (class {result.pci_class}),"
-                     f" framebuffer BAR{_field(result.framebuffer_bar)}; driver bound after "
-                     f"`modprobe {result.module}`: {_field(result.driver_bound)}")
+        lines.append(
+            f"- display device: {result.slot} {result.pci_id} (class {result.pci_class}),"
+            f" framebuffer BAR{_field(result.framebuffer_bar)}; driver bound after "
+            f"`modprobe {result.module}`: {_field(result.driver_bound)}"
+        )
     else:
         lines.append(f"- display device: none; `modprobe {result.module}` has nothing to bind")
     if result.user_map is not None:
         lines.append(f"- {_user_map_text(result.user_map)}")
-    ran = ("timed out" if result.conflicts_timed_out else
-           f"exit {_field(result.conflicts_exit)}")
-    lines.append(f"- memtrace conflicts: {ran} after {_field(result.conflicts_seconds)} s, "
-                 f"backend {_field(result.backend)}, {_field(result.events)} events, "
-                 f"{_field(result.lost_events)} lost")
+    ran = "timed out" if result.conflicts_timed_out else f"exit {_field(result.conflicts_exit)}"
+    lines.append(
+        f"- memtrace conflicts: {ran} after {_field(result.conflicts_seconds)} s, "
+        f"backend {_field(result.backend)}, {_field(result.events)} events, "
+        f"{_field(result.lost_events)} lost"
+    )
     if result.conflicts_error:
         lines.append(f"- memtrace said: {result.conflicts_error}")
     lines.append(f"- /dev/fb0: {_framebuffer_text(result.framebuffer)}")
     if result.error:
         lines.append(f"- note: {result.error}")
     if result.findings:
-        lines += ["", *_table(
-            ["kind", "range", "requested", "granted", "effective", "count", "device", "driver",
-             "holder"],
-            [[_field(f.get("kind")), _short_range(f.get("start"), f.get("end")),
-              _field(f.get("requested")), _field(f.get("granted")), _field(f.get("effective")),
-              _field(f.get("count")), _field(f.get("device")), _field(f.get("driver")),
-              _holder_text(f.get("holder"))]
-             for f in result.findings[:DETAIL_ROWS]])]
+        lines += [
+            "",
+            *_table(
+                [
+                    "kind",
+                    "range",
+                    "requested",
+                    "granted",
+                    "effective",
+                    "count",
+                    "device",
+                    "driver",
+                    "holder",
+                ],
+                [
+                    [
+                        _field(f.get("kind")),
+                        _short_range(f.get("start"), f.get("end")),
+                        _field(f.get("requested")),
+                        _field(f.get("granted")),
+                        _field(f.get("effective")),
+                        _field(f.get("count")),
+                        _field(f.get("device")),
+                        _field(f.get("driver")),
+                        _holder_text(f.get("holder")),
+                    ]
+                    for f in result.findings[:DETAIL_ROWS]
+                ],
+            ),
+        ]
         lines += _more_rows(result.findings, "findings")
     lines += ["", _pat_heading(result)]
     if result.pat_entries:
-        lines += ["", *_table(["range", "type", "BAR"],
-                              [[_short_range(e["start"], e["end"]), e["type"], e["bar"]]
-                               for e in result.pat_entries[:DETAIL_ROWS]])]
+        lines += [
+            "",
+            *_table(
+                ["range", "type", "BAR"],
+                [
+                    [_short_range(e["start"], e["end"]), e["type"], e["bar"]]
+                    for e in result.pat_entries[:DETAIL_ROWS]
+                ],
+            ),
+        ]
         lines += _more_rows(result.pat_entries, "PAT entries")
     if result.mtrr is not None or result.kernel_messages:
-        lines += ["", "<details><summary>MTRRs and the kernel's PAT/MTRR messages</summary>",
-                  "", "```", *(result.mtrr if result.mtrr is not None else ["/proc/mtrr absent"]),
-                  "", *result.kernel_messages, "```", "", "</details>"]
+        lines += [
+            "",
+            "<details><summary>MTRRs and the kernel's PAT/MTRR messages</summary>",
+            "",
+            "```",
+            *(result.mtrr if result.mtrr is not None else ["/proc/mtrr absent"]),
+            "",
+            *result.kernel_messages,
+            "```",
+            "",
+            "</details>",
+        ]
     return lines
 
 
@@ -662,8 +817,10 @@ def _framebuffer_text(framebuffer):
     name = framebuffer.get("name") or "unnamed"
     if framebuffer.get("error"):
         return f"{name}: {framebuffer['error']}"
-    return (f"{name}, one frame of {framebuffer.get('bytes')} bytes written in "
-            f"{framebuffer.get('seconds')} s")
+    return (
+        f"{name}, one frame of {framebuffer.get('bytes')} bytes written in "
+        f"{framebuffer.get('seconds')} s"
+    )
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -672,8 +829,9 @@ def _framebuffer_text(framebuffer):
 def qemu_version():
     """The first line of ``qemu-system-x86_64 --version``, or why it could not be read."""
     try:
-        proc = subprocess.run([qemu.QEMU, "--version"], capture_output=True, text=True,
-                              timeout=30, check=False)
+        proc = subprocess.run(
+            [qemu.QEMU, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
     except OSError as err:
         return f"unknown ({err})"
     return (proc.stdout.strip().splitlines() or ["unknown"])[0]
@@ -697,9 +855,12 @@ def source_digest(source_dir):
 def source_commit(top=SOURCE_TOP):
     """``<commit>`` or ``<commit> + uncommitted changes`` of the checkout memtrace runs from;
     None outside a git checkout."""
+
     def git(*args):
-        return subprocess.run(["git", "-C", top, *args], capture_output=True, text=True,
-                              timeout=30, check=False)
+        return subprocess.run(
+            ["git", "-C", top, *args], capture_output=True, text=True, timeout=30, check=False
+        )
+
     try:
         head = git("rev-parse", "--short", "HEAD")
         changes = git("status", "--porcelain", "--", *SOURCE_DIRS)
@@ -744,28 +905,71 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m memtrace.lab.coverage",
         description="Run memtrace in lab guests over kernels x display devices x modes and "
-                    "write the coverage table.")
-    parser.add_argument("--kernels", type=_comma_list, default=list(KERNELS), metavar="LIST",
-                        help=f"kernel series (default: {','.join(KERNELS)})")
-    parser.add_argument("--devices", type=_comma_list, metavar="LIST",
-                        help=f"display devices (default: all of {','.join(DEVICES_BY_NAME)})")
-    parser.add_argument("--modes", type=_comma_list, metavar="LIST",
-                        help=f"modes (default: all of {','.join(MODES)})")
-    parser.add_argument("--cells", type=_comma_list, metavar="K:DEVICE:MODE,...",
-                        help="run just these cells (instead of --kernels/--devices/--modes)")
-    parser.add_argument("--jobs", type=int, default=2, metavar="N",
-                        help="guests booted at once (default: 2; each is one TCG vCPU)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
-                        help=f"seconds for one cell's boot (default: {DEFAULT_TIMEOUT})")
+        "write the coverage table.",
+    )
+    parser.add_argument(
+        "--kernels",
+        type=_comma_list,
+        default=list(KERNELS),
+        metavar="LIST",
+        help=f"kernel series (default: {','.join(KERNELS)})",
+    )
+    parser.add_argument(
+        "--devices",
+        type=_comma_list,
+        metavar="LIST",
+        help=f"display devices (default: all of {','.join(DEVICES_BY_NAME)})",
+    )
+    parser.add_argument(
+        "--modes",
+        type=_comma_list,
+        metavar="LIST",
+        help=f"modes (default: all of {','.join(MODES)})",
+    )
+    parser.add_argument(
+        "--cells",
+        type=_comma_list,
+        metavar="K:DEVICE:MODE,...",
+        help="run just these cells (instead of --kernels/--devices/--modes)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        metavar="N",
+        help="guests booted at once (default: 2; each is one TCG vCPU)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"seconds for one cell's boot (default: {DEFAULT_TIMEOUT})",
+    )
     parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    parser.add_argument("--workdir", metavar="DIR",
-                        help="where the cells' raw files go (default: a new directory in /tmp)")
-    parser.add_argument("-o", "--output", default="docs/coverage.md", metavar="FILE",
-                        help="the markdown table (default: docs/coverage.md)")
-    parser.add_argument("--json", default="docs/coverage.json", metavar="FILE",
-                        help="every cell's result (default: docs/coverage.json)")
-    parser.add_argument("--from-json", metavar="FILE",
-                        help="render the markdown from a JSON an earlier run wrote; boot nothing")
+    parser.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="where the cells' raw files go (default: a new directory in /tmp)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        default="docs/coverage.md",
+        metavar="FILE",
+        help="the markdown table (default: docs/coverage.md)",
+    )
+    parser.add_argument(
+        "--json",
+        default="docs/coverage.json",
+        metavar="FILE",
+        help="every cell's result (default: docs/coverage.json)",
+    )
+    parser.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="render the markdown from a JSON an earlier run wrote; boot nothing",
+    )
     return parser
 
 
@@ -778,9 +982,13 @@ def selected_cells(args):
 
 def _print_progress(done, total, result):
     outcome = _outcome(result)
-    print(f"[{done}/{total}] {result.kernel} {result.device} {result.mode}: {outcome}, "
-          f"driver {_field(result.driver_bound)}, findings {findings_summary(result)} "
-          f"({_field(result.seconds)} s)", file=sys.stderr, flush=True)
+    print(
+        f"[{done}/{total}] {result.kernel} {result.device} {result.mode}: {outcome}, "
+        f"driver {_field(result.driver_bound)}, findings {findings_summary(result)} "
+        f"({_field(result.seconds)} s)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _write(path, text):
@@ -819,23 +1027,37 @@ def main(argv=None):
     workdir = os.path.realpath(args.workdir or tempfile.mkdtemp(prefix="memtrace-coverage-"))
     os.makedirs(workdir, exist_ok=True)
     source_dir = freeze_source(tempfile.mkdtemp(prefix="source-", dir=workdir))
-    meta = run_metadata(shlex.join(["python", "-m", "memtrace.lab.coverage", *argv]),
-                        series, args.jobs, accel, source_dir)
-    print(f"coverage: {len(cells)} cells, {args.jobs} at a time; raw files in {workdir}, "
-          f"memtrace frozen in {source_dir}", file=sys.stderr, flush=True)
+    meta = run_metadata(
+        shlex.join(["python", "-m", "memtrace.lab.coverage", *argv]),
+        series,
+        args.jobs,
+        accel,
+        source_dir,
+    )
+    print(
+        f"coverage: {len(cells)} cells, {args.jobs} at a time; raw files in {workdir}, "
+        f"memtrace frozen in {source_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
     started = time.monotonic()
     try:
-        results = run_matrix(cells, workdir, args.jobs, args.timeout, accel, _print_progress,
-                             source_dir)
+        results = run_matrix(
+            cells, workdir, args.jobs, args.timeout, accel, _print_progress, source_dir
+        )
     except KeyboardInterrupt:
         print("coverage: interrupted; nothing written", file=sys.stderr)
         return 130
     meta["wall_seconds"] = round(time.monotonic() - started)
-    _write(args.json, json.dumps({"meta": meta, "cells": [r.to_dict() for r in results]},
-                                 indent=1) + "\n")
+    _write(
+        args.json,
+        json.dumps({"meta": meta, "cells": [r.to_dict() for r in results]}, indent=1) + "\n",
+    )
     _write(args.output, render_markdown(results, meta))
-    print(f"coverage: wrote {args.output} and {args.json} in {meta['wall_seconds']} s",
-          file=sys.stderr)
+    print(
+        f"coverage: wrote {args.output} and {args.json} in {meta['wall_seconds']} s",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -61,7 +61,7 @@ def bound_drivers(device_dir):
     bound to its virtio device, e.g. ``virtio-pci → virtio_gpu``; None when none is bound."""
     names = [_driver_name(device_dir)]
     for child in sorted(os.listdir(device_dir)):
-        if child.startswith("virtio") and child[len("virtio"):].isdigit():
+        if child.startswith("virtio") and child[len("virtio") :].isdigit():
             names.append(_driver_name(os.path.join(device_dir, child)))
     return " → ".join(name for name in names if name) or None
 
@@ -82,8 +82,9 @@ class HeldMapping:
         self._fd = self._area = None
         try:
             self._fd = os.open(path, os.O_RDWR | os.O_SYNC)
-            self._area = mmap.mmap(self._fd, mmap.PAGESIZE, mmap.MAP_SHARED,
-                                   mmap.PROT_READ | mmap.PROT_WRITE)
+            self._area = mmap.mmap(
+                self._fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+            )
             self._area[0] = self._area[0]
         except OSError as err:
             self.error = f"{type(err).__name__}: {err}"
@@ -110,19 +111,37 @@ class HeldMapping:
 
 def run_conflicts(module, out_dir, timeout):
     """Trace ``modprobe module`` with memtrace conflicts; its stdout and stderr go to files."""
-    argv = [sys.executable, "-m", "memtrace", "conflicts", "--format", "json",
-            "--backend", "tracefs", "--", "modprobe", module]
+    argv = [
+        sys.executable,
+        "-m",
+        "memtrace",
+        "conflicts",
+        "--format",
+        "json",
+        "--backend",
+        "tracefs",
+        "--",
+        "modprobe",
+        module,
+    ]
     started = time.monotonic()
-    with open(os.path.join(out_dir, FILES["conflicts"]), "wb") as stdout, \
-            open(os.path.join(out_dir, FILES["conflicts_stderr"]), "wb") as stderr:
+    with (
+        open(os.path.join(out_dir, FILES["conflicts"]), "wb") as stdout,
+        open(os.path.join(out_dir, FILES["conflicts_stderr"]), "wb") as stderr,
+    ):
         try:
-            status = subprocess.run(argv, stdout=stdout, stderr=stderr, timeout=timeout,
-                                    check=False).returncode
+            status = subprocess.run(
+                argv, stdout=stdout, stderr=stderr, timeout=timeout, check=False
+            ).returncode
             timed_out = False
         except subprocess.TimeoutExpired:
             status, timed_out = None, True
-    return {"argv": argv, "exit": status, "timed_out": timed_out,
-            "seconds": round(time.monotonic() - started, 1)}
+    return {
+        "argv": argv,
+        "exit": status,
+        "timed_out": timed_out,
+        "seconds": round(time.monotonic() - started, 1),
+    }
 
 
 def _read(path):
@@ -148,9 +167,13 @@ def write_one_frame(fb_sysfs=FB_SYSFS, fb_device=FB_DEVICE):
     record["bytes"] = frame_bytes
     started = time.monotonic()
     try:
-        proc = subprocess.run(["dd", "if=/dev/zero", f"of={fb_device}", f"bs={frame_bytes}",
-                               "count=1"], capture_output=True, text=True,
-                              timeout=FB_WRITE_TIMEOUT, check=False)
+        proc = subprocess.run(
+            ["dd", "if=/dev/zero", f"of={fb_device}", f"bs={frame_bytes}", "count=1"],
+            capture_output=True,
+            text=True,
+            timeout=FB_WRITE_TIMEOUT,
+            check=False,
+        )
         record["exit"] = proc.returncode
         if proc.returncode != 0:
             record["error"] = (proc.stderr.strip().splitlines() or ["dd failed"])[0]
@@ -172,18 +195,26 @@ def _kernel_messages():
 
 def collect_cell(module, out_dir, user_map=False, conflicts_timeout=300, sysfs_root="/sys"):
     """Do one cell's steps in this guest and return what guest.json records."""
-    result = {"release": os.uname().release, "module": module, "display": None,
-              "user_map": None, "driver_bound": None,
-              "memtrace_path": os.path.dirname(os.path.abspath(memtrace.__file__))}
+    result = {
+        "release": os.uname().release,
+        "module": module,
+        "display": None,
+        "user_map": None,
+        "driver_bound": None,
+        "memtrace_path": os.path.dirname(os.path.abspath(memtrace.__file__)),
+    }
     device = display_device(sysfs_root)
     device_dir = None
     mapping = None
     if device is not None:
         device_dir = os.path.join(sysfs_root, "bus", "pci", "devices", device.slot)
         bar = framebuffer_bar(device)
-        result["display"] = {"slot": device.slot, "class": f"{device.pci_class:06x}",
-                             "pci_id": device.vendor_device,
-                             "framebuffer_bar": bar.index if bar else None}
+        result["display"] = {
+            "slot": device.slot,
+            "class": f"{device.pci_class:06x}",
+            "pci_id": device.vendor_device,
+            "framebuffer_bar": bar.index if bar else None,
+        }
         _save(out_dir, "resource", _read(os.path.join(device_dir, "resource")) or "")
         if user_map and bar is not None:
             mapping = HeldMapping(user_map_path(device_dir, bar.index))
@@ -216,8 +247,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--module", required=True, help="the display driver module to load")
     parser.add_argument("--out", required=True, help="directory for the results")
-    parser.add_argument("--user-map", action="store_true",
-                        help="hold a user mapping of the framebuffer BAR while it loads")
+    parser.add_argument(
+        "--user-map",
+        action="store_true",
+        help="hold a user mapping of the framebuffer BAR while it loads",
+    )
     parser.add_argument("--conflicts-timeout", type=float, default=300, metavar="S")
     args = parser.parse_args(argv)
     result = collect_cell(args.module, args.out, args.user_map, args.conflicts_timeout)

@@ -40,7 +40,9 @@ def ensure_initramfs(cache_dir, kernel, source_conf="/etc/initramfs-tools"):
         partial = target + ".partial"
         proc = subprocess.run(
             ["mkinitramfs", "-d", conf, "-o", partial, kernel.release],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]

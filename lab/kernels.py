@@ -46,7 +46,7 @@ def installed_kernels(boot_dir="/boot", modules_root="/lib/modules"):
     for name in names:
         if not name.startswith("vmlinuz-"):
             continue
-        release = name[len("vmlinuz-"):]
+        release = name[len("vmlinuz-") :]
         modules_dir = os.path.join(modules_root, release)
         if os.path.isdir(os.path.join(modules_dir, "kernel")):
             found.append(LabKernel(release, os.path.join(boot_dir, name), modules_dir))
@@ -59,8 +59,9 @@ def _install_hint(wanted):
         return f"install it with: apt-get install {' '.join(packages)}"
     if "-" in wanted:  # a full Debian release such as 6.1.0-56-amd64
         return f"install it with: apt-get install linux-image-{wanted} linux-headers-{wanted}"
-    known = "; ".join(f"{series}: apt-get install {' '.join(p)}"
-                      for series, p in SERIES_PACKAGES.items())
+    known = "; ".join(
+        f"{series}: apt-get install {' '.join(p)}" for series, p in SERIES_PACKAGES.items()
+    )
     return f"the lab knows the Debian series {known}"
 
 
@@ -70,8 +71,10 @@ def select_kernel(wanted=None, boot_dir="/boot", modules_root="/lib/modules"):
     kernels = installed_kernels(boot_dir, modules_root)
     if wanted is None:
         if not kernels:
-            raise LabError("no kernel for the lab is installed",
-                           _install_hint("6.12") + " (or linux-image-amd64 for 6.1)")
+            raise LabError(
+                "no kernel for the lab is installed",
+                _install_hint("6.12") + " (or linux-image-amd64 for 6.1)",
+            )
         return kernels[0]
     for kernel in kernels:
         if kernel.release == wanted:
@@ -80,8 +83,9 @@ def select_kernel(wanted=None, boot_dir="/boot", modules_root="/lib/modules"):
         if kernel.series == wanted:
             return kernel
     have = ", ".join(k.release for k in kernels) or "none"
-    raise LabError(f"no installed kernel matches '{wanted}' (installed: {have})",
-                   _install_hint(wanted))
+    raise LabError(
+        f"no installed kernel matches '{wanted}' (installed: {have})", _install_hint(wanted)
+    )
 
 
 def check_headers(kernel):
@@ -90,5 +94,6 @@ def check_headers(kernel):
         return None
     packages = SERIES_PACKAGES.get(kernel.series)
     package = packages[1] if packages else f"linux-headers-{kernel.release}"
-    return (f"headers for {kernel.release} are missing (bcc cannot compile); "
-            f"apt-get install {package}")
+    return (
+        f"headers for {kernel.release} are missing (bcc cannot compile); apt-get install {package}"
+    )

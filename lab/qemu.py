@@ -121,13 +121,24 @@ def display_arguments(vga="std", device=None):
     if device not in DISPLAY_DEVICES:
         raise LabError(f"unknown --device '{device}'", f"use one of: {', '.join(DISPLAY_DEVICES)}")
     if vga != "none":
-        raise LabError(f"--vga {vga} and --device {device} both add a display device",
-                       "give one of them")
+        raise LabError(
+            f"--vga {vga} and --device {device} both add a display device", "give one of them"
+        )
     return ["-vga", "none", "-device", device]
 
 
-def qemu_command(kernel, initrd, job_dir, shares, vga="std", accel="tcg", memory_mb=2048,
-                 cpus=None, append_extra=(), device=None):
+def qemu_command(
+    kernel,
+    initrd,
+    job_dir,
+    shares,
+    vga="std",
+    accel="tcg",
+    memory_mb=2048,
+    cpus=None,
+    append_extra=(),
+    device=None,
+):
     """Return the QEMU argv for one lab boot; ``append_extra`` adds kernel parameters.
 
     ``cpus`` defaults to :data:`TCG_CPUS` under TCG and :data:`KVM_CPUS` under KVM;
@@ -136,18 +147,42 @@ def qemu_command(kernel, initrd, job_dir, shares, vga="std", accel="tcg", memory
     if cpus is None:
         cpus = TCG_CPUS if accel == "tcg" else KVM_CPUS
     display = display_arguments(vga, device)
-    append = " ".join([
-        "console=ttyS0", "root=hostroot", "rootfstype=9p", f"rootflags={NINEP_OPTIONS}", "ro",
-        f"init={GUEST_INIT}", "panic=-1", "oops=panic", *append_extra,
-    ])
+    append = " ".join(
+        [
+            "console=ttyS0",
+            "root=hostroot",
+            "rootfstype=9p",
+            f"rootflags={NINEP_OPTIONS}",
+            "ro",
+            f"init={GUEST_INIT}",
+            "panic=-1",
+            "oops=panic",
+            *append_extra,
+        ]
+    )
     cmd = [
-        QEMU, "-nodefaults", "-no-user-config", "-no-reboot",
-        "-m", str(memory_mb), "-smp", str(cpus),
-        "-display", "none", "-monitor", "none",
-        "-serial", f"file:{os.path.join(job_dir, 'console.log')}",
+        QEMU,
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
+        "-m",
+        str(memory_mb),
+        "-smp",
+        str(cpus),
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        f"file:{os.path.join(job_dir, 'console.log')}",
         # Before the 9p shares, so that a -device display gets slot 00:02.0 as -vga does.
         *display,
-        "-kernel", kernel.image, "-initrd", initrd, "-append", append,
+        "-kernel",
+        kernel.image,
+        "-initrd",
+        initrd,
+        "-append",
+        append,
         "-virtfs",
         "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs",
@@ -155,8 +190,10 @@ def qemu_command(kernel, initrd, job_dir, shares, vga="std", accel="tcg", memory
     ]
     for tag, mode, path in shares:
         readonly = ",readonly=on" if mode == "ro" else ""
-        cmd += ["-virtfs", f"local,path={path},mount_tag={tag},security_model=none{readonly}"
-                           ",multidevs=remap"]
+        cmd += [
+            "-virtfs",
+            f"local,path={path},mount_tag={tag},security_model=none{readonly},multidevs=remap",
+        ]
     if accel == "kvm":
         cmd += ["-enable-kvm", "-cpu", "host"]
     return cmd
@@ -193,9 +230,20 @@ class _Follower:
             self.offset += len(data)
 
 
-def run_in_guest(kernel, argv, vga="std", timeout=600, workdir=None, accel=None,
-                 cache_dir=None, keep_console=None, stream=True, append_extra=(), device=None,
-                 readonly_paths=()):
+def run_in_guest(
+    kernel,
+    argv,
+    vga="std",
+    timeout=600,
+    workdir=None,
+    accel=None,
+    cache_dir=None,
+    keep_console=None,
+    stream=True,
+    append_extra=(),
+    device=None,
+    readonly_paths=(),
+):
     """Boot ``kernel``, run ``argv`` as root in ``workdir`` and return a GuestRun.
 
     The display device is ``vga`` or, with ``vga="none"``, ``device`` (see
@@ -211,8 +259,10 @@ def run_in_guest(kernel, argv, vga="std", timeout=600, workdir=None, accel=None,
     if not os.access(kernel.image, os.R_OK):
         raise LabError(f"cannot read {kernel.image}", "run memtrace lab as root")
     if workdir == "/":
-        raise LabError("refusing to share / writable into the guest",
-                       "run from a project directory or pass --workdir DIR")
+        raise LabError(
+            "refusing to share / writable into the guest",
+            "run from a project directory or pass --workdir DIR",
+        )
     display_arguments(vga, device)  # a wrong device is an error before anything is built
     cache_dir = cache_dir or default_cache_dir()
     initrd = ensure_initramfs(cache_dir, kernel)
@@ -223,8 +273,16 @@ def run_in_guest(kernel, argv, vga="std", timeout=600, workdir=None, accel=None,
             out.writelines(f"{tag} {mode} {path}\n" for tag, mode, path in shares)
         with open(os.path.join(job_dir, "cmd.sh"), "w", encoding="utf-8") as out:
             out.write(_command_script(argv, workdir))
-        cmd = qemu_command(kernel, initrd, job_dir, shares, vga=vga, accel=accel,
-                           append_extra=append_extra, device=device)
+        cmd = qemu_command(
+            kernel,
+            initrd,
+            job_dir,
+            shares,
+            vga=vga,
+            accel=accel,
+            append_extra=append_extra,
+            device=device,
+        )
         try:
             return _boot(cmd, job_dir, timeout, accel, keep_console, stream)
         finally:
@@ -235,13 +293,16 @@ def run_in_guest(kernel, argv, vga="std", timeout=600, workdir=None, accel=None,
 def _boot(cmd, job_dir, timeout, accel, keep_console, stream):
     followers = []
     if stream:
-        followers = [_Follower(os.path.join(job_dir, "stdout"), sys.stdout),
-                     _Follower(os.path.join(job_dir, "stderr"), sys.stderr)]
+        followers = [
+            _Follower(os.path.join(job_dir, "stdout"), sys.stdout),
+            _Follower(os.path.join(job_dir, "stderr"), sys.stderr),
+        ]
     qemu_log = os.path.join(job_dir, "qemu.err")
     started = time.monotonic()
     with open(qemu_log, "wb") as qemu_err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=qemu_err,
-                                stderr=qemu_err, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=qemu_err, stderr=qemu_err, start_new_session=True
+        )
         try:
             while proc.poll() is None and time.monotonic() - started < timeout:
                 for follower in followers:
@@ -259,17 +320,29 @@ def _boot(cmd, job_dir, timeout, accel, keep_console, stream):
     if os.path.exists(rc_path):
         with open(rc_path, encoding="ascii") as rc_file:
             status = int(rc_file.read().strip() or 125)
-        return GuestRun(status, _read(job_dir, "stdout"), _read(job_dir, "stderr"),
-                        keep_console or "", seconds, accel)
+        return GuestRun(
+            status,
+            _read(job_dir, "stdout"),
+            _read(job_dir, "stderr"),
+            keep_console or "",
+            seconds,
+            accel,
+        )
     if timed_out:
-        raise LabTimeout(f"the guest did not finish within {timeout:g} s ({accel}); "
-                         "last console lines:", details=_tail(console))
+        raise LabTimeout(
+            f"the guest did not finish within {timeout:g} s ({accel}); last console lines:",
+            details=_tail(console),
+        )
     qemu_err_lines = _tail(qemu_log, 5)
     if proc.returncode not in (0, None) and os.path.getsize(qemu_log):
-        raise LabError(f"QEMU failed (exit {proc.returncode}): {qemu_err_lines[-1]}",
-                       details=_tail(console))
-    raise LabError("the guest stopped before the command finished (kernel panic or init "
-                   "failure?); last console lines:", details=_tail(console))
+        raise LabError(
+            f"QEMU failed (exit {proc.returncode}): {qemu_err_lines[-1]}", details=_tail(console)
+        )
+    raise LabError(
+        "the guest stopped before the command finished (kernel panic or init "
+        "failure?); last console lines:",
+        details=_tail(console),
+    )
 
 
 def _read(job_dir, name):
@@ -312,8 +385,15 @@ def detect_accel(cache_dir, kernel):
     except OSError:
         pass
     try:
-        run = run_in_guest(kernel, ["true"], vga="none", timeout=KVM_PROBE_TIMEOUT,
-                           accel="kvm", cache_dir=cache_dir, stream=False)
+        run = run_in_guest(
+            kernel,
+            ["true"],
+            vga="none",
+            timeout=KVM_PROBE_TIMEOUT,
+            accel="kvm",
+            cache_dir=cache_dir,
+            stream=False,
+        )
         accel = "kvm" if run.exit_status == 0 else "tcg"
     except LabError:
         accel = "tcg"

@@ -24,6 +24,7 @@ class MemtraceError(Exception):
         """Return the message and, when known, what to do about it, as one line: control
         characters (a newline or an escape sequence in a path it echoes) shown escaped."""
         from memtrace.escape import text
+
         if self.hint:
             return text(f"{self.message}; {self.hint}")
         return text(self.message)

@@ -24,8 +24,9 @@ def create_private(path, force=False):
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
         what = "a symlink" if os.path.islink(path) else "a file"
-        raise BadInput(f"{path} exists ({what})",
-                       "choose another name or pass --force to replace it") from None
+        raise BadInput(
+            f"{path} exists ({what})", "choose another name or pass --force to replace it"
+        ) from None
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise BadInput(f"{path} is a symlink; refusing to write through it") from None
@@ -46,8 +47,10 @@ def refuse_inputs(path, inputs):
         except OSError:
             continue
         if (source.st_dev, source.st_ino) == (target.st_dev, target.st_ino):
-            raise BadInput(f"-o {path} is the input {name}; refusing to overwrite what is "
-                           "being read", "write the report to another file")
+            raise BadInput(
+                f"-o {path} is the input {name}; refusing to overwrite what is being read",
+                "write the report to another file",
+            )
 
 
 class AtomicOutput:
@@ -61,12 +64,14 @@ class AtomicOutput:
         self.path = path
         if not force and (os.path.lexists(path)):
             what = "a symlink" if os.path.islink(path) else "a file"
-            raise BadInput(f"{path} exists ({what})",
-                           "choose another name or pass --force to replace it")
+            raise BadInput(
+                f"{path} exists ({what})", "choose another name or pass --force to replace it"
+            )
         directory = os.path.dirname(os.path.abspath(path))
         try:
             fd, self.temporary = tempfile.mkstemp(
-                prefix=f".{os.path.basename(path)}.", suffix=".memtrace-tmp", dir=directory)
+                prefix=f".{os.path.basename(path)}.", suffix=".memtrace-tmp", dir=directory
+            )
         except OSError as err:
             raise BadInput(f"cannot create {path}: {err.strerror}") from None
         self.stream = os.fdopen(fd, "wb")
@@ -77,8 +82,10 @@ class AtomicOutput:
             self.stream.write(data)
         except OSError as err:
             self.discard()
-            raise BadInput(f"cannot write {self.path}: {err.strerror}",
-                           "free some space; the previous file, if any, is untouched") from None
+            raise BadInput(
+                f"cannot write {self.path}: {err.strerror}",
+                "free some space; the previous file, if any, is untouched",
+            ) from None
 
     def commit(self):
         """Flush, sync and rename the complete file over ``path`` (replacing a symlink
@@ -90,8 +97,10 @@ class AtomicOutput:
             os.rename(self.temporary, self.path)
         except OSError as err:
             self.discard()
-            raise BadInput(f"cannot write {self.path}: {err.strerror}",
-                           "free some space; the previous file, if any, is untouched") from None
+            raise BadInput(
+                f"cannot write {self.path}: {err.strerror}",
+                "free some space; the previous file, if any, is untouched",
+            ) from None
 
     def discard(self):
         """Drop the temporary file; ``path`` stays as it was."""

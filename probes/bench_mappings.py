@@ -70,8 +70,14 @@ MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS = 0x01, 0x02, 0x20
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_int, ctypes.c_longlong)
+_libc.mmap.argtypes = (
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_longlong,
+)
 _libc.munmap.restype = ctypes.c_int
 _libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 _MAP_FAILED = ctypes.c_void_p(-1).value
@@ -138,8 +144,7 @@ def anonymous(length):
     return mapping
 
 
-def timed_passes(address, nbytes, ram, runs, writable, may_write=None,
-                 clock=time.perf_counter_ns):
+def timed_passes(address, nbytes, ram, runs, writable, may_write=None, clock=time.perf_counter_ns):
     """Time ``runs`` passes of each operation through the mapping at ``address``.
 
     ``write`` is ``memset`` of ``nbytes``; ``read`` is ``memmove`` of them into ``ram``
@@ -284,6 +289,7 @@ def host_evidence(kernel_log):
     /proc/cpuinfo, the kernel log (``''``/None when unreadable), /sys/hypervisor, the
     clocksources and DMI; all readable without root but the kernel log."""
     from memtrace.probes.environment import kernel_log_facts
+
     flag = model = None
     cpuinfo = _read("/proc/cpuinfo", 1 << 20)
     if cpuinfo is not None:
@@ -301,8 +307,7 @@ def host_evidence(kernel_log):
         kernel_log=bool(kernel_log),
         log_vendor=clean(kernel_log_facts(kernel_log or "")[0]),
         sys_hypervisor=clean(sys_type) or None,
-        clocksources=tuple(clean(c, 40) for c in clocks.split()) if clocks is not None
-        else None,
+        clocksources=tuple(clean(c, 40) for c in clocks.split()) if clocks is not None else None,
         cpu_model=model,
         dmi_vendor=clean(_read("/sys/class/dmi/id/sys_vendor")) or None,
     )
@@ -349,8 +354,19 @@ class Bench:
     :param sysfs: the sysfs root.
     """
 
-    def __init__(self, device, fb_bar, card, minor, nbytes, runs, context, pat_list,
-                 sysfs="/sys", debugfs=DEBUGFS):
+    def __init__(
+        self,
+        device,
+        fb_bar,
+        card,
+        minor,
+        nbytes,
+        runs,
+        context,
+        pat_list,
+        sysfs="/sys",
+        debugfs=DEBUGFS,
+    ):
         self.device, self.fb_bar, self.card, self.minor = device, fb_bar, card, minor
         self.nbytes, self.runs, self.context = nbytes, runs, context
         self.pat_list, self.sysfs_root, self.debugfs = pat_list, sysfs, debugfs
@@ -371,8 +387,7 @@ class Bench:
         if start is None:
             result.effective = granted
             return
-        found = effective_type(granted, start, end, self.context.pat_state,
-                               self.context.mtrr_table)
+        found = effective_type(granted, start, end, self.context.pat_state, self.context.mtrr_table)
         result.effective = found.type
         result.effective_reasons = list(found.reasons)
 
@@ -383,9 +398,11 @@ class Bench:
         frame = page_frame(address)
         seen = f" (page frame {frame:#x})" if frame else ""
         result.placement = "system RAM"
-        result.type_source = (f"{what}: RAM pages{seen}, not I/O memory (no pf/io in its "
-                              "VmFlags); the kernel maps them cached unless the driver asks "
-                              "otherwise, which the PAT list does not show")
+        result.type_source = (
+            f"{what}: RAM pages{seen}, not I/O memory (no pf/io in its "
+            "VmFlags); the kernel maps them cached unless the driver asks "
+            "otherwise, which the PAT list does not show"
+        )
         self._effective(result, "WB")
 
     def _manager_bar(self, name, manager):
@@ -402,21 +419,34 @@ class Bench:
 
     def anonymous_ram(self):
         """Private anonymous RAM: the WB reference."""
-        result = MappingResult("anonymous RAM", "anonymous", None, bytes=self.nbytes,
-                               placement="system RAM", requested="WB",
-                               type_source="anonymous memory is ordinary RAM, mapped write-back",
-                               writes="memtrace's own memory")
+        result = MappingResult(
+            "anonymous RAM",
+            "anonymous",
+            None,
+            bytes=self.nbytes,
+            placement="system RAM",
+            requested="WB",
+            type_source="anonymous memory is ordinary RAM, mapped write-back",
+            writes="memtrace's own memory",
+        )
         self._effective(result, "WB")
         with anonymous(self.nbytes) as mapping:
-            result.timings, _ = timed_passes(mapping.address, self.nbytes, self.ram.address,
-                                             self.runs, True)
+            result.timings, _ = timed_passes(
+                mapping.address, self.nbytes, self.ram.address, self.runs, True
+            )
         return result
 
     def dumb(self, card_fd, dumb_buffer_class):
         """A dumb buffer of the card, created, mapped, measured and destroyed."""
-        result = MappingResult("dumb buffer", "dumb", self.card, bytes=self.nbytes,
-                               writes="memtrace's own buffer, destroyed after")
+        result = MappingResult(
+            "dumb buffer",
+            "dumb",
+            self.card,
+            bytes=self.nbytes,
+            writes="memtrace's own buffer, destroyed after",
+        )
         from memtrace.probes.drm_dumb import has_dumb_buffers
+
         if has_dumb_buffers(card_fd) is False:
             result.status = "skipped"
             result.reason = f"{clean(self.device.driver) or 'the driver'} offers no dumb buffers"
@@ -429,8 +459,9 @@ class Bench:
             return result
         try:
             try:
-                mapping = RawMapping(buffer.size, PROT_READ | PROT_WRITE, MAP_SHARED, card_fd,
-                                     buffer.offset)
+                mapping = RawMapping(
+                    buffer.size, PROT_READ | PROT_WRITE, MAP_SHARED, card_fd, buffer.offset
+                )
             except OSError as err:
                 result.status = "refused"
                 result.reason = f"mmap of the dumb buffer: {os_reason(err)}"
@@ -439,8 +470,9 @@ class Bench:
                 ctypes.memset(mapping.address, 0, self.nbytes)  # fault it in: placed now
                 after, _ = read_ttm_managers(self.minor, self.debugfs)
                 self.resolve_dumb(result, mapping.address, buffer.size, before, after)
-                result.timings, _ = timed_passes(mapping.address, self.nbytes,
-                                                 self.ram.address, self.runs, True)
+                result.timings, _ = timed_passes(
+                    mapping.address, self.nbytes, self.ram.address, self.runs, True
+                )
         finally:
             buffer.close()
         return result
@@ -461,39 +493,54 @@ class Bench:
         pages = -(-size // PAGE_SIZE)
         if not before or not after:
             result.placement = None
-            result.type_source = ("unknown: where TTM placed the buffer shows only in "
-                                  f"debugfs ({self.managers_note or 'not readable'}); its "
-                                  "mapping is a PFN map, which /proc/self/pagemap does not "
-                                  "show")
+            result.type_source = (
+                "unknown: where TTM placed the buffer shows only in "
+                f"debugfs ({self.managers_note or 'not readable'}); its "
+                "mapping is a PFN map, which /proc/self/pagemap does not "
+                "show"
+            )
             return
-        found = [(name, node) for name in after if name in before
-                 for node in new_used_nodes(before[name], after[name])
-                 if node.end - node.start == pages]
+        found = [
+            (name, node)
+            for name in after
+            if name in before
+            for node in new_used_nodes(before[name], after[name])
+            if node.end - node.start == pages
+        ]
         if not found:
             driver = self.device.driver
             result.placement, result.requested = "system RAM", "WB"
-            why = (f"no node of its {pages} pages appeared in debugfs "
-                   f"{', '.join(sorted(after))}, so TTM keeps it in system memory (a "
-                   "VRAM-helper or qxl driver moves a buffer to VRAM only when it is shown)")
+            why = (
+                f"no node of its {pages} pages appeared in debugfs "
+                f"{', '.join(sorted(after))}, so TTM keeps it in system memory (a "
+                "VRAM-helper or qxl driver moves a buffer to VRAM only when it is shown)"
+            )
             if driver in CACHED_SYSTEM_DRIVERS:
-                result.type_source = (f"{why}; {driver} maps system-memory buffers cached "
-                                      "(TTM's ttm_cached)")
+                result.type_source = (
+                    f"{why}; {driver} maps system-memory buffers cached (TTM's ttm_cached)"
+                )
                 self._effective(result, "WB")
             else:
-                result.type_source = (f"{why}; the type {clean(driver) or 'its driver'} gives "
-                                      "such pages is not visible from user space")
+                result.type_source = (
+                    f"{why}; the type {clean(driver) or 'its driver'} gives "
+                    "such pages is not visible from user space"
+                )
             return
         if len(found) > 1:
-            result.type_source = (f"unknown: {len(found)} new {pages}-page buffers appeared "
-                                  "in VRAM meanwhile; which is memtrace's cannot be told")
+            result.type_source = (
+                f"unknown: {len(found)} new {pages}-page buffers appeared "
+                "in VRAM meanwhile; which is memtrace's cannot be told"
+            )
             return
         name, node = found[0]
         bar = self._manager_bar(name, after[name])
         if bar is None:
             result.placement = "VRAM"
-            result.type_source = (f"in VRAM (debugfs {name} pages {node.start:#x}-"
-                                  f"{node.end:#x}), but where that VRAM lies in the BAR is "
-                                  "not known")
+            result.type_source = (
+                f"in VRAM (debugfs {name} pages {node.start:#x}-"
+                f"{node.end:#x}), but where that VRAM lies in the BAR is "
+                "not known"
+            )
             return
         start = bar.start + node.start * PAGE_SIZE
         end = start + size
@@ -501,8 +548,10 @@ class Bench:
         result.requested = "WC"  # ttm_io_prot: TTM maps VRAM write-combined
         entries = self.pat_list()
         if entries is None:
-            result.type_source = (f"in VRAM at {start:x}-{end:x} (debugfs {name}); the PAT "
-                                  "list that gives its pages their type could not be read")
+            result.type_source = (
+                f"in VRAM at {start:x}-{end:x} (debugfs {name}); the PAT "
+                "list that gives its pages their type could not be read"
+            )
             return
         pieces = lookup_types(entries, start, end)
         granted, types = effective_summary(pieces)
@@ -510,16 +559,20 @@ class Bench:
             f"in VRAM at {start:x}-{end:x} (debugfs {name}); TTM's fault path gives each page "
             "the type of the first PAT entry covering it, else UC- (lookup_memtype): "
             + ", ".join(f"{s:x}-{e:x} {t}" for s, e, t in pieces[:4])
-            + (f" and {len(pieces) - 4} more" if len(pieces) > 4 else ""))
+            + (f" and {len(pieces) - 4} more" if len(pieces) > 4 else "")
+        )
         if len(types) > 1:
             result.type_source += f"; the slowest, {granted}, is reported"
         self._effective(result, granted, start, end)
 
     def fbdev(self, path):
         """The fbdev of the device, mapped read-only and only read."""
-        result = MappingResult(os.path.basename(path), "fbdev", path,
-                               writes="none: it is the console's framebuffer, memtrace only "
-                                      "reads it")
+        result = MappingResult(
+            os.path.basename(path),
+            "fbdev",
+            path,
+            writes="none: it is the console's framebuffer, memtrace only reads it",
+        )
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as err:
@@ -553,8 +606,9 @@ class Bench:
             with mapping:
                 ctypes.memmove(self.ram.address, mapping.address, nbytes)  # fault in
                 self.resolve_fb(result, mapping.address, nbytes, smem_start, before)
-                result.timings, _ = timed_passes(mapping.address, nbytes, self.ram.address,
-                                                 self.runs, False)
+                result.timings, _ = timed_passes(
+                    mapping.address, nbytes, self.ram.address, self.runs, False
+                )
         finally:
             os.close(fd)
         return result
@@ -565,8 +619,12 @@ class Bench:
         (fb_mmap remaps smem_start), else the fault-path rule at smem_start."""
         flags = vm_flags(address)
         if flags is not None and not flags & {"pf", "io"}:
-            self._ram(result, address, "the fbdev mapping (DRM's fbdev emulation draws into a "
-                                       "shadow buffer and copies it to the display)")
+            self._ram(
+                result,
+                address,
+                "the fbdev mapping (DRM's fbdev emulation draws into a "
+                "shadow buffer and copies it to the display)",
+            )
             return
         result.placement = "device memory"
         after = self.pat_list()
@@ -575,22 +633,26 @@ class Bench:
             if len(added) == 1:
                 start, end, granted = added[0]
                 result.physical = (start, end)
-                result.type_source = (f"its mmap reserved {start:x}-{end:x} {granted} in the "
-                                      "PAT list")
+                result.type_source = (
+                    f"its mmap reserved {start:x}-{end:x} {granted} in the PAT list"
+                )
                 self._effective(result, granted, start, end)
                 return
         if smem_start and after is not None:
             pieces = lookup_types(after, smem_start, smem_start + nbytes)
             granted, _types = effective_summary(pieces)
             result.physical = (smem_start, smem_start + nbytes)
-            result.type_source = (f"I/O memory at {smem_start:x} (FBIOGET_FSCREENINFO); the "
-                                  "fault path gives the type of the first PAT entry covering "
-                                  "it")
+            result.type_source = (
+                f"I/O memory at {smem_start:x} (FBIOGET_FSCREENINFO); the "
+                "fault path gives the type of the first PAT entry covering "
+                "it"
+            )
             self._effective(result, granted, smem_start, smem_start + nbytes)
             return
-        result.type_source = ("unknown: I/O memory whose physical address the fbdev does not "
-                              "give (smem_start 0)" + ("" if after is not None else
-                                                       " and the PAT list is unreadable"))
+        result.type_source = (
+            "unknown: I/O memory whose physical address the fbdev does not "
+            "give (smem_start 0)" + ("" if after is not None else " and the PAT list is unreadable")
+        )
 
     def sysfs(self, wc, iomem_hint):
         """``resourceN`` (``wc`` False, UC-) or ``resourceN_wc`` (WC) of the framebuffer BAR.
@@ -610,8 +672,11 @@ class Bench:
         result = MappingResult(name, kind, path, requested=requested)
         if not os.path.exists(path):
             result.status = "skipped"
-            result.reason = (f"there is no {name}: the kernel makes one only for a "
-                             "prefetchable BAR with PAT on" if wc else f"there is no {name}")
+            result.reason = (
+                f"there is no {name}: the kernel makes one only for a prefetchable BAR with PAT on"
+                if wc
+                else f"there is no {name}"
+            )
             return result
         if os.geteuid() != 0:
             result.status = "skipped"
@@ -622,21 +687,24 @@ class Bench:
         offset = scratch[0] if writable else 0
         nbytes = min(self.nbytes, bar.size - offset)
         result.bytes = nbytes
-        result.writes = (f"a scratch region {bar.start + offset:x}-{bar.start + offset + nbytes:x}"
-                         f", the middle of the largest free hole of debugfs {scratch[2]}"
-                         if writable else f"none: {scratch}; reads only, from the BAR's start")
+        result.writes = (
+            f"a scratch region {bar.start + offset:x}-{bar.start + offset + nbytes:x}"
+            f", the middle of the largest free hole of debugfs {scratch[2]}"
+            if writable
+            else f"none: {scratch}; reads only, from the BAR's start"
+        )
         before = self.pat_list()
         length = -(-nbytes // PAGE_SIZE) * PAGE_SIZE
         try:
             fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
         except OSError as err:
-            result.status, result.reason = "failed", f"cannot open {path}: " \
-                f"{os_reason(err)}"
+            result.status, result.reason = "failed", f"cannot open {path}: {os_reason(err)}"
             return result
         try:
             try:
-                mapping = RawMapping(length, PROT_READ | (PROT_WRITE if writable else 0),
-                                     MAP_SHARED, fd, offset)
+                mapping = RawMapping(
+                    length, PROT_READ | (PROT_WRITE if writable else 0), MAP_SHARED, fd, offset
+                )
             except OSError as err:
                 result.status = "refused"
                 result.reason = f"mmap: {os_reason(err)}"
@@ -650,9 +718,9 @@ class Bench:
                 result.placement = "device memory"
                 self._resolve_sysfs(result, before, start, start + length)
                 may_write = (lambda: self._still_free(scratch)) if writable else None
-                result.timings, stopped = timed_passes(mapping.address, nbytes,
-                                                       self.ram.address, self.runs, writable,
-                                                       may_write)
+                result.timings, stopped = timed_passes(
+                    mapping.address, nbytes, self.ram.address, self.runs, writable, may_write
+                )
                 if stopped:
                     result.writes = f"stopped: {stopped}"
         finally:
@@ -665,8 +733,10 @@ class Bench:
         overlaps (``reserve_pfn_range``)."""
         after = self.pat_list()
         if self.context.pat_disabled:
-            result.type_source = ("PAT is off: the kernel tracks nothing and builds the page "
-                                  "bits from the requested type")
+            result.type_source = (
+                "PAT is off: the kernel tracks nothing and builds the page "
+                "bits from the requested type"
+            )
             self._effective(result, result.requested, start, end)
             return
         if before is None or after is None:
@@ -674,30 +744,34 @@ class Bench:
             return
         match = [e for e in new_entries(before, after) if (e[0], e[1]) == (start, end)]
         if not match:
-            result.type_source = (f"unknown: no new PAT entry {start:x}-{end:x} appeared for "
-                                  "the mapping")
+            result.type_source = (
+                f"unknown: no new PAT entry {start:x}-{end:x} appeared for the mapping"
+            )
             return
         granted = match[0][2]
         result.type_source = f"its mmap reserved {start:x}-{end:x} {granted} in the PAT list"
         if granted != result.requested:
-            result.type_source += (f" (asked {result.requested}: the kernel gave it the type "
-                                   "of the entry it overlaps)")
+            result.type_source += (
+                f" (asked {result.requested}: the kernel gave it the type of the entry it overlaps)"
+            )
         self._effective(result, granted, start, end)
 
     def _scratch(self, bar):
         """``(offset in the BAR, end offset, manager name)`` of the scratch region, or the
         sentence saying why there is none."""
         if not self.managers:
-            return (f"no free VRAM is known ({self.managers_note})" if self.managers_note
-                    else "no free VRAM is known")
+            return (
+                f"no free VRAM is known ({self.managers_note})"
+                if self.managers_note
+                else "no free VRAM is known"
+            )
         pages = -(-self.nbytes // PAGE_SIZE)
         for name, manager in sorted(self.managers.items()):
             if self._manager_bar(name, manager) is not bar:
                 continue
             found = scratch_pages(manager, pages)
             if found is None:
-                return (f"debugfs {name} has no free hole of three frames ({3 * pages} "
-                        "pages)")
+                return f"debugfs {name} has no free hole of three frames ({3 * pages} pages)"
             return found[0] * PAGE_SIZE, found[1] * PAGE_SIZE, name
         return f"no VRAM manager memtrace knows covers BAR{bar.index}"
 
@@ -721,26 +795,34 @@ def claimed_bar_hint(bar, iomem_entries, cmdline, strict_devmem):
     :param strict_devmem: True/False when CONFIG_IO_STRICT_DEVMEM is known, else None.
     """
     from memtrace.probes.iomem import walk
+
     claimer = None
     for entry in walk(iomem_entries or []):
         if (entry.start, entry.end) == (bar.start, bar.end) and entry.children:
             claimer = clean(entry.children[0].name, 40)
     if cmdline is not None and "iomem=relaxed" in cmdline.split():
         return "the kernel refused it although iomem=relaxed is set"
-    config = {True: "the kernel has CONFIG_IO_STRICT_DEVMEM",
-              None: "the kernel likely has CONFIG_IO_STRICT_DEVMEM (Debian's does)",
-              False: "the kernel refused it"}[strict_devmem]
+    config = {
+        True: "the kernel has CONFIG_IO_STRICT_DEVMEM",
+        None: "the kernel likely has CONFIG_IO_STRICT_DEVMEM (Debian's does)",
+        False: "the kernel refused it",
+    }[strict_devmem]
     by = f" ({claimer} claimed it)" if claimer else ""
-    return (f"{config}, which keeps user space off a BAR a driver has claimed{by}; boot with "
-            "iomem=relaxed to measure it")
+    return (
+        f"{config}, which keeps user space off a BAR a driver has claimed{by}; boot with "
+        "iomem=relaxed to measure it"
+    )
 
 
 def device_not_found(slot=None):
     """The error for no usable display device."""
     if slot:
-        return MemtraceError(f"{slot} is not a display device with a DRM card node",
-                             hint="give the slot of a display device whose driver is loaded "
-                                  "(lspci -D; ls /sys/bus/pci/devices/SLOT/drm)")
-    return MemtraceError("no display device with a DRM card node",
-                         hint="load its driver (e.g. modprobe bochs) or name it with "
-                              "--device SLOT")
+        return MemtraceError(
+            f"{slot} is not a display device with a DRM card node",
+            hint="give the slot of a display device whose driver is loaded "
+            "(lspci -D; ls /sys/bus/pci/devices/SLOT/drm)",
+        )
+    return MemtraceError(
+        "no display device with a DRM card node",
+        hint="load its driver (e.g. modprobe bochs) or name it with --device SLOT",
+    )

@@ -17,8 +17,18 @@ _KIND_STRUCT, _KIND_UNION = 4, 5
 _KIND_TYPEDEF, _KIND_VOLATILE, _KIND_CONST, _KIND_RESTRICT, _KIND_TYPE_TAG = 8, 9, 10, 11, 18
 _QUALIFIERS = (_KIND_TYPEDEF, _KIND_VOLATILE, _KIND_CONST, _KIND_RESTRICT, _KIND_TYPE_TAG)
 # Bytes that follow the 12-byte common header, per kind: fixed, and per vlen entry.
-_TRAILER = {1: (4, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 13: (0, 8),
-            14: (4, 0), 15: (0, 12), 17: (4, 0), 19: (0, 12)}
+_TRAILER = {
+    1: (4, 0),
+    3: (12, 0),
+    4: (0, 12),
+    5: (0, 12),
+    6: (0, 8),
+    13: (0, 8),
+    14: (4, 0),
+    15: (0, 12),
+    17: (4, 0),
+    19: (0, 12),
+}
 
 
 class Btf:
@@ -27,18 +37,19 @@ class Btf:
     def __init__(self, data, base=None):
         if len(data) < 24:
             raise ValueError("BTF data is shorter than its header")
-        magic, _version, _flags, hdr_len, type_off, type_len, str_off, str_len = \
-            struct.unpack_from("<HBBIIIII", data, 0)
+        magic, _version, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
+            "<HBBIIIII", data, 0
+        )
         if magic != _MAGIC:
             raise ValueError("not BTF (bad magic)")
         self.base = base
-        self.strings = data[hdr_len + str_off: hdr_len + str_off + str_len]
+        self.strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
         self.types = {}
         self.first_id = (base.last_id + 1) if base else 1
         self.last_id = self.first_id - 1
         self._str_base = base.str_len if base else 0
         self.str_len = self._str_base + str_len
-        self._parse(data[hdr_len + type_off: hdr_len + type_off + type_len])
+        self._parse(data[hdr_len + type_off : hdr_len + type_off + type_len])
 
     def _parse(self, blob):
         pos, type_id = 0, self.first_id
@@ -60,7 +71,7 @@ class Btf:
         if offset < self._str_base:
             return self.base.name(offset)
         start = offset - self._str_base
-        return self.strings[start:self.strings.index(b"\0", start)].decode()
+        return self.strings[start : self.strings.index(b"\0", start)].decode()
 
     def type(self, type_id):
         """The raw type tuple of ``type_id``, looking into the base BTF when needed."""
@@ -111,8 +122,10 @@ def load_vmlinux_btf(btf_dir=BTF_DIR):
         with open(os.path.join(btf_dir, "vmlinux"), "rb") as src:
             return Btf(src.read())
     except FileNotFoundError:
-        raise FeatureMissing("the kernel has no BTF (/sys/kernel/btf/vmlinux)",
-                             "memtrace uses the built-in offsets of Debian 6.1/6.12") from None
+        raise FeatureMissing(
+            "the kernel has no BTF (/sys/kernel/btf/vmlinux)",
+            "memtrace uses the built-in offsets of Debian 6.1/6.12",
+        ) from None
 
 
 def load_module_btf(module, base, btf_dir=BTF_DIR, module_file_bytes=None):

@@ -87,10 +87,20 @@ def to_event(probe, call):
     values = _typed_values(spec, call.values)
     ret = _signed_pointer(call.ret) if spec.returns == "x64" else call.ret
     event = events.Event(
-        ts_ns=call.ts_ns, fn=probe.fn, probe=probe.probe_name, role=spec.role,
-        cpu=call.cpu, pid=call.pid, tid=call.tid, comm=call.comm, ret=ret,
-        duration_ns=call.duration_ns, cycles=call.cycles, cycles_source=call.cycles_source,
-        caller=call.caller, stack=list(call.stack),
+        ts_ns=call.ts_ns,
+        fn=probe.fn,
+        probe=probe.probe_name,
+        role=spec.role,
+        cpu=call.cpu,
+        pid=call.pid,
+        tid=call.tid,
+        comm=call.comm,
+        ret=ret,
+        duration_ns=call.duration_ns,
+        cycles=call.cycles,
+        cycles_source=call.cycles_source,
+        caller=call.caller,
+        stack=list(call.stack),
     )
     start = values.get("start")
     if "pfn" in values:

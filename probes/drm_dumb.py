@@ -67,8 +67,9 @@ def card_nodes(slot, sysfs_root="/sys"):
         names = os.listdir(drm_dir)
     except OSError:
         return []
-    cards = sorted((n for n in names if n.startswith("card") and n[4:].isdigit()),
-                   key=lambda n: int(n[4:]))
+    cards = sorted(
+        (n for n in names if n.startswith("card") and n[4:].isdigit()), key=lambda n: int(n[4:])
+    )
     return [os.path.join(DEV_DRI, n) for n in cards]
 
 
@@ -84,11 +85,15 @@ def _access_hint(path):
     except KeyError:
         group = str(info.st_gid)
     if info.st_gid != 0 and mode & 0o060 == 0o060:
-        return (f"it belongs to group '{group}' (mode {mode:04o}): add your user to it "
-                f"(sudo usermod -aG {group} $USER, then log in again), or run as root")
-    return (f"it is root's only (mode {mode:04o}, group {group}; no udev rule gave it to the "
-            "video group): run as root, or give it to the video group as udev does "
-            f"(chgrp video {path}; chmod 660 {path})")
+        return (
+            f"it belongs to group '{group}' (mode {mode:04o}): add your user to it "
+            f"(sudo usermod -aG {group} $USER, then log in again), or run as root"
+        )
+    return (
+        f"it is root's only (mode {mode:04o}, group {group}; no udev rule gave it to the "
+        "video group): run as root, or give it to the video group as udev does "
+        f"(chgrp video {path}; chmod 660 {path})"
+    )
 
 
 def open_card(path):
@@ -100,11 +105,13 @@ def open_card(path):
     try:
         return os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except PermissionError:
-        raise MemtraceError(f"cannot open {path}: permission denied",
-                            hint=_access_hint(path)) from None
+        raise MemtraceError(
+            f"cannot open {path}: permission denied", hint=_access_hint(path)
+        ) from None
     except FileNotFoundError:
-        raise MemtraceError(f"{path} does not exist",
-                            hint="is devtmpfs mounted on /dev, and the driver loaded?") from None
+        raise MemtraceError(
+            f"{path} does not exist", hint="is devtmpfs mounted on /dev, and the driver loaded?"
+        ) from None
     except OSError as err:
         raise MemtraceError(f"cannot open {path}: {os_reason(err)}") from None
 
@@ -141,13 +148,18 @@ class DumbBuffer:
         self.fd = fd
         self.handle = None
         width, height, bpp = dumb_geometry(nbytes)
-        raw = _ioctl(fd, DRM_IOCTL_MODE_CREATE_DUMB,
-                     _CREATE.pack(height, width, bpp, 0, 0, 0, 0), "DRM_IOCTL_MODE_CREATE_DUMB")
+        raw = _ioctl(
+            fd,
+            DRM_IOCTL_MODE_CREATE_DUMB,
+            _CREATE.pack(height, width, bpp, 0, 0, 0, 0),
+            "DRM_IOCTL_MODE_CREATE_DUMB",
+        )
         _h, _w, _b, _f, self.handle, self.pitch, self.size = _CREATE.unpack(raw)
         self.width, self.height, self.bpp = width, height, bpp
         try:
-            raw = _ioctl(fd, DRM_IOCTL_MODE_MAP_DUMB, _MAP.pack(self.handle, 0, 0),
-                         "DRM_IOCTL_MODE_MAP_DUMB")
+            raw = _ioctl(
+                fd, DRM_IOCTL_MODE_MAP_DUMB, _MAP.pack(self.handle, 0, 0), "DRM_IOCTL_MODE_MAP_DUMB"
+            )
         except OSError:
             self.close()
             raise
@@ -157,8 +169,12 @@ class DumbBuffer:
         """Destroy the buffer; safe to call twice."""
         if self.handle is not None:
             try:
-                _ioctl(self.fd, DRM_IOCTL_MODE_DESTROY_DUMB, _DESTROY.pack(self.handle),
-                       "DRM_IOCTL_MODE_DESTROY_DUMB")
+                _ioctl(
+                    self.fd,
+                    DRM_IOCTL_MODE_DESTROY_DUMB,
+                    _DESTROY.pack(self.handle),
+                    "DRM_IOCTL_MODE_DESTROY_DUMB",
+                )
             except OSError:
                 pass  # closing the card node frees it too
             self.handle = None

@@ -36,12 +36,15 @@ def resolve_plan(requests, features, required=()):
     source = features.symbol_source
     if source is None:
         why = features.kallsyms
-        raise FeatureMissing(f"--dump-program resolves the probes from the kernel's symbols, "
-                             f"and they cannot be read: {getattr(why, 'message', why)}",
-                             getattr(why, "hint", None) or "read /proc/kallsyms as root")
+        raise FeatureMissing(
+            f"--dump-program resolves the probes from the kernel's symbols, "
+            f"and they cannot be read: {getattr(why, 'message', why)}",
+            getattr(why, "hint", None) or "read /proc/kallsyms as root",
+        )
     requests = plans.expand_requests(requests, source.kallsyms, source.module_files)
-    plan = plans.build_plan(requests, source, btf_offset_resolver(features), strict=False,
-                            required=required)
+    plan = plans.build_plan(
+        requests, source, btf_offset_resolver(features), strict=False, required=required
+    )
     if not plan.probes:
         reasons = "; ".join(f"{name}: {why}" for name, why in plan.skipped[:3])
         raise FeatureMissing(f"nothing to probe on this kernel ({reasons})")
@@ -61,8 +64,7 @@ def pick_backend(features, wanted="auto"):
         return wanted, "chosen with --backend", why_not
     if features.bcc_check.status == OK:
         return "bcc", "auto would choose it: bcc imports and kernel headers are present", why_not
-    return ("tracefs", f"auto would choose it: bcc unusable ({features.bcc_check.detail})",
-            why_not)
+    return ("tracefs", f"auto would choose it: bcc unusable ({features.bcc_check.detail})", why_not)
 
 
 def possible_cpus(path=POSSIBLE_CPUS):
@@ -70,6 +72,7 @@ def possible_cpus(path=POSSIBLE_CPUS):
     ``utils.get_possible_cpus`` counts them; ``os.cpu_count()`` when the file is unreadable."""
     try:
         from bcc.utils import get_possible_cpus
+
         return len(get_possible_cpus())
     except Exception:  # bcc missing or broken: count them the same way
         pass
@@ -118,14 +121,23 @@ def probe_table(plan, aggregated=frozenset(), events=None):
         offsets = probe.offsets_from
         if probe.probe_name in aggregated:
             offsets += " (summed in kernel)"
-        row = [str(index), probe.fn, probe.probe_name, probe.resolution.how, _state(probe),
-               fetches, offsets]
+        row = [
+            str(index),
+            probe.fn,
+            probe.probe_name,
+            probe.resolution.how,
+            _state(probe),
+            fetches,
+            offsets,
+        ]
         if events is not None:
             row.append(events[index])
         rows.append(row)
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-             for row in [headers] + rows]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+        for row in [headers] + rows
+    ]
     if plan.skipped:
         lines.append("not probed on this kernel:")
         lines.extend(f"  {name}: {why.removeprefix(name + ': ')}" for name, why in plan.skipped)
@@ -148,8 +160,10 @@ def probe_table(plan, aggregated=frozenset(), events=None):
 
 
 def _header(command, features, backend, reason, why_not, workload, what):
-    lines = [f"memtrace {command} --dump-program: {what}; nothing was attached.",
-             f"kernel {features.release}; backend {backend} ({reason})"]
+    lines = [
+        f"memtrace {command} --dump-program: {what}; nothing was attached.",
+        f"kernel {features.release}; backend {backend} ({reason})",
+    ]
     if why_not:
         lines.append(f"a run could not attach them here: {why_not}")
     if workload:
@@ -161,17 +175,26 @@ def bcc_dump(plan, features, aggregated=frozenset(), head=()):
     """The bcc backend's program for ``plan`` as one C file: a leading comment with ``head``,
     the ``cflags:`` line and the probe table, then the program ``BccBackend`` compiles."""
     from memtrace.probes import bcc_backend
+
     backend = bcc_backend.BccBackend(plan, _discard, {"aggregate": frozenset(aggregated)})
-    cflags = bcc_backend.program_cflags(plan, possible_cpus(), uses_ringbuf(features),
-                                        backend.aggregate)
+    cflags = bcc_backend.program_cflags(
+        plan, possible_cpus(), uses_ringbuf(features), backend.aggregate
+    )
     text = bcc_backend.program_text(plan, backend.aggregated)
-    comment = list(head) + [
-        f"cflags: {' '.join(cflags)}",
-        "(compile: bcc.BPF(text=<this file>, cflags=<the flags above>); mt_entry_<id> is "
-        "attached as a kprobe and mt_return_<id> as a kretprobe on the probed symbol)",
-        "",
-    ] + probe_table(plan, backend.aggregated,
-                    [f"mt_entry_{i}/mt_return_{i}" for i in range(len(plan.probes))])
+    comment = (
+        list(head)
+        + [
+            f"cflags: {' '.join(cflags)}",
+            "(compile: bcc.BPF(text=<this file>, cflags=<the flags above>); mt_entry_<id> is "
+            "attached as a kprobe and mt_return_<id> as a kretprobe on the probed symbol)",
+            "",
+        ]
+        + probe_table(
+            plan,
+            backend.aggregated,
+            [f"mt_entry_{i}/mt_return_{i}" for i in range(len(plan.probes))],
+        )
+    )
     body = "\n".join(f" * {line}".rstrip() for line in comment).replace("*/", "* /")
     return f"/*\n{body}\n */\n{text}"
 
@@ -181,27 +204,43 @@ def tracefs_dump(plan, head=()):
     probe table as ``#`` comments; each return probe that reads an argument (Linux 6.9+) is
     followed by the plain one the backend falls back to on older kernels, commented out."""
     from memtrace.probes.tracefs_backend import TracefsBackend
+
     backend = TracefsBackend(plan, _discard, {})
     lines = backend.program()
-    out = [f"# {line}".rstrip() for line in list(head) + [
-        f"group {backend.group}: append these lines to kprobe_events (>>, never >); a run "
-        f"enables them only in instances/{backend.instance}, and removes them with "
-        f"-:{backend.group}/EVENT",
-        "",
-    ] + probe_table(plan, events=[c.event for c in backend.compiled])]
+    out = [
+        f"# {line}".rstrip()
+        for line in list(head)
+        + [
+            f"group {backend.group}: append these lines to kprobe_events (>>, never >); a run "
+            f"enables them only in instances/{backend.instance}, and removes them with "
+            f"-:{backend.group}/EVENT",
+            "",
+        ]
+        + probe_table(plan, events=[c.event for c in backend.compiled])
+    ]
     for index, compiled in enumerate(backend.compiled):
         out.append("")
-        out.extend(lines[2 * index:2 * index + 2])
+        out.extend(lines[2 * index : 2 * index + 2])
         if compiled.ret_plain is not None:
             out.append(f"# before Linux 6.9 (no $argN at return): {compiled.ret_plain}")
         if compiled.planned.spec.stack:
-            out.append(f"# then: echo stacktrace > instances/{backend.instance}/events/"
-                       f"{backend.group}/{compiled.event}/trigger")
+            out.append(
+                f"# then: echo stacktrace > instances/{backend.instance}/events/"
+                f"{backend.group}/{compiled.event}/trigger"
+            )
     return "\n".join(out) + "\n"
 
 
-def dump_program(requests, backend="auto", command="record", required=(), aggregate=None,
-                 workload=None, features=None, stream=None):
+def dump_program(
+    requests,
+    backend="auto",
+    command="record",
+    required=(),
+    aggregate=None,
+    workload=None,
+    features=None,
+    stream=None,
+):
     """Print what `memtrace COMMAND` would attach for ``requests`` with ``backend`` on the
     running kernel (or ``features``), to ``stream`` (stdout); attach nothing; return 0.
 
@@ -214,17 +253,34 @@ def dump_program(requests, backend="auto", command="record", required=(), aggreg
     name, reason, why_not = pick_backend(features, backend)
     if name == "bcc":
         aggregated = frozenset(aggregate(plan)) if aggregate else frozenset()
-        head = _header(command, features, name, reason, why_not, workload,
-                       f"the BPF program the bcc backend would compile and the "
-                       f"{len(plan.probes)} functions it would probe")
+        head = _header(
+            command,
+            features,
+            name,
+            reason,
+            why_not,
+            workload,
+            f"the BPF program the bcc backend would compile and the "
+            f"{len(plan.probes)} functions it would probe",
+        )
         stream.write(bcc_dump(plan, features, aggregated, head))
     else:
-        head = _header(command, features, name, reason, why_not, workload,
-                       f"the kprobe_events lines the tracefs backend would register for "
-                       f"{len(plan.probes)} functions")
+        head = _header(
+            command,
+            features,
+            name,
+            reason,
+            why_not,
+            workload,
+            f"the kprobe_events lines the tracefs backend would register for "
+            f"{len(plan.probes)} functions",
+        )
         stream.write(tracefs_dump(plan, head))
     stream.flush()
     if why_not:
-        print(f"memtrace {command}: note: printed what {name} would attach; a run could not "
-              f"attach it here: {why_not}", file=sys.stderr)
+        print(
+            f"memtrace {command}: note: printed what {name} would attach; a run could not "
+            f"attach it here: {why_not}",
+            file=sys.stderr,
+        )
     return 0

@@ -44,8 +44,7 @@ def pat_snapshot():
         records = pat_memtype.read_pat_memtype_list()
     except MemtraceError as err:
         return None, err.one_line()
-    return [{"start": hex(r.start), "end": hex(r.end), "type": r.memtype}
-            for r in records], None
+    return [{"start": hex(r.start), "end": hex(r.end), "type": r.memtype} for r in records], None
 
 
 def pci_devices():
@@ -65,8 +64,7 @@ def kernel_log_facts(log_text):
     ``("KVM", "Configuration [0-7]: WB  WC  UC- UC  WB  WP  UC- WT")``."""
     hypervisor = _HYPERVISOR_LOG.findall(log_text or "")
     pat = _PAT_LOG.findall(log_text or "")
-    return (hypervisor[-1].strip() if hypervisor else None,
-            pat[-1].strip() if pat else None)
+    return (hypervisor[-1].strip() if hypervisor else None, pat[-1].strip() if pat else None)
 
 
 def hypervisor_vendor(log_text, sys_hypervisor_type=None):
@@ -116,5 +114,8 @@ def end_state():
         "pat_snapshot_end_note": str or None, "mtrr_end": the /proc/mtrr text or None}``.
     """
     reservations, note = pat_snapshot()
-    return {"pat_snapshot_end": reservations, "pat_snapshot_end_note": note,
-            "mtrr_end": _read("/proc/mtrr")}
+    return {
+        "pat_snapshot_end": reservations,
+        "pat_snapshot_end_note": note,
+        "mtrr_end": _read("/proc/mtrr"),
+    }

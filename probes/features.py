@@ -103,8 +103,7 @@ def tsc_mhz(cpuinfo_text):
     return None
 
 
-_KERNEL_LOG_TSC = re.compile(
-    r"tsc: (?:Refined TSC clocksource calibration|Detected) ([0-9.]+) MHz")
+_KERNEL_LOG_TSC = re.compile(r"tsc: (?:Refined TSC clocksource calibration|Detected) ([0-9.]+) MHz")
 
 
 def tsc_mhz_from_kernel_log(text):
@@ -386,20 +385,29 @@ class KernelFeatures:
         if self.root != "/":
             return Check(name, INFO, "not checked: needs the running kernel's netlink sockets")
         from memtrace.probes.process_watch import ProcessWatcher, ProcessWatchUnavailable
+
         watcher = ProcessWatcher()
         try:
             watcher.start()
         except ProcessWatchUnavailable as err:
-            return Check(name, WARN, err.message, "; ".join(
-                filter(None, [err.hint, "reports cannot show restart loops"])))
+            return Check(
+                name,
+                WARN,
+                err.message,
+                "; ".join(filter(None, [err.hint, "reports cannot show restart loops"])),
+            )
         except (ImportError, OSError) as err:
-            return Check(name, WARN, f"{type(err).__name__}: {err}",
-                         "reports cannot show restart loops")
+            return Check(
+                name, WARN, f"{type(err).__name__}: {err}", "reports cannot show restart loops"
+            )
         finally:
             watcher.stop()
         stats = watcher.stats()
-        missing = [stats[part]["reason"] for part in ("uevents", "exit_names")
-                   if stats[part]["status"] != "ok"]
+        missing = [
+            stats[part]["reason"]
+            for part in ("uevents", "exit_names")
+            if stats[part]["status"] != "ok"
+        ]
         if missing:
             return Check(name, INFO, "; ".join(["process connector ok"] + missing))
         return Check(name, OK, "process connector, DRM uevents and taskstats exit names")
@@ -436,11 +444,16 @@ class KernelFeatures:
         state = self.pat_state
         evidence = "; ".join(state["evidence"]) or "nothing could be read"
         if state["enabled"] is False:
-            return Check("pat", WARN, f"PAT disabled ({state['reason']}; evidence: {evidence})",
-                         PAT_OFF_HINT)
+            return Check(
+                "pat", WARN, f"PAT disabled ({state['reason']}; evidence: {evidence})", PAT_OFF_HINT
+            )
         if state["enabled"] is None:
-            return Check("pat", INFO, f"PAT state unknown (evidence: {evidence})",
-                         "run as root with debugfs mounted, or see `dmesg | grep x86/PAT`")
+            return Check(
+                "pat",
+                INFO,
+                f"PAT state unknown (evidence: {evidence})",
+                "run as root with debugfs mounted, or see `dmesg | grep x86/PAT`",
+            )
         detail = "PAT enabled"
         if state["configuration"]:
             detail += f"; x86/PAT: {state['configuration']}"
@@ -593,10 +606,7 @@ def _describe(resolution):
         text = f"{resolution.probe_name} in {where}"
     else:
         module_file = os.path.basename(resolution.module_file)
-        text = (
-            f"{resolution.probe_name} in {module_file}, not loaded: "
-            "will be probed when it loads"
-        )
+        text = f"{resolution.probe_name} in {module_file}, not loaded: will be probed when it loads"
     if resolution.how != EXACT:
         text = f"{text}; {resolution.how}: {resolution.explanation}"
     elif resolution.explanation:

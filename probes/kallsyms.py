@@ -127,8 +127,10 @@ def parse_kallsyms(text):
     A guest under emulation reads 170,000 lines, so the lines are matched in one regex pass
     rather than split one by one.
     """
-    symbols = [KernelSymbol(int(address, 16), kind, name, module or None)
-               for address, kind, name, module in _LINE_RE.findall(text)]
+    symbols = [
+        KernelSymbol(int(address, 16), kind, name, module or None)
+        for address, kind, name, module in _LINE_RE.findall(text)
+    ]
     lines = sum(1 for line in text.splitlines() if line.strip())
     return SymbolTable(symbols, skipped_lines=lines - len(symbols))
 

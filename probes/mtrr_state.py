@@ -31,8 +31,13 @@ MSR_SOURCE = "IA32_MTRR_DEF_TYPE (MSR 0x2ff) via /dev/cpu/0/msr"
 # The MTRR type encoding (arch/x86/include/uapi/asm/mtrr.h MTRR_TYPE_*); 2 and 3 are reserved.
 MTRR_TYPES = {0: "UC", 1: "WC", 4: "WT", 5: "WP", 6: "WB"}
 # How the kernel spells them (mtrr_attrib_to_str, arch/x86/kernel/cpu/mtrr/if.c).
-KERNEL_NAMES = {"uncachable": "UC", "write-combining": "WC", "write-through": "WT",
-                "write-protect": "WP", "write-back": "WB"}
+KERNEL_NAMES = {
+    "uncachable": "UC",
+    "write-combining": "WC",
+    "write-through": "WT",
+    "write-protect": "WP",
+    "write-back": "WB",
+}
 
 _FIXED_ENABLE = 1 << 10
 _MTRR_ENABLE = 1 << 11

@@ -26,16 +26,23 @@ _CONFIGURATION = re.compile(r"x86/PAT: (Configuration \[0-7\]:.*\S)")
 # Matched anywhere in the line: older kernels printed "PAT support disabled." without the
 # "x86/PAT: " prefix.
 _DISABLE_REASONS = (
-    (re.compile(r"PAT support disabled via boot option|PAT support disabled\.$"),
-     "the kernel was booted with nopat"),
-    (re.compile(r"PAT not supported by the CPU"),
-     "the CPU (or the hypervisor's CPU model) does not offer PAT"),
-    (re.compile(r"PAT support disabled by the firmware"),
-     "the firmware left the PAT MSR zero"),
-    (re.compile(r"PAT support disabled because CONFIG_MTRR is disabled"),
-     "the kernel is built without CONFIG_MTRR"),
-    (re.compile(r"PAT support disabled because CONFIG_X86_PAT is disabled"),
-     "the kernel is built without CONFIG_X86_PAT"),
+    (
+        re.compile(r"PAT support disabled via boot option|PAT support disabled\.$"),
+        "the kernel was booted with nopat",
+    ),
+    (
+        re.compile(r"PAT not supported by the CPU"),
+        "the CPU (or the hypervisor's CPU model) does not offer PAT",
+    ),
+    (re.compile(r"PAT support disabled by the firmware"), "the firmware left the PAT MSR zero"),
+    (
+        re.compile(r"PAT support disabled because CONFIG_MTRR is disabled"),
+        "the kernel is built without CONFIG_MTRR",
+    ),
+    (
+        re.compile(r"PAT support disabled because CONFIG_X86_PAT is disabled"),
+        "the kernel is built without CONFIG_X86_PAT",
+    ),
 )
 _ANY_DISABLE = re.compile(r"PAT support disabled|PAT not supported")
 
@@ -57,8 +64,9 @@ def _reason_for(message):
     return f"the kernel logged: {pat_line[1] if pat_line else message}"
 
 
-def pat_state_from_sources(kernel_log, cmdline, cpu_flags, xen_type, xen_guest_type,
-                           memtype_list_exists, kconfig_pat):
+def pat_state_from_sources(
+    kernel_log, cmdline, cpu_flags, xen_type, xen_guest_type, memtype_list_exists, kconfig_pat
+):
     """Decide whether PAT is enabled from what was read; every argument may be None (unread).
 
     :param kernel_log: the kernel log's text ('' counts as unread).
@@ -95,8 +103,9 @@ def pat_state_from_sources(kernel_log, cmdline, cpu_flags, xen_type, xen_guest_t
     has_flag = None
     if cpu_flags is not None:
         has_flag = "pat" in (cpu_flags.split() if isinstance(cpu_flags, str) else cpu_flags)
-        evidence.append("/proc/cpuinfo flags include pat" if has_flag
-                        else "/proc/cpuinfo flags lack pat")
+        evidence.append(
+            "/proc/cpuinfo flags include pat" if has_flag else "/proc/cpuinfo flags lack pat"
+        )
     xen_pv = None
     if xen_type is not None:
         xen_type = xen_type.strip()
@@ -109,12 +118,16 @@ def pat_state_from_sources(kernel_log, cmdline, cpu_flags, xen_type, xen_guest_t
     if memtype_list_exists is not None:
         evidence.append(
             "debugfs has x86/pat_memtype_list (created only when PAT is enabled)"
-            if memtype_list_exists else
-            "debugfs is mounted but has no x86/pat_memtype_list (created only when PAT is "
-            "enabled)")
+            if memtype_list_exists
+            else "debugfs is mounted but has no x86/pat_memtype_list (created only when PAT is "
+            "enabled)"
+        )
     if kconfig_pat is not None:
-        evidence.append("kernel config: CONFIG_X86_PAT=y" if kconfig_pat
-                        else "kernel config: CONFIG_X86_PAT is not set")
+        evidence.append(
+            "kernel config: CONFIG_X86_PAT=y"
+            if kconfig_pat
+            else "kernel config: CONFIG_X86_PAT is not set"
+        )
 
     enabled, reason = None, None
     if memtype_list_exists:
@@ -129,14 +142,19 @@ def pat_state_from_sources(kernel_log, cmdline, cpu_flags, xen_type, xen_guest_t
         enabled, reason = False, "the CPU (or the hypervisor's CPU model) does not offer PAT"
     elif memtype_list_exists is False:
         enabled = False
-        reason = ("the kernel did not create x86/pat_memtype_list, which it does whenever "
-                  "PAT is enabled")
+        reason = (
+            "the kernel did not create x86/pat_memtype_list, which it does whenever PAT is enabled"
+        )
     elif configuration:
         enabled = True
     if enabled is False and xen_pv:
         reason = f"{reason} (a Xen PV guest)"
-    return {"enabled": enabled, "configuration": configuration, "reason": reason,
-            "evidence": evidence}
+    return {
+        "enabled": enabled,
+        "configuration": configuration,
+        "reason": reason,
+        "evidence": evidence,
+    }
 
 
 def _under(root, live_path):

@@ -195,19 +195,46 @@ def _read_text(path):
 def device_to_record(device):
     """A PciDevice as a JSON-ready dict (trace headers carry the devices of the machine)."""
     return {
-        "slot": device.slot, "class": device.pci_class, "vendor": device.vendor,
-        "device": device.device, "subsystem_vendor": device.subsystem_vendor,
-        "subsystem_device": device.subsystem_device, "driver": device.driver,
-        "bars": [{"index": b.index, "start": hex(b.start), "end": hex(b.end),
-                  "flags": b.flags, "wc_file": b.has_wc_file} for b in device.bars],
+        "slot": device.slot,
+        "class": device.pci_class,
+        "vendor": device.vendor,
+        "device": device.device,
+        "subsystem_vendor": device.subsystem_vendor,
+        "subsystem_device": device.subsystem_device,
+        "driver": device.driver,
+        "bars": [
+            {
+                "index": b.index,
+                "start": hex(b.start),
+                "end": hex(b.end),
+                "flags": b.flags,
+                "wc_file": b.has_wc_file,
+            }
+            for b in device.bars
+        ],
     }
 
 
 def device_from_record(record):
     """The PciDevice that device_to_record() wrote; ValueError/KeyError/TypeError when the
     record is malformed."""
-    bars = tuple(PciBar(int(b["index"]), int(b["start"], 16), int(b["end"], 16),
-                        int(b["flags"]), bool(b["wc_file"])) for b in record["bars"])
-    return PciDevice(str(record["slot"]), int(record["class"]), int(record["vendor"]),
-                     int(record["device"]), int(record["subsystem_vendor"]),
-                     int(record["subsystem_device"]), record["driver"], bars)
+    bars = tuple(
+        PciBar(
+            int(b["index"]),
+            int(b["start"], 16),
+            int(b["end"], 16),
+            int(b["flags"]),
+            bool(b["wc_file"]),
+        )
+        for b in record["bars"]
+    )
+    return PciDevice(
+        str(record["slot"]),
+        int(record["class"]),
+        int(record["vendor"]),
+        int(record["device"]),
+        int(record["subsystem_vendor"]),
+        int(record["subsystem_device"]),
+        record["driver"],
+        bars,
+    )

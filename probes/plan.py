@@ -24,7 +24,7 @@ class PlannedProbe:
     offsets: Dict[Tuple[str, str], int] = dataclasses.field(default_factory=dict)
     # fetch name -> unit of the member found ("size" bytes / "num_pages")
     field_units: Dict[str, str] = dataclasses.field(default_factory=dict)
-    offsets_from: str = "none"   # "btf" or "fallback"
+    offsets_from: str = "none"  # "btf" or "fallback"
 
     @property
     def symbol(self):
@@ -44,8 +44,11 @@ class PlannedProbe:
     def describe(self):
         """A JSON-ready description for trace headers and outputs."""
         return {
-            "requested": self.fn, "probed": self.probe_name, "how": self.resolution.how,
-            "loaded": self.resolution.loaded, "explanation": self.resolution.explanation,
+            "requested": self.fn,
+            "probed": self.probe_name,
+            "how": self.resolution.how,
+            "loaded": self.resolution.loaded,
+            "explanation": self.resolution.explanation,
             "offsets_from": self.offsets_from,
         }
 
@@ -82,11 +85,14 @@ def expand_requests(requests, kallsyms, module_files=None):
             found = module_files.functions(module)
             if found is not None:
                 names = {name for name in found.functions if found.has(name)}
-        matches = sorted(n for n in names if fnmatch.fnmatchcase(n, pattern)
-                         and not n.startswith("__pfx_"))
+        matches = sorted(
+            n for n in names if fnmatch.fnmatchcase(n, pattern) and not n.startswith("__pfx_")
+        )
         if not matches:
-            raise NotTraceable(f"no function matches '{request}'",
-                               "check the pattern; `memtrace doctor` lists known targets")
+            raise NotTraceable(
+                f"no function matches '{request}'",
+                "check the pattern; `memtrace doctor` lists known targets",
+            )
         out.extend(f"{module}:{n}" if module else n for n in matches)
     return out
 

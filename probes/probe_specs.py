@@ -74,70 +74,132 @@ _RESOURCE_SIZE = ("ttm_resource", "size|num_pages")
 
 
 def _ioremap(symbol, requested):
-    return ProbeSpec(symbol, events.ROLE_IOREMAP, _PHYS_SIZE, requested=requested,
-                     returns="x64", stack=True)
+    return ProbeSpec(
+        symbol, events.ROLE_IOREMAP, _PHYS_SIZE, requested=requested, returns="x64", stack=True
+    )
 
 
-SPECS = {spec.symbol: spec for spec in (
-    ProbeSpec("memtype_reserve", events.ROLE_RESERVE,
-              _PHYS_RANGE + (Fetch("requested", 3, "u32"),), granted_via_arg=4, stack=True),
-    ProbeSpec("reserve_memtype", events.ROLE_RESERVE,
-              _PHYS_RANGE + (Fetch("requested", 3, "u32"),), granted_via_arg=4, stack=True),
-    ProbeSpec("memtype_free", events.ROLE_FREE, _PHYS_RANGE, stack=True),
-    ProbeSpec("free_memtype", events.ROLE_FREE, _PHYS_RANGE, stack=True),
-    # Called after the downgrade decision with the granted type: the answer on kernels
-    # whose return probes cannot read arguments (before 6.9).
-    ProbeSpec("memtype_kernel_map_sync", events.ROLE_MAP_SYNC,
-              _PHYS_SIZE + (Fetch("granted", 3, "u32"),)),
-    ProbeSpec("kernel_map_sync_memtype", events.ROLE_MAP_SYNC,
-              _PHYS_SIZE + (Fetch("granted", 3, "u32"),)),
-    _ioremap("ioremap", "UC-"),
-    _ioremap("ioremap_uc", "UC"),
-    _ioremap("ioremap_wc", "WC"),
-    _ioremap("ioremap_wt", "WT"),
-    _ioremap("ioremap_cache", "WB"),
-    _ioremap("ioremap_encrypted", "WB"),
-    _ioremap("ioremap_prot", None),
-    ProbeSpec("iounmap", events.ROLE_IOUNMAP, (Fetch("addr", 1),), returns=None),
-    ProbeSpec("arch_io_reserve_memtype_wc", events.ROLE_RESERVE, _PHYS_SIZE,
-              requested="WC", stack=True),
-    # track_pfn_remap(vma, pgprot_t *prot, pfn, addr, size): a user mapping of PFNs.
-    ProbeSpec("track_pfn_remap", events.ROLE_USER_MAP,
-              (Fetch("pfn", 3), Fetch("size", 5)), stack=True),
-    # pfnmap_track(pfn, size, pgprot_t *prot): its successor.
-    ProbeSpec("pfnmap_track", events.ROLE_USER_MAP,
-              (Fetch("pfn", 1), Fetch("size", 2)), stack=True),
-    ProbeSpec("reserve_pfn_range", events.ROLE_USER_MAP, _PHYS_SIZE, stack=True),
-    # mtrr_add_page(unsigned long base /* pfn */, unsigned long size /* pages */,
-    #               unsigned int type, bool increment): the register, or -errno.
-    ProbeSpec("mtrr_add_page", events.ROLE_MTRR_ADD,
-              (Fetch("pfn", 1), Fetch("pages", 2), Fetch("mtrr_type", 3, "u32")),
-              stack=True, ret_mtrr="reg"),
-    # mtrr_del_page(int reg, unsigned long base /* pfn */, unsigned long size /* pages */):
-    # base and size name the range only when reg < 0. Returns the register, or -errno.
-    ProbeSpec("mtrr_del_page", events.ROLE_MTRR_DEL,
-              (Fetch("reg", 1, "s32"), Fetch("pfn", 2), Fetch("pages", 3)),
-              stack=True, ret_mtrr="reg"),
-    # arch_phys_wc_add(unsigned long base, unsigned long size), both in bytes.
-    ProbeSpec("arch_phys_wc_add", events.ROLE_PHYS_WC, _PHYS_SIZE, stack=True,
-              mtrr_type="WC", ret_mtrr="handle"),
-    # void arch_phys_wc_del(int handle)
-    ProbeSpec("arch_phys_wc_del", events.ROLE_PHYS_WC, (Fetch("handle", 1, "s32"),),
-              returns=None, stack=True, mtrr_type="WC"),
-    ProbeSpec("ttm_move_memcpy", events.ROLE_MOVE,
-              (Fetch("clear", 1, "u8"), Fetch("num_pages", 2, "u32")), returns=None),
-    ProbeSpec("ttm_bo_move_memcpy", events.ROLE_MOVE,
-              (Fetch("resource_size", 3, "u64", _RESOURCE_SIZE),)),
-    ProbeSpec("drm_gem_vram_bo_driver_move", events.ROLE_MOVE,
-              (Fetch("resource_size", 4, "u64", _RESOURCE_SIZE),)),
-    ProbeSpec("bo_driver_move", events.ROLE_MOVE,
-              (Fetch("resource_size", 4, "u64", _RESOURCE_SIZE),)),
-    # bus.offset and bus.caching are filled in only inside this function (by
-    # ttm_mem_io_reserve), so entry cannot read them; the ioremap_wc it makes carries the
-    # range and the type. This probe times the mapping and marks who asked.
-    ProbeSpec("ttm_kmap_iter_linear_io_init", events.ROLE_TIMED,
-              (Fetch("resource_size", 3, "u64", _RESOURCE_SIZE),), returns="x64"),
-)}
+SPECS = {
+    spec.symbol: spec
+    for spec in (
+        ProbeSpec(
+            "memtype_reserve",
+            events.ROLE_RESERVE,
+            _PHYS_RANGE + (Fetch("requested", 3, "u32"),),
+            granted_via_arg=4,
+            stack=True,
+        ),
+        ProbeSpec(
+            "reserve_memtype",
+            events.ROLE_RESERVE,
+            _PHYS_RANGE + (Fetch("requested", 3, "u32"),),
+            granted_via_arg=4,
+            stack=True,
+        ),
+        ProbeSpec("memtype_free", events.ROLE_FREE, _PHYS_RANGE, stack=True),
+        ProbeSpec("free_memtype", events.ROLE_FREE, _PHYS_RANGE, stack=True),
+        # Called after the downgrade decision with the granted type: the answer on kernels
+        # whose return probes cannot read arguments (before 6.9).
+        ProbeSpec(
+            "memtype_kernel_map_sync",
+            events.ROLE_MAP_SYNC,
+            _PHYS_SIZE + (Fetch("granted", 3, "u32"),),
+        ),
+        ProbeSpec(
+            "kernel_map_sync_memtype",
+            events.ROLE_MAP_SYNC,
+            _PHYS_SIZE + (Fetch("granted", 3, "u32"),),
+        ),
+        _ioremap("ioremap", "UC-"),
+        _ioremap("ioremap_uc", "UC"),
+        _ioremap("ioremap_wc", "WC"),
+        _ioremap("ioremap_wt", "WT"),
+        _ioremap("ioremap_cache", "WB"),
+        _ioremap("ioremap_encrypted", "WB"),
+        _ioremap("ioremap_prot", None),
+        ProbeSpec("iounmap", events.ROLE_IOUNMAP, (Fetch("addr", 1),), returns=None),
+        ProbeSpec(
+            "arch_io_reserve_memtype_wc",
+            events.ROLE_RESERVE,
+            _PHYS_SIZE,
+            requested="WC",
+            stack=True,
+        ),
+        # track_pfn_remap(vma, pgprot_t *prot, pfn, addr, size): a user mapping of PFNs.
+        ProbeSpec(
+            "track_pfn_remap", events.ROLE_USER_MAP, (Fetch("pfn", 3), Fetch("size", 5)), stack=True
+        ),
+        # pfnmap_track(pfn, size, pgprot_t *prot): its successor.
+        ProbeSpec(
+            "pfnmap_track", events.ROLE_USER_MAP, (Fetch("pfn", 1), Fetch("size", 2)), stack=True
+        ),
+        ProbeSpec("reserve_pfn_range", events.ROLE_USER_MAP, _PHYS_SIZE, stack=True),
+        # mtrr_add_page(unsigned long base /* pfn */, unsigned long size /* pages */,
+        #               unsigned int type, bool increment): the register, or -errno.
+        ProbeSpec(
+            "mtrr_add_page",
+            events.ROLE_MTRR_ADD,
+            (Fetch("pfn", 1), Fetch("pages", 2), Fetch("mtrr_type", 3, "u32")),
+            stack=True,
+            ret_mtrr="reg",
+        ),
+        # mtrr_del_page(int reg, unsigned long base /* pfn */, unsigned long size /* pages */):
+        # base and size name the range only when reg < 0. Returns the register, or -errno.
+        ProbeSpec(
+            "mtrr_del_page",
+            events.ROLE_MTRR_DEL,
+            (Fetch("reg", 1, "s32"), Fetch("pfn", 2), Fetch("pages", 3)),
+            stack=True,
+            ret_mtrr="reg",
+        ),
+        # arch_phys_wc_add(unsigned long base, unsigned long size), both in bytes.
+        ProbeSpec(
+            "arch_phys_wc_add",
+            events.ROLE_PHYS_WC,
+            _PHYS_SIZE,
+            stack=True,
+            mtrr_type="WC",
+            ret_mtrr="handle",
+        ),
+        # void arch_phys_wc_del(int handle)
+        ProbeSpec(
+            "arch_phys_wc_del",
+            events.ROLE_PHYS_WC,
+            (Fetch("handle", 1, "s32"),),
+            returns=None,
+            stack=True,
+            mtrr_type="WC",
+        ),
+        ProbeSpec(
+            "ttm_move_memcpy",
+            events.ROLE_MOVE,
+            (Fetch("clear", 1, "u8"), Fetch("num_pages", 2, "u32")),
+            returns=None,
+        ),
+        ProbeSpec(
+            "ttm_bo_move_memcpy",
+            events.ROLE_MOVE,
+            (Fetch("resource_size", 3, "u64", _RESOURCE_SIZE),),
+        ),
+        ProbeSpec(
+            "drm_gem_vram_bo_driver_move",
+            events.ROLE_MOVE,
+            (Fetch("resource_size", 4, "u64", _RESOURCE_SIZE),),
+        ),
+        ProbeSpec(
+            "bo_driver_move", events.ROLE_MOVE, (Fetch("resource_size", 4, "u64", _RESOURCE_SIZE),)
+        ),
+        # bus.offset and bus.caching are filled in only inside this function (by
+        # ttm_mem_io_reserve), so entry cannot read them; the ioremap_wc it makes carries the
+        # range and the type. This probe times the mapping and marks who asked.
+        ProbeSpec(
+            "ttm_kmap_iter_linear_io_init",
+            events.ROLE_TIMED,
+            (Fetch("resource_size", 3, "u64", _RESOURCE_SIZE),),
+            returns="x64",
+        ),
+    )
+}
 
 # Offsets in Debian's 6.1 and 6.12 builds (identical there), used when BTF cannot answer.
 FALLBACK_OFFSETS = {

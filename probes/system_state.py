@@ -75,10 +75,13 @@ def _read_memory_types(state, root):
         state.mtrr_text = None
     # A capture keeps the MSR's 8 bytes at their offset in a copy of /dev/cpu/0/msr.
     state.mtrr_default, state.mtrr_default_note = mtrr_state.read_mtrr_default(
-        _under(root, mtrr_state.MSR_DEVICE), kernel_log=log)
+        _under(root, mtrr_state.MSR_DEVICE), kernel_log=log
+    )
     if root is not None and state.mtrr_default is None:
-        state.mtrr_default_note = ("the MTRR default type is unknown: the capture has no "
-                                   "dev/cpu/0/msr copy and no kernel log line giving it")
+        state.mtrr_default_note = (
+            "the MTRR default type is unknown: the capture has no "
+            "dev/cpu/0/msr copy and no kernel log line giving it"
+        )
 
 
 def _under(root, live_path):

@@ -21,9 +21,17 @@ def memtrace_argv(*args):
 @pytest.fixture
 def run_memtrace():
     """Run memtrace as a user would (a separate process) and return the CompletedProcess."""
+
     def _run(*args, timeout=900, cwd=None):
-        return subprocess.run(memtrace_argv(*args), capture_output=True, text=True,
-                              timeout=timeout, cwd=cwd or REPO, check=False)
+        return subprocess.run(
+            memtrace_argv(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd or REPO,
+            check=False,
+        )
+
     return _run
 
 
@@ -52,7 +60,7 @@ def _skip_reason(report):
         reason = report.longrepr[2]
     else:
         reason = str(report.longrepr)
-    return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+    return reason[len("Skipped: ") :] if reason.startswith("Skipped: ") else reason
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -67,5 +75,6 @@ def pytest_runtest_makereport(item, call):
     if reason.startswith(MACHINE_PREMISE_SKIPS):
         return
     report.outcome = "failed"
-    report.longrepr = (f"skipped under CI={os.environ['CI']}, where a skip means the set-up "
-                       f"failed: {reason}")
+    report.longrepr = (
+        f"skipped under CI={os.environ['CI']}, where a skip means the set-up failed: {reason}"
+    )

@@ -50,5 +50,7 @@ def requires_lab_kernel(series):
 def lab_release_params():
     """One ``pytest.param`` per lab series: the installed release, with the series as its id,
     skipped when that series is not installed."""
-    return [pytest.param(lab_release(series), id=series, marks=requires_lab_kernel(series))
-            for series in LAB_SERIES]
+    return [
+        pytest.param(lab_release(series), id=series, marks=requires_lab_kernel(series))
+        for series in LAB_SERIES
+    ]

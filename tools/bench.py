@@ -8,14 +8,27 @@ import time
 
 from memtrace import __version__
 from memtrace.analysis.bench import (
-    FRAME_BYTES, OPERATIONS, PAGE_SIZE, UNCACHED, Measured, decide, figures, frame_costs,
-    identify_host, lookup_types, time_ratio,
+    FRAME_BYTES,
+    OPERATIONS,
+    PAGE_SIZE,
+    UNCACHED,
+    Measured,
+    decide,
+    figures,
+    frame_costs,
+    identify_host,
+    lookup_types,
+    time_ratio,
 )
 from memtrace.analysis.effective import effective_type
 from memtrace.analysis.snapshot import FRAMEBUFFER_MIN_BYTES
 from memtrace.errors import EXIT_OK, BadInput, MemtraceError
 from memtrace.tools.tracing_io import (
-    ReportOutput, add_output_arguments, memory_type_context, pat_state_json, pat_state_line,
+    ReportOutput,
+    add_output_arguments,
+    memory_type_context,
+    pat_state_json,
+    pat_state_line,
 )
 
 DESCRIPTION = "measure what each memory type costs here, and whether the host honours them"
@@ -60,8 +73,9 @@ def slot_type(text):
     """argparse type of ``--device``: a PCI slot, ``0000:00:02.0`` or ``00:02.0``."""
     match = _SLOT.match(text or "")
     if not match:
-        raise argparse.ArgumentTypeError(f"must be a PCI slot such as 0000:00:02.0, not "
-                                         f"'{text[:40]}'")
+        raise argparse.ArgumentTypeError(
+            f"must be a PCI slot such as 0000:00:02.0, not '{text[:40]}'"
+        )
     domain, bus, dev, fn = match.groups()
     return f"{(domain or '0000').lower()}:{bus.lower()}:{dev.lower()}.{fn}"
 
@@ -71,8 +85,9 @@ def size_type(text):
     try:
         value = int(text, 0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of bytes (e.g. 0x3e8000), not "
-                                         f"'{text[:40]}'") from None
+        raise argparse.ArgumentTypeError(
+            f"must be a number of bytes (e.g. 0x3e8000), not '{text[:40]}'"
+        ) from None
     if not MIN_SIZE <= value <= MAX_SIZE:
         raise argparse.ArgumentTypeError(f"must be {MIN_SIZE} to {MAX_SIZE} bytes, not {value}")
     return value
@@ -91,23 +106,40 @@ def runs_type(text):
 
 def add_arguments(parser):
     """Register `memtrace bench`'s options on ``parser``."""
-    parser.add_argument("--device", type=slot_type, metavar="SLOT",
-                        help="the display device (default: the boot display, else the first "
-                             "with a DRM card node)")
-    parser.add_argument("--size", type=size_type, default=FRAME_BYTES, metavar="BYTES",
-                        help=f"bytes a pass moves (default: {FRAME_BYTES:#x}, a 1280x800 frame "
-                             "at 32 bpp)")
-    parser.add_argument("--runs", type=runs_type, default=DEFAULT_RUNS, metavar="N",
-                        help=f"timed passes per operation and mapping (default: {DEFAULT_RUNS})")
-    parser.add_argument("--format", choices=("text", "markdown", "json", "openmetrics"),
-                        default="text", help="text (default), markdown, json "
-                        "(docs/bench-json.md) or openmetrics (Prometheus, docs/metrics.md)")
+    parser.add_argument(
+        "--device",
+        type=slot_type,
+        metavar="SLOT",
+        help="the display device (default: the boot display, else the first with a DRM card node)",
+    )
+    parser.add_argument(
+        "--size",
+        type=size_type,
+        default=FRAME_BYTES,
+        metavar="BYTES",
+        help=f"bytes a pass moves (default: {FRAME_BYTES:#x}, a 1280x800 frame at 32 bpp)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=runs_type,
+        default=DEFAULT_RUNS,
+        metavar="N",
+        help=f"timed passes per operation and mapping (default: {DEFAULT_RUNS})",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("text", "markdown", "json", "openmetrics"),
+        default="text",
+        help="text (default), markdown, json "
+        "(docs/bench-json.md) or openmetrics (Prometheus, docs/metrics.md)",
+    )
     add_output_arguments(parser)
 
 
 def run(args):
     """Measure, write the result; return the exit status."""
     from memtrace.tools.openmetrics import MetricsOutput
+
     output_class = MetricsOutput if args.format == "openmetrics" else ReportOutput
     with output_class(args.output, args.force, "bench") as output:
         doc = run_bench(args.device, args.size, args.runs)
@@ -119,14 +151,18 @@ def render(doc, fmt):
     """The bench document ``doc`` as ``text``, ``markdown``, ``json`` or ``openmetrics``."""
     if fmt == "openmetrics":
         from memtrace.tools import openmetrics
+
         return openmetrics.render(openmetrics.bench_families(doc))
     if fmt == "json":
         import json
+
         return json.dumps(doc, indent=2) + "\n"
     if fmt == "markdown":
         from memtrace.tools.report_markdown import render_bench_markdown
+
         return render_bench_markdown(doc)
     from memtrace.tools.report_text import render_bench_text
+
     return render_bench_text(doc)
 
 
@@ -136,8 +172,9 @@ def render(doc, fmt):
 def framebuffer_bar(device):
     """The BAR holding the device's framebuffer or VRAM: its first memory BAR of at least
     1 MiB (smaller prefetchable BARs are register windows), or None."""
-    bars = [b for b in device.bars if b.is_memory and b.index < 6
-            and b.size >= FRAMEBUFFER_MIN_BYTES]
+    bars = [
+        b for b in device.bars if b.is_memory and b.index < 6 and b.size >= FRAMEBUFFER_MIN_BYTES
+    ]
     return bars[0] if bars else None
 
 
@@ -156,6 +193,7 @@ def select_device(devices, slot):
     """
     from memtrace.probes.bench_mappings import device_not_found
     from memtrace.probes.drm_dumb import card_nodes
+
     if slot is not None:
         device = next((d for d in devices if d.slot == slot), None)
         cards = card_nodes(slot) if device is not None else []
@@ -180,11 +218,13 @@ def _pat_reader():
             return [(r.start, r.end, r.memtype) for r in read_pat_memtype_list()]
         except MemtraceError:
             return None
+
     return _read
 
 
 def _strict_devmem():
     from memtrace.probes.features import KernelFeatures
+
     config, source = KernelFeatures(allow_mount=False).kconfig
     if source is None:
         return None
@@ -205,8 +245,9 @@ def _generated_at():
         try:
             return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch)))
         except (ValueError, OverflowError):
-            raise BadInput(f"SOURCE_DATE_EPOCH must be seconds since 1970, not "
-                           f"'{epoch[:20]}'") from None
+            raise BadInput(
+                f"SOURCE_DATE_EPOCH must be seconds since 1970, not '{epoch[:20]}'"
+            ) from None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
@@ -227,8 +268,9 @@ def run_bench(slot=None, nbytes=FRAME_BYTES, runs=DEFAULT_RUNS):
     device, card = select_device(state.pci_devices, slot)
     card_fd = open_card(card)
     try:
-        context = memory_type_context({"pat": state.pat, "mtrr": state.mtrr_text,
-                                       "mtrr_default": state.mtrr_default})
+        context = memory_type_context(
+            {"pat": state.pat, "mtrr": state.mtrr_text, "mtrr_default": state.mtrr_default}
+        )
         pat_list = _pat_reader()
         pat_before = pat_list()
         fb_bar = framebuffer_bar(device)
@@ -259,10 +301,21 @@ def run_bench(slot=None, nbytes=FRAME_BYTES, runs=DEFAULT_RUNS):
     log = read_kernel_log()
     host = identify_host(bm.host_evidence(log))
     return bench_document(
-        device=device, card=card, fb_bar=fb_bar, fb_path=fb_path, nbytes=nbytes, runs=runs,
-        results=results, host=host, context=context, pat_before=pat_before,
-        kernel=state.kernel_release, managers_note=managers_note,
-        generated_at=_generated_at(), euid=os.geteuid())
+        device=device,
+        card=card,
+        fb_bar=fb_bar,
+        fb_path=fb_path,
+        nbytes=nbytes,
+        runs=runs,
+        results=results,
+        host=host,
+        context=context,
+        pat_before=pat_before,
+        kernel=state.kernel_release,
+        managers_note=managers_note,
+        generated_at=_generated_at(),
+        euid=os.geteuid(),
+    )
 
 
 # -- the document --------------------------------------------------------------------------------
@@ -299,8 +352,17 @@ def _uncached_reservations(device, pat_before, context):
     device's memory BARs of framebuffer size whose effective type is UC or UC-, deduplicated."""
     out = []
     for start, end, granted in pat_before or ():
-        bar = next((b for b in device.bars if b.is_memory and b.size >= FRAMEBUFFER_MIN_BYTES
-                    and b.start <= start and end <= b.end), None)
+        bar = next(
+            (
+                b
+                for b in device.bars
+                if b.is_memory
+                and b.size >= FRAMEBUFFER_MIN_BYTES
+                and b.start <= start
+                and end <= b.end
+            ),
+            None,
+        )
         if bar is None:
             continue
         found = effective_type(granted, start, end, context.pat_state, context.mtrr_table)
@@ -337,82 +399,133 @@ def _method(nbytes, runs):
 def _pat_line(context, euid):
     """The PAT state sentence; when unknown, why (not root) rather than a trace's words."""
     if context.pat_state.enabled is None and euid != 0:
-        return ("Whether PAT is enabled is unknown (not root: the kernel log and debugfs are "
-                "unreadable); assumed enabled." + ("" if context.mtrr_table is not None else
-                                                   " MTRRs unknown (/proc/mtrr is root's): "
-                                                   "effective types ignore them."))
+        return (
+            "Whether PAT is enabled is unknown (not root: the kernel log and debugfs are "
+            "unreadable); assumed enabled."
+            + (
+                ""
+                if context.mtrr_table is not None
+                else " MTRRs unknown (/proc/mtrr is root's): effective types ignore them."
+            )
+        )
     return pat_state_line(context)
 
 
 def _notes(results, context, euid, pat_before, device, fb_bar, managers_note):
     notes = [_pat_line(context, euid)]
     if euid != 0:
-        notes.append("Not root: the PAT list and debugfs cannot be read, so the types of "
-                     "device mappings are unknown and sysfs mappings are skipped; the figures "
-                     "stand.")
+        notes.append(
+            "Not root: the PAT list and debugfs cannot be read, so the types of "
+            "device mappings are unknown and sysfs mappings are skipped; the figures "
+            "stand."
+        )
     dumb = next((r for r in results if r.kind == "dumb"), None)
-    if (dumb is not None and dumb.placement == "system RAM" and fb_bar is not None
-            and pat_before is not None):
+    if (
+        dumb is not None
+        and dumb.placement == "system RAM"
+        and fb_bar is not None
+        and pat_before is not None
+    ):
         pieces = lookup_types(pat_before, fb_bar.start, fb_bar.end)
         types = sorted({t for _s, _e, t in pieces})
         if types:
-            first = next((e for e in pat_before if e[0] < fb_bar.end and fb_bar.start < e[1]),
-                         None)
+            first = next((e for e in pat_before if e[0] < fb_bar.end and fb_bar.start < e[1]), None)
             held = f" ({first[0]:x}-{first[1]:x} {first[2]})" if first else ""
             notes.append(
                 "The dumb buffer stayed in system RAM: the driver moves a buffer to VRAM only "
                 "when it is shown. A compositor's buffer that has been on screen lies in VRAM, "
                 f"where the fault path gives its pages {'/'.join(types)} (the PAT entries over "
                 f"{_device_label(device, fb_bar)}{held}): the sysfs mappings measure that "
-                "memory.")
+                "memory."
+            )
     if managers_note and euid == 0:
         notes.append(f"VRAM layout unknown: {managers_note}.")
     return notes
 
 
-def bench_document(device, card, fb_bar, fb_path, nbytes, runs, results, host, context,
-                   pat_before, kernel, managers_note, generated_at, euid):
+def bench_document(
+    device,
+    card,
+    fb_bar,
+    fb_path,
+    nbytes,
+    runs,
+    results,
+    host,
+    context,
+    pat_before,
+    kernel,
+    managers_note,
+    generated_at,
+    euid,
+):
     """The bench document (docs/bench-json.md) of measured mappings; no I/O."""
     from memtrace.probes.bench_mappings import clean
+
     measured = [r for r in results if r.status == "measured" and r.timings]
     anon = next((r for r in measured if r.kind == "anonymous"), None)
-    wb_ref = {op: figures(op, anon.bytes, t) for op, t in anon.timings.items()} \
-        if anon else None
+    wb_ref = {op: figures(op, anon.bytes, t) for op, t in anon.timings.items()} if anon else None
     mapped = [_measured(r) for r in measured]
     wc_ref = {}
     for operation in OPERATIONS:
-        candidates = [m.figures[operation] for m in mapped
-                      if m.effective == "WC" and operation in m.figures]
+        candidates = [
+            m.figures[operation] for m in mapped if m.effective == "WC" and operation in m.figures
+        ]
         if candidates:
             wc_ref[operation] = min(candidates, key=lambda f: f.median_ns / f.bytes)
     verdict = decide(mapped, host)
     costs = frame_costs(_uncached_reservations(device, pat_before, context), mapped, nbytes)
     mappings = []
     for result in results:
-        mappings.append({
-            "name": clean(result.name), "kind": result.kind, "path": result.path,
-            "status": result.status, "reason": result.reason, "bytes": result.bytes,
-            "placement": result.placement,
-            "physical": None if result.physical is None else
-            {"start": hex(result.physical[0]), "end": hex(result.physical[1])},
-            "requested": result.requested, "granted": result.granted,
-            "effective": result.effective, "type_source": result.type_source,
-            "effective_reasons": list(result.effective_reasons), "writes": result.writes,
-            "figures": _figures_json(result, nbytes,
-                                     {"ratio_to_wb": wb_ref, "ratio_to_wc": wc_ref or None})
-            if result.status == "measured" and result.timings else
-            {op: None for op in OPERATIONS},
-        })
+        mappings.append(
+            {
+                "name": clean(result.name),
+                "kind": result.kind,
+                "path": result.path,
+                "status": result.status,
+                "reason": result.reason,
+                "bytes": result.bytes,
+                "placement": result.placement,
+                "physical": None
+                if result.physical is None
+                else {"start": hex(result.physical[0]), "end": hex(result.physical[1])},
+                "requested": result.requested,
+                "granted": result.granted,
+                "effective": result.effective,
+                "type_source": result.type_source,
+                "effective_reasons": list(result.effective_reasons),
+                "writes": result.writes,
+                "figures": _figures_json(
+                    result, nbytes, {"ratio_to_wb": wb_ref, "ratio_to_wc": wc_ref or None}
+                )
+                if result.status == "measured" and result.timings
+                else {op: None for op in OPERATIONS},
+            }
+        )
     return {
-        "format": FORMAT, "version": VERSION, "memtrace": __version__,
-        "generated_at": generated_at, "kernel": kernel,
+        "format": FORMAT,
+        "version": VERSION,
+        "memtrace": __version__,
+        "generated_at": generated_at,
+        "kernel": kernel,
         "user": {"uid": euid, "root": euid == 0},
-        "device": {"slot": device.slot, "id": device.vendor_device,
-                   "driver": clean(device.driver), "card": card, "fb": fb_path,
-                   "framebuffer_bar": None if fb_bar is None else
-                   {"index": fb_bar.index, "start": hex(fb_bar.start), "end": hex(fb_bar.end),
-                    "prefetchable": fb_bar.is_prefetchable}},
-        "frame_bytes": nbytes, "runs": runs,
+        "device": {
+            "slot": device.slot,
+            "id": device.vendor_device,
+            "driver": clean(device.driver),
+            "card": card,
+            "fb": fb_path,
+            "framebuffer_bar": None
+            if fb_bar is None
+            else {
+                "index": fb_bar.index,
+                "start": hex(fb_bar.start),
+                "end": hex(fb_bar.end),
+                "prefetchable": fb_bar.is_prefetchable,
+            },
+        },
+        "frame_bytes": nbytes,
+        "runs": runs,
         "pat": pat_state_json(context),
         "method": _method(nbytes, runs),
         "mappings": mappings,
@@ -436,13 +549,18 @@ def report_section(no_bench, nbytes=FRAME_BYTES, runs=DEFAULT_RUNS):
 def readiness():
     """``(can run, one sentence)``: whether `memtrace bench` can run here, for doctor."""
     from memtrace.probes.pci import read_pci_devices
+
     try:
         device, card = select_device(read_pci_devices(), None)
     except MemtraceError as err:
         return False, (f"`memtrace bench` cannot run: {err.one_line()}")
     if not os.access(card, os.R_OK | os.W_OK):
-        return False, (f"`memtrace bench` needs {card} ({device.slot}) open read-write: join "
-                       "its group (video) or run as root")
-    return True, (f"`memtrace bench` can run: it measures what each memory type costs on "
-                  f"{device.slot} ({card}) and whether the host honours the guest's types; "
-                  "no kprobes needed")
+        return False, (
+            f"`memtrace bench` needs {card} ({device.slot}) open read-write: join "
+            "its group (video) or run as root"
+        )
+    return True, (
+        f"`memtrace bench` can run: it measures what each memory type costs on "
+        f"{device.slot} ({card}) and whether the host honours the guest's types; "
+        "no kprobes needed"
+    )

@@ -91,6 +91,7 @@ def run(args):
         return cleanup(features)
     checks = features.checks()
     from memtrace.tools.bench import readiness
+
     bench_ok, bench_line = readiness()
     if args.json:
         print_json(dict(report(features), bench={"can_run": bench_ok, "detail": bench_line}))

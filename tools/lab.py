@@ -31,29 +31,61 @@ exit status: the command's own; 124 when the guest did not finish in --timeout s
 
 def add_arguments(parser):
     """Register `memtrace lab`'s options on ``parser``."""
-    parser.add_argument("--kernel", metavar="6.1|6.12|RELEASE",
-                        help="kernel series or full release (default: newest installed)")
-    parser.add_argument("--vga", choices=qemu.VGA_MODELS,
-                        help="display device: std is 1234:1111 (bochs-drm), qxl is QXL "
-                             "(default: std, or none with --device)")
-    parser.add_argument("--device", choices=qemu.DISPLAY_DEVICES,
-                        help="a display device QEMU adds with -device instead of a -vga one: "
-                             "bochs-display (bochs-drm, no VGA), cirrus-vga (cirrus), "
-                             "virtio-vga (virtio-gpu)")
-    parser.add_argument("--timeout", type=seconds_type("600"), default=600, metavar="S",
-                        help="stop the guest after S seconds (default: 600)")
+    parser.add_argument(
+        "--kernel",
+        metavar="6.1|6.12|RELEASE",
+        help="kernel series or full release (default: newest installed)",
+    )
+    parser.add_argument(
+        "--vga",
+        choices=qemu.VGA_MODELS,
+        help="display device: std is 1234:1111 (bochs-drm), qxl is QXL "
+        "(default: std, or none with --device)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=qemu.DISPLAY_DEVICES,
+        help="a display device QEMU adds with -device instead of a -vga one: "
+        "bochs-display (bochs-drm, no VGA), cirrus-vga (cirrus), "
+        "virtio-vga (virtio-gpu)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=seconds_type("600"),
+        default=600,
+        metavar="S",
+        help="stop the guest after S seconds (default: 600)",
+    )
     parser.add_argument("--keep-console", metavar="F", help="save the guest's console log to F")
-    parser.add_argument("--workdir", metavar="DIR",
-                        help="directory shared writable, and the command's cwd (default: .)")
-    parser.add_argument("--append", action="append", default=[], metavar="PARAM",
-                        help="add a kernel command-line parameter, e.g. iomem=relaxed "
-                             "(repeatable)")
-    parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
-                        help="auto tests KVM once (a short boot) and caches the answer")
-    parser.add_argument("--prepare", action="store_true",
-                        help="build and cache what the lab needs, boot nothing else")
-    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS]",
-                        help="the command to run inside the guest")
+    parser.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="directory shared writable, and the command's cwd (default: .)",
+    )
+    parser.add_argument(
+        "--append",
+        action="append",
+        default=[],
+        metavar="PARAM",
+        help="add a kernel command-line parameter, e.g. iomem=relaxed (repeatable)",
+    )
+    parser.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="auto tests KVM once (a short boot) and caches the answer",
+    )
+    parser.add_argument(
+        "--prepare",
+        action="store_true",
+        help="build and cache what the lab needs, boot nothing else",
+    )
+    parser.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD [ARGS]",
+        help="the command to run inside the guest",
+    )
 
 
 def _prepare(args):
@@ -81,16 +113,28 @@ def run(args):
         raise BadInput("--timeout must be positive")
     vga = args.vga or ("none" if args.device else "std")
     if args.device and vga != "none":
-        raise BadInput(f"--vga {vga} and --device {args.device} both add a display device",
-                       "give one of them")
+        raise BadInput(
+            f"--vga {vga} and --device {args.device} both add a display device", "give one of them"
+        )
     kernel = kernels.select_kernel(args.kernel)
     workdir = os.path.realpath(args.workdir or os.getcwd())
     if not os.path.isdir(workdir):
         raise BadInput(f"--workdir {workdir} is not a directory")
     accel = None if args.accel == "auto" else args.accel
-    result = qemu.run_in_guest(kernel, command, vga=vga, timeout=args.timeout,
-                               workdir=workdir, accel=accel, keep_console=args.keep_console,
-                               append_extra=args.append, device=args.device)
-    print(f"memtrace lab: {kernel.release} ({result.accel}), command exited {result.exit_status}"
-          f" after {result.seconds:.1f} s", file=sys.stderr)
+    result = qemu.run_in_guest(
+        kernel,
+        command,
+        vga=vga,
+        timeout=args.timeout,
+        workdir=workdir,
+        accel=accel,
+        keep_console=args.keep_console,
+        append_extra=args.append,
+        device=args.device,
+    )
+    print(
+        f"memtrace lab: {kernel.release} ({result.accel}), command exited {result.exit_status}"
+        f" after {result.seconds:.1f} s",
+        file=sys.stderr,
+    )
     return result.exit_status

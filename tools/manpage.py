@@ -25,41 +25,55 @@ from memtrace import __version__
 SECTION = "8"
 MANUAL = "System Administration"
 
-_TCG = ("Figures measured in a `memtrace lab` guest under QEMU TCG (Debian 6.12, no KVM; "
-        "benchmarks/RESULTS.md), where every time is inflated several times over: the "
-        "ratios are what carries over to real hardware.")
-_PROBES = ("Tracing the default set (18 functions: entry and return, kernel stacks for "
-           "reservations and mappings) added 87.6 us with bcc and 100.0 us with tracefs to "
-           "each mmap+munmap of a PCI BAR page that took 47.3 us untraced (2.9x and 3.1x; "
-           "about 10 probe hits per pair); funclatency-bpfcc timing memtype_reserve alone "
-           "added 23.7 us. Starting took 25.3 s with bcc (compiling the BPF program) and "
-           "13.2 s with tracefs (no compiler). Sustained rates above about 30,000 events/s "
-           "outran the reader in such a guest: the events lost are counted in the trace "
-           "footer and the report, never hidden.")
-_LATENCY = ("Summed in the kernel (bcc's default for functions that are not buffer moves), "
-            "timing memtype_reserve added 9.3 us per call to an mmap+munmap pair of "
-            "43.0 us (1.22x), against 7.0 us for funclatency-bpfcc. Per call (tracefs, or "
-            "--cycles) it added 128.2 us and 129.1 us: the Python reader shares the guest's "
-            "CPU and inflates what it measures, so for a hot function that is not a move use "
-            "the default and trust p50. With -i, reading and analysing a trace of "
-            "1,000,000 events took 42.7 s and 2,233 MiB (about 2.2 KiB per event).")
+_TCG = (
+    "Figures measured in a `memtrace lab` guest under QEMU TCG (Debian 6.12, no KVM; "
+    "benchmarks/RESULTS.md), where every time is inflated several times over: the "
+    "ratios are what carries over to real hardware."
+)
+_PROBES = (
+    "Tracing the default set (18 functions: entry and return, kernel stacks for "
+    "reservations and mappings) added 87.6 us with bcc and 100.0 us with tracefs to "
+    "each mmap+munmap of a PCI BAR page that took 47.3 us untraced (2.9x and 3.1x; "
+    "about 10 probe hits per pair); funclatency-bpfcc timing memtype_reserve alone "
+    "added 23.7 us. Starting took 25.3 s with bcc (compiling the BPF program) and "
+    "13.2 s with tracefs (no compiler). Sustained rates above about 30,000 events/s "
+    "outran the reader in such a guest: the events lost are counted in the trace "
+    "footer and the report, never hidden."
+)
+_LATENCY = (
+    "Summed in the kernel (bcc's default for functions that are not buffer moves), "
+    "timing memtype_reserve added 9.3 us per call to an mmap+munmap pair of "
+    "43.0 us (1.22x), against 7.0 us for funclatency-bpfcc. Per call (tracefs, or "
+    "--cycles) it added 128.2 us and 129.1 us: the Python reader shares the guest's "
+    "CPU and inflates what it measures, so for a hot function that is not a move use "
+    "the default and trust p50. With -i, reading and analysing a trace of "
+    "1,000,000 events took 42.7 s and 2,233 MiB (about 2.2 KiB per event)."
+)
 _READ_ONLY = "No probes: it reads /proc, /sys, debugfs and tracefs."
 
 # What each subcommand costs the traced system, from benchmarks/RESULTS.md.
 # What each subcommand costs the traced system, as paragraphs.
 OVERHEAD = {
-    "doctor": (_READ_ONLY + " The process-watch check opens netlink sockets for a moment, "
-                            "the cycle-counter check a perf counter on itself.",),
+    "doctor": (
+        _READ_ONLY + " The process-watch check opens netlink sockets for a moment, "
+        "the cycle-counter check a perf counter on itself.",
+    ),
     "snapshot": (_READ_ONLY,),
     "record": (_PROBES, _TCG),
     "conflicts": (_PROBES, _TCG, "With -i nothing is traced."),
     "latency": (_LATENCY, _TCG),
     "report": (_PROBES, _TCG, "With -i nothing is traced."),
-    "lab": ("Boots a throwaway QEMU guest: about 10-15 s a boot under TCG; the machine it "
-            "runs on is not traced.",),
+    "lab": (
+        "Boots a throwaway QEMU guest: about 10-15 s a boot under TCG; the machine it "
+        "runs on is not traced.",
+    ),
 }
-OVERHEAD_SUMMARY = (_PROBES, _LATENCY, _TCG,
-                    "`memtrace doctor` and `memtrace snapshot` attach no probes.")
+OVERHEAD_SUMMARY = (
+    _PROBES,
+    _LATENCY,
+    _TCG,
+    "`memtrace doctor` and `memtrace snapshot` attach no probes.",
+)
 
 
 def _escape(text):
@@ -96,16 +110,17 @@ def split_epilog(epilog):
             continue
         if lines[0].strip().lower() == "examples:":
             body = lines[1:]
-            indent = min((len(line) - len(line.lstrip()) for line in body if line.strip()),
-                         default=0)
+            indent = min(
+                (len(line) - len(line.lstrip()) for line in body if line.strip()), default=0
+            )
             examples.extend(line[indent:].rstrip() for line in body)
             continue
         text = "\n".join(line.strip() for line in lines)
         # At the start of a line, or as a sentence after another one.
         found = re.search(r"(?:^|(?<=[.;] ))exit status:", text, re.I | re.M)
         if found:
-            exit_status = " ".join(text[found.end():].split())
-            text = text[:found.start()]
+            exit_status = " ".join(text[found.end() :].split())
+            text = text[: found.start()]
         if text.strip():
             prose.append(" ".join(text.split()))
     return prose, examples, exit_status
@@ -138,9 +153,13 @@ def _options(parser):
     """The .TP entries of every documented option and argument of ``parser``."""
     lines = []
     for group_name, positional in (("ARGUMENTS", True), ("OPTIONS", False)):
-        actions = [a for a in parser._actions
-                   if a.help != argparse.SUPPRESS and bool(a.option_strings) != positional
-                   and not isinstance(a, argparse._SubParsersAction)]
+        actions = [
+            a
+            for a in parser._actions
+            if a.help != argparse.SUPPRESS
+            and bool(a.option_strings) != positional
+            and not isinstance(a, argparse._SubParsersAction)
+        ]
         if not actions:
             continue
         lines.append(f".SH {group_name}")
@@ -153,25 +172,36 @@ def _options(parser):
 
 def _synopsis(parser):
     usage = parser.format_usage().strip()
-    usage = usage[len("usage:"):].strip() if usage.startswith("usage:") else usage
+    usage = usage[len("usage:") :].strip() if usage.startswith("usage:") else usage
     lines = [line.strip() for line in usage.splitlines()]
     prog = parser.prog
-    first = lines[0][len(prog):] if lines[0].startswith(prog) else " " + lines[0]
-    return ([".SH SYNOPSIS", ".nf", _bold(prog) + _escape(first)]
-            + [_line("    " + line) for line in lines[1:]] + [".fi"])
+    first = lines[0][len(prog) :] if lines[0].startswith(prog) else " " + lines[0]
+    return (
+        [".SH SYNOPSIS", ".nf", _bold(prog) + _escape(first)]
+        + [_line("    " + line) for line in lines[1:]]
+        + [".fi"]
+    )
 
 
 def _header(name, date):
     # No hyphenation and a ragged right: option names and paths stay whole.
-    return [f'.TH {_escape(name.upper())} {SECTION} "{date}" "memtrace {__version__}" '
-            f'"{MANUAL}"', ".nh", ".ad l"]
+    return [
+        f'.TH {_escape(name.upper())} {SECTION} "{date}" "memtrace {__version__}" "{MANUAL}"',
+        ".nh",
+        ".ad l",
+    ]
 
 
 def _see_also(names):
     refs = [f"{_bold(name)}({SECTION})" for name in names]
-    return [".SH SEE ALSO", ",\n".join(refs) + ",",
-            _line("the README in /usr/share/doc/memtrace-pat/ (Debian package) or the source "
-                  "repository, and its docs/ for the JSON formats.")]
+    return [
+        ".SH SEE ALSO",
+        ",\n".join(refs) + ",",
+        _line(
+            "the README in /usr/share/doc/memtrace-pat/ (Debian package) or the source "
+            "repository, and its docs/ for the JSON formats."
+        ),
+    ]
 
 
 def _paragraphs(heading, paragraphs):
@@ -212,21 +242,35 @@ def main_page(parser, subparsers, date):
     prose, _examples_unused, exit_status = split_epilog(parser.epilog)
     lines = _header("memtrace", date)
     lines += [".SH NAME", f"memtrace \\- {_escape(parser.description.rstrip('.'))}"]
-    lines += [".SH SYNOPSIS", ".nf",
-              f"{_bold('memtrace')} [{_bold('--version')}] [{_bold('--debug')}] "
-              f"{_italic('COMMAND')} [{_italic('OPTIONS')}] [{_bold('--')} "
-              f"{_italic('CMD')} [{_italic('ARGS')}]]", ".fi"]
-    lines += [".SH DESCRIPTION", _line(parser.description),
-              ".PP", _line("Every command is one page: memtrace-COMMAND(8), or `memtrace COMMAND "
-                           "--help`. Tracing needs root and a kernel with kprobes; the bcc "
-                           "backend also needs bcc and the running kernel's headers, the "
-                           "tracefs backend nothing more.")]
+    lines += [
+        ".SH SYNOPSIS",
+        ".nf",
+        f"{_bold('memtrace')} [{_bold('--version')}] [{_bold('--debug')}] "
+        f"{_italic('COMMAND')} [{_italic('OPTIONS')}] [{_bold('--')} "
+        f"{_italic('CMD')} [{_italic('ARGS')}]]",
+        ".fi",
+    ]
+    lines += [
+        ".SH DESCRIPTION",
+        _line(parser.description),
+        ".PP",
+        _line(
+            "Every command is one page: memtrace-COMMAND(8), or `memtrace COMMAND "
+            "--help`. Tracing needs root and a kernel with kprobes; the bcc "
+            "backend also needs bcc and the running kernel's headers, the "
+            "tracefs backend nothing more."
+        ),
+    ]
     lines += [".SH COMMANDS"]
     for name, sub in subparsers.items():
-        lines += [".TP", f"{_bold('memtrace-' + name)}({SECTION})",
-                  _line(_sentence(sub.description))]
-    global_options = [a for a in parser._actions
-                      if a.help != argparse.SUPPRESS and a.option_strings]
+        lines += [
+            ".TP",
+            f"{_bold('memtrace-' + name)}({SECTION})",
+            _line(_sentence(sub.description)),
+        ]
+    global_options = [
+        a for a in parser._actions if a.help != argparse.SUPPRESS and a.option_strings
+    ]
     lines += [".SH OPTIONS"]
     for action in global_options:
         lines += [".TP", _invocation(action), _line(_sentence(_help(action, parser.prog)))]
@@ -256,6 +300,7 @@ def pages(parser=None, date=None):
     """``{file name: roff text}``: memtrace.8 and memtrace-COMMAND.8 for each subcommand."""
     if parser is None:
         from memtrace.tools.cli import build_parser
+
         parser = build_parser()
     date = date or build_date()
     subs = subparsers_of(parser)
@@ -267,11 +312,14 @@ def pages(parser=None, date=None):
 
 def main(argv=None):
     """``python3 -m memtrace.tools.manpage OUTDIR``: write the pages into OUTDIR."""
-    cli = argparse.ArgumentParser(prog="python3 -m memtrace.tools.manpage",
-                                  description="Write memtrace's man pages (section 8).")
+    cli = argparse.ArgumentParser(
+        prog="python3 -m memtrace.tools.manpage",
+        description="Write memtrace's man pages (section 8).",
+    )
     cli.add_argument("outdir", help="directory to write memtrace.8 and memtrace-*.8 into")
-    cli.add_argument("--date", help="the date in the pages' header (default: "
-                                    "SOURCE_DATE_EPOCH, else today)")
+    cli.add_argument(
+        "--date", help="the date in the pages' header (default: SOURCE_DATE_EPOCH, else today)"
+    )
     args = cli.parse_args(argv)
     os.makedirs(args.outdir, exist_ok=True)
     for name, text in pages(date=args.date).items():

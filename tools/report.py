@@ -14,7 +14,10 @@ from memtrace.tools.record import add_tracing_arguments, record_trace, workload_
 from memtrace.tools.report_document import build_document
 from memtrace.tools.report_render import render_chunks
 from memtrace.tools.tracing_io import (
-    ReportOutput, add_output_arguments, add_slow_move_arguments, read_recorded_trace,
+    ReportOutput,
+    add_output_arguments,
+    add_slow_move_arguments,
+    read_recorded_trace,
     stdout_to_stderr,
 )
 
@@ -56,25 +59,48 @@ Exit status: 0 no findings, 1 findings, 2 error (one line on stderr).
 
 def add_arguments(parser):
     """Register `memtrace report`'s options on ``parser``."""
-    parser.add_argument("-i", "--input", action="append", default=[], metavar="TRACE",
-                        help="a trace written by `memtrace record` (repeatable: one host each)")
-    parser.add_argument("--format", choices=("markdown", "text", "json", "html"),
-                        default="markdown",
-                        help="markdown (default, for GitHub/GitLab/Bugzilla), text (80 "
-                             "columns, for mailing lists), json (docs/report-json.md) or a "
-                             "self-contained html file with plots")
+    parser.add_argument(
+        "-i",
+        "--input",
+        action="append",
+        default=[],
+        metavar="TRACE",
+        help="a trace written by `memtrace record` (repeatable: one host each)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("markdown", "text", "json", "html"),
+        default="markdown",
+        help="markdown (default, for GitHub/GitLab/Bugzilla), text (80 "
+        "columns, for mailing lists), json (docs/report-json.md) or a "
+        "self-contained html file with plots",
+    )
     add_output_arguments(parser)
-    parser.add_argument("--no-redact", action="store_true",
-                        help="keep kernel virtual addresses and host names")
-    parser.add_argument("--restarts", type=int, default=DEFAULT_MIN_RESTARTS, metavar="N",
-                        help=f"restarts that make a loop (default: {DEFAULT_MIN_RESTARTS})")
-    parser.add_argument("--restart-window", type=seconds_type("60"), default=DEFAULT_WINDOW_S,
-                        metavar="S", help=f"within S seconds (default: {DEFAULT_WINDOW_S:g})")
+    parser.add_argument(
+        "--no-redact", action="store_true", help="keep kernel virtual addresses and host names"
+    )
+    parser.add_argument(
+        "--restarts",
+        type=int,
+        default=DEFAULT_MIN_RESTARTS,
+        metavar="N",
+        help=f"restarts that make a loop (default: {DEFAULT_MIN_RESTARTS})",
+    )
+    parser.add_argument(
+        "--restart-window",
+        type=seconds_type("60"),
+        default=DEFAULT_WINDOW_S,
+        metavar="S",
+        help=f"within S seconds (default: {DEFAULT_WINDOW_S:g})",
+    )
     add_slow_move_arguments(parser)
-    parser.add_argument("--no-bench", action="store_true",
-                        help="live: do not run `memtrace bench` after tracing (by default "
-                             "the report gets a bench section: what each memory type costs "
-                             "here and whether the host honours it)")
+    parser.add_argument(
+        "--no-bench",
+        action="store_true",
+        help="live: do not run `memtrace bench` after tracing (by default "
+        "the report gets a bench section: what each memory type costs "
+        "here and whether the host honours it)",
+    )
     add_tracing_arguments(parser)
 
 
@@ -82,6 +108,7 @@ def run(args):
     """Read the traces (or trace live), build the report, write it; return the exit status."""
     if getattr(args, "dump_program", False):  # Namespaces built by hand lack it
         from memtrace.tools.record import dump_program
+
         return dump_program(args, "report")
     if args.restarts < 1:
         raise BadInput("--restarts must be at least 1")
@@ -89,23 +116,34 @@ def run(args):
         raise BadInput("--restart-window must be a positive number of seconds")
     if args.input:
         if args.command or args.duration is not None or args.fn or args.backend != "auto":
-            raise BadInput("-i reads recorded traces; --duration, --backend, --fn and -- CMD "
-                           "apply only to live tracing", "drop them, or drop -i to trace live")
+            raise BadInput(
+                "-i reads recorded traces; --duration, --backend, --fn and -- CMD "
+                "apply only to live tracing",
+                "drop them, or drop -i to trace live",
+            )
         workload = None
     else:
         workload = workload_argv(args)
     with ReportOutput(args.output, args.force, "report", inputs=args.input) as output:
-        sources = [read_recorded_trace(path) for path in args.input] if args.input \
+        sources = (
+            [read_recorded_trace(path) for path in args.input]
+            if args.input
             else [_live(args, workload)]
+        )
         for source in sources:
             workload_fate.apply(source)
         # After tracing, so that the bench's own mappings stay out of the trace.
         bench = None if args.input else report_section(args.no_bench)
-        document = build_document(sources, redact=not args.no_redact,
-                                  generated_at=_generated_at(),
-                                  wc_reference_mbps=args.wc_reference,
-                                  slow_factor=args.slow_factor, min_restarts=args.restarts,
-                                  window_s=args.restart_window, bench=bench)
+        document = build_document(
+            sources,
+            redact=not args.no_redact,
+            generated_at=_generated_at(),
+            wc_reference_mbps=args.wc_reference,
+            slow_factor=args.slow_factor,
+            min_restarts=args.restarts,
+            window_s=args.restart_window,
+            bench=bench,
+        )
         output.write(render_chunks(document, args.format))
     return EXIT_FINDINGS if document["findings"] else EXIT_OK
 
@@ -117,8 +155,15 @@ def _live(args, workload):
     path = os.path.join(workdir, "trace.jsonl")
     try:
         with stdout_to_stderr():
-            record_trace(path, workload, duration=args.duration, backend=args.backend,
-                         extra_functions=args.fn, debug=args.debug, command="report")
+            record_trace(
+                path,
+                workload,
+                duration=args.duration,
+                backend=args.backend,
+                extra_functions=args.fn,
+                debug=args.debug,
+                command="report",
+            )
     except workload_fate.WorkloadFailed:
         shutil.rmtree(workdir, ignore_errors=True)  # the trace of a failed run: nothing in it
         raise

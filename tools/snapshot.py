@@ -43,13 +43,21 @@ _FLAG_MARKER = "!"
 
 def add_arguments(parser):
     """Add the snapshot options to ``parser``."""
-    parser.add_argument("--format", choices=FORMATS, default=None,
-                        help="text (default), json (as --json) or openmetrics (Prometheus "
-                             "metrics, docs/metrics.md)")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="text (default), json (as --json) or openmetrics (Prometheus "
+        "metrics, docs/metrics.md)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("-o", "--output", metavar="FILE",
-                        help="write to FILE, replaced atomically (openmetrics: mode 0644, for "
-                             "node_exporter's textfile collector); never through a symlink")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write to FILE, replaced atomically (openmetrics: mode 0644, for "
+        "node_exporter's textfile collector); never through a symlink",
+    )
     parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
     parser.add_argument(
         "--root",
@@ -62,8 +70,9 @@ def add_arguments(parser):
 def run(args):
     """Read the snapshot sources, analyse them and print the result; return the exit status."""
     if args.json and args.format not in (None, "json"):
-        raise BadInput(f"--json and --format {args.format} contradict each other",
-                       "give one of them")
+        raise BadInput(
+            f"--json and --format {args.format} contradict each other", "give one of them"
+        )
     fmt = "json" if args.json else args.format or "text"
     output_class = openmetrics.MetricsOutput if fmt == "openmetrics" else ReportOutput
     with output_class(args.output, args.force, "snapshot") as output:
@@ -74,18 +83,26 @@ def _snapshot(args, fmt, output):
     if args.root is None and os.geteuid() != 0:
         # Without root the PAT list is unreadable and /proc/iomem shows zeros: a result
         # would look clean while nothing was checked.
-        raise NotRoot("reading the PAT reservations (debugfs) and /proc/iomem needs root",
-                      "run it with sudo, or read a capture with --root DIR")
+        raise NotRoot(
+            "reading the PAT reservations (debugfs) and /proc/iomem needs root",
+            "run it with sudo, or read a capture with --root DIR",
+        )
     if args.root is not None:
         check_capture(args.root)
     try:
         state = read_state(args.root)
     except OSError as err:  # changed under us, or something the check does not know
         raise BadInput(f"cannot read {err.filename or args.root}: {err.strerror}") from None
-    context = memory_type_context({"pat": state.pat, "mtrr": state.mtrr_text,
-                                   "mtrr_default": state.mtrr_default})
-    report = analyze_snapshot(state.reservations or [], state.iomem, state.pci_devices,
-                              context.pat_state, context.mtrr_table)
+    context = memory_type_context(
+        {"pat": state.pat, "mtrr": state.mtrr_text, "mtrr_default": state.mtrr_default}
+    )
+    report = analyze_snapshot(
+        state.reservations or [],
+        state.iomem,
+        state.pci_devices,
+        context.pat_state,
+        context.mtrr_table,
+    )
     output.write(_render(fmt, state, report, context))
     return EXIT_FINDINGS if report.findings else EXIT_OK
 
@@ -94,10 +111,15 @@ def _render(fmt, state, report, context):
     if fmt == "json":
         return json.dumps(_as_json(state, report, context), indent=2) + "\n"
     if fmt == "openmetrics":
-        return openmetrics.render(openmetrics.snapshot_families(
-            state.kernel_release, context.pat_state.enabled,
-            None if state.reservations is None else report.reservations,
-            state.pci_devices, report.findings))
+        return openmetrics.render(
+            openmetrics.snapshot_families(
+                state.kernel_release,
+                context.pat_state.enabled,
+                None if state.reservations is None else report.reservations,
+                state.pci_devices,
+                report.findings,
+            )
+        )
     return _as_text(state, report, context) + "\n"
 
 
@@ -129,8 +151,14 @@ def _reservation_table(reservations):
         for reservation in reservations
     ]
     title = f"PAT reservations ({len(rows)}; {_FLAG_MARKER} = see findings):"
-    return title + "\n" + table([[text(cell) for cell in row] for row in rows],
-                                 ["range", "size", "type", "effective", "owner", "flag"])
+    return (
+        title
+        + "\n"
+        + table(
+            [[text(cell) for cell in row] for row in rows],
+            ["range", "size", "type", "effective", "owner", "flag"],
+        )
+    )
 
 
 def _bar_table(devices):

@@ -16,15 +16,27 @@ import subprocess
 import tempfile
 
 CHROMIUM = "/usr/bin/chromium"
-MISSING = (f"{CHROMIUM} not found: the browser tests need Debian's chromium package; "
-           "scripts/setup.sh installs it (apt-get install chromium)")
+MISSING = (
+    f"{CHROMIUM} not found: the browser tests need Debian's chromium package; "
+    "scripts/setup.sh installs it (apt-get install chromium)"
+)
 TIMEOUT = 90
 
 _FLAGS = [
-    "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
-    "--no-default-browser-check", "--disable-extensions", "--disable-sync",
-    "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
-    "--hide-scrollbars", "--mute-audio", "--enable-logging=stderr", "--v=0",
+    "--headless",
+    "--disable-gpu",
+    "--no-sandbox",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-extensions",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--enable-logging=stderr",
+    "--v=0",
 ]
 # [pid:tid:date/time.us:INFO:CONSOLE:3] "message", source: file:///... (3)
 _CONSOLE = re.compile(r"^\[[^\]]*:CONSOLE(?::\d+)?(?:\(\d+\))?\] (.*)$")
@@ -52,21 +64,29 @@ def run(url, *flags, timeout=TIMEOUT):
     with tempfile.TemporaryDirectory(prefix="memtrace-chromium-") as profile:
         argv = [binary, *_FLAGS, f"--user-data-dir={profile}", *flags, url]
         env = dict(os.environ, HOME=profile)  # nothing written to the real home
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             raise ChromiumError(
-                f"chromium did not finish within {timeout} s: {' '.join(argv)}") from None
+                f"chromium did not finish within {timeout} s: {' '.join(argv)}"
+            ) from None
         finally:
             _kill_leftovers(proc.pid)
     out, err = out.decode(errors="replace"), err.decode(errors="replace")
     if proc.returncode != 0:
-        raise ChromiumError(f"chromium exited with status {proc.returncode}: "
-                            f"{' '.join(argv)}\n{err[-3000:]}")
+        raise ChromiumError(
+            f"chromium exited with status {proc.returncode}: {' '.join(argv)}\n{err[-3000:]}"
+        )
     return out, err
 
 
@@ -99,8 +119,12 @@ def dump_dom(path, timeout=TIMEOUT):
 def screenshot(path, png, width=1200, height=1600, timeout=TIMEOUT):
     """Save a ``width`` x ``height`` screenshot of the page at ``path`` to ``png``; return
     the console messages."""
-    _, err = run(file_url(path), f"--screenshot={os.path.abspath(png)}",
-                 f"--window-size={width},{height}", timeout=timeout)
+    _, err = run(
+        file_url(path),
+        f"--screenshot={os.path.abspath(png)}",
+        f"--window-size={width},{height}",
+        timeout=timeout,
+    )
     if not os.path.exists(png):
         raise ChromiumError(f"chromium wrote no screenshot to {png}\n{err[-3000:]}")
     return console_messages(err)

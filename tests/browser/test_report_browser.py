@@ -65,7 +65,8 @@ def test_dom_after_load_has_a_bar_per_bucket_and_a_mark_per_reservation(example_
     assert found.classes.get("event") == events
     hosts_with_plots = len({r["host"] for r in doc["reservations"]})
     assert found.tags.get("svg") == hosts_with_plots + len(
-        {(r["host"], r["fn"]) for r in doc["latency"]})
+        {(r["host"], r["fn"]) for r in doc["latency"]}
+    )
     assert "script" not in found.tags
 
 
@@ -73,9 +74,12 @@ def test_the_console_check_sees_errors(chromium, tmp_path):
     """The check above means something: a page that logs, or loads something the policy
     blocks, shows up in the console messages."""
     page = tmp_path / "noisy.html"
-    page.write_text('<!DOCTYPE html><meta http-equiv="Content-Security-Policy" '
-                    "content=\"default-src 'none'\"><p>x</p>"
-                    '<img src="http://example.invalid/x.png">', encoding="utf-8")
+    page.write_text(
+        '<!DOCTYPE html><meta http-equiv="Content-Security-Policy" '
+        "content=\"default-src 'none'\"><p>x</p>"
+        '<img src="http://example.invalid/x.png">',
+        encoding="utf-8",
+    )
     _, messages = dump_dom(str(page))
     assert any("Content Security Policy" in m for m in messages), messages
 
@@ -105,12 +109,27 @@ def test_screenshot(chromium, tmp_path):
 def test_report_command_html_from_lab_traces(chromium, run_memtrace, tmp_path):
     traces = os.path.join(FIXTURES, "traces")
     out = tmp_path / "lab.html"
-    done = run_memtrace("report", "-i", os.path.join(traces, "6.12-bcc-bochs.jsonl"),
-                        "-i", os.path.join(traces, "6.1-tracefs-qxl.jsonl"),
-                        "--format", "html", "-o", str(out))
-    assert done.returncode == 1, done.stderr   # findings: the bochs downgrade
-    done = run_memtrace("report", "-i", os.path.join(traces, "6.12-bcc-bochs.jsonl"),
-                        "-i", os.path.join(traces, "6.1-tracefs-qxl.jsonl"), "--format", "json")
+    done = run_memtrace(
+        "report",
+        "-i",
+        os.path.join(traces, "6.12-bcc-bochs.jsonl"),
+        "-i",
+        os.path.join(traces, "6.1-tracefs-qxl.jsonl"),
+        "--format",
+        "html",
+        "-o",
+        str(out),
+    )
+    assert done.returncode == 1, done.stderr  # findings: the bochs downgrade
+    done = run_memtrace(
+        "report",
+        "-i",
+        os.path.join(traces, "6.12-bcc-bochs.jsonl"),
+        "-i",
+        os.path.join(traces, "6.1-tracefs-qxl.jsonl"),
+        "--format",
+        "json",
+    )
     doc = json.loads(done.stdout)
     dom, messages = dump_dom(str(out))
     assert messages == []

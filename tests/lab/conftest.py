@@ -29,21 +29,38 @@ class GuestSession:
         self.workdir = tempfile.mkdtemp(prefix="memtrace-labtest-")
         self.kernel, self.vga = kernel, vga
         extra = [arg for param in append for arg in ("--append", param)]
-        argv = memtrace_argv("lab", "--kernel", kernel, "--vga", vga, *extra,
-                             "--timeout", str(guest_timeout),
-                             "--workdir", self.workdir, "--", "sh", "-c", script)
-        self.proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                                   cwd=REPO, check=False)
+        argv = memtrace_argv(
+            "lab",
+            "--kernel",
+            kernel,
+            "--vga",
+            vga,
+            *extra,
+            "--timeout",
+            str(guest_timeout),
+            "--workdir",
+            self.workdir,
+            "--",
+            "sh",
+            "-c",
+            script,
+        )
+        self.proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
+        )
         crashed = "stopped before the command finished" in self.proc.stderr
         if self.proc.returncode == 125 and crashed:
             # Seen once in about a hundred TCG boots: the guest kernel oopsed in the scheduler
             # (ttwu_do_activate, in interrupt) while tracing qxl's moves. A second crash fails.
-            warnings.warn(f"lab guest {kernel}/{vga} crashed; retrying once:\n"
-                          + self.proc.stderr[-2000:], stacklevel=2)
+            warnings.warn(
+                f"lab guest {kernel}/{vga} crashed; retrying once:\n" + self.proc.stderr[-2000:],
+                stacklevel=2,
+            )
             shutil.rmtree(self.workdir)
             os.makedirs(self.workdir)
-            self.proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                                       cwd=REPO, check=False)
+            self.proc = subprocess.run(
+                argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
+            )
 
     def save_fixture(self, name, fixture_name):
         """Copy a file the guest wrote to $MEMTRACE_SAVE_TRACES/fixture_name, when set: how
@@ -58,7 +75,8 @@ class GuestSession:
         path = os.path.join(self.workdir, name)
         assert os.path.exists(path), (
             f"the guest did not write {name}; lab exit {self.proc.returncode}\n"
-            f"stdout:\n{self.proc.stdout}\nstderr:\n{self.proc.stderr}")
+            f"stdout:\n{self.proc.stdout}\nstderr:\n{self.proc.stderr}"
+        )
         with open(path, encoding="utf-8") as src:
             return src.read()
 
@@ -78,11 +96,18 @@ _SESSIONS = {}
 @pytest.fixture(scope="session")
 def guest():
     """Boot (once per kernel, vga and script) and return the GuestSession."""
+
     def _boot(kernel, vga, script, append=(), guest_timeout=600):
         key = (kernel, vga, script, tuple(append))
         if key not in _SESSIONS:
-            _SESSIONS[key] = GuestSession(kernel, vga, script, append,
-                                          timeout=guest_timeout + 600,
-                                          guest_timeout=guest_timeout)
+            _SESSIONS[key] = GuestSession(
+                kernel,
+                vga,
+                script,
+                append,
+                timeout=guest_timeout + 600,
+                guest_timeout=guest_timeout,
+            )
         return _SESSIONS[key]
+
     return _boot

@@ -26,8 +26,10 @@ def main():
         elapsed = time.perf_counter() - started
     finally:
         os.close(fd)
-    print(f"mmap_bar: {count} maps of {path} in {elapsed:.3f} s "
-          f"({elapsed / count * 1e6:.1f} us per map+unmap)")
+    print(
+        f"mmap_bar: {count} maps of {path} in {elapsed:.3f} s "
+        f"({elapsed / count * 1e6:.1f} us per map+unmap)"
+    )
 
 
 if __name__ == "__main__":

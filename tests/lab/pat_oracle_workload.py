@@ -29,8 +29,13 @@ PAGE = mmap.PAGESIZE
 def _map(path, pages, offset_pages=0):
     fd = os.open(path, os.O_RDWR | os.O_SYNC)
     try:
-        area = mmap.mmap(fd, pages * PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
-                         offset=offset_pages * PAGE)
+        area = mmap.mmap(
+            fd,
+            pages * PAGE,
+            mmap.MAP_SHARED,
+            mmap.PROT_READ | mmap.PROT_WRITE,
+            offset=offset_pages * PAGE,
+        )
     finally:
         os.close(fd)
     area[0] = area[0]
@@ -69,8 +74,10 @@ def main():
         print("oracle: the spanning mapping was NOT refused", flush=True)
         ok = False
     except OSError as err:
-        print(f"oracle: the spanning mapping was refused: {errno.errorcode.get(err.errno)}",
-              flush=True)
+        print(
+            f"oracle: the spanning mapping was refused: {errno.errorcode.get(err.errno)}",
+            flush=True,
+        )
     wc.close()
     uc.close()
     status = subprocess.call(["modprobe", "bochs"])

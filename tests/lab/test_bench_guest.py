@@ -11,27 +11,34 @@ from tests.lab.conftest import memtrace_in_guest
 
 TCG_VERDICT = "not honoured: TCG emulates no memory types"
 # What udev's 50-udev-default.rules does for DRM and fbdev nodes; the lab has no udev.
-UDEV_VIDEO = ("chgrp video /dev/dri/card0 /dev/fb0 && chmod 660 /dev/dri/card0 /dev/fb0")
+UDEV_VIDEO = "chgrp video /dev/dri/card0 /dev/fb0 && chmod 660 /dev/dri/card0 /dev/fb0"
 AS_NOBODY_IN_VIDEO = "cd / && setpriv --reuid=65534 --regid=65534 --groups=44"
 AS_NOBODY = "cd / && setpriv --reuid=65534 --regid=65534 --clear-groups"
 
 
 def bench_script(driver):
-    return (f"modprobe {driver} && sleep 1; "
-            f"{memtrace_in_guest('bench', '--runs', '3', '--format', 'json')} "
-            "> bench.json 2> bench.err; echo $? > bench.rc")
+    return (
+        f"modprobe {driver} && sleep 1; "
+        f"{memtrace_in_guest('bench', '--runs', '3', '--format', 'json')} "
+        "> bench.json 2> bench.err; echo $? > bench.rc"
+    )
 
 
 # The default boot (no iomem=relaxed) of 6.1 also runs everything that needs no second boot.
-BOCHS_DEFAULT = bench_script("bochs") + "; " + (
-    f"{UDEV_VIDEO}; "
-    f"({AS_NOBODY_IN_VIDEO} {memtrace_in_guest('bench', '--runs', '3', '--format', 'json')}) "
-    "> user.json 2> user.err; echo $? > user.rc; "
-    f"({AS_NOBODY} {memtrace_in_guest('bench')}) > nouser.out 2> nouser.err; "
-    "echo $? > nouser.rc; "
-    f"{memtrace_in_guest('report', '--backend', 'tracefs', '--format', 'json', '--', 'true')} "
-    "> report.json 2> report.err; echo $? > report.rc; "
-    f"{memtrace_in_guest('doctor', '--json', '--no-mount')} > doctor.json 2> doctor.err")
+BOCHS_DEFAULT = (
+    bench_script("bochs")
+    + "; "
+    + (
+        f"{UDEV_VIDEO}; "
+        f"({AS_NOBODY_IN_VIDEO} {memtrace_in_guest('bench', '--runs', '3', '--format', 'json')}) "
+        "> user.json 2> user.err; echo $? > user.rc; "
+        f"({AS_NOBODY} {memtrace_in_guest('bench')}) > nouser.out 2> nouser.err; "
+        "echo $? > nouser.rc; "
+        f"{memtrace_in_guest('report', '--backend', 'tracefs', '--format', 'json', '--', 'true')} "
+        "> report.json 2> report.err; echo $? > report.rc; "
+        f"{memtrace_in_guest('doctor', '--json', '--no-mount')} > doctor.json 2> doctor.err"
+    )
+)
 
 
 def measured(doc):
@@ -42,8 +49,7 @@ def check_figures(mapping, operations):
     for operation in ("write", "read", "copy"):
         figures = mapping["figures"][operation]
         if operation in operations:
-            assert figures["median_mbps"] > 0 and figures["runs"] == 3, (mapping["name"],
-                                                                          operation)
+            assert figures["median_mbps"] > 0 and figures["runs"] == 3, (mapping["name"], operation)
             assert figures["frame_ms"] > 0 and len(figures["durations_ns"]) == 3
         else:
             assert figures is None, (mapping["name"], operation)
@@ -91,15 +97,14 @@ def test_bochs_without_iomem_relaxed_refuses_the_sysfs_mappings_and_says_why(gue
         assert refused["reason"] == (
             "mmap: Invalid argument; the kernel has CONFIG_IO_STRICT_DEVMEM, which keeps user "
             "space off a BAR a driver has claimed (bochs-drm claimed it); boot with "
-            "iomem=relaxed to measure it")
+            "iomem=relaxed to measure it"
+        )
     # The verdict has no figure, but TCG is TCG; the cost of bochs' UC- could not be measured.
     assert doc["verdict"]["basis"] is None
-    whole_bar = [c for c in doc["costs"] if (c["start"], c["end"]) == ("0xfd000000",
-                                                                       "0xfe000000")]
+    whole_bar = [c for c in doc["costs"] if (c["start"], c["end"]) == ("0xfd000000", "0xfe000000")]
     assert whole_bar and whole_bar[0]["effective"] == "UC"
     assert whole_bar[0]["frame_ms"] is None and "not measured here" in whole_bar[0]["text"]
-    assert any("The dumb buffer stayed in system RAM" in n and "UC-" in n
-               for n in doc["notes"])
+    assert any("The dumb buffer stayed in system RAM" in n and "UC-" in n for n in doc["notes"])
 
 
 def test_a_user_in_the_video_group_can_bench_and_one_outside_is_told_what_to_do(guest):
@@ -111,8 +116,9 @@ def test_a_user_in_the_video_group_can_bench_and_one_outside_is_told_what_to_do(
     mappings = measured(doc)
     dumb = mappings["dumb"]
     assert dumb["status"] == "measured" and dumb["effective"] is None
-    assert dumb["type_source"].startswith("unknown: where TTM placed the buffer shows only in "
-                                          "debugfs (debugfs is root's only)")
+    assert dumb["type_source"].startswith(
+        "unknown: where TTM placed the buffer shows only in debugfs (debugfs is root's only)"
+    )
     check_figures(dumb, ("write", "read", "copy"))
     # fb0 needs no root to read: RAM pages are RAM whoever looks.
     assert mappings["fbdev"]["effective"] == "WB"
@@ -126,9 +132,11 @@ def test_a_user_in_the_video_group_can_bench_and_one_outside_is_told_what_to_do(
     assert session.read("nouser.rc").strip() == "2"
     assert session.read("nouser.out") == ""
     err = session.read("nouser.err")
-    assert err == ("memtrace bench: error: cannot open /dev/dri/card0: permission denied; it "
-                   "belongs to group 'video' (mode 0660): add your user to it (sudo usermod "
-                   "-aG video $USER, then log in again), or run as root\n")
+    assert err == (
+        "memtrace bench: error: cannot open /dev/dri/card0: permission denied; it "
+        "belongs to group 'video' (mode 0660): add your user to it (sudo usermod "
+        "-aG video $USER, then log in again), or run as root\n"
+    )
 
 
 def test_a_live_report_has_a_bench_section_and_doctor_mentions_bench(guest):
@@ -152,18 +160,23 @@ def test_bochs_with_iomem_relaxed_measures_its_uncached_bar_in_free_vram(guest):
         sysfs = mappings[kind]
         assert sysfs["status"] == "measured", sysfs
         # resource0_wc adopts bochs' UC- silently; the lab's UC MTRR makes UC- UC.
-        assert (sysfs["requested"], sysfs["granted"], sysfs["effective"]) == \
-            (requested, "UC-", "UC")
+        assert (sysfs["requested"], sysfs["granted"], sysfs["effective"]) == (
+            requested,
+            "UC-",
+            "UC",
+        )
         start, end = (int(sysfs["physical"][k], 16) for k in ("start", "end"))
         # The scratch region: past the fbdev's 0x3e8000 bytes, inside BAR0, one frame clear.
         assert 0xFD000000 + 2 * 0x3E8000 <= start and end <= 0xFE000000
         assert sysfs["writes"].startswith(f"a scratch region {start:x}-")
         check_figures(sysfs, ("write", "read", "copy"))
     basis = doc["verdict"]["basis"]
-    assert (basis["operation"], basis["slow_type"], basis["reference"]) == \
-        ("write", "UC", "anonymous RAM")
-    whole_bar = [c for c in doc["costs"] if (c["start"], c["end"]) == ("0xfd000000",
-                                                                       "0xfe000000")]
+    assert (basis["operation"], basis["slow_type"], basis["reference"]) == (
+        "write",
+        "UC",
+        "anonymous RAM",
+    )
+    whole_bar = [c for c in doc["costs"] if (c["start"], c["end"]) == ("0xfd000000", "0xfe000000")]
     assert whole_bar[0]["measured_by"].startswith("resource0")
     assert whole_bar[0]["frame_ms"] > 0 and whole_bar[0]["reference"] == "WB"
 
@@ -180,6 +193,6 @@ def test_qxl_maps_its_bar_write_combined(guest, series):
     assert (sysfs["requested"], sysfs["granted"], sysfs["effective"]) == ("UC-", "WC", "WC")
     assert "the middle of the largest free hole of debugfs qxl_mem_mm" in sysfs["writes"]
     check_figures(sysfs, ("write", "read", "copy"))
-    assert mappings["sysfs-wc"]["status"] == "skipped"   # qxl's BAR0 is not prefetchable
+    assert mappings["sysfs-wc"]["status"] == "skipped"  # qxl's BAR0 is not prefetchable
     assert doc["verdict"]["basis"]["reference_type"] == "WB"
-    assert doc["costs"] == []                             # nothing of qxl's is uncached
+    assert doc["costs"] == []  # nothing of qxl's is uncached

@@ -8,8 +8,9 @@ from tests.conftest import REPO
 from tests.lab.conftest import LAB_KERNELS, memtrace_in_guest
 
 BACKENDS = ("bcc", "tracefs")
-MAP_FRAMEBUFFER = (f"/usr/bin/python3 {REPO}/tests/lab/mmap_bar.py "
-                   "/sys/bus/pci/devices/0000:00:02.0/resource0_wc")
+MAP_FRAMEBUFFER = (
+    f"/usr/bin/python3 {REPO}/tests/lab/mmap_bar.py /sys/bus/pci/devices/0000:00:02.0/resource0_wc"
+)
 # Debian kernels have CONFIG_IO_STRICT_DEVMEM: without iomem=relaxed user space cannot map a
 # BAR that bochs-drm claimed, and the user mapping never reaches PAT.
 RELAXED = ["iomem=relaxed"]
@@ -17,8 +18,7 @@ RELAXED = ["iomem=relaxed"]
 
 def conflicts_script(backend, *workload):
     """Trace WORKLOAD with BACKEND; keep the JSON, stderr and exit status."""
-    run = memtrace_in_guest("conflicts", "--format", "json", "--backend", backend,
-                            "--", *workload)
+    run = memtrace_in_guest("conflicts", "--format", "json", "--backend", backend, "--", *workload)
     return f"{run} > conflicts.json 2> conflicts.err; echo $? > conflicts.rc"
 
 
@@ -40,14 +40,18 @@ def test_bochs_framebuffer_move_is_downgraded_by_the_whole_bar_mapping(guest, se
     report = bochs_report(guest, series, backend)
     assert report["traced"] and report["backend"] == backend
     assert report["lost_events"] == 0
-    found = [c for c in report["conflicts"]
-             if c["kind"] == "downgrade" and (c["start"], c["end"]) == ("0xfd000000", "0xfd3e8000")]
+    found = [
+        c
+        for c in report["conflicts"]
+        if c["kind"] == "downgrade" and (c["start"], c["end"]) == ("0xfd000000", "0xfd3e8000")
+    ]
     assert len(found) == 1, report["conflicts"]
     conflict = found[0]
     assert (conflict["requested"], conflict["granted"]) == ("WC", "UC-")
     assert_held_by_bochs(conflict["holder"])
-    assert any(frame.startswith("ttm_kmap_iter_linear_io_init")
-               for frame in conflict["requester"]["stack"]), conflict["requester"]
+    assert any(
+        frame.startswith("ttm_kmap_iter_linear_io_init") for frame in conflict["requester"]["stack"]
+    ), conflict["requester"]
     assert (conflict["device"], conflict["driver"]) == ("0000:00:02.0 BAR0", "bochs-drm")
     assert conflict["impact"]["moves"] >= 1 and conflict["impact"]["bytes"] >= 0x3E8000
     # bochs' register BAR is mapped UC- and granted UC-: not a conflict.
@@ -66,7 +70,8 @@ def test_mapping_resource0_wc_under_stock_bochs_names_the_process(guest, series,
     assert conflict["requester"]["comm"] == "python3" and conflict["requester"]["pid"] > 1
     assert_held_by_bochs(conflict["holder"])
     assert conflict["explanation"].startswith(
-        f"Process python3 (pid {conflict['requester']['pid']}) mapped fd000000-fd001000")
+        f"Process python3 (pid {conflict['requester']['pid']}) mapped fd000000-fd001000"
+    )
 
 
 @pytest.mark.parametrize("series", LAB_KERNELS)
@@ -76,6 +81,9 @@ def test_qxl_has_no_conflicts_only_upgrade_warnings(guest, series):
     report = session.json("conflicts.json")
     assert report["traced"]
     # qxl ioremaps its RAM header UC- inside its WC VRAM: granted WC, an upgrade (warning).
-    assert all(c["kind"] == "upgrade" and c["severity"] == "warning"
-               and (c["requested"], c["effective"]) == ("UC-", "WC")
-               for c in report["conflicts"]), report["conflicts"]
+    assert all(
+        c["kind"] == "upgrade"
+        and c["severity"] == "warning"
+        and (c["requested"], c["effective"]) == ("UC-", "WC")
+        for c in report["conflicts"]
+    ), report["conflicts"]

@@ -9,8 +9,9 @@ import pytest
 from memtrace.lab.coverage import OK, Cell, run_matrix
 from tests.lab.conftest import LAB_KERNELS
 
-CELLS = [Cell(kernel, device, "default") for kernel in LAB_KERNELS
-         for device in ("std", "qxl", "cirrus")]
+CELLS = [
+    Cell(kernel, device, "default") for kernel in LAB_KERNELS for device in ("std", "qxl", "cirrus")
+]
 _RESULTS = {}
 
 
@@ -32,12 +33,14 @@ def kinds(result):
 def test_std_vga_bochs_is_the_seeds_downgrade(cells, series):
     result = cells[(series, "std")]
     assert result.status == OK, (result.error, result.console_tail[-20:])
-    assert (result.driver_bound, result.conflicts_exit, result.lost_events) == \
-        ("bochs-drm", 1, 0)
+    assert (result.driver_bound, result.conflicts_exit, result.lost_events) == ("bochs-drm", 1, 0)
     (downgrade,) = [f for f in result.findings if f["kind"] == "downgrade"]
     assert (downgrade["start"], downgrade["end"]) == ("0xfd000000", "0xfd3e8000")
-    assert (downgrade["requested"], downgrade["granted"], downgrade["effective"]) == \
-        ("WC", "UC-", "UC")
+    assert (downgrade["requested"], downgrade["granted"], downgrade["effective"]) == (
+        "WC",
+        "UC-",
+        "UC",
+    )
 
 
 @pytest.mark.parametrize("series", LAB_KERNELS)
@@ -57,5 +60,8 @@ def test_cirrus_maps_its_whole_vram_uncached_and_is_flagged(cells, series):
     assert (result.driver_bound, result.conflicts_exit) == ("cirrus", 1)
     assert kinds(result) == ["static"]
     (static,) = result.findings
-    assert (static["granted"], static["effective"], static["device"]) == \
-        ("UC-", "UC", "0000:00:02.0 BAR0")
+    assert (static["granted"], static["effective"], static["device"]) == (
+        "UC-",
+        "UC",
+        "0000:00:02.0 BAR0",
+    )

@@ -48,9 +48,11 @@ def test_a_failing_workload_is_one_line_exit_2_never_no_conflicts(guest, series)
     assert session.read("fate.rc").strip() == "2", err
     assert session.read("fate.out") == ""
     mine = [line for line in err.splitlines() if line.startswith("memtrace conflicts: error")]
-    assert mine == ["memtrace conflicts: error: `modprobe no-such-module` failed with exit "
-                    "status 1 and nothing was traced; its own messages above say why"], err
-    assert "no-such-module" in err.replace(mine[0], "")   # modprobe's own FATAL line
+    assert mine == [
+        "memtrace conflicts: error: `modprobe no-such-module` failed with exit "
+        "status 1 and nothing was traced; its own messages above say why"
+    ], err
+    assert "no-such-module" in err.replace(mine[0], "")  # modprobe's own FATAL line
 
 
 def _framebuffer_bar0(snapshot):
@@ -64,8 +66,11 @@ def test_snapshot_flags_bochs_framebuffer_reserved_uc_minus(guest, series):
     session = guest(series, "std", STD_SCRIPT)
     snapshot = session.json("snapshot.json")
     bar0 = _framebuffer_bar0(snapshot)
-    whole_bar = [r for r in snapshot["reservations"]
-                 if r["start"] == bar0["start"] and r["end"] == bar0["end"]]
+    whole_bar = [
+        r
+        for r in snapshot["reservations"]
+        if r["start"] == bar0["start"] and r["end"] == bar0["end"]
+    ]
     assert len(whole_bar) == 1, snapshot["reservations"]
     reservation = whole_bar[0]
     assert reservation["type"] == "UC-"
@@ -83,6 +88,7 @@ def test_snapshot_of_qxl_flags_nothing(guest, series):
     snapshot = session.json("snapshot.json")
     assert snapshot["findings"] == []
     assert not any(r["flagged"] for r in snapshot["reservations"])
-    assert any(r["type"] == "WC" and r["owner"]["driver"] == "qxl"
-               for r in snapshot["reservations"]), snapshot["reservations"]
+    assert any(
+        r["type"] == "WC" and r["owner"]["driver"] == "qxl" for r in snapshot["reservations"]
+    ), snapshot["reservations"]
     assert session.read("snapshot.rc").strip() == "0"

@@ -33,9 +33,11 @@ ORACLE_SCRIPT = (
 # Under nopat: doctor and snapshot explain; conflicts traces `modprobe bochs` live; then two
 # recorded traces (fixtures): bochs again, and bochs after the firmware's UC MTRR over the
 # PCI hole is replaced by a WC one over the framebuffer through /proc/mtrr (mtrr_add_page).
-WC_MTRR = ("echo disable=0 > /proc/mtrr && "
-           "echo base=0xfd000000 size=0x1000000 type=write-combining > /proc/mtrr && "
-           "modprobe bochs")
+WC_MTRR = (
+    "echo disable=0 > /proc/mtrr && "
+    "echo base=0xfd000000 size=0x1000000 type=write-combining > /proc/mtrr && "
+    "modprobe bochs"
+)
 NOPAT_SCRIPT = (
     f"{memtrace_in_guest('doctor', '--json')} > doctor.json; echo $? > doctor.rc; "
     f"{memtrace_in_guest('snapshot', '--json')} > snapshot.json; echo $? > snapshot.rc; "
@@ -64,8 +66,9 @@ def test_the_model_holds_exactly_the_kernels_list_at_the_end(guest, series):
     trace = read_trace(os.path.join(session.workdir, "oracle.jsonl"))
     assert trace.footer["lost_events"] == 0
     model, _ = replay(trace.events, parse_pat_snapshot(trace.header["pat_snapshot"]))
-    kernel = [(r.start, r.end, r.memtype)
-              for r in parse_pat_memtype_list(session.read("after.txt"))]
+    kernel = [
+        (r.start, r.end, r.memtype) for r in parse_pat_memtype_list(session.read("after.txt"))
+    ]
     check = compare_with_kernel_list(model, kernel)
     assert (check.missing, check.extra) == ((), ()), check
     assert check.model_entries == len(kernel) > 10
@@ -80,17 +83,25 @@ def test_a_refusal_names_both_entries_whose_types_clashed(guest, series):
     session = oracle(guest, series)
     report = session.json("conflicts.json")
     (refusal,) = [c for c in report["conflicts"] if c["kind"] == "refused"]
-    assert (refusal["start"], refusal["end"], refusal["requested"]) == \
-        ("0xfd000000", "0xfd002000", "UC-")
+    assert (refusal["start"], refusal["end"], refusal["requested"]) == (
+        "0xfd000000",
+        "0xfd002000",
+        "UC-",
+    )
     assert [(h["start"], h["end"], h["type"]) for h in refusal["holders"]] == [
-        ("0xfd000000", "0xfd001000", "WC"), ("0xfd001000", "0xfd002000", "UC-")]
+        ("0xfd000000", "0xfd001000", "WC"),
+        ("0xfd001000", "0xfd002000", "UC-"),
+    ]
     # The entry that agrees with the request (UC-) did not refuse it alone: the WC one leads.
     assert (refusal["holder"]["start"], refusal["holder"]["type"]) == ("0xfd000000", "WC")
     assert all(h["comm"] == "python3" for h in refusal["holders"])
     assert refusal["requester"]["mapped"] == f"resource0 of {SLOT}"
     # The message memtrace rebuilds is the one the kernel printed.
-    printed = re.search(r"x86/PAT: (python3:\d+ conflicting memory types .*)",
-                        session.read("dmesg.txt")).group(1).strip()
+    printed = (
+        re.search(r"x86/PAT: (python3:\d+ conflicting memory types .*)", session.read("dmesg.txt"))
+        .group(1)
+        .strip()
+    )
     assert refusal["kernel_message"] == f"x86/PAT: {printed}"
     assert "write-combining<->uncached-minus" in printed
     downgrade = [c for c in report["conflicts"] if c["kind"] == "user-map-downgrade"]
@@ -117,8 +128,7 @@ def test_nopat_is_a_finding_that_names_the_cause(guest, series):
     (finding,) = [c for c in report["conflicts"] if c["kind"] == "pat-disabled"]
     assert (finding["start"], finding["end"]) == ("0xfd000000", "0xfd3e8000")
     # The bookkeeping grants WC; the page bits are UC-, and the lab's UC MTRR makes it UC.
-    assert (finding["requested"], finding["granted"], finding["effective"]) == \
-        ("WC", "WC", "UC")
+    assert (finding["requested"], finding["granted"], finding["effective"]) == ("WC", "WC", "UC")
     assert finding["severity"] == "error"
     assert finding["impact"]["moves"] >= 1
     assert "nopat" in finding["remedy"] and "arch_phys_wc_add" in finding["remedy"]
@@ -151,11 +161,17 @@ def test_a_wc_mtrr_makes_the_nopat_mapping_write_combined_and_memtrace_says_so(g
     assert ("mtrr_add", "WC") in changes
     report = session.json("mtrr.json")
     (finding,) = [c for c in report["conflicts"] if c["kind"] == "pat-disabled"]
-    assert (finding["granted"], finding["effective"], finding["severity"]) == \
-        ("WC", "WC", "warning")
+    assert (finding["granted"], finding["effective"], finding["severity"]) == (
+        "WC",
+        "WC",
+        "warning",
+    )
     assert any("fd000000-fe000000 is WC" in r for r in finding["effective_reasons"])
     # bochs' own UC- mapping of the BAR now runs write-combined: an upgrade, a warning.
     (upgrade,) = [c for c in report["conflicts"] if c["kind"] == "upgrade"]
-    assert (upgrade["start"], upgrade["end"], upgrade["effective"]) == \
-        ("0xfd000000", "0xfe000000", "WC")
+    assert (upgrade["start"], upgrade["end"], upgrade["effective"]) == (
+        "0xfd000000",
+        "0xfe000000",
+        "WC",
+    )
     assert json.dumps(report).count('"severity": "error"') == 0

@@ -38,6 +38,7 @@ def compile_dump(path):
     """Compile the printed BPF program with the printed cflags and load every function into
     the kernel (the verifier's verdict); attach nothing."""
     from bcc import BPF
+
     with open(path) as src:
         text = src.read()
     cflags = re.search(r"^ \* cflags: (.*)$", text, re.M).group(1).split()
@@ -49,9 +50,12 @@ def compile_dump(path):
         bpf.load_func(name, BPF.KPROBE)
     bpf.load_func("mt_module_load", BPF.TRACEPOINT)
     bpf.cleanup()
-    return {"cflags": cflags, "loaded": len(kprobes) + 1,
-            "compile_s": round(compiled - started, 1),
-            "load_s": round(time.monotonic() - compiled, 1)}
+    return {
+        "cflags": cflags,
+        "loaded": len(kprobes) + 1,
+        "compile_s": round(compiled - started, 1),
+        "load_s": round(time.monotonic() - compiled, 1),
+    }
 
 
 def _append(path, line):
@@ -70,8 +74,9 @@ def register_dump(path):
         text = src.read()
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     plain = {}
-    for line, name in re.findall(r"^# before Linux 6\.9 \(no \$argN at return\): (r:(\S+) .*)$",
-                                 text, re.M):
+    for line, name in re.findall(
+        r"^# before Linux 6\.9 \(no \$argN at return\): (r:(\S+) .*)$", text, re.M
+    ):
         plain[name] = line
     events_file = os.path.join(TRACEFS, "kprobe_events")
     registered, refused, fallbacks = [], [], 0
@@ -88,29 +93,46 @@ def register_dump(path):
         registered.append(name)
     group = registered[0].split("/")[0] if registered else None
     group_dir = os.path.join(TRACEFS, "events", group) if group else None
-    present = sorted(e for e in os.listdir(group_dir) if e not in ("enable", "filter")) \
-        if group_dir and os.path.isdir(group_dir) else []
+    present = (
+        sorted(e for e in os.listdir(group_dir) if e not in ("enable", "filter"))
+        if group_dir and os.path.isdir(group_dir)
+        else []
+    )
     for name in registered:
         _append(events_file, f"-:{name}")
     with open(events_file) as src:
         left = [line for line in src.read().splitlines() if group and f":{group}/" in line]
-    return {"lines": len(lines), "registered": registered, "refused": refused,
-            "fallbacks": fallbacks, "present": present, "left": left,
-            "group_dir_left": bool(group_dir and os.path.exists(group_dir))}
+    return {
+        "lines": len(lines),
+        "registered": registered,
+        "refused": refused,
+        "fallbacks": fallbacks,
+        "present": present,
+        "left": left,
+        "group_dir_left": bool(group_dir and os.path.exists(group_dir)),
+    }
 
 
 def check(bcc_dump, tracefs_dump):
     """The guest's checks in one Python (each start costs seconds under TCG): where this
     python3 and the modules come from, then both dumps; prints one JSON object."""
     import traceback
-    import memtrace
+
     import psutil
     import pyroute2
     import tabulate
-    result = {"python": sys.executable, "path": sys.path,
-              "modules": [m.__file__ for m in (memtrace, tabulate, psutil, pyroute2)]}
-    for name, action, path in (("compile", compile_dump, bcc_dump),
-                               ("register", register_dump, tracefs_dump)):
+
+    import memtrace
+
+    result = {
+        "python": sys.executable,
+        "path": sys.path,
+        "modules": [m.__file__ for m in (memtrace, tabulate, psutil, pyroute2)],
+    }
+    for name, action, path in (
+        ("compile", compile_dump, bcc_dump),
+        ("register", register_dump, tracefs_dump),
+    ):
         try:
             result[name] = action(path)
         except Exception:  # reported in the JSON; the other check still runs
@@ -133,8 +155,7 @@ def guest_script():
         " echo $? > dump-bcc.rc",
         f"{run} conflicts --dump-program --backend tracefs > dump-tracefs.txt"
         " 2> dump-tracefs.err; echo $? > dump-tracefs.rc",
-        f"{helper} check dump-bcc.c dump-tracefs.txt > check.json 2> check.err;"
-        " echo $? > check.rc",
+        f"{helper} check dump-bcc.c dump-tracefs.txt > check.json 2> check.err; echo $? > check.rc",
         f"{run} conflicts -- modprobe bochs > conflicts.txt 2> conflicts.err;"
         " echo $? > conflicts.rc",
     ]
@@ -165,17 +186,24 @@ if pytest is not None:
         """scripts/build-deb's package installed on this machine with apt (its dependencies
         come from scripts/setup.sh, so nothing is downloaded); purged afterwards."""
         from tests.conftest import REPO as repo
+
         if _installed():
-            pytest.fail(f"{PACKAGE} is already installed on this machine; this test installs "
-                        f"and purges it: apt purge {PACKAGE} first")
+            pytest.fail(
+                f"{PACKAGE} is already installed on this machine; this test installs "
+                f"and purges it: apt purge {PACKAGE} first"
+            )
         out = tmp_path_factory.mktemp("deb")
-        built = _run([os.path.join(repo, "scripts", "build-deb"), str(out)],
-                     env=dict(os.environ, PYTHON=sys.executable))
+        built = _run(
+            [os.path.join(repo, "scripts", "build-deb"), str(out)],
+            env=dict(os.environ, PYTHON=sys.executable),
+        )
         assert built.returncode == 0, built.stderr
         deb = built.stdout.strip()
         try:
-            proc = _run(APT + ["install", "--no-install-recommends", deb],
-                        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+            proc = _run(
+                APT + ["install", "--no-install-recommends", deb],
+                env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+            )
             assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
             yield deb
         finally:
@@ -192,26 +220,42 @@ if pytest is not None:
 
 def test_installed_command_man_page_and_completion_on_this_machine(installed_deb):
     from memtrace import __version__
+
     proc = _run(["/usr/bin/memtrace", "--version"], cwd="/")
     assert (proc.returncode, proc.stdout) == (0, f"memtrace {__version__}\n"), proc.stderr
     page = _run(["man", "-w", "memtrace-conflicts"])
     assert page.stdout.strip() == "/usr/share/man/man8/memtrace-conflicts.8.gz", page.stderr
     text = _run(["man", "memtrace"], env=dict(os.environ, MANPAGER="cat", MANWIDTH="100"))
     assert text.returncode == 0 and "memtrace-conflicts(8)" in text.stdout
-    completed = _run(["bash", "--norc", "-c", "source /usr/share/bash-completion/completions/"
-                      "memtrace; COMP_WORDS=(memtrace con); COMP_CWORD=1; _shtab_memtrace; "
-                      "echo ${COMPREPLY[@]}"])
+    completed = _run(
+        [
+            "bash",
+            "--norc",
+            "-c",
+            "source /usr/share/bash-completion/completions/"
+            "memtrace; COMP_WORDS=(memtrace con); COMP_CWORD=1; _shtab_memtrace; "
+            "echo ${COMPREPLY[@]}",
+        ]
+    )
     assert completed.stdout.strip() == "conflicts", completed.stderr
 
 
 def test_installed_metrics_timers_are_not_enabled(installed_deb):
     """The package installs the node_exporter timers (docs/metrics.md) and enables none."""
-    units = ("memtrace-snapshot.service", "memtrace-snapshot.timer", "memtrace-bench.service",
-             "memtrace-bench.timer")
+    units = (
+        "memtrace-snapshot.service",
+        "memtrace-snapshot.timer",
+        "memtrace-bench.service",
+        "memtrace-bench.timer",
+    )
     for unit in units:
         assert os.path.isfile(f"/lib/systemd/system/{unit}"), unit
-    enabled = [os.path.join(top, name) for top, _dirs, names in os.walk("/etc/systemd")
-               for name in names if name.startswith("memtrace")]
+    enabled = [
+        os.path.join(top, name)
+        for top, _dirs, names in os.walk("/etc/systemd")
+        for name in names
+        if name.startswith("memtrace")
+    ]
     assert enabled == []
     listed = _run(["dpkg-query", "-L", PACKAGE]).stdout.split()
     assert all(f"/lib/systemd/system/{unit}" in listed for unit in units)
@@ -229,6 +273,7 @@ def test_guest_runs_debians_python_and_the_installed_modules_only(session):
     assert result["python"] == "/usr/bin/python3"
     assert all(m.startswith(SITE + "/") for m in result["modules"]), result["modules"]
     from tests.conftest import REPO
+
     # sys.path[0] is this helper's own directory; nothing else of the checkout or a venv.
     leaked = [p for p in result["path"][1:] if ".venv" in p or p.startswith(REPO)]
     assert not leaked, result["path"]
@@ -244,10 +289,10 @@ def test_installed_conflicts_finds_the_bochs_downgrade(session):
 
 def test_dumped_bpf_program_compiles_and_loads_in_the_guest(session):
     assert session.read("dump-bcc.rc").strip() == "0", session.read("dump-bcc.err")
-    assert session.read("dump-bcc.err") == ""     # root and kprobes there: no note
+    assert session.read("dump-bcc.err") == ""  # root and kprobes there: no note
     dump = session.read("dump-bcc.c")
     assert dump.startswith("/*\n * memtrace conflicts --dump-program: the BPF program")
-    assert "when it loads" in dump                 # ttm's probes before modprobe
+    assert "when it loads" in dump  # ttm's probes before modprobe
     result = _checks(session)["compile"]
     assert "error" not in result, result.get("error")
     functions = len(re.findall(r"^int mt_(?:entry|return)_\d+\(", dump, re.M))
@@ -258,7 +303,7 @@ def test_dumped_kprobe_events_register_and_are_removed_in_the_guest(session):
     assert session.read("dump-tracefs.rc").strip() == "0", session.read("dump-tracefs.err")
     result = _checks(session)["register"]
     assert "error" not in result, result.get("error")
-    assert result["refused"] == [] and result["fallbacks"] == 0   # 6.12 reads $argN at return
+    assert result["refused"] == [] and result["fallbacks"] == 0  # 6.12 reads $argN at return
     assert len(result["registered"]) == result["lines"] >= 2 * 17
     assert sorted(name.split("/")[1] for name in result["registered"]) == result["present"]
     assert any("ttm_move_memcpy" in name for name in result["registered"])

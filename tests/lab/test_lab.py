@@ -30,8 +30,12 @@ def test_boots_series_and_passes_exit_status_through(guest, series):
 
 
 def test_qxl_device(guest):
-    session = guest("6.12", "qxl", "cat /sys/bus/pci/devices/0000:00:02.0/vendor "
-                                   "/sys/bus/pci/devices/0000:00:02.0/device > vga-ids")
+    session = guest(
+        "6.12",
+        "qxl",
+        "cat /sys/bus/pci/devices/0000:00:02.0/vendor "
+        "/sys/bus/pci/devices/0000:00:02.0/device > vga-ids",
+    )
     assert session.proc.returncode == 0, session.proc.stderr
     assert session.read("vga-ids").split() == ["0x1b36", "0x0100"]
 
@@ -44,10 +48,13 @@ def test_hung_guest_ends_within_timeout_with_console_tail(run_memtrace, tmp_path
     assert rest, "the console tail is missing"
 
 
-@pytest.mark.parametrize("wanted, package", [
-    ("6.12345", "linux-image-6.12-amd64"),
-    ("6.1.0-999-amd64", "linux-image-6.1.0-999-amd64"),
-])
+@pytest.mark.parametrize(
+    "wanted, package",
+    [
+        ("6.12345", "linux-image-6.12-amd64"),
+        ("6.1.0-999-amd64", "linux-image-6.1.0-999-amd64"),
+    ],
+)
 def test_missing_kernel_names_the_package(run_memtrace, wanted, package):
     proc = run_memtrace("lab", "--kernel", wanted, "--", "true")
     assert proc.returncode == 125
@@ -63,8 +70,17 @@ def test_no_command_is_one_line_error(run_memtrace):
 
 def test_keep_console_saves_the_boot_log(run_memtrace, tmp_path):
     console = tmp_path / "console.log"
-    proc = run_memtrace("lab", "--vga", "none", "--keep-console", str(console),
-                        "--workdir", str(tmp_path), "--", "true")
+    proc = run_memtrace(
+        "lab",
+        "--vga",
+        "none",
+        "--keep-console",
+        str(console),
+        "--workdir",
+        str(tmp_path),
+        "--",
+        "true",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Linux version" in console.read_text(errors="replace")
     assert os.stat(console).st_size > 0

@@ -20,15 +20,54 @@ BOCHS_SCRIPT = (
     _run("bochs", "latency", "--fn", MOVE, "--format", "json", "--", "modprobe", "bochs")
     + _run("bad", "latency", "--fn", "no_such_function_xyz", "--duration", "1")
     # vfs_read is hot and not a move: summed in the kernel by bcc, per call by tracefs.
-    + _run("hot_bcc", "latency", "--backend", "bcc", "--fn", "vfs_read", "--format", "json",
-           "--", "dd", "if=/dev/zero", "of=/dev/null", "bs=512", "count=3000")
-    + _run("hot_text", "latency", "--backend", "tracefs", "--fn", "vfs_read", "-u",
-           "--", "dd", "if=/dev/zero", "of=/dev/null", "bs=512", "count=3000")
+    + _run(
+        "hot_bcc",
+        "latency",
+        "--backend",
+        "bcc",
+        "--fn",
+        "vfs_read",
+        "--format",
+        "json",
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=512",
+        "count=3000",
+    )
+    + _run(
+        "hot_text",
+        "latency",
+        "--backend",
+        "tracefs",
+        "--fn",
+        "vfs_read",
+        "-u",
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=512",
+        "count=3000",
+    )
 )
 # qxl moves its buffers through TTM's memcpy path once its fbdev is up, a moment after
 # modprobe returns; the MOD:glob is expanded from qxl.ko before the module loads.
-QXL_SCRIPT = _run("qxl", "latency", "--fn", "ttm_move_memcpy", "--fn", "qxl:qxl_bo_move*",
-                  "--format", "json", "--", "sh", "-c", "modprobe qxl; sleep 3")
+QXL_SCRIPT = _run(
+    "qxl",
+    "latency",
+    "--fn",
+    "ttm_move_memcpy",
+    "--fn",
+    "qxl:qxl_bo_move*",
+    "--format",
+    "json",
+    "--",
+    "sh",
+    "-c",
+    "modprobe qxl; sleep 3",
+)
 
 
 def _result(session, name, expect_rc):
@@ -94,9 +133,19 @@ def test_per_call_text_table_in_microseconds(guest, series):
 # WC entry and is granted WC, and so are TTM's mappings. iomem=relaxed keeps bochs claiming
 # the BAR from revoking the user mapping (Debian has CONFIG_IO_STRICT_DEVMEM).
 WC_FIRST_SCRIPT = _run(
-    "wc_first", "latency", "--fn", MOVE, "--format", "json", "--", "/usr/bin/python3",
-    f"{REPO}/tests/lab/map_then_run.py", "/sys/bus/pci/devices/0000:00:02.0/resource0_wc",
-    "modprobe", "bochs")
+    "wc_first",
+    "latency",
+    "--fn",
+    MOVE,
+    "--format",
+    "json",
+    "--",
+    "/usr/bin/python3",
+    f"{REPO}/tests/lab/map_then_run.py",
+    "/sys/bus/pci/devices/0000:00:02.0/resource0_wc",
+    "modprobe",
+    "bochs",
+)
 
 
 @pytest.mark.parametrize("series", LAB_KERNELS)

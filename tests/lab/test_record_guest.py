@@ -12,8 +12,7 @@ from tests.lab.conftest import LAB_KERNELS, memtrace_in_guest
 
 BACKENDS = ("tracefs", "bcc")
 MMAP_BAR = f"/usr/bin/python3 {REPO}/tests/lab/mmap_bar.py"
-BOCHS_WORKLOAD = ("modprobe bochs && "
-                  f"{MMAP_BAR} /sys/bus/pci/devices/0000:00:02.0/resource0_wc")
+BOCHS_WORKLOAD = f"modprobe bochs && {MMAP_BAR} /sys/bus/pci/devices/0000:00:02.0/resource0_wc"
 
 
 def _record(backend, output, *args):
@@ -21,14 +20,17 @@ def _record(backend, output, *args):
 
 
 def std_script(backend):
-    return ("head -1 /sys/bus/pci/devices/0000:00:02.0/resource > bar0; "
-            f"{_record(backend, 't.jsonl', '--', 'sh', '-c', BOCHS_WORKLOAD)}"
-            " 2> record.err; echo $? > record.rc")
+    return (
+        "head -1 /sys/bus/pci/devices/0000:00:02.0/resource > bar0; "
+        f"{_record(backend, 't.jsonl', '--', 'sh', '-c', BOCHS_WORKLOAD)}"
+        " 2> record.err; echo $? > record.rc"
+    )
 
 
 def qxl_script(backend):
-    return (f"{_record(backend, 't.jsonl', '--', 'modprobe', 'qxl')}"
-            " 2> record.err; echo $? > record.rc")
+    return (
+        f"{_record(backend, 't.jsonl', '--', 'modprobe', 'qxl')} 2> record.err; echo $? > record.rc"
+    )
 
 
 def read_trace(session):
@@ -43,9 +45,12 @@ def read_trace(session):
 def unaccounted_stackless(events, footer):
     """Events of probes that take a stack but came without one, beyond those the footer counts
     as missing: a stack lost silently."""
-    stackless = [e for e in events if SPECS.get(e["fn"]) is not None
-                 and SPECS[e["fn"]].stack and not e.get("stack")]
-    return stackless[footer.get("missing_stacks", 0):]
+    stackless = [
+        e
+        for e in events
+        if SPECS.get(e["fn"]) is not None and SPECS[e["fn"]].stack and not e.get("stack")
+    ]
+    return stackless[footer.get("missing_stacks", 0) :]
 
 
 def bar0(session):
@@ -57,8 +62,9 @@ def has_frame(event, text):
     return any(text in frame for frame in event.get("stack", []))
 
 
-@pytest.fixture(params=[(k, b) for k in LAB_KERNELS for b in BACKENDS],
-                ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(
+    params=[(k, b) for k in LAB_KERNELS for b in BACKENDS], ids=lambda p: f"{p[0]}-{p[1]}"
+)
 def bochs_trace(request, guest):
     series, backend = request.param
     # Debian kernels have CONFIG_IO_STRICT_DEVMEM: without iomem=relaxed user space cannot
@@ -95,8 +101,13 @@ def test_inlined_vram_move_is_substituted_and_said(bochs_trace):
 def test_bochs_reserves_the_whole_framebuffer_bar_uc_minus(bochs_trace):
     session, _backend, (_header, events, _footer) = bochs_trace
     start, end = bar0(session)
-    whole = [e for e in events if e["fn"] == "memtype_reserve" and e.get("start") == hex(start)
-             and e.get("end") == hex(end)]
+    whole = [
+        e
+        for e in events
+        if e["fn"] == "memtype_reserve"
+        and e.get("start") == hex(start)
+        and e.get("end") == hex(end)
+    ]
     assert whole, "no reservation of the whole BAR0"
     assert whole[0]["requested"] == "UC-" and whole[0]["granted"] == "UC-"
     assert whole[0]["comm"] == "modprobe"
@@ -107,8 +118,14 @@ def test_bochs_reserves_the_whole_framebuffer_bar_uc_minus(bochs_trace):
 def test_ttm_wc_request_is_granted_uc_minus(bochs_trace):
     session, _backend, (_header, events, _footer) = bochs_trace
     start, _end = bar0(session)
-    wc = [e for e in events if e["fn"] == "memtype_reserve" and e.get("requested") == "WC"
-          and e.get("start") == hex(start) and e.get("end") == hex(start + 0x3E8000)]
+    wc = [
+        e
+        for e in events
+        if e["fn"] == "memtype_reserve"
+        and e.get("requested") == "WC"
+        and e.get("start") == hex(start)
+        and e.get("end") == hex(start + 0x3E8000)
+    ]
     assert wc, "no WC request of 0x3e8000 bytes at the BAR start"
     assert all(e["granted"] == "UC-" for e in wc)
     assert any(has_frame(e, "ttm_kmap_iter_linear_io_init [ttm]") for e in wc)
@@ -127,8 +144,13 @@ def test_moves_carry_bytes_and_durations(bochs_trace):
 def test_user_mapping_of_resource0_wc_is_seen_with_its_process(bochs_trace):
     session, _backend, (_header, events, _footer) = bochs_trace
     start, _end = bar0(session)
-    mine = [e for e in events if e.get("comm") == "python3" and e["fn"] == "memtype_reserve"
-            and e.get("start") == hex(start)]
+    mine = [
+        e
+        for e in events
+        if e.get("comm") == "python3"
+        and e["fn"] == "memtype_reserve"
+        and e.get("start") == hex(start)
+    ]
     assert mine, "the user mapping's reservation is missing"
     assert mine[0]["requested"] == "WC" and mine[0]["granted"] == "UC-"
     assert mine[0]["pid"] > 1
@@ -158,21 +180,21 @@ wait_attached() {{
   for i in $(seq 600); do grep -q "memtrace_$1/" $T/kprobe_events && return 0; sleep 0.5; done
   return 1
 }}
-{_record('tracefs', 'killed.jsonl', '--duration', '600')} 2> killed.err &
+{_record("tracefs", "killed.jsonl", "--duration", "600")} 2> killed.err &
 pid=$!
 wait_attached $pid && grep -c "memtrace_$pid/" $T/kprobe_events > probes_before
 kill -9 $pid; wait $pid
 grep -c "memtrace_$pid/" $T/kprobe_events > probes_after_kill
 ls $T/instances | grep -c "memtrace-$pid" > instance_after_kill
-{_record('tracefs', 'next.jsonl', '--', 'true')} 2> next.err
+{_record("tracefs", "next.jsonl", "--", "true")} 2> next.err
 grep -c "memtrace_" $T/kprobe_events > probes_after_next
 ls $T/instances | grep -c memtrace > instances_after_next
-{_record('tracefs', 'term.jsonl', '--duration', '600')} 2> term.err &
+{_record("tracefs", "term.jsonl", "--duration", "600")} 2> term.err &
 pid=$!
 for i in $(seq 1200); do grep -q "memtrace record: tracing" term.err && break; sleep 0.5; done
 kill -TERM $pid; wait $pid; echo $? > term.rc
 grep -c "memtrace_" $T/kprobe_events > probes_after_term
-{_record('tracefs', 'early.jsonl', '--duration', '600')} 2> early.err &
+{_record("tracefs", "early.jsonl", "--duration", "600")} 2> early.err &
 pid=$!
 wait_attached $pid; kill -TERM $pid; wait $pid; echo $? > early.rc
 grep -c "memtrace_" $T/kprobe_events > probes_after_early
@@ -209,10 +231,11 @@ def test_sigterm_while_attaching_detaches_and_still_writes_the_file(guest):
 
 # The workload stops memtrace (its parent) while three /bin/true run and are reaped, as when
 # memtrace is descheduled on a busy machine: once it runs again, /proc has nothing left of them.
-SHORT_LIVED = ("kill -STOP $PPID; for i in 1 2 3; do /bin/true; done; kill -CONT $PPID; "
-               "sleep 0.5")
-SHORT_LIVED_SCRIPT = (f"{_record('tracefs', 'short.jsonl', '--', 'sh', '-c', SHORT_LIVED)}"
-                      " 2> short.err; echo $? > short.rc")
+SHORT_LIVED = "kill -STOP $PPID; for i in 1 2 3; do /bin/true; done; kill -CONT $PPID; sleep 0.5"
+SHORT_LIVED_SCRIPT = (
+    f"{_record('tracefs', 'short.jsonl', '--', 'sh', '-c', SHORT_LIVED)}"
+    " 2> short.err; echo $? > short.rc"
+)
 
 
 @pytest.mark.parametrize("series", LAB_KERNELS)
@@ -221,15 +244,19 @@ def test_programs_gone_before_memtrace_looked_are_still_named(guest, series):
     assert session.read("short.rc").strip() == "0", session.read("short.err")
     lines = [json.loads(line) for line in session.read("short.jsonl").splitlines()]
     processes = [line for line in lines if line["type"] == "process"]
-    [shell] = [p for p in processes if p["what"] == "exec" and p["cmdline"]
-               and p["cmdline"][-1] == SHORT_LIVED]
+    [shell] = [
+        p
+        for p in processes
+        if p["what"] == "exec" and p["cmdline"] and p["cmdline"][-1] == SHORT_LIVED
+    ]
     children = [p for p in processes if p["ppid"] == shell["pid"] and p["pid"] != shell["pid"]]
     # kill (a shell builtin) forks nothing; each true and the sleep are one exec, one exit.
     assert [p["name"] for p in children if p["what"] == "exit"] == ["true"] * 3 + ["sleep"]
     trues = [p for p in children if p["what"] == "exec"][:3]
-    assert all(p["name"] is None for p in trues), trues    # psutil was too late
-    assert [p["name"] for p in with_exit_names(children) if p["what"] == "exec"] \
-        == ["true"] * 3 + ["sleep"]
+    assert all(p["name"] is None for p in trues), trues  # psutil was too late
+    assert [p["name"] for p in with_exit_names(children) if p["what"] == "exec"] == ["true"] * 3 + [
+        "sleep"
+    ]
     watch = lines[-1]["process_watch"]
     assert watch["lost"] == 0 and watch["exit_names"]["status"] == "ok", watch
-    assert watch["exit_names"]["records"] >= 3, watch     # named by the kernel
+    assert watch["exit_names"]["records"] >= 3, watch  # named by the kernel

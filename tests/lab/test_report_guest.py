@@ -12,10 +12,8 @@ from tests.lab.conftest import LAB_KERNELS, memtrace_in_guest
 
 KERNEL_ADDRESS = re.compile(r"(?:0x)?ffff[0-9a-f]{12}", re.IGNORECASE)
 WORKLOAD = f"modprobe bochs && /usr/bin/python3 {REPO}/tests/lab/restart_loop.py 5"
-REPORT = memtrace_in_guest("report", "--format", "json", "-o", "r.json", "--", "sh", "-c",
-                           WORKLOAD)
-SCRIPT = (f"{REPORT}"
-          " 2> r.err; echo $? > r.rc")
+REPORT = memtrace_in_guest("report", "--format", "json", "-o", "r.json", "--", "sh", "-c", WORKLOAD)
+SCRIPT = f"{REPORT} 2> r.err; echo $? > r.rc"
 
 
 @pytest.fixture(params=LAB_KERNELS)
@@ -39,8 +37,10 @@ def test_restart_loop_is_flagged_and_the_steady_program_is_not(live_report):
 
 def test_downgrade_device_and_drm_uevents_are_in_the_report(live_report):
     doc = live_report.json("r.json")
-    assert any(f["kind"] == "downgrade" and f["title"].endswith("fd000000-fd3e8000")
-               for f in doc["findings"])
+    assert any(
+        f["kind"] == "downgrade" and f["title"].endswith("fd000000-fd3e8000")
+        for f in doc["findings"]
+    )
     uevents = [t for t in doc["timeline"] if t["kind"] == "uevent"]
     assert any("card" in t["text"] for t in uevents), uevents
     (vga,) = [d for d in doc["hosts"][0]["pci_devices"] if d["slot"] == "0000:00:02.0"]

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from memtrace.probes import bcc_backend, decode, kallsyms, plan as plans
+from memtrace.probes import bcc_backend, decode, kallsyms
+from memtrace.probes import plan as plans
 from memtrace.probes.bcc_backend import (
     F_GRANTED,
     F_PMU,
@@ -67,11 +68,18 @@ def test_default_plan_program_has_every_probe_and_no_placeholder(default_plan):
         assert f"int mt_entry_{probe_id}(struct pt_regs *ctx)" in text
         assert f"int mt_return_{probe_id}(struct pt_regs *ctx)" in text
     # The fixed part: the maps and helpers the task asks for.
-    for needle in ("BPF_STACK_TRACE(mt_stacks", "BPF_PERF_ARRAY(mt_cycles",
-                   "bpf_ktime_get_ns()", "BPF_RINGBUF_OUTPUT(mt_events",
-                   "BPF_PERF_OUTPUT(mt_events", "bpf_send_signal(MT_SIGSTOP)",
-                   "struct tracepoint__module__module_load", "BPF_HISTOGRAM(mt_hist",
-                   "mt_count(MT_C_LOST)", "mt_count(MT_C_MISSED)"):
+    for needle in (
+        "BPF_STACK_TRACE(mt_stacks",
+        "BPF_PERF_ARRAY(mt_cycles",
+        "bpf_ktime_get_ns()",
+        "BPF_RINGBUF_OUTPUT(mt_events",
+        "BPF_PERF_OUTPUT(mt_events",
+        "bpf_send_signal(MT_SIGSTOP)",
+        "struct tracepoint__module__module_load",
+        "BPF_HISTOGRAM(mt_hist",
+        "mt_count(MT_C_LOST)",
+        "mt_count(MT_C_MISSED)",
+    ):
         assert needle in text, needle
 
 
@@ -105,8 +113,7 @@ def test_void_function_keeps_its_return_probe(default_plan):
 def test_struct_fields_are_read_with_probe_read_at_the_plan_offset(default_plan):
     probe = _probe(default_plan, "drm_vram_helper:bo_driver_move")
     offset = plans.fetch_offset(probe, probe.spec.fetch[0])
-    entry = _function(program_text(default_plan),
-                      f"mt_entry_{default_plan.probes.index(probe)}")
+    entry = _function(program_text(default_plan), f"mt_entry_{default_plan.probes.index(probe)}")
     assert f"mt_read(&e.values[0], 8, (u64)PT_REGS_PARM4(ctx) + {offset}) == 0" in entry
     assert "e.valid |= 1 << 0;" in entry
 
@@ -134,8 +141,23 @@ def test_cflags_describe_the_plan(default_plan):
 
 
 def _record_bytes(layout, probe_id, values, valid, flags, ret=0, granted=0, cycles=0):
-    return layout.pack(1000, 250, cycles, ret, 0xFFFFFFFF81234567, *values, probe_id, flags,
-                       valid, granted, 42, 43, 7, 1, b"modprobe\0\0\0\0\0\0\0\0")
+    return layout.pack(
+        1000,
+        250,
+        cycles,
+        ret,
+        0xFFFFFFFF81234567,
+        *values,
+        probe_id,
+        flags,
+        valid,
+        granted,
+        42,
+        43,
+        7,
+        1,
+        b"modprobe\0\0\0\0\0\0\0\0",
+    )
 
 
 def test_record_layout_matches_the_c_struct():
@@ -148,13 +170,20 @@ def test_record_decodes_to_a_memtype_reserve_event(default_plan):
     probe = _probe(default_plan, "memtype_reserve")
     probe_id = default_plan.probes.index(probe)
     layout = record_struct(3)
-    data = _record_bytes(layout, probe_id, [0xFD000000, 0xFD3E8000, 1], valid=0b111,
-                         flags=F_RET | F_GRANTED, granted=2)
+    data = _record_bytes(
+        layout,
+        probe_id,
+        [0xFD000000, 0xFD3E8000, 1],
+        valid=0b111,
+        flags=F_RET | F_GRANTED,
+        granted=2,
+    )
     record = parse_record(layout, data)
     assert record["probe"] == probe_id and record["comm"] == "modprobe"
     assert record["pid"] == 42 and record["tid"] == 43 and record["stack_id"] == 7
-    call = raw_call(probe, record, tsc_mhz=2000.0, stack=["memtype_reserve"],
-                    caller="__ioremap_caller")
+    call = raw_call(
+        probe, record, tsc_mhz=2000.0, stack=["memtype_reserve"], caller="__ioremap_caller"
+    )
     event = decode.to_event(probe, call)
     assert (event.start, event.end) == (0xFD000000, 0xFD3E8000)
     assert (event.requested, event.granted, event.granted_from) == ("WC", "UC-", "return")
@@ -167,9 +196,18 @@ def test_record_flags_decide_what_is_known(default_plan):
     probe = _probe(default_plan, "ioremap_wc")
     layout = record_struct(3)
     # Pointer return: shown unsigned. Fetch 1 not valid: left out. PMU cycles win over TSC.
-    record = parse_record(layout, _record_bytes(
-        layout, default_plan.probes.index(probe), [0xFD000000, 0, 0], valid=0b1,
-        flags=F_RET | F_PMU, ret=-0x5A0000000000, cycles=777))
+    record = parse_record(
+        layout,
+        _record_bytes(
+            layout,
+            default_plan.probes.index(probe),
+            [0xFD000000, 0, 0],
+            valid=0b1,
+            flags=F_RET | F_PMU,
+            ret=-0x5A0000000000,
+            cycles=777,
+        ),
+    )
     call = raw_call(probe, record, tsc_mhz=2000.0)
     assert call.values == {"start": 0xFD000000}
     assert call.ret == (1 << 64) - 0x5A0000000000
@@ -181,8 +219,13 @@ def test_record_flags_decide_what_is_known(default_plan):
 
 
 def test_clean_frames_drops_machinery_above_the_probed_function():
-    frames = ["kprobe_ftrace_handler", "0xffffffffc054e0c8", "memtype_reserve",
-              "__ioremap_caller", "bochs_pci_probe [bochs]"]
+    frames = [
+        "kprobe_ftrace_handler",
+        "0xffffffffc054e0c8",
+        "memtype_reserve",
+        "__ioremap_caller",
+        "bochs_pci_probe [bochs]",
+    ]
     assert clean_frames(frames, "memtype_reserve") == frames[2:]
     assert clean_frames(frames, "not_in_stack") == frames[2:]
     assert clean_frames(["bochs_pci_probe [bochs]"], "x") == ["bochs_pci_probe [bochs]"]
@@ -213,11 +256,13 @@ def test_module_owners_counts_code_symbols_only(tmp_path):
 def test_pick_module_corrects_bccs_undefined_symbol_attribution(tmp_path):
     owners = index_of(tmp_path, KALLSYMS).owners
     # bcc read bochs' undefined entry for an import: the code lives in drm_kms_helper.
-    helper = pick_module(MODULE_AREA, "drm_atomic_helper_commit", "bochs",
-                         owners("drm_atomic_helper_commit"))
+    helper = pick_module(
+        MODULE_AREA, "drm_atomic_helper_commit", "bochs", owners("drm_atomic_helper_commit")
+    )
     assert helper == "drm_kms_helper"
-    assert pick_module(MODULE_AREA, "bochs_pci_probe", "bochs",
-                       owners("bochs_pci_probe")) == "bochs"
+    assert (
+        pick_module(MODULE_AREA, "bochs_pci_probe", "bochs", owners("bochs_pci_probe")) == "bochs"
+    )
     assert pick_module(MODULE_AREA, "bo_driver_move", "qxl", owners("bo_driver_move")) == "qxl"
     # vmlinux addresses are vmlinux, whatever module bcc names.
     assert pick_module(0xFFFFFFFF81000010, "ioremap", "bochs", owners("ioremap")) is None
@@ -248,24 +293,31 @@ def test_kernel_symbolizer_formats_and_refreshes_on_module_change(tmp_path):
     }
     symbolize = KernelSymbolizer(_FakeBPF, str(kallsyms_path), str(modules_path))
     assert symbolize.frames([0xFFFFFFFF81000005, 0xFFFFFFFFC0656330, 0xFFFFFFFFC0999999]) == [
-        "ioremap", "drm_atomic_helper_commit [drm_kms_helper]", "0xffffffffc0999999"]
+        "ioremap",
+        "drm_atomic_helper_commit [drm_kms_helper]",
+        "0xffffffffc0999999",
+    ]
     assert -1 in _FakeBPF._sym_caches
-    assert not symbolize.check()           # nothing changed
+    assert not symbolize.check()  # nothing changed
     modules_path.write_text("drm_kms_helper 1 0 - Live 0x0\nbochs 1 0 - Loading 0x0\n")
-    assert symbolize.check()               # a module appeared: bcc's cache is dropped
+    assert symbolize.check()  # a module appeared: bcc's cache is dropped
     assert -1 not in _FakeBPF._sym_caches
-    with_offsets = KernelSymbolizer(_FakeBPF, str(kallsyms_path), str(modules_path),
-                                    keep_offset=True)
+    with_offsets = KernelSymbolizer(
+        _FakeBPF, str(kallsyms_path), str(modules_path), keep_offset=True
+    )
     assert with_offsets(0xFFFFFFFFC0656330) == "drm_atomic_helper_commit+0x10 [drm_kms_helper]"
 
 
 def test_first_error_picks_the_clang_error_line():
-    output = ("In file included from /virtual/main.c:2:\n"
-              "/virtual/main.c:40:5: warning: unused variable 'x'\n"
-              "/virtual/main.c:52:9: error: use of undeclared identifier 'foo'\n"
-              "/virtual/main.c:60:9: error: another\n")
+    output = (
+        "In file included from /virtual/main.c:2:\n"
+        "/virtual/main.c:40:5: warning: unused variable 'x'\n"
+        "/virtual/main.c:52:9: error: use of undeclared identifier 'foo'\n"
+        "/virtual/main.c:60:9: error: another\n"
+    )
     assert bcc_backend.first_error(output) == (
-        "/virtual/main.c:52:9: error: use of undeclared identifier 'foo'")
+        "/virtual/main.c:52:9: error: use of undeclared identifier 'foo'"
+    )
     assert bcc_backend.first_error("") == ""
 
 
@@ -289,16 +341,20 @@ def test_mtrr_probes_read_their_arguments_and_restore_the_sign(default_plan):
     delete = _probe(default_plan, "mtrr_del_page")
     delete_id = default_plan.probes.index(delete)
     # int reg: kept zero-extended in the record; decoding gives -1 back.
-    assert "e.values[0] = (u64)(u32)PT_REGS_PARM1(ctx);" in _function(text,
-                                                                      f"mt_entry_{delete_id}")
+    assert "e.values[0] = (u64)(u32)PT_REGS_PARM1(ctx);" in _function(text, f"mt_entry_{delete_id}")
     layout = record_struct(3)
-    record = parse_record(layout, _record_bytes(
-        layout, delete_id, [0xFFFFFFFF, 0xFD000, 0x1000], valid=0b111, flags=F_RET, ret=-22))
+    record = parse_record(
+        layout,
+        _record_bytes(
+            layout, delete_id, [0xFFFFFFFF, 0xFD000, 0x1000], valid=0b111, flags=F_RET, ret=-22
+        ),
+    )
     event = decode.to_event(delete, raw_call(delete, record))
     assert (event.role, event.mtrr_reg, event.ret) == ("mtrr_del", None, -22)
     assert (event.start, event.end, event.size) == (0xFD000000, 0xFE000000, 0x1000000)
-    record = parse_record(layout, _record_bytes(
-        layout, delete_id, [1, 0, 0], valid=0b111, flags=F_RET, ret=1))
+    record = parse_record(
+        layout, _record_bytes(layout, delete_id, [1, 0, 0], valid=0b111, flags=F_RET, ret=1)
+    )
     event = decode.to_event(delete, raw_call(delete, record))
     assert (event.mtrr_reg, event.start, event.size) == (1, None, None)
 
@@ -306,19 +362,38 @@ def test_mtrr_probes_read_their_arguments_and_restore_the_sign(default_plan):
 def test_mtrr_add_and_phys_wc_records_decode(default_plan):
     layout = record_struct(3)
     add = _probe(default_plan, "mtrr_add_page")
-    record = parse_record(layout, _record_bytes(
-        layout, default_plan.probes.index(add), [0xFD000, 0x1000, 1], valid=0b111,
-        flags=F_RET, ret=1))
+    record = parse_record(
+        layout,
+        _record_bytes(
+            layout,
+            default_plan.probes.index(add),
+            [0xFD000, 0x1000, 1],
+            valid=0b111,
+            flags=F_RET,
+            ret=1,
+        ),
+    )
     event = decode.to_event(add, raw_call(add, record))
     assert (event.role, event.start, event.end, event.size) == (
-        "mtrr_add", 0xFD000000, 0xFE000000, 0x1000000)
+        "mtrr_add",
+        0xFD000000,
+        0xFE000000,
+        0x1000000,
+    )
     assert (event.mtrr_type, event.mtrr_reg, event.requested) == ("WC", 1, None)
     wc = _probe(default_plan, "arch_phys_wc_add")
     # PAT on: arch_phys_wc_add does nothing and returns 0, so no register.
-    record = parse_record(layout, _record_bytes(
-        layout, default_plan.probes.index(wc), [0xFD000000, 0x1000000, 0], valid=0b11,
-        flags=F_RET, ret=0))
+    record = parse_record(
+        layout,
+        _record_bytes(
+            layout,
+            default_plan.probes.index(wc),
+            [0xFD000000, 0x1000000, 0],
+            valid=0b11,
+            flags=F_RET,
+            ret=0,
+        ),
+    )
     event = decode.to_event(wc, raw_call(wc, record))
-    assert (event.role, event.start, event.size, event.ret) == (
-        "phys_wc", 0xFD000000, 0x1000000, 0)
+    assert (event.role, event.start, event.size, event.ret) == ("phys_wc", 0xFD000000, 0x1000000, 0)
     assert (event.mtrr_type, event.mtrr_reg) == ("WC", None)

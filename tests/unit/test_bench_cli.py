@@ -29,8 +29,16 @@ BENCH = os.path.join(FIXTURES, "bench")
 LAB_MTRR = "reg00: base=0x080000000 ( 2048MB), size= 2048MB, count=1: uncachable\n"
 BOCHS_PAT = [(0xFD000000, 0xFE000000, "UC-"), (0xFD000000, 0xFD3E8000, "UC-")]
 BAR0 = PciBar(0, 0xFD000000, 0xFE000000, 0x0014220C, True)
-BOCHS = PciDevice("0000:00:02.0", 0x030000, 0x1234, 0x1111, 0x1AF4, 0x1100, "bochs-drm",
-                  (BAR0, PciBar(2, 0xFEBF0000, 0xFEBF1000, 0x00040200)))
+BOCHS = PciDevice(
+    "0000:00:02.0",
+    0x030000,
+    0x1234,
+    0x1111,
+    0x1AF4,
+    0x1100,
+    "bochs-drm",
+    (BAR0, PciBar(2, 0xFEBF0000, 0xFEBF1000, 0x00040200)),
+)
 
 
 def load(name):
@@ -45,15 +53,18 @@ def bench_doc(name="6.12-bochs-iomem-relaxed.json"):
 # -- the command line ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--runs", "0"], "argument --runs: must be 1 to 100, not 0"),
-    (["--runs", "101"], "argument --runs: must be 1 to 100, not 101"),
-    (["--runs", "x"], "argument --runs: must be a whole number, not 'x'"),
-    (["--size", "12"], "argument --size: must be 4096 to 268435456 bytes, not 12"),
-    (["--size", "0x20000000"], "must be 4096 to 268435456 bytes, not 536870912"),
-    (["--size", "lots"], "argument --size: must be a number of bytes (e.g. 0x3e8000)"),
-    (["--device", "vga"], "argument --device: must be a PCI slot such as 0000:00:02.0"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--runs", "0"], "argument --runs: must be 1 to 100, not 0"),
+        (["--runs", "101"], "argument --runs: must be 1 to 100, not 101"),
+        (["--runs", "x"], "argument --runs: must be a whole number, not 'x'"),
+        (["--size", "12"], "argument --size: must be 4096 to 268435456 bytes, not 12"),
+        (["--size", "0x20000000"], "must be 4096 to 268435456 bytes, not 536870912"),
+        (["--size", "lots"], "argument --size: must be a number of bytes (e.g. 0x3e8000)"),
+        (["--device", "vga"], "argument --device: must be a PCI slot such as 0000:00:02.0"),
+    ],
+)
 def test_bad_options_are_one_line(capsys, args, expected):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", *args])
@@ -70,16 +81,18 @@ def test_slots_and_sizes_are_normalised():
 
 def test_no_display_device_is_one_line_saying_what_to_do(capsys, monkeypatch):
     from memtrace.probes import system_state
+
     state = system_state.read_state(os.path.join(FIXTURES, "guest-6.12-bochs"))
     monkeypatch.setattr(system_state, "read_state", lambda root: state)
     monkeypatch.setattr(drm_dumb, "card_nodes", lambda slot, sysfs_root="/sys": [])
     assert main(["bench"]) == EXIT_ERROR
     err = capsys.readouterr().err
-    assert err == ("memtrace bench: error: no display device with a DRM card node; load its "
-                   "driver (e.g. modprobe bochs) or name it with --device SLOT\n")
+    assert err == (
+        "memtrace bench: error: no display device with a DRM card node; load its "
+        "driver (e.g. modprobe bochs) or name it with --device SLOT\n"
+    )
     assert main(["bench", "--device", "0000:00:03.0"]) == EXIT_ERROR
-    assert "0000:00:03.0 is not a display device with a DRM card node" in \
-        capsys.readouterr().err
+    assert "0000:00:03.0 is not a display device with a DRM card node" in capsys.readouterr().err
 
 
 def test_a_card_node_the_user_cannot_open_says_which_group_to_join(tmp_path, monkeypatch):
@@ -91,18 +104,22 @@ def test_a_card_node_the_user_cannot_open_says_which_group_to_join(tmp_path, mon
 
     def refuse(*_args):
         raise PermissionError(13, "Permission denied")
+
     monkeypatch.setattr(drm_dumb.os, "open", refuse)
     with pytest.raises(MemtraceError) as error:
         drm_dumb.open_card(str(node))
     assert error.value.one_line() == (
         f"cannot open {node}: permission denied; it belongs to group 'video' (mode 0660): add "
-        "your user to it (sudo usermod -aG video $USER, then log in again), or run as root")
+        "your user to it (sudo usermod -aG video $USER, then log in again), or run as root"
+    )
     os.chown(node, 0, 0)
     os.chmod(node, 0o600)
     with pytest.raises(MemtraceError) as error:
         drm_dumb.open_card(str(node))
-    assert "it is root's only (mode 0600, group root; no udev rule gave it to the video group)" \
+    assert (
+        "it is root's only (mode 0600, group root; no udev rule gave it to the video group)"
         in error.value.one_line()
+    )
     assert f"chgrp video {node}" in error.value.one_line()
 
 
@@ -118,7 +135,7 @@ def test_the_ioctl_numbers_are_the_kernels():
 
 
 def test_dumb_geometry_holds_the_frame():
-    assert drm_dumb.dumb_geometry(FRAME_BYTES) == (1280, 800, 32)   # the seed's frame
+    assert drm_dumb.dumb_geometry(FRAME_BYTES) == (1280, 800, 32)  # the seed's frame
     assert drm_dumb.dumb_geometry(4096) == (1024, 1, 32)
     width, height, bpp = drm_dumb.dumb_geometry(5000)
     assert width * height * bpp // 8 >= 5000
@@ -128,8 +145,10 @@ def test_card_nodes_come_from_sysfs(tmp_path):
     drm = tmp_path / "bus/pci/devices/0000:00:02.0/drm"
     for name in ("card10", "card1", "renderD128", "controlD64"):
         (drm / name).mkdir(parents=True)
-    assert drm_dumb.card_nodes("0000:00:02.0", str(tmp_path)) == ["/dev/dri/card1",
-                                                                  "/dev/dri/card10"]
+    assert drm_dumb.card_nodes("0000:00:02.0", str(tmp_path)) == [
+        "/dev/dri/card1",
+        "/dev/dri/card10",
+    ]
     assert drm_dumb.card_nodes("0000:00:03.0", str(tmp_path)) == []
 
 
@@ -153,8 +172,10 @@ def test_writing_stops_when_the_scratch_region_is_taken():
 
     def may_write():
         calls.append(1)
-        return "a buffer was placed in the scratch region; writes stopped" \
-            if len(calls) > 2 else None
+        return (
+            "a buffer was placed in the scratch region; writes stopped" if len(calls) > 2 else None
+        )
+
     with bm.anonymous(8192) as ram, bm.anonymous(8192) as target:
         timings, stopped = bm.timed_passes(target.address, 8192, ram.address, 3, True, may_write)
     assert stopped.startswith("a buffer was placed")
@@ -177,8 +198,18 @@ def test_untrusted_names_are_cleaned():
 
 def _bench(tmp_path, pat):
     context = memory_type_context({"mtrr": LAB_MTRR})
-    return bm.Bench(BOCHS, BAR0, "/dev/dri/card0", 0, FRAME_BYTES, 1, context, lambda: pat,
-                    sysfs=str(tmp_path), debugfs=str(tmp_path))
+    return bm.Bench(
+        BOCHS,
+        BAR0,
+        "/dev/dri/card0",
+        0,
+        FRAME_BYTES,
+        1,
+        context,
+        lambda: pat,
+        sysfs=str(tmp_path),
+        debugfs=str(tmp_path),
+    )
 
 
 def test_a_dumb_buffer_that_appears_in_vram_takes_the_fault_paths_type(tmp_path, monkeypatch):
@@ -187,8 +218,12 @@ def test_a_dumb_buffer_that_appears_in_vram_takes_the_fault_paths_type(tmp_path,
     monkeypatch.setattr(bm, "vm_flags", lambda address: frozenset({"rd", "pf", "io"}))
     bench = _bench(tmp_path, BOCHS_PAT)
     before = {"vram-mm": parse_ttm_manager(load("6.12-bochs-vram-mm.txt"))}
-    after = {"vram-mm": parse_ttm_manager(
-        "  size: 4096\n0x0-0x3e8: 1000: used\n0x3e8-0x7d0: 1000: used\n0x7d0-0x1000: 2096: free\n")}
+    after = {
+        "vram-mm": parse_ttm_manager(
+            "  size: 4096\n0x0-0x3e8: 1000: used\n0x3e8-0x7d0: 1000: used\n"
+            "0x7d0-0x1000: 2096: free\n"
+        )
+    }
     result = bm.MappingResult("dumb buffer", "dumb", "/dev/dri/card0")
     try:
         bench.resolve_dumb(result, 0, FRAME_BYTES, before, after)
@@ -227,8 +262,7 @@ def test_the_scratch_region_needs_the_drivers_own_list_of_free_vram(tmp_path):
         assert name == "vram-mm"
         assert (first, end) == ((0x3E8 + 1048) * 4096, (0x3E8 + 1048 + 1000) * 4096)
         assert bench._still_free((first, end, name)) is None
-        (tmp_path / "dri" / "0" / "vram-mm").write_text(
-            "  size: 4096\n0x0-0x1000: 4096: used\n")
+        (tmp_path / "dri" / "0" / "vram-mm").write_text("  size: 4096\n0x0-0x1000: 4096: used\n")
         assert "writes stopped" in bench._still_free((first, end, name))
         # A manager that does not cover exactly the framebuffer BAR is not trusted.
         small = PciBar(0, 0xFD000000, 0xFD800000, 0x0014220C, True)
@@ -248,19 +282,27 @@ def test_a_claimed_bar_refused_under_strict_devmem_says_iomem_relaxed():
     with open(os.path.join(FIXTURES, "guest-6.12-bochs", "proc", "iomem"), encoding="ascii") as s:
         tree = parse_iomem(s.read())
     hint = bm.claimed_bar_hint(BAR0, tree, "root=/dev/root ro", True)
-    assert hint == ("the kernel has CONFIG_IO_STRICT_DEVMEM, which keeps user space off a BAR "
-                    "a driver has claimed (bochs-drm claimed it); boot with iomem=relaxed to "
-                    "measure it")
+    assert hint == (
+        "the kernel has CONFIG_IO_STRICT_DEVMEM, which keeps user space off a BAR "
+        "a driver has claimed (bochs-drm claimed it); boot with iomem=relaxed to "
+        "measure it"
+    )
     assert "likely has CONFIG_IO_STRICT_DEVMEM" in bm.claimed_bar_hint(BAR0, None, "", None)
-    assert "although iomem=relaxed is set" in bm.claimed_bar_hint(BAR0, tree, "iomem=relaxed",
-                                                                  True)
+    assert "although iomem=relaxed is set" in bm.claimed_bar_hint(BAR0, tree, "iomem=relaxed", True)
 
 
 # -- the document and its renderings -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["6.12-bochs-iomem-relaxed.json", "6.1-qxl-iomem-relaxed.json",
-                                  "6.1-bochs-user.json", "6.1-bochs.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "6.12-bochs-iomem-relaxed.json",
+        "6.1-qxl-iomem-relaxed.json",
+        "6.1-bochs-user.json",
+        "6.1-bochs.json",
+    ],
+)
 def test_text_fits_80_columns_and_leads_with_the_verdict(name):
     doc = bench_doc(name)
     text = bench_tool.render(doc, "text")
@@ -299,14 +341,14 @@ def test_output_file_is_private(tmp_path, monkeypatch, capsys):
 def _report_with(bench):
     from memtrace.tools.report_document import build_document
     from memtrace.tools.tracing_io import read_recorded_trace
+
     source = read_recorded_trace(os.path.join(FIXTURES, "traces", "6.12-bcc-bochs.jsonl"))
     return build_document([source], generated_at="2026-12-02T00:00:00Z", bench=bench)
 
 
 def test_a_live_report_carries_the_bench_in_every_format():
     doc = _report_with({"status": "measured", "reason": None, "result": bench_doc()})
-    assert doc["bench"]["result"]["verdict"]["text"] == \
-        "not honoured: TCG emulates no memory types"
+    assert doc["bench"]["result"]["verdict"]["text"] == "not honoured: TCG emulates no memory types"
     text = render(doc, "text")
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "\nBench\n-----\n" in text
@@ -327,18 +369,27 @@ def test_a_report_from_traces_has_no_bench_section():
 
 
 def test_report_section_never_fails_the_report(monkeypatch):
-    assert bench_tool.report_section(True) == {"status": "skipped",
-                                               "reason": "--no-bench was given", "result": None}
+    assert bench_tool.report_section(True) == {
+        "status": "skipped",
+        "reason": "--no-bench was given",
+        "result": None,
+    }
 
     def no_card(slot, size, runs):
         raise MemtraceError("no display device with a DRM card node", hint="modprobe it")
+
     monkeypatch.setattr(bench_tool, "run_bench", no_card)
     section = bench_tool.report_section(False)
-    assert section == {"status": "error", "result": None,
-                       "reason": "no display device with a DRM card node; modprobe it"}
+    assert section == {
+        "status": "error",
+        "result": None,
+        "reason": "no display device with a DRM card node; modprobe it",
+    }
     doc = _report_with(section)
-    assert "The bench could not run: no display device with a DRM card node; modprobe it." in \
-        " ".join(render(doc, "text").split())
+    assert (
+        "The bench could not run: no display device with a DRM card node; modprobe it."
+        in " ".join(render(doc, "text").split())
+    )
 
 
 def test_report_takes_no_bench(capsys):
@@ -359,13 +410,16 @@ def test_doctor_says_whether_bench_can_run(monkeypatch, capsys):
 
         def verdict(self):
             return "live probing possible"
+
     monkeypatch.setattr(doctor, "running_kernel_features", lambda allow_mount: Features())
     monkeypatch.setattr(bench_tool, "readiness", lambda: (True, "`memtrace bench` can run: x"))
     assert main(["doctor"]) == 0
     assert "bench: `memtrace bench` can run: x" in capsys.readouterr().out
     assert main(["doctor", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["bench"] == {
-        "can_run": True, "detail": "`memtrace bench` can run: x"}
+        "can_run": True,
+        "detail": "`memtrace bench` can run: x",
+    }
 
 
 # -- the JSON shape (docs/bench-json.md) ---------------------------------------------------------
@@ -373,28 +427,92 @@ def test_doctor_says_whether_bench_can_run(monkeypatch, capsys):
 _STR = (str, type(None))
 _NUM = (int, float, type(None))
 SCHEMA = {
-    "document": {"format": str, "version": int, "memtrace": str, "generated_at": str,
-                 "kernel": _STR, "user": dict, "device": dict, "frame_bytes": int, "runs": int,
-                 "pat": dict, "method": list, "mappings": list, "verdict": dict, "costs": list,
-                 "notes": list},
+    "document": {
+        "format": str,
+        "version": int,
+        "memtrace": str,
+        "generated_at": str,
+        "kernel": _STR,
+        "user": dict,
+        "device": dict,
+        "frame_bytes": int,
+        "runs": int,
+        "pat": dict,
+        "method": list,
+        "mappings": list,
+        "verdict": dict,
+        "costs": list,
+        "notes": list,
+    },
     "user": {"uid": int, "root": bool},
-    "device": {"slot": str, "id": str, "driver": _STR, "card": str, "fb": _STR,
-               "framebuffer_bar": (dict, type(None))},
-    "mapping": {"name": str, "kind": str, "path": _STR, "status": str, "reason": _STR,
-                "bytes": (int, type(None)), "placement": _STR, "physical": (dict, type(None)),
-                "requested": _STR, "granted": _STR, "effective": _STR, "type_source": _STR,
-                "effective_reasons": list, "writes": _STR, "figures": dict},
-    "figures": {"bytes": int, "runs": int, "median_mbps": _NUM, "min_mbps": _NUM,
-                "max_mbps": _NUM, "cv": _NUM, "median_ms": _NUM, "frame_ms": _NUM,
-                "ratio_to_wb": _NUM, "ratio_to_wc": _NUM, "durations_ns": list},
-    "verdict": {"honoured": (bool, type(None)), "text": str, "basis": (dict, type(None)),
-                "host": dict, "evidence": list, "thresholds": dict},
-    "basis": {"operation": str, "slow": str, "slow_type": str, "reference": str,
-              "reference_type": str, "ratio": (int, float)},
+    "device": {
+        "slot": str,
+        "id": str,
+        "driver": _STR,
+        "card": str,
+        "fb": _STR,
+        "framebuffer_bar": (dict, type(None)),
+    },
+    "mapping": {
+        "name": str,
+        "kind": str,
+        "path": _STR,
+        "status": str,
+        "reason": _STR,
+        "bytes": (int, type(None)),
+        "placement": _STR,
+        "physical": (dict, type(None)),
+        "requested": _STR,
+        "granted": _STR,
+        "effective": _STR,
+        "type_source": _STR,
+        "effective_reasons": list,
+        "writes": _STR,
+        "figures": dict,
+    },
+    "figures": {
+        "bytes": int,
+        "runs": int,
+        "median_mbps": _NUM,
+        "min_mbps": _NUM,
+        "max_mbps": _NUM,
+        "cv": _NUM,
+        "median_ms": _NUM,
+        "frame_ms": _NUM,
+        "ratio_to_wb": _NUM,
+        "ratio_to_wc": _NUM,
+        "durations_ns": list,
+    },
+    "verdict": {
+        "honoured": (bool, type(None)),
+        "text": str,
+        "basis": (dict, type(None)),
+        "host": dict,
+        "evidence": list,
+        "thresholds": dict,
+    },
+    "basis": {
+        "operation": str,
+        "slow": str,
+        "slow_type": str,
+        "reference": str,
+        "reference_type": str,
+        "ratio": (int, float),
+    },
     "host": {"kind": str, "name": str, "evidence": list},
-    "cost": {"start": str, "end": str, "granted": str, "effective": str, "device": _STR,
-             "measured_by": _STR, "frame_ms": _NUM, "reference": _STR,
-             "reference_frame_ms": _NUM, "times_slower": _NUM, "text": str},
+    "cost": {
+        "start": str,
+        "end": str,
+        "granted": str,
+        "effective": str,
+        "device": _STR,
+        "measured_by": _STR,
+        "frame_ms": _NUM,
+        "reference": _STR,
+        "reference_frame_ms": _NUM,
+        "times_slower": _NUM,
+        "text": str,
+    },
 }
 KINDS = {"anonymous", "dumb", "fbdev", "sysfs", "sysfs-wc"}
 STATUSES = {"measured", "skipped", "refused", "failed"}

@@ -24,26 +24,100 @@ from tests.builders import (
 from tests.conftest import FIXTURES
 
 HEADER = {
-    "memtrace": "0.1.0", "kernel": "6.1.0-56-amd64", "hostname": "lab-guest",
+    "memtrace": "0.1.0",
+    "kernel": "6.1.0-56-amd64",
+    "hostname": "lab-guest",
     "backend": {"name": "tracefs", "reason": "auto: bcc unusable (no kernel headers)"},
-    "pat_snapshot": [{"start": "0x7ffe0000", "end": "0x7ffe2000", "type": "WB"},
-                     {"start": "0xfed00000", "end": "0xfed01000", "type": "UC-"}],
-    "pat_snapshot_note": None, "workload": ["modprobe", "bochs"],
+    "pat_snapshot": [
+        {"start": "0x7ffe0000", "end": "0x7ffe2000", "type": "WB"},
+        {"start": "0xfed00000", "end": "0xfed01000", "type": "UC-"},
+    ],
+    "pat_snapshot_note": None,
+    "workload": ["modprobe", "bochs"],
 }
-JSON_KEYS = {"memtrace", "kernel", "source", "backend", "backend_reason", "traced",
-             "not_traced_reason", "events", "lost_events", "missed_returns", "pat_snapshot",
-             "notes", "conflicts", "slow_moves", "pat", "model_check", "workload",
-             "workload_status", "workload_exit_code", "workload_signal"}
-SLOW_KEYS = {"found", "description", "uncached_moves", "slow_moves", "bytes", "total_ns",
-             "cycles", "throughput_mbps", "wc_reference_mbps", "wc_reference_source",
-             "wc_moves", "estimated_wc_ns", "times_slower", "slow_factor", "moves", "conflicts"}
-SLOW_MOVE_KEYS = {"ts_ns", "fn", "probe", "comm", "pid", "memtype", "bytes", "duration_ns",
-                  "cycles"}
-CONFLICT_KEYS = {"kind", "start", "end", "requested", "granted", "granted_inferred", "count",
-                 "first_ns", "last_ns", "requester", "requesters", "holder", "device",
-                 "pci_id", "driver", "error", "kernel_message", "impact", "explanation",
-                 "remedy", "effective", "effective_reasons", "severity", "holders", "chain",
-                 "occurrences", "first_ts_ns", "last_ts_ns", "processes", "process_count"}
+JSON_KEYS = {
+    "memtrace",
+    "kernel",
+    "source",
+    "backend",
+    "backend_reason",
+    "traced",
+    "not_traced_reason",
+    "events",
+    "lost_events",
+    "missed_returns",
+    "pat_snapshot",
+    "notes",
+    "conflicts",
+    "slow_moves",
+    "pat",
+    "model_check",
+    "workload",
+    "workload_status",
+    "workload_exit_code",
+    "workload_signal",
+}
+SLOW_KEYS = {
+    "found",
+    "description",
+    "uncached_moves",
+    "slow_moves",
+    "bytes",
+    "total_ns",
+    "cycles",
+    "throughput_mbps",
+    "wc_reference_mbps",
+    "wc_reference_source",
+    "wc_moves",
+    "estimated_wc_ns",
+    "times_slower",
+    "slow_factor",
+    "moves",
+    "conflicts",
+}
+SLOW_MOVE_KEYS = {
+    "ts_ns",
+    "fn",
+    "probe",
+    "comm",
+    "pid",
+    "memtype",
+    "bytes",
+    "duration_ns",
+    "cycles",
+}
+CONFLICT_KEYS = {
+    "kind",
+    "start",
+    "end",
+    "requested",
+    "granted",
+    "granted_inferred",
+    "count",
+    "first_ns",
+    "last_ns",
+    "requester",
+    "requesters",
+    "holder",
+    "device",
+    "pci_id",
+    "driver",
+    "error",
+    "kernel_message",
+    "impact",
+    "explanation",
+    "remedy",
+    "effective",
+    "effective_reasons",
+    "severity",
+    "holders",
+    "chain",
+    "occurrences",
+    "first_ts_ns",
+    "last_ts_ns",
+    "processes",
+    "process_count",
+}
 
 
 def write_trace(path, events, lost=0, header=None, footer=None):
@@ -72,15 +146,20 @@ def test_text_report_of_the_bochs_trace(capsys, bochs_trace):
     assert "Events: 14, 0 lost, 0 returns missed." in out
     assert "1 conflict found." in out
     assert "1. downgrade WC -> UC- on fd000000-fd3e8000 (3.9 MiB)" in out
-    rows = {line.split()[0]: line.split() for line in out.splitlines()
-            if line.split()[:1] in (["requester"], ["holder"]) and "stack:" not in line}
+    rows = {
+        line.split()[0]: line.split()
+        for line in out.splitlines()
+        if line.split()[:1] in (["requester"], ["holder"]) and "stack:" not in line
+    }
     assert rows["holder"][1:6] == ["fd000000-fe000000", "UC-", "modprobe,", "pid", "175"]
     assert rows["holder"][6] == "bochs_pci_probe"
     assert "impact: 1 move, 3.9 MiB, 8.3 ms in total" in out
     flat = " ".join(out.split())
     assert 'commit 9388ccf69925 ("drm/bochs: use devm_ioremap_wc() to map framebuffer"' in flat
-    assert "requester stack: memtype_reserve <- __ioremap_caller <- " \
-           "ttm_kmap_iter_linear_io_init [ttm]" in flat
+    assert (
+        "requester stack: memtype_reserve <- __ioremap_caller <- "
+        "ttm_kmap_iter_linear_io_init [ttm]" in flat
+    )
 
 
 def test_json_report_is_one_documented_object(capsys, bochs_trace):
@@ -88,30 +167,50 @@ def test_json_report_is_one_documented_object(capsys, bochs_trace):
     assert status == EXIT_FINDINGS
     report = json.loads(out)
     assert set(report) == JSON_KEYS
-    assert (report["kernel"], report["backend"], report["events"], report["lost_events"]) == \
-        ("6.1.0-56-amd64", "tracefs", 14, 0)
+    assert (report["kernel"], report["backend"], report["events"], report["lost_events"]) == (
+        "6.1.0-56-amd64",
+        "tracefs",
+        14,
+        0,
+    )
     (conflict,) = report["conflicts"]
     assert set(conflict) == CONFLICT_KEYS
-    assert (conflict["kind"], conflict["start"], conflict["end"]) == \
-        ("downgrade", "0xfd000000", "0xfd3e8000")
+    assert (conflict["kind"], conflict["start"], conflict["end"]) == (
+        "downgrade",
+        "0xfd000000",
+        "0xfd3e8000",
+    )
     assert (conflict["requested"], conflict["granted"], conflict["count"]) == ("WC", "UC-", 2)
     assert (conflict["occurrences"], conflict["process_count"]) == (2, 2)
-    assert conflict["processes"] == [{"comm": "modprobe", "pid": 175},
-                                     {"comm": "kworker/0:1", "pid": 17}]
-    assert (conflict["first_ts_ns"], conflict["last_ts_ns"]) == \
-        (conflict["first_ns"], conflict["last_ns"])
+    assert conflict["processes"] == [
+        {"comm": "modprobe", "pid": 175},
+        {"comm": "kworker/0:1", "pid": 17},
+    ]
+    assert (conflict["first_ts_ns"], conflict["last_ts_ns"]) == (
+        conflict["first_ns"],
+        conflict["last_ns"],
+    )
     requester, holder = conflict["requester"], conflict["holder"]
     assert set(requester) == {"comm", "pid", "function", "stack", "mapped"}
     assert "ttm_kmap_iter_linear_io_init [ttm]" in requester["stack"]
     assert (holder["start"], holder["end"], holder["type"]) == ("0xfd000000", "0xfe000000", "UC-")
     assert "bochs" in holder["function"] and not holder["before_tracing"]
-    assert conflict["impact"] == {"moves": 1, "bytes": 0x3E8000, "total_ns": 8_260_000,
-                                  "median_ns": 8_260_000, "cycles": None}
+    assert conflict["impact"] == {
+        "moves": 1,
+        "bytes": 0x3E8000,
+        "total_ns": 8_260_000,
+        "median_ns": 8_260_000,
+        "cycles": None,
+    }
     assert conflict["device"] is None  # recorded on another machine
     # 8.3 ms for 3.9 MiB through UC- is not slow against the default WC reference.
     slow = report["slow_moves"]
-    assert (slow["found"], slow["slow_moves"], slow["uncached_moves"], slow["moves"]) == \
-        (False, 0, 1, [])
+    assert (slow["found"], slow["slow_moves"], slow["uncached_moves"], slow["moves"]) == (
+        False,
+        0,
+        1,
+        [],
+    )
     assert slow["wc_reference_source"] == "default"
 
 
@@ -123,8 +222,10 @@ def test_markdown_report_has_a_table_and_fenced_stacks(capsys, bochs_trace):
     assert "| requester | fd000000-fd3e8000 | WC" in out
     assert "**Remedy:**" in out and "**1 conflict found.**" in out
     assert "requester stack: memtype_reserve <- \\_\\_ioremap_caller <- " not in out
-    assert "requester stack: memtype_reserve <- __ioremap_caller <- " \
-           "ttm_kmap_iter_linear_io_init [ttm]" in out
+    assert (
+        "requester stack: memtype_reserve <- __ioremap_caller <- "
+        "ttm_kmap_iter_linear_io_init [ttm]" in out
+    )
     assert "Events: 14, 0 lost" in out
 
 
@@ -153,20 +254,21 @@ def test_lost_events_are_stated(capsys, tmp_path):
 
 
 def test_calls_without_a_stack_are_stated(capsys, tmp_path):
-    path = write_trace(tmp_path / "stackless.jsonl", bochs_events(),
-                       footer={"missing_stacks": 2})
+    path = write_trace(tmp_path / "stackless.jsonl", bochs_events(), footer={"missing_stacks": 2})
     _, out, _ = conflicts(capsys, "-i", path)
     assert "2 calls have no kernel stack (the BPF stack map was full" in " ".join(out.split())
     _, out, _ = conflicts(capsys, "-i", path, "--format", "json")
-    assert any(note.startswith("2 calls have no kernel stack")
-               for note in json.loads(out)["notes"])
+    assert any(note.startswith("2 calls have no kernel stack") for note in json.loads(out)["notes"])
     _, out, _ = conflicts(capsys, "-i", write_trace(tmp_path / "t.jsonl", bochs_events()))
     assert "no kernel stack" not in out
 
 
 def test_a_trace_without_snapshot_says_so(capsys, tmp_path):
-    path = write_trace(tmp_path / "nosnap.jsonl", bochs_events(),
-                       header={"pat_snapshot": None, "pat_snapshot_note": "debugfs not mounted"})
+    path = write_trace(
+        tmp_path / "nosnap.jsonl",
+        bochs_events(),
+        header={"pat_snapshot": None, "pat_snapshot_note": "debugfs not mounted"},
+    )
     _, out, _ = conflicts(capsys, "-i", path, "--format", "json")
     report = json.loads(out)
     assert report["pat_snapshot"] is None
@@ -188,7 +290,8 @@ def test_recorded_bochs_traces_show_the_seed_downgrade_and_the_user_mapping(caps
     assert report["lost_events"] == 0
     downgrade = [c for c in report["conflicts"] if c["kind"] == "downgrade"]
     assert [(c["start"], c["end"], c["requested"], c["granted"]) for c in downgrade] == [
-        ("0xfd000000", "0xfd3e8000", "WC", "UC-")]
+        ("0xfd000000", "0xfd3e8000", "WC", "UC-")
+    ]
     holder = downgrade[0]["holder"]
     assert (holder["start"], holder["end"], holder["type"]) == ("0xfd000000", "0xfe000000", "UC-")
     assert holder["function"].startswith("bochs_")
@@ -221,9 +324,10 @@ def test_slow_moves_are_a_finding_of_the_text_report(capsys, seed_trace):
     assert "1 conflict found; 1 buffer move ran slow on uncached memory." in out
     assert "2. slow buffer moves on UC-: 1 move, 3.9 MiB" in out
     flat = " ".join(out.split())
-    assert ("1 buffer move ran on UC- memory: 3.9 MiB in 1.24 s (3.3 MB/s); write-combined it "
-            "would take about 10.0 ms (WC moves in this trace: 409.6 MB/s), 124x faster."
-            ) in flat
+    assert (
+        "1 buffer move ran on UC- memory: 3.9 MiB in 1.24 s (3.3 MB/s); write-combined it "
+        "would take about 10.0 ms (WC moves in this trace: 409.6 MB/s), 124x faster."
+    ) in flat
     assert "The slow moves' mappings are the downgrade of conflict 1 above" in flat
     assert ("impact: 1 move, 3.9 MiB, 1.24 s in total, 2227.4M cycles") in flat
     (row,) = [line for line in out.splitlines() if line.startswith("   10.689 s  drm_gem_vram")]
@@ -240,15 +344,18 @@ def test_slow_moves_in_json_and_markdown(capsys, seed_trace):
     assert (slow["found"], slow["slow_moves"], slow["uncached_moves"]) == (True, 1, 1)
     assert (slow["bytes"], slow["total_ns"], slow["cycles"]) == (0x3E8000, UC_NS, UC_CYCLES)
     assert (slow["throughput_mbps"], slow["wc_reference_mbps"]) == (3.303, 409.6)
-    assert (slow["wc_reference_source"], slow["wc_moves"], slow["slow_factor"]) == \
-        ("trace", 1, 4.0)
+    assert (slow["wc_reference_source"], slow["wc_moves"], slow["slow_factor"]) == ("trace", 1, 4.0)
     assert (slow["estimated_wc_ns"], slow["times_slower"]) == (10_000_000, 124.0)
     assert slow["conflicts"] == [0] and report["conflicts"][0]["kind"] == "downgrade"
     assert slow["description"].startswith("1 buffer move ran on UC- memory: 3.9 MiB in 1.24 s")
     (moved,) = slow["moves"]
     assert set(moved) == SLOW_MOVE_KEYS
-    assert (moved["fn"], moved["memtype"], moved["bytes"], moved["duration_ns"]) == \
-        ("drm_gem_vram_bo_driver_move", "UC-", 0x3E8000, UC_NS)
+    assert (moved["fn"], moved["memtype"], moved["bytes"], moved["duration_ns"]) == (
+        "drm_gem_vram_bo_driver_move",
+        "UC-",
+        0x3E8000,
+        UC_NS,
+    )
     assert "write-combined it would take about 10.0 ms" in report["conflicts"][0]["explanation"]
     _, out, _ = conflicts(capsys, "-i", seed_trace, "--format", "markdown")
     assert "**1 conflict found; 1 buffer move ran slow on uncached memory.**" in out
@@ -259,10 +366,13 @@ def test_slow_moves_in_json_and_markdown(capsys, seed_trace):
 def test_the_wc_reference_and_the_slow_factor_can_be_set(capsys, tmp_path):
     path = write_trace(tmp_path / "uc-only.jsonl", seed_events(wc=False))
     report = json.loads(conflicts(capsys, "-i", path, "--format", "json")[1])
-    assert (report["slow_moves"]["wc_reference_source"],
-            report["slow_moves"]["wc_reference_mbps"]) == ("default", 409.6)
-    report = json.loads(conflicts(capsys, "-i", path, "--format", "json",
-                                  "--wc-reference", "2048")[1])
+    assert (
+        report["slow_moves"]["wc_reference_source"],
+        report["slow_moves"]["wc_reference_mbps"],
+    ) == ("default", 409.6)
+    report = json.loads(
+        conflicts(capsys, "-i", path, "--format", "json", "--wc-reference", "2048")[1]
+    )
     assert report["slow_moves"]["wc_reference_source"] == "user"
     assert report["slow_moves"]["estimated_wc_ns"] == 2_000_000
     _, out, _ = conflicts(capsys, "-i", path, "--slow-factor", "500")
@@ -271,8 +381,9 @@ def test_the_wc_reference_and_the_slow_factor_can_be_set(capsys, tmp_path):
 
 
 def test_slow_moves_without_a_conflict_still_exit_1(capsys, tmp_path):
-    path = write_trace(tmp_path / "uc.jsonl", seed_move(10_689_092_000, TTM_BO, "UC-", "UC-",
-                                                        UC_NS, UC_CYCLES))
+    path = write_trace(
+        tmp_path / "uc.jsonl", seed_move(10_689_092_000, TTM_BO, "UC-", "UC-", UC_NS, UC_CYCLES)
+    )
     status, out, _ = conflicts(capsys, "-i", path)
     assert status == EXIT_FINDINGS
     assert "No conflicts, but 1 buffer move ran slow on uncached memory." in out
@@ -280,21 +391,31 @@ def test_slow_moves_without_a_conflict_still_exit_1(capsys, tmp_path):
     assert "No conflict above explains it" in " ".join(out.split())
 
 
-@pytest.mark.parametrize("option, value, expected", [
-    ("--wc-reference", "0", "must be a number of MB/s from 0.001 to 10000000, e.g. 409.6, "
-                            "not '0'"),
-    ("--wc-reference", "abc", "must be a number of MB/s from 0.001 to 10000000, e.g. 409.6, "
-                              "not 'abc'"),
-    ("--wc-reference", "-5", "not '-5'"),
-    ("--wc-reference", "nan", "not 'nan'"),
-    ("--wc-reference", "5e-324", "not '5e-324'"),   # once an OverflowError in the analysis
-    ("--wc-reference", "inf", "not 'inf'"),
-    ("--slow-factor", "1", "must be a number above 1 and at most 1000000, e.g. 4, not '1'"),
-    ("--slow-factor", "x", "must be a number above 1 and at most 1000000, e.g. 4, not 'x'"),
-    ("--slow-factor", "1e309", "not '1e309'"),
-])
-def test_bad_reference_or_factor_is_refused_with_one_line(run_memtrace, seed_trace, option,
-                                                            value, expected):
+@pytest.mark.parametrize(
+    "option, value, expected",
+    [
+        (
+            "--wc-reference",
+            "0",
+            "must be a number of MB/s from 0.001 to 10000000, e.g. 409.6, not '0'",
+        ),
+        (
+            "--wc-reference",
+            "abc",
+            "must be a number of MB/s from 0.001 to 10000000, e.g. 409.6, not 'abc'",
+        ),
+        ("--wc-reference", "-5", "not '-5'"),
+        ("--wc-reference", "nan", "not 'nan'"),
+        ("--wc-reference", "5e-324", "not '5e-324'"),  # once an OverflowError in the analysis
+        ("--wc-reference", "inf", "not 'inf'"),
+        ("--slow-factor", "1", "must be a number above 1 and at most 1000000, e.g. 4, not '1'"),
+        ("--slow-factor", "x", "must be a number above 1 and at most 1000000, e.g. 4, not 'x'"),
+        ("--slow-factor", "1e309", "not '1e309'"),
+    ],
+)
+def test_bad_reference_or_factor_is_refused_with_one_line(
+    run_memtrace, seed_trace, option, value, expected
+):
     result = run_memtrace("conflicts", "-i", seed_trace, f"{option}={value}")
     assert result.returncode == EXIT_ERROR and result.stdout == ""
     assert result.stderr.count("\n") == 1 and expected in result.stderr
@@ -312,8 +433,9 @@ def test_the_seed_trace_from_the_command_line(run_memtrace, seed_trace):
 
 def test_output_file_is_private_and_not_replaced_without_force(capsys, bochs_trace, tmp_path):
     target = tmp_path / "report.md"
-    status, out, err = conflicts(capsys, "-i", bochs_trace, "--format", "markdown",
-                                 "-o", str(target))
+    status, out, err = conflicts(
+        capsys, "-i", bochs_trace, "--format", "markdown", "-o", str(target)
+    )
     assert status == EXIT_FINDINGS and out == "" and "report written" in err
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
     assert target.read_text().startswith("### memtrace conflicts")
@@ -366,16 +488,19 @@ def broken(tmp_path, how):
     return str(path)
 
 
-@pytest.mark.parametrize("how, expected", [
-    ("truncated", ":6: the last line is cut off; the file is truncated"),
-    ("corrupted", ":5: corrupted line"),
-    ("version", "has trace format version 99; this memtrace reads version 1"),
-    ("not-a-trace", "is not a memtrace trace (line 1 is not JSON)"),
-    ("bad-field", ":4: bad event: pid must be an integer"),
-    ("bad-snapshot", ":1: pat_snapshot entry 1 is not"),
-    ("bad-footer", ":16: bad lost_events: 'x'"),
-    ("no-footer", "has no footer after line 15"),
-])
+@pytest.mark.parametrize(
+    "how, expected",
+    [
+        ("truncated", ":6: the last line is cut off; the file is truncated"),
+        ("corrupted", ":5: corrupted line"),
+        ("version", "has trace format version 99; this memtrace reads version 1"),
+        ("not-a-trace", "is not a memtrace trace (line 1 is not JSON)"),
+        ("bad-field", ":4: bad event: pid must be an integer"),
+        ("bad-snapshot", ":1: pat_snapshot entry 1 is not"),
+        ("bad-footer", ":16: bad lost_events: 'x'"),
+        ("no-footer", "has no footer after line 15"),
+    ],
+)
 def test_bad_trace_files_give_one_line_and_exit_2(capsys, tmp_path, how, expected):
     status, out, err = conflicts(capsys, "-i", broken(tmp_path, how))
     assert status == EXIT_ERROR and out == ""
@@ -414,17 +539,23 @@ def _lacks_kprobes():
 
 
 skip_unless_no_kprobes = pytest.mark.skipif(
-    not _lacks_kprobes(), reason="the running kernel has kprobes; the static path is not taken")
+    not _lacks_kprobes(), reason="the running kernel has kprobes; the static path is not taken"
+)
 
 
 @skip_unless_no_kprobes
 def test_live_without_kprobes_reports_the_snapshot_and_why(capsys):
     status, out, err = conflicts(capsys, "--format", "json")
     if status == EXIT_ERROR:  # not root or no debugfs: the PAT list is unreadable too
-        assert ("could not trace" in err and "could not read the PAT reservations" in err
-                or err.endswith("tracing needs root, and so does reading the PAT "
-                                "reservations; run it with sudo, or give a recorded trace "
-                                "with -i\n"))
+        assert (
+            "could not trace" in err
+            and "could not read the PAT reservations" in err
+            or err.endswith(
+                "tracing needs root, and so does reading the PAT "
+                "reservations; run it with sudo, or give a recorded trace "
+                "with -i\n"
+            )
+        )
         return
     report = json.loads(out)
     assert not report["traced"] and report["backend"] is None

@@ -125,15 +125,19 @@ def _nopat_guest_features(tmp_path):
     root = str(tmp_path)
     release = build_lab_like(root)
     write(root, "/proc/cmdline", "root=hostroot ro nopat\n")
-    write(root, "/kernel-log", "x86/PAT: PAT support disabled via boot option.\n"
-          "x86/PAT: Configuration [0-7]: WB  WT  UC- UC  WB  WT  UC- UC  \n")
+    write(
+        root,
+        "/kernel-log",
+        "x86/PAT: PAT support disabled via boot option.\n"
+        "x86/PAT: Configuration [0-7]: WB  WT  UC- UC  WB  WT  UC- UC  \n",
+    )
     os.remove(os.path.join(root, "sys/kernel/debug/x86/pat_memtype_list"))
     return features.KernelFeatures(root=root, release=release, euid=0)
 
 
-def test_pat_off_is_a_warning_with_reason_evidence_and_what_it_costs(tmp_path, monkeypatch,
-                                                                     capsys):
+def test_pat_off_is_a_warning_with_reason_evidence_and_what_it_costs(tmp_path, monkeypatch, capsys):
     from memtrace.probes import features
+
     kernel = _nopat_guest_features(tmp_path)
     monkeypatch.setattr(features, "import_bcc", lambda: ("0.26.0", None))
     monkeypatch.setattr(features, "probe_cycle_counter", lambda: (None, "no PMU"))
@@ -143,11 +147,15 @@ def test_pat_off_is_a_warning_with_reason_evidence_and_what_it_costs(tmp_path, m
     lines = out.splitlines()
     pat = [i for i, line in enumerate(lines) if line.startswith("WARN  pat ")]
     assert pat, out
-    text = " ".join(line.strip() for line in lines[pat[0]:pat[0] + 12])
-    assert "PAT disabled (the kernel was booted with nopat; evidence: kernel log: x86/PAT: PAT " \
-           "support disabled via boot option.;" in text
-    assert "hint: tracing still works; with PAT off every write-combining request " \
-           "(ioremap_wc, WC mmaps) gets UC- page bits, so framebuffer copies run uncached" in text
+    text = " ".join(line.strip() for line in lines[pat[0] : pat[0] + 12])
+    assert (
+        "PAT disabled (the kernel was booted with nopat; evidence: kernel log: x86/PAT: PAT "
+        "support disabled via boot option.;" in text
+    )
+    assert (
+        "hint: tracing still works; with PAT off every write-combining request "
+        "(ioremap_wc, WC mmaps) gets UC- page bits, so framebuffer copies run uncached" in text
+    )
     assert "verdict: live probing possible" in out
     assert cli.main(["doctor", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -30,15 +30,23 @@ class FakeFeatures:
         table = _kallsyms_with_every_target()
         if ringbuf:  # BPF ring buffers (5.8): bcc's events go through one
             table._by_name["bpf_ringbuf_output"] = [
-                KernelSymbol(0xFFFFFFFF81100000, "T", "bpf_ringbuf_output", None)]
-        self.kallsyms = table if kallsyms else MemtraceError("cannot read /proc/kallsyms",
-                                                             "mount /proc")
+                KernelSymbol(0xFFFFFFFF81100000, "T", "bpf_ringbuf_output", None)
+            ]
+        self.kallsyms = (
+            table if kallsyms else MemtraceError("cannot read /proc/kallsyms", "mount /proc")
+        )
         self.symbol_source = SymbolSource(table) if kallsyms else None
         self.root_check = Check("root", OK, "running as root")
-        self.kprobes_check = Check("kprobes", OK if live else FAIL,
-                                   "kprobe_events" if live else "CONFIG_KPROBES is not set")
-        self.bcc_check = Check("bcc", OK if bcc else WARN,
-                               "bcc 0.26.0" if bcc else "bcc 0.26.0 imports, but no kernel headers")
+        self.kprobes_check = Check(
+            "kprobes",
+            OK if live else FAIL,
+            "kprobe_events" if live else "CONFIG_KPROBES is not set",
+        )
+        self.bcc_check = Check(
+            "bcc",
+            OK if bcc else WARN,
+            "bcc 0.26.0" if bcc else "bcc 0.26.0 imports, but no kernel headers",
+        )
         self.backends = {"bcc": live and bcc, "tracefs": live}
         self.live_probing = live
 
@@ -54,6 +62,7 @@ def _no_kernel(monkeypatch):
 
     def no_session(*_args, **_kwargs):
         raise AssertionError("--dump-program must not start a trace")
+
     monkeypatch.setattr("memtrace.probes.session.TraceSession", no_session)
     monkeypatch.setattr("memtrace.tools.record.TraceSession", no_session)
 
@@ -89,26 +98,34 @@ def test_bcc_dump_is_the_backends_program_with_its_flags_and_the_probe_table(mon
     assert "memtrace conflicts --dump-program" in comment and "nothing was attached" in comment
     assert "backend bcc (chosen with --backend)" in comment
     for index, probe in enumerate(plan.probes):
-        row = re.search(rf"^ \* {index}\s+{re.escape(probe.fn)}\s+{re.escape(probe.probe_name)}"
-                        rf"\s.*mt_entry_{index}/mt_return_{index}$", comment, re.M)
+        row = re.search(
+            rf"^ \* {index}\s+{re.escape(probe.fn)}\s+{re.escape(probe.probe_name)}"
+            rf"\s.*mt_entry_{index}/mt_return_{index}$",
+            comment,
+            re.M,
+        )
         assert row, (probe.fn, comment)
     assert "could not attach" not in comment
 
 
 def test_tracefs_dump_is_the_backends_lines_with_fallbacks_and_triggers(monkeypatch, capsys):
     _use(monkeypatch, FakeFeatures())
-    assert cli.main(["record", "-o", "unused.jsonl", "--dump-program",
-                     "--backend", "tracefs"]) == 0
+    assert cli.main(["record", "-o", "unused.jsonl", "--dump-program", "--backend", "tracefs"]) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line and not line.startswith("#")]
     expected = TracefsBackend(_plan(), None, {})
     assert lines == expected.program()
     group = expected.group
-    assert re.search(rf"^# before Linux 6.9 \(no \$argN at return\): "
-                     rf"r:{group}/memtype_reserve__ret memtype_reserve ret=\$retval:s32$",
-                     out, re.M)
-    assert (f"# then: echo stacktrace > instances/memtrace-{expected.pid}/events/{group}/"
-            "memtype_reserve/trigger") in out
+    assert re.search(
+        rf"^# before Linux 6.9 \(no \$argN at return\): "
+        rf"r:{group}/memtype_reserve__ret memtype_reserve ret=\$retval:s32$",
+        out,
+        re.M,
+    )
+    assert (
+        f"# then: echo stacktrace > instances/memtrace-{expected.pid}/events/{group}/"
+        "memtype_reserve/trigger"
+    ) in out
     assert "(>>, never >)" in out
     assert all(line.startswith(("p:", "r:")) for line in lines)
 
@@ -125,7 +142,8 @@ def test_every_tracing_command_dumps_and_runs_nothing(monkeypatch, capsys, tmp_p
     _use(monkeypatch, FakeFeatures())
     argv = [command, "--dump-program", "--backend", "tracefs"]
     argv += {"record": ["-o", str(tmp_path / "t.jsonl")], "latency": ["--fn", "ioremap_wc"]}.get(
-        command, [])
+        command, []
+    )
     marker = tmp_path / "ran"
     assert cli.main(argv + ["--", "touch", str(marker)]) == 0
     captured = capsys.readouterr()
@@ -152,8 +170,9 @@ def test_a_kernel_without_kprobes_still_gets_the_dump_and_one_note(monkeypatch, 
     assert "auto would choose it: bcc unusable" in captured.out
     assert any(line.startswith("p:") for line in captured.out.splitlines())
     notes = captured.err.strip().splitlines()
-    assert len(notes) == 1 and notes[0].startswith("memtrace conflicts: note: printed what "
-                                                   "tracefs would attach; a run could not")
+    assert len(notes) == 1 and notes[0].startswith(
+        "memtrace conflicts: note: printed what tracefs would attach; a run could not"
+    )
 
 
 def test_without_kernel_symbols_it_is_one_line_and_exit_2(monkeypatch, capsys):
@@ -173,8 +192,9 @@ def test_latency_sums_non_moves_in_the_kernel_as_a_run_would(monkeypatch, capsys
     assert re.search(r"^ \* 0\s+memtype_reserve\s.*\(summed in kernel\)", comment, re.M)
     assert "-DMT_NPROBES=1" in _cflags(comment)
     # --cycles needs every call: nothing summed.
-    cli.main(["latency", "--fn", "memtype_reserve", "--cycles", "--dump-program",
-              "--backend", "bcc"])
+    cli.main(
+        ["latency", "--fn", "memtype_reserve", "--cycles", "--dump-program", "--backend", "bcc"]
+    )
     comment, _ = _comment_and_code(capsys.readouterr().out)
     assert "-DMT_AGGREGATE" not in _cflags(comment) and "summed" not in comment
 

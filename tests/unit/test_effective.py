@@ -3,8 +3,14 @@
 import pytest
 
 from memtrace.analysis.effective import (
-    DEFAULT_LINUX_PAT, POWER_ON_PAT, SDM_EFFECTIVE, PatState, effective_type,
-    parse_pat_configuration, page_type, pat_state_from_header,
+    DEFAULT_LINUX_PAT,
+    POWER_ON_PAT,
+    SDM_EFFECTIVE,
+    PatState,
+    effective_type,
+    page_type,
+    parse_pat_configuration,
+    pat_state_from_header,
 )
 from memtrace.analysis.mtrr import MtrrRange, MtrrTable, parse_proc_mtrr
 
@@ -19,16 +25,36 @@ PAT_OFF = PatState(False, None, "PAT support disabled via boot option.")
 # Intel SDM vol. 3A, "Effective Page-Level Memory Types for Pentium III and More Recent
 # Processor Families": MTRR type, PAT entry type, effective type.
 SDM_TABLE = [
-    ("UC", "UC", "UC"), ("UC", "UC-", "UC"), ("UC", "WC", "WC"),
-    ("UC", "WT", "UC"), ("UC", "WB", "UC"), ("UC", "WP", "UC"),
-    ("WC", "UC", "UC"), ("WC", "UC-", "WC"), ("WC", "WC", "WC"),
-    ("WC", "WT", "UC"), ("WC", "WB", "WC"), ("WC", "WP", "UC"),
-    ("WT", "UC", "UC"), ("WT", "UC-", "UC"), ("WT", "WC", "WC"),
-    ("WT", "WT", "WT"), ("WT", "WB", "WT"), ("WT", "WP", "WP"),
-    ("WB", "UC", "UC"), ("WB", "UC-", "UC"), ("WB", "WC", "WC"),
-    ("WB", "WT", "WT"), ("WB", "WB", "WB"), ("WB", "WP", "WP"),
-    ("WP", "UC", "UC"), ("WP", "UC-", "WC"), ("WP", "WC", "WC"),
-    ("WP", "WT", "WT"), ("WP", "WB", "WP"), ("WP", "WP", "WP"),
+    ("UC", "UC", "UC"),
+    ("UC", "UC-", "UC"),
+    ("UC", "WC", "WC"),
+    ("UC", "WT", "UC"),
+    ("UC", "WB", "UC"),
+    ("UC", "WP", "UC"),
+    ("WC", "UC", "UC"),
+    ("WC", "UC-", "WC"),
+    ("WC", "WC", "WC"),
+    ("WC", "WT", "UC"),
+    ("WC", "WB", "WC"),
+    ("WC", "WP", "UC"),
+    ("WT", "UC", "UC"),
+    ("WT", "UC-", "UC"),
+    ("WT", "WC", "WC"),
+    ("WT", "WT", "WT"),
+    ("WT", "WB", "WT"),
+    ("WT", "WP", "WP"),
+    ("WB", "UC", "UC"),
+    ("WB", "UC-", "UC"),
+    ("WB", "WC", "WC"),
+    ("WB", "WT", "WT"),
+    ("WB", "WB", "WB"),
+    ("WB", "WP", "WP"),
+    ("WP", "UC", "UC"),
+    ("WP", "UC-", "WC"),
+    ("WP", "WC", "WC"),
+    ("WP", "WT", "WT"),
+    ("WP", "WB", "WP"),
+    ("WP", "WP", "WP"),
 ]
 
 
@@ -56,17 +82,25 @@ def test_sdm_table_has_exactly_the_30_cells():
 def test_parse_pat_configuration_reads_the_kernel_lines():
     assert parse_pat_configuration(LINUX_LINE) == DEFAULT_LINUX_PAT
     assert parse_pat_configuration("x86/PAT: " + POWER_ON_LINE) == POWER_ON_PAT
-    assert parse_pat_configuration("[    0.001000] x86/PAT: " + LINUX_LINE + "\n") \
-        == DEFAULT_LINUX_PAT
+    assert (
+        parse_pat_configuration("[    0.001000] x86/PAT: " + LINUX_LINE + "\n") == DEFAULT_LINUX_PAT
+    )
 
 
-@pytest.mark.parametrize("garbage", [
-    None, "", 7, "PAT support disabled via boot option.", "Configuration [0-7]:",
-    "Configuration [0-7]: WB  WC  UC- UC  WB  WP  UC-",
-    "Configuration [0-7]: WB  WC  UC- UC  WB  WP  UC- WT  WB",
-    "Configuration [0-7]: WB  WC  UC- UC  WB  XX  UC- WT",
-    "Configuration [0-7]: " + "WB " * 100000,
-])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        None,
+        "",
+        7,
+        "PAT support disabled via boot option.",
+        "Configuration [0-7]:",
+        "Configuration [0-7]: WB  WC  UC- UC  WB  WP  UC-",
+        "Configuration [0-7]: WB  WC  UC- UC  WB  WP  UC- WT  WB",
+        "Configuration [0-7]: WB  WC  UC- UC  WB  XX  UC- WT",
+        "Configuration [0-7]: " + "WB " * 100000,
+    ],
+)
 def test_parse_pat_configuration_rejects_anything_else(garbage):
     assert parse_pat_configuration(garbage) is None
 
@@ -84,9 +118,17 @@ def test_page_type_with_linux_pat_table_is_the_granted_type(mode):
     assert page_type(mode, PatState(None, None)) == (mode, None)
 
 
-@pytest.mark.parametrize("mode, page", [
-    ("WB", "WB"), ("WC", "UC-"), ("UC-", "UC-"), ("UC", "UC"), ("WT", "WT"), ("WP", "UC-"),
-])
+@pytest.mark.parametrize(
+    "mode, page",
+    [
+        ("WB", "WB"),
+        ("WC", "UC-"),
+        ("UC-", "UC-"),
+        ("UC", "UC"),
+        ("WT", "WT"),
+        ("WP", "UC-"),
+    ],
+)
 def test_page_type_with_pat_off_uses_the_power_on_table(mode, page):
     found, reason = page_type(mode, PAT_OFF)
     assert found == page
@@ -115,13 +157,23 @@ def test_page_type_leaves_an_unknown_mode_alone():
 
 
 def test_pat_state_from_a_new_header():
-    header = {"pat": {"enabled": False, "configuration": POWER_ON_LINE,
-                      "reason": "PAT support disabled via boot option.",
-                      "evidence": ["`nopat` on the kernel command line"]},
-              "pat_snapshot": [], "kernel_cmdline": "ro"}
+    header = {
+        "pat": {
+            "enabled": False,
+            "configuration": POWER_ON_LINE,
+            "reason": "PAT support disabled via boot option.",
+            "evidence": ["`nopat` on the kernel command line"],
+        },
+        "pat_snapshot": [],
+        "kernel_cmdline": "ro",
+    }
     state = pat_state_from_header(header)
-    assert state == PatState(False, POWER_ON_PAT, "PAT support disabled via boot option.",
-                             ("`nopat` on the kernel command line",))
+    assert state == PatState(
+        False,
+        POWER_ON_PAT,
+        "PAT support disabled via boot option.",
+        ("`nopat` on the kernel command line",),
+    )
 
 
 def test_a_malformed_pat_object_falls_back_to_the_old_fields():
@@ -131,8 +183,13 @@ def test_a_malformed_pat_object_falls_back_to_the_old_fields():
 
 
 def test_pat_state_from_an_old_header_with_nopat():
-    state = pat_state_from_header({"kernel_cmdline": "BOOT_IMAGE=/vmlinuz ro nopat quiet",
-                                   "cpu_flags": ["pat", "ss"], "pat_snapshot": None})
+    state = pat_state_from_header(
+        {
+            "kernel_cmdline": "BOOT_IMAGE=/vmlinuz ro nopat quiet",
+            "cpu_flags": ["pat", "ss"],
+            "pat_snapshot": None,
+        }
+    )
     assert state.enabled is False
     assert state.evidence == ("`nopat` on the kernel command line",)
     assert state.slots_in_use == POWER_ON_PAT
@@ -147,9 +204,13 @@ def test_pat_state_from_an_old_header_without_the_cpu_flag():
 
 
 def test_pat_state_from_an_old_header_with_snapshot_and_configuration_line():
-    state = pat_state_from_header({"pat_snapshot": [{"start": "0xfd000000",
-                                                     "end": "0xfe000000", "type": "UC-"}],
-                                   "pat_log": LINUX_LINE, "cpu_flags": ["pat"]})
+    state = pat_state_from_header(
+        {
+            "pat_snapshot": [{"start": "0xfd000000", "end": "0xfe000000", "type": "UC-"}],
+            "pat_log": LINUX_LINE,
+            "cpu_flags": ["pat"],
+        }
+    )
     assert (state.enabled, state.slots, state.reason) == (True, DEFAULT_LINUX_PAT, None)
     assert "the kernel's pat_memtype_list exists" in state.evidence
     assert any("Configuration [0-7]" in item for item in state.evidence)
@@ -170,16 +231,17 @@ def test_pat_state_without_evidence_is_unknown(header):
 def test_lab_uc_minus_over_the_uc_mtrr_is_uc():
     found = effective_type("UC-", *TTM_BO, PAT_ON, lab_mtrrs())
     assert (found.type, found.page_type, found.mtrr_type) == ("UC", "UC-", "UC")
-    assert found.reasons == ("MTRR reg00 c0000000-100000000 is UC: a UC- page there is UC "
-                             "(Intel SDM effective-type table)",)
+    assert found.reasons == (
+        "MTRR reg00 c0000000-100000000 is UC: a UC- page there is UC "
+        "(Intel SDM effective-type table)",
+    )
     assert [r.reg for r in found.mtrr_ranges] == [0]
     assert not found.pat_disabled
 
 
 def test_lab_wc_over_the_uc_mtrr_stays_wc():
     found = effective_type("WC", *TTM_BO, PAT_ON, lab_mtrrs())
-    assert (found.type, found.page_type, found.mtrr_type, found.reasons) == \
-        ("WC", "WC", "UC", ())
+    assert (found.type, found.page_type, found.mtrr_type, found.reasons) == ("WC", "WC", "UC", ())
 
 
 def test_lab_wc_with_pat_off_is_a_uc_minus_page_and_effectively_uc():
@@ -223,8 +285,9 @@ def test_unknown_mtrrs_leave_the_page_type_and_say_so_when_it_matters():
 
 
 def test_an_undefined_mtrr_overlap_is_taken_as_uc_and_said():
-    table = MtrrTable([MtrrRange(0, 0xFD000000, 16 * MB, "WB"),
-                       MtrrRange(1, 0xFD000000, 16 * MB, "WC")], "WB")
+    table = MtrrTable(
+        [MtrrRange(0, 0xFD000000, 16 * MB, "WB"), MtrrRange(1, 0xFD000000, 16 * MB, "WC")], "WB"
+    )
     found = effective_type("WB", *TTM_BO, PAT_ON, table)
     assert (found.type, found.mtrr_type) == ("UC", "UC")
     assert "undefined" in found.reasons[1] and "assumed UC" in found.reasons[1]
@@ -239,8 +302,9 @@ def test_disabled_mtrrs_are_named():
 
 def test_a_range_across_two_mtrr_types_takes_the_slowest_effective_type():
     # WT page: WT over the WT MTRR, UC over the WC one (the slowest MTRR type is WT).
-    table = MtrrTable([MtrrRange(0, 0xFD000000, MB, "WC"), MtrrRange(1, 0xFD100000, MB, "WT")],
-                      "WT")
+    table = MtrrTable(
+        [MtrrRange(0, 0xFD000000, MB, "WC"), MtrrRange(1, 0xFD100000, MB, "WT")], "WT"
+    )
     found = effective_type("WT", 0xFD000000, 0xFD200000, PAT_ON, table)
     assert (found.type, found.mtrr_type) == ("UC", "WT")
     assert [r.reg for r in found.mtrr_ranges] == [0]

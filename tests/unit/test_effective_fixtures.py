@@ -42,9 +42,12 @@ def test_the_oracle_refusal_names_the_wc_and_the_uc_minus_entry(capsys, series):
     _, report = conflicts_json(capsys, f"{series}-bcc-oracle.jsonl")
     (refusal,) = [c for c in report["conflicts"] if c["kind"] == "refused"]
     assert [(h["start"], h["end"], h["type"]) for h in refusal["holders"]] == [
-        ("0xfd000000", "0xfd001000", "WC"), ("0xfd001000", "0xfd002000", "UC-")]
+        ("0xfd000000", "0xfd001000", "WC"),
+        ("0xfd001000", "0xfd002000", "UC-"),
+    ]
     assert refusal["kernel_message"].endswith(
-        "conflicting memory types fd000000-fd002000 write-combining<->uncached-minus")
+        "conflicting memory types fd000000-fd002000 write-combining<->uncached-minus"
+    )
     assert refusal["requester"]["mapped"] == "resource0 of 0000:00:02.0"
     # The chain of the seed's downgrade: bochs first, then TTM and python3 adopted UC-.
     (downgrade,) = [c for c in report["conflicts"] if c["kind"] == "downgrade"]
@@ -60,10 +63,12 @@ def test_a_nopat_trace_reports_pat_off_as_the_cause(capsys, series):
     assert status == EXIT_FINDINGS
     assert report["pat"]["enabled"] is False and "nopat" in report["pat"]["reason"]
     (finding,) = report["conflicts"]
-    assert (finding["kind"], finding["start"], finding["end"]) == \
-        ("pat-disabled", "0xfd000000", "0xfd3e8000")
-    assert (finding["requested"], finding["granted"], finding["effective"]) == \
-        ("WC", "WC", "UC")
+    assert (finding["kind"], finding["start"], finding["end"]) == (
+        "pat-disabled",
+        "0xfd000000",
+        "0xfd3e8000",
+    )
+    assert (finding["requested"], finding["granted"], finding["effective"]) == ("WC", "WC", "UC")
     assert finding["impact"]["moves"] >= 1
     assert report["model_check"] is None
 
@@ -81,10 +86,19 @@ def test_a_wc_mtrr_added_during_the_trace_turns_pat_off_into_warnings(capsys, se
 
 @pytest.mark.parametrize("series", SERIES)
 def test_latency_of_the_nopat_move_is_on_uc_and_names_pat_off(capsys, series):
-    status = main(["latency", "-i", os.path.join(TRACES, f"{series}-tracefs-nopat.jsonl"),
-                   "--fn", "drm_gem_vram_bo_driver_move", "--format", "json"])
+    status = main(
+        [
+            "latency",
+            "-i",
+            os.path.join(TRACES, f"{series}-tracefs-nopat.jsonl"),
+            "--fn",
+            "drm_gem_vram_bo_driver_move",
+            "--format",
+            "json",
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
-    assert status == EXIT_OK   # TCG: nothing is slow
+    assert status == EXIT_OK  # TCG: nothing is slow
     typed = [f for f in report["functions"] if f["memtype"] is not None]
     assert typed and all((f["memtype"], f["granted"]) == ("UC", "WC") for f in typed)
     assert [c["kind"] for c in report["causes"]] == ["pat-disabled"]

@@ -192,8 +192,11 @@ def test_pat_enabled_counts_tracked_ranges(lab_like):
 
 def test_pat_enabled_names_the_configuration_line(tmp_path, no_hardware):
     release = build_lab_like(str(tmp_path))
-    write(str(tmp_path), "/kernel-log",
-          "x86/PAT: Configuration [0-7]: WB  WC  UC- UC  WB  WP  UC- WT  \n")
+    write(
+        str(tmp_path),
+        "/kernel-log",
+        "x86/PAT: Configuration [0-7]: WB  WC  UC- UC  WB  WP  UC- WT  \n",
+    )
     check = KernelFeatures(root=str(tmp_path), release=release, euid=0).pat_check
     assert check.status == OK
     assert "x86/PAT: Configuration [0-7]: WB  WC  UC- UC  WB  WP  UC- WT;" in check.detail
@@ -203,8 +206,12 @@ def _nopat_guest(root):
     """A lab guest booted with nopat: the kernel said so, and made no pat_memtype_list."""
     release = build_lab_like(root)
     write(root, "/proc/cmdline", "root=/dev/root nopat\n")
-    write(root, "/kernel-log", "x86/PAT: PAT support disabled via boot option.\n"
-          "x86/PAT: Configuration [0-7]: WB  WT  UC- UC  WB  WT  UC- UC  \n")
+    write(
+        root,
+        "/kernel-log",
+        "x86/PAT: PAT support disabled via boot option.\n"
+        "x86/PAT: Configuration [0-7]: WB  WT  UC- UC  WB  WT  UC- UC  \n",
+    )
     os.remove(os.path.join(root, "sys/kernel/debug/x86/pat_memtype_list"))
     return release
 
@@ -214,12 +221,16 @@ def test_nopat_warns_with_the_reason_and_evidence_and_does_not_fail(tmp_path, no
     kernel = KernelFeatures(root=str(tmp_path), release=release, euid=0)
     check = kernel.pat_check
     assert check.status == WARN
-    assert check.detail.startswith("PAT disabled (the kernel was booted with nopat; evidence: "
-                                   "kernel log: x86/PAT: PAT support disabled via boot option.")
+    assert check.detail.startswith(
+        "PAT disabled (the kernel was booted with nopat; evidence: "
+        "kernel log: x86/PAT: PAT support disabled via boot option."
+    )
     assert "/proc/cmdline has nopat" in check.detail
     assert "no x86/pat_memtype_list" in check.detail
-    assert check.hint.startswith("tracing still works; with PAT off every write-combining "
-                                 "request (ioremap_wc, WC mmaps) gets UC- page bits")
+    assert check.hint.startswith(
+        "tracing still works; with PAT off every write-combining "
+        "request (ioremap_wc, WC mmaps) gets UC- page bits"
+    )
     assert "arch_phys_wc_add gets WC through an MTRR" in check.hint
     assert kernel.live_probing and "live probing possible" in kernel.verdict()
 
@@ -400,6 +411,7 @@ def test_ensure_mounted_mounts_in_a_private_namespace():
 
 # -- process watch: tried for real on the running kernel -------------------------------------
 
+
 class _Watcher:
     """Stands in for ProcessWatcher: fails to start with ``error``, else reports ``stats``."""
 
@@ -421,6 +433,7 @@ class _Watcher:
 
 def _running(monkeypatch, error=None, stats=None):
     from memtrace.probes import process_watch
+
     monkeypatch.setattr(_Watcher, "error", error)
     monkeypatch.setattr(_Watcher, "stats_given", stats)
     monkeypatch.setattr(_Watcher, "stopped", 0)
@@ -430,8 +443,13 @@ def _running(monkeypatch, error=None, stats=None):
 
 def test_process_watch_refused_is_a_warning_with_what_it_costs(monkeypatch):
     from memtrace.probes.process_watch import NEEDS_ROOT_HINT, ProcessWatchUnavailable
-    check = _running(monkeypatch, error=ProcessWatchUnavailable(
-        "process connector: not allowed to subscribe", NEEDS_ROOT_HINT))
+
+    check = _running(
+        monkeypatch,
+        error=ProcessWatchUnavailable(
+            "process connector: not allowed to subscribe", NEEDS_ROOT_HINT
+        ),
+    )
     assert check.status == WARN and check.detail == "process connector: not allowed to subscribe"
     assert check.hint == f"{NEEDS_ROOT_HINT}; reports cannot show restart loops"
     assert _Watcher.stopped == 1
@@ -439,9 +457,18 @@ def test_process_watch_refused_is_a_warning_with_what_it_costs(monkeypatch):
 
 def test_process_watch_without_taskstats_is_information(monkeypatch):
     ok = {"status": "ok", "reason": None}
-    check = _running(monkeypatch, stats=dict(ok, uevents=ok, exit_names={
-        "status": "unavailable", "reason": "exit names (taskstats): this kernel has no "
-        "taskstats family (built without CONFIG_TASKSTATS)"}))
+    check = _running(
+        monkeypatch,
+        stats=dict(
+            ok,
+            uevents=ok,
+            exit_names={
+                "status": "unavailable",
+                "reason": "exit names (taskstats): this kernel has no "
+                "taskstats family (built without CONFIG_TASKSTATS)",
+            },
+        ),
+    )
     assert check.status == INFO
     assert check.detail.startswith("process connector ok; exit names (taskstats): ")
     assert _Watcher.stopped == 1
@@ -454,6 +481,7 @@ def test_process_watch_is_not_tried_on_another_machines_tree(host_like):
 
 def test_process_watch_on_this_machine():
     from memtrace.probes.process_watch import ProcessWatcher, ProcessWatchUnavailable
+
     try:
         ProcessWatcher(uevents=False, exit_names=False).start().stop()
     except ProcessWatchUnavailable as err:

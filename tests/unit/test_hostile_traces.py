@@ -11,10 +11,23 @@ import pytest
 from memtrace.errors import EXIT_ERROR
 from memtrace.tools.cli import main
 
-HEADER = {"type": "header", "format": "memtrace-trace", "version": 1, "kernel": "6.12",
-          "pat_snapshot": []}
-GOOD = {"type": "event", "ts_ns": 1, "fn": "memtype_reserve", "role": "reserve",
-        "start": "0xfd000000", "end": "0xfd3e8000", "requested": "WC", "granted": "UC-"}
+HEADER = {
+    "type": "header",
+    "format": "memtrace-trace",
+    "version": 1,
+    "kernel": "6.12",
+    "pat_snapshot": [],
+}
+GOOD = {
+    "type": "event",
+    "ts_ns": 1,
+    "fn": "memtype_reserve",
+    "role": "reserve",
+    "start": "0xfd000000",
+    "end": "0xfd3e8000",
+    "requested": "WC",
+    "granted": "UC-",
+}
 FOOTER = {"type": "footer", "lost_events": 0}
 
 
@@ -49,11 +62,13 @@ BAD_EVENTS = {
     "negative duration": (dict(GOOD, duration_ns=-5), "duration_ns must not be negative"),
     "boolean time": (dict(GOOD, ts_ns=True), "ts_ns must be an integer"),
     "float address": (dict(GOOD, start=4244635648.5), "start must be a hex string"),
-    "reversed range": (dict(GOOD, start="0xfe000000", end="0xfd000000"),
-                       "start must not be after end"),
+    "reversed range": (
+        dict(GOOD, start="0xfe000000", end="0xfd000000"),
+        "start must not be after end",
+    ),
     "negative address": (dict(GOOD, start=-4096), "start must be between 0 and 2**64"),
     "2000-digit hex": (dict(GOOD, start="0x" + "f" * 2000), "at most 64 bits"),
-    "huge integer": (dict(GOOD, duration_ns=10 ** 30), "out of the 64-bit range"),
+    "huge integer": (dict(GOOD, duration_ns=10**30), "out of the 64-bit range"),
     "stack of numbers": (dict(GOOD, stack=[1, 2]), "stack must be a list of strings"),
 }
 
@@ -70,13 +85,16 @@ def test_a_bad_event_is_one_line_naming_line_and_field(capsys, tmp_path, case, c
 
 RAW_LINES = {
     "deep nesting": (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
-    "5000-digit integer": (b'{"type": "event", "ts_ns": ' + b"9" * 5000 + b', "fn": "f"}',
-                           "corrupted line"),
-    "Infinity": (b'{"type": "event", "ts_ns": 1, "fn": "f", "start": Infinity}',
-                 "corrupted line"),
+    "5000-digit integer": (
+        b'{"type": "event", "ts_ns": ' + b"9" * 5000 + b', "fn": "f"}',
+        "corrupted line",
+    ),
+    "Infinity": (b'{"type": "event", "ts_ns": 1, "fn": "f", "start": Infinity}', "corrupted line"),
     "NaN": (b'{"type": "event", "ts_ns": NaN, "fn": "f"}', "corrupted line"),
-    "1e999": (b'{"type": "event", "ts_ns": 1, "fn": "f", "duration_ns": 1e999}',
-              "duration_ns must be an integer"),
+    "1e999": (
+        b'{"type": "event", "ts_ns": 1, "fn": "f", "duration_ns": 1e999}',
+        "duration_ns must be an integer",
+    ),
 }
 
 
@@ -92,8 +110,11 @@ def test_a_fifo_without_a_writer_is_refused_not_waited_for(capsys, tmp_path):
     fifo = tmp_path / "trace.fifo"
     os.mkfifo(fifo)
     result = {}
-    worker = threading.Thread(target=lambda: result.update(
-        zip(("status", "out", "err"), run(capsys, "conflicts", "-i", str(fifo)))))
+    worker = threading.Thread(
+        target=lambda: result.update(
+            zip(("status", "out", "err"), run(capsys, "conflicts", "-i", str(fifo)))
+        )
+    )
     worker.start()
     worker.join(timeout=10)
     if worker.is_alive():  # unblock the reader so the test process can end, then fail
@@ -101,8 +122,7 @@ def test_a_fifo_without_a_writer_is_refused_not_waited_for(capsys, tmp_path):
             pass
         worker.join()
         pytest.fail("memtrace blocked on a FIFO with no writer")
-    assert_one_line_error(result["status"], result["out"], result["err"],
-                          "not a regular file")
+    assert_one_line_error(result["status"], result["out"], result["err"], "not a regular file")
 
 
 @pytest.mark.parametrize("device", ["/dev/zero", "/dev/null"])
@@ -113,6 +133,7 @@ def test_a_device_is_refused_before_reading(capsys, device):
 
 def test_an_endless_line_is_refused_at_the_limit(capsys, tmp_path):
     from memtrace.tracefile import MAX_LINE
+
     path = tmp_path / "long.jsonl"
     with open(path, "wb") as out:
         out.write(json.dumps(HEADER).encode() + b"\n")
@@ -133,7 +154,7 @@ def test_output_onto_the_input_is_refused_and_the_input_kept(capsys, tmp_path, c
     path = good_trace(tmp_path)
     before = open(path, "rb").read()
     link = tmp_path / "other-name.jsonl"
-    os.link(path, link)   # the same file under another name: compared by inode
+    os.link(path, link)  # the same file under another name: compared by inode
     extra = ["--fn", "memtype_reserve"] if command == "latency" else []
     for output in (path, str(link)):
         status, out, err = run(capsys, command, "-i", path, "-o", output, "--force", *extra)
@@ -153,10 +174,11 @@ def test_force_with_bad_input_keeps_the_previous_report(capsys, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if "memtrace-tmp" in p.name] == []
 
 
-def test_a_full_disk_is_one_line_and_the_previous_report_is_intact(capsys, tmp_path,
-                                                                   monkeypatch):
+def test_a_full_disk_is_one_line_and_the_previous_report_is_intact(capsys, tmp_path, monkeypatch):
     import errno
+
     from memtrace import safefile
+
     report = tmp_path / "report.md"
     report.write_bytes(b"the previous report\n")
     real_write = safefile.AtomicOutput.write
@@ -174,9 +196,11 @@ def test_a_full_disk_is_one_line_and_the_previous_report_is_intact(capsys, tmp_p
     def write_on_full_disk(self, data):
         self.stream = FullStream(self.stream)
         return real_write(self, data)
+
     monkeypatch.setattr(safefile.AtomicOutput, "write", write_on_full_disk)
-    status, out, err = run(capsys, "conflicts", "-i", good_trace(tmp_path), "-o", str(report),
-                           "--force")
+    status, out, err = run(
+        capsys, "conflicts", "-i", good_trace(tmp_path), "-o", str(report), "--force"
+    )
     assert_one_line_error(status, out, err, "No space left on device")
     assert report.read_bytes() == b"the previous report\n"
     assert [p.name for p in tmp_path.iterdir() if "memtrace-tmp" in p.name] == []

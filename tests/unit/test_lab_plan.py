@@ -53,8 +53,7 @@ def test_kernel_selection_by_series_and_release(tmp_path):
 @pytest.mark.parametrize("device", qemu.DISPLAY_DEVICES)
 def test_device_replaces_the_vga_one_and_takes_the_first_free_slot(tmp_path, device):
     kernel = kernels.LabKernel("6.12.117+deb12-amd64", "/boot/vmlinuz-x", "/lib/modules/x")
-    cmd = qemu.qemu_command(kernel, "/cache/initrd", str(tmp_path), [], vga="none",
-                            device=device)
+    cmd = qemu.qemu_command(kernel, "/cache/initrd", str(tmp_path), [], vga="none", device=device)
     assert cmd[cmd.index("-vga") + 1] == "none"
     assert cmd[cmd.index("-device") + 1] == device
     # Added before the 9p devices, it gets 00:02.0 as a -vga device does.
@@ -64,11 +63,13 @@ def test_device_replaces_the_vga_one_and_takes_the_first_free_slot(tmp_path, dev
 def test_device_with_a_vga_model_or_unknown_is_refused(tmp_path):
     kernel = kernels.LabKernel("6.12.117+deb12-amd64", "/boot/vmlinuz-x", "/lib/modules/x")
     with pytest.raises(LabError, match="both add a display device"):
-        qemu.qemu_command(kernel, "/cache/initrd", str(tmp_path), [], vga="std",
-                          device="virtio-vga")
+        qemu.qemu_command(
+            kernel, "/cache/initrd", str(tmp_path), [], vga="std", device="virtio-vga"
+        )
     with pytest.raises(LabError, match="unknown --device 'vmware-svga'"):
-        qemu.qemu_command(kernel, "/cache/initrd", str(tmp_path), [], vga="none",
-                          device="vmware-svga")
+        qemu.qemu_command(
+            kernel, "/cache/initrd", str(tmp_path), [], vga="none", device="vmware-svga"
+        )
 
 
 def test_lab_refuses_a_vga_model_and_a_device_together(run_memtrace):

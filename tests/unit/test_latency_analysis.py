@@ -40,7 +40,13 @@ def rows_of(events, names, measure="ns"):
 
 def test_slot_bounds_of_the_first_slots():
     assert [slot_bounds(slot) for slot in range(6)] == [
-        (0, 0), (1, 1), (2, 3), (4, 7), (8, 15), (16, 31)]
+        (0, 0),
+        (1, 1),
+        (2, 3),
+        (4, 7),
+        (8, 15),
+        (16, 31),
+    ]
 
 
 def test_every_value_lies_in_the_bounds_of_its_slot():
@@ -72,10 +78,15 @@ def test_distribution_matches_a_brute_force_count():
     values = [int(rng.lognormvariate(10, 3)) for _ in range(5_003)] + [0, 0, 1]
     spread = distribution(values)
     ordered = sorted(values)
-    assert (spread.count, spread.min, spread.max, spread.total) == \
-        (len(values), ordered[0], ordered[-1], sum(values))
+    assert (spread.count, spread.min, spread.max, spread.total) == (
+        len(values),
+        ordered[0],
+        ordered[-1],
+        sum(values),
+    )
     assert (spread.p50, spread.p90, spread.p99) == tuple(
-        ordered[math.ceil(f * len(values)) - 1] for f in (0.5, 0.9, 0.99))
+        ordered[math.ceil(f * len(values)) - 1] for f in (0.5, 0.9, 0.99)
+    )
     counts = {}
     for value in values:
         counts[value.bit_length()] = counts.get(value.bit_length(), 0) + 1
@@ -85,8 +96,14 @@ def test_distribution_matches_a_brute_force_count():
 
 def test_an_empty_distribution_has_no_percentiles():
     empty = distribution([])
-    assert (empty.count, empty.min, empty.p50, empty.max, empty.total, empty.histogram) == \
-        (0, None, None, None, 0, ())
+    assert (empty.count, empty.min, empty.p50, empty.max, empty.total, empty.histogram) == (
+        0,
+        None,
+        None,
+        None,
+        0,
+        (),
+    )
 
 
 def test_a_million_values_are_all_counted():
@@ -121,8 +138,7 @@ def test_a_histogram_built_from_the_values_agrees_with_the_exact_distribution():
     rng = random.Random(11)
     values = [rng.randrange(0, 10**6) for _ in range(2_000)]
     exact = distribution(values)
-    binned = distribution_from_histogram(dict(exact.histogram), exact.total,
-                                         exact.min, exact.max)
+    binned = distribution_from_histogram(dict(exact.histogram), exact.total, exact.min, exact.max)
     assert binned.histogram == exact.histogram and binned.count == exact.count
     for name in ("p50", "p90", "p99"):
         low, high = slot_bounds(log2_slot(getattr(exact, name)))
@@ -137,12 +153,27 @@ def test_merge_and_subtract_histograms():
 
 
 def test_a_row_from_an_in_kernel_histogram():
-    row = row_from_histogram("memtype_reserve", "memtype_reserve", {12: 30, 13: 7}, 190_000,
-                             37, minimum=3_000, maximum=9_100)
-    assert (row.fn, row.mover, row.memtype, row.measure, row.missing) == \
-        ("memtype_reserve", False, None, "ns", 0)
-    assert (row.distribution.count, row.distribution.p50, row.distribution.p99) == \
-        (37, 4_095, 8_191)
+    row = row_from_histogram(
+        "memtype_reserve",
+        "memtype_reserve",
+        {12: 30, 13: 7},
+        190_000,
+        37,
+        minimum=3_000,
+        maximum=9_100,
+    )
+    assert (row.fn, row.mover, row.memtype, row.measure, row.missing) == (
+        "memtype_reserve",
+        False,
+        None,
+        "ns",
+        0,
+    )
+    assert (row.distribution.count, row.distribution.p50, row.distribution.p99) == (
+        37,
+        4_095,
+        8_191,
+    )
     assert (row.bytes, row.calls_with_bytes, row.throughput_mbps) == (None, 0, None)
 
 
@@ -158,10 +189,18 @@ def test_units_and_throughput():
 
 def test_seed_moves_give_a_wc_row_and_a_uc_row_with_their_throughput():
     wc, uc = rows_of(seed_events(), {MOVER})
-    assert (wc.fn, wc.probe, wc.mover, wc.memtype) == \
-        (MOVER, "drm_vram_helper:bo_driver_move", True, "WC")
-    assert (uc.memtype, uc.distribution.count, uc.bytes, uc.calls_with_bytes) == \
-        ("UC-", 1, 4_096_000, 1)
+    assert (wc.fn, wc.probe, wc.mover, wc.memtype) == (
+        MOVER,
+        "drm_vram_helper:bo_driver_move",
+        True,
+        "WC",
+    )
+    assert (uc.memtype, uc.distribution.count, uc.bytes, uc.calls_with_bytes) == (
+        "UC-",
+        1,
+        4_096_000,
+        1,
+    )
     assert uc.distribution.p50 == uc.distribution.max == UC_NS
     assert round(uc.throughput_mbps, 2) == 3.30
     assert (wc.distribution.count, wc.bytes, wc.distribution.p99) == (1, 4_096_000, WC_NS)
@@ -174,14 +213,18 @@ def test_cycles_rows_say_where_the_cycles_came_from():
     assert wc.distribution.total == WC_CYCLES and wc.missing == 0
     inner = rows_of(seed_events(), {"ttm_move_memcpy"}, measure="cycles")
     assert [(r.memtype, r.missing, r.distribution.count, r.cycles_source) for r in inner] == [
-        ("WC", 1, 0, None), ("UC-", 1, 0, None)]
+        ("WC", 1, 0, None),
+        ("UC-", 1, 0, None),
+    ]
     with pytest.raises(ValueError):
         rows_of(seed_events(), {MOVER}, measure="ms")
 
 
 def test_mixed_cycle_sources_are_named_both():
-    events = [move(1_000, "ttm_move_memcpy", 500, cycles=1_300, cycles_source="pmu"),
-              move(5_000, "ttm_move_memcpy", 700, cycles=1_800, cycles_source="tsc")]
+    events = [
+        move(1_000, "ttm_move_memcpy", 500, cycles=1_300, cycles_source="pmu"),
+        move(5_000, "ttm_move_memcpy", 700, cycles=1_800, cycles_source="tsc"),
+    ]
     (row,) = latency_rows(events, find_moves(events), measure="cycles")
     assert row.cycles_source == "pmu+tsc" and row.memtype is None
 
@@ -191,8 +234,12 @@ def test_rows_follow_the_functions_first_seen_then_fastest_type_first():
     names = {MOVER, "ttm_move_memcpy", "memtype_reserve"}
     rows = rows_of(events, names)
     assert [(r.fn, r.memtype, r.mover) for r in rows] == [
-        ("memtype_reserve", None, False), (MOVER, "WC", True), (MOVER, "UC-", True),
-        ("ttm_move_memcpy", "WC", True), ("ttm_move_memcpy", "UC-", True)]
+        ("memtype_reserve", None, False),
+        (MOVER, "WC", True),
+        (MOVER, "UC-", True),
+        ("ttm_move_memcpy", "WC", True),
+        ("ttm_move_memcpy", "UC-", True),
+    ]
     reserves = rows[0]
     assert reserves.distribution.count == 4 and reserves.bytes is None
     # The caller's order does not matter; time does.
@@ -219,8 +266,9 @@ def test_non_movers_have_no_type_even_inside_a_move():
 # -- recorded lab traces (tests/fixtures/traces/README.md) ------------------------------------
 
 
-@pytest.mark.parametrize("name", ["6.12-bcc-bochs", "6.12-tracefs-bochs", "6.1-bcc-bochs",
-                                  "6.1-tracefs-bochs"])
+@pytest.mark.parametrize(
+    "name", ["6.12-bcc-bochs", "6.12-tracefs-bochs", "6.1-bcc-bochs", "6.1-tracefs-bochs"]
+)
 def test_recorded_bochs_moves_ran_on_uc_minus(name):
     events = read_trace(os.path.join(TRACES, f"{name}.jsonl")).events
     rows = rows_of(events, {MOVER, "ttm_move_memcpy", "ttm_bo_move_memcpy"})

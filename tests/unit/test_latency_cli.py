@@ -33,58 +33,148 @@ TRACES = os.path.join(FIXTURES, "traces")
 BCC_612 = os.path.join(TRACES, "6.12-bcc-bochs.jsonl")
 TRACEFS_61 = os.path.join(TRACES, "6.1-tracefs-bochs.jsonl")
 QXL_61 = os.path.join(TRACES, "6.1-tracefs-qxl.jsonl")
-INLINED_NOTE = ("drm_gem_vram_bo_driver_move: probed as drm_vram_helper:bo_driver_move "
-                "(inlined there on this kernel)")
+INLINED_NOTE = (
+    "drm_gem_vram_bo_driver_move: probed as drm_vram_helper:bo_driver_move "
+    "(inlined there on this kernel)"
+)
 
-INLINED = {"requested": "drm_gem_vram_bo_driver_move", "probed": "drm_vram_helper:bo_driver_move",
-           "how": "inlined into caller", "loaded": False, "offsets_from": "btf",
-           "explanation": "drm_gem_vram_bo_driver_move is static and its only caller is the "
-                          "TTM callback bo_driver_move, which inlines it"}
+INLINED = {
+    "requested": "drm_gem_vram_bo_driver_move",
+    "probed": "drm_vram_helper:bo_driver_move",
+    "how": "inlined into caller",
+    "loaded": False,
+    "offsets_from": "btf",
+    "explanation": "drm_gem_vram_bo_driver_move is static and its only caller is the "
+    "TTM callback bo_driver_move, which inlines it",
+}
 HEADER = {
-    "memtrace": "0.1.0", "kernel": "6.1.0-56-amd64", "hostname": "kvm-guest",
+    "memtrace": "0.1.0",
+    "kernel": "6.1.0-56-amd64",
+    "hostname": "kvm-guest",
     "backend": {"name": "bcc", "reason": "auto: bcc imports and kernel headers are present"},
-    "pat_snapshot": [], "pat_snapshot_note": None, "workload": ["modprobe", "bochs"],
-    "probes": [{"requested": "memtype_reserve", "probed": "memtype_reserve", "how": "exact",
-                "loaded": True, "explanation": "", "offsets_from": "none"}, INLINED],
+    "pat_snapshot": [],
+    "pat_snapshot_note": None,
+    "workload": ["modprobe", "bochs"],
+    "probes": [
+        {
+            "requested": "memtype_reserve",
+            "probed": "memtype_reserve",
+            "how": "exact",
+            "loaded": True,
+            "explanation": "",
+            "offsets_from": "none",
+        },
+        INLINED,
+    ],
 }
 
 # The documented JSON (docs/latency-json.md): keys and the types of their values.
 OPT_STR, OPT_INT, OPT_NUM = (str, type(None)), (int, type(None)), (int, float, type(None))
 TOP_KEYS = {
-    "memtrace": str, "kernel": OPT_STR, "source": str, "backend": OPT_STR,
-    "backend_reason": OPT_STR, "seconds": OPT_NUM, "workload": (list, type(None)),
-    "workload_status": OPT_INT, "workload_exit_code": OPT_INT, "workload_signal": OPT_INT,
-    "unit": str, "measure": str, "events": int, "lost_events": int, "missed_returns": OPT_INT,
-    "probes": list, "notes": list, "not_called": list, "functions": list,
-    "interval_seconds": OPT_NUM, "intervals": list, "slow_moves": (dict, type(None)),
-    "causes": list, "pat": dict,
+    "memtrace": str,
+    "kernel": OPT_STR,
+    "source": str,
+    "backend": OPT_STR,
+    "backend_reason": OPT_STR,
+    "seconds": OPT_NUM,
+    "workload": (list, type(None)),
+    "workload_status": OPT_INT,
+    "workload_exit_code": OPT_INT,
+    "workload_signal": OPT_INT,
+    "unit": str,
+    "measure": str,
+    "events": int,
+    "lost_events": int,
+    "missed_returns": OPT_INT,
+    "probes": list,
+    "notes": list,
+    "not_called": list,
+    "functions": list,
+    "interval_seconds": OPT_NUM,
+    "intervals": list,
+    "slow_moves": (dict, type(None)),
+    "causes": list,
+    "pat": dict,
 }
 FUNCTION_KEYS = {
-    "fn": str, "probe": str, "mover": bool, "memtype": OPT_STR, "unit": str,
-    "cycles_source": OPT_STR, "calls": int, "count": int, "missing": int, "exact": bool,
-    "min": OPT_NUM, "p50": OPT_NUM, "p90": OPT_NUM, "p99": OPT_NUM, "max": OPT_NUM,
-    "total": (int, float), "histogram": list, "bytes": OPT_INT, "calls_with_bytes": int,
-    "bytes_per_call": OPT_INT, "throughput_mbps": OPT_NUM, "granted": OPT_STR,
+    "fn": str,
+    "probe": str,
+    "mover": bool,
+    "memtype": OPT_STR,
+    "unit": str,
+    "cycles_source": OPT_STR,
+    "calls": int,
+    "count": int,
+    "missing": int,
+    "exact": bool,
+    "min": OPT_NUM,
+    "p50": OPT_NUM,
+    "p90": OPT_NUM,
+    "p99": OPT_NUM,
+    "max": OPT_NUM,
+    "total": (int, float),
+    "histogram": list,
+    "bytes": OPT_INT,
+    "calls_with_bytes": int,
+    "bytes_per_call": OPT_INT,
+    "throughput_mbps": OPT_NUM,
+    "granted": OPT_STR,
 }
 BUCKET_KEYS = {"slot": int, "low": (int, float), "high": (int, float), "count": int}
 PROBE_KEYS = {"requested": str, "probed": str, "how": OPT_STR, "explanation": OPT_STR}
 SLOW_KEYS = {
-    "found": bool, "description": str, "uncached_moves": int, "slow_moves": int, "bytes": int,
-    "total_ns": int, "cycles": OPT_INT, "throughput_mbps": (int, float),
-    "wc_reference_mbps": (int, float), "wc_reference_source": str, "wc_moves": int,
-    "estimated_wc_ns": int, "times_slower": (int, float), "slow_factor": (int, float),
+    "found": bool,
+    "description": str,
+    "uncached_moves": int,
+    "slow_moves": int,
+    "bytes": int,
+    "total_ns": int,
+    "cycles": OPT_INT,
+    "throughput_mbps": (int, float),
+    "wc_reference_mbps": (int, float),
+    "wc_reference_source": str,
+    "wc_moves": int,
+    "estimated_wc_ns": int,
+    "times_slower": (int, float),
+    "slow_factor": (int, float),
     "moves": list,
 }
-SLOW_MOVE_KEYS = {"ts_ns": int, "fn": str, "probe": str, "comm": str, "pid": int,
-                  "memtype": OPT_STR, "bytes": OPT_INT, "duration_ns": OPT_INT,
-                  "cycles": OPT_INT}
+SLOW_MOVE_KEYS = {
+    "ts_ns": int,
+    "fn": str,
+    "probe": str,
+    "comm": str,
+    "pid": int,
+    "memtype": OPT_STR,
+    "bytes": OPT_INT,
+    "duration_ns": OPT_INT,
+    "cycles": OPT_INT,
+}
 # A cause has the shape of a conflict in docs/conflicts-json.md (these and more fields).
-CAUSE_KEYS = {"kind": str, "start": str, "end": str, "requested": OPT_STR, "granted": OPT_STR,
-              "holder": (dict, type(None)), "device": OPT_STR, "driver": OPT_STR,
-              "explanation": str, "remedy": OPT_STR, "effective": OPT_STR, "severity": str,
-              "requesters": list, "chain": list, "impact": dict, "occurrences": int}
-INTERVAL_KEYS = {"start_s": (int, float), "end_s": (int, float), "lost_events": int,
-                 "functions": list}
+CAUSE_KEYS = {
+    "kind": str,
+    "start": str,
+    "end": str,
+    "requested": OPT_STR,
+    "granted": OPT_STR,
+    "holder": (dict, type(None)),
+    "device": OPT_STR,
+    "driver": OPT_STR,
+    "explanation": str,
+    "remedy": OPT_STR,
+    "effective": OPT_STR,
+    "severity": str,
+    "requesters": list,
+    "chain": list,
+    "impact": dict,
+    "occurrences": int,
+}
+INTERVAL_KEYS = {
+    "start_s": (int, float),
+    "end_s": (int, float),
+    "lost_events": int,
+    "functions": list,
+}
 
 
 def check_keys(obj, schema):
@@ -148,8 +238,17 @@ def seed_events():
         move(T_WC, "drm_gem_vram_bo_driver_move", 10_000_000, cycles=17_800_000, **tsc),
         reserve(T_WC + 280_000, WC_BO, "WC", stack=TTM_STACK),
         free(T_WC + 9_000_000, WC_BO),
-        call(T0 + 5_000, "ioremap", ev.ROLE_IOREMAP, start=BAR0[0], end=BAR0[1],
-             requested="UC-", duration_ns=300_000, cycles=540_000, **tsc),
+        call(
+            T0 + 5_000,
+            "ioremap",
+            ev.ROLE_IOREMAP,
+            start=BAR0[0],
+            end=BAR0[1],
+            requested="UC-",
+            duration_ns=300_000,
+            cycles=540_000,
+            **tsc,
+        ),
     ]
 
 
@@ -162,8 +261,13 @@ def table_rows(out, first_words):
     """Split the table lines that start with one of ``first_words`` (and a number of calls
     or a memory type after it)."""
     rows = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()]
-    return [row for row in rows if len(row) > 2 and row[0] in first_words
-            and (row[1][:1].isdigit() or row[1] in ("WC", "UC-", "-"))]
+    return [
+        row
+        for row in rows
+        if len(row) > 2
+        and row[0] in first_words
+        and (row[1][:1].isdigit() or row[1] in ("WC", "UC-", "-"))
+    ]
 
 
 def test_seed_moves_table_throughput_and_slow_finding(capsys, seed_trace):
@@ -176,15 +280,18 @@ def test_seed_moves_table_throughput_and_slow_finding(capsys, seed_trace):
     latency_rows, moves_rows = [], []
     for row in table_rows(out, ("WC", "UC-")):
         (moves_rows if len(row) == 5 else latency_rows).append(row)
-    assert latency_rows == [["WC", "1"] + ["10.0 ms"] * 6,
-                            ["UC-", "1"] + ["1.24 s"] * 6]
+    assert latency_rows == [["WC", "1"] + ["10.0 ms"] * 6, ["UC-", "1"] + ["1.24 s"] * 6]
     # the moves table: type, calls, bytes/call, bytes, MB/s
-    assert moves_rows == [["WC", "1", "4096000", "4096000", "409.6"],
-                          ["UC-", "1", "4096000", "4096000", "3.3"]]
+    assert moves_rows == [
+        ["WC", "1", "4096000", "4096000", "409.6"],
+        ["UC-", "1", "4096000", "4096000", "3.3"],
+    ]
     flat = " ".join(out.split())
-    assert ("1 slow UC- move: 1 buffer move ran on UC- memory: 3.9 MiB in 1.24 s (3.3 MB/s); "
-            "write-combined it would take about 10.0 ms (WC moves in this trace: 409.6 MB/s), "
-            "124x faster.") in flat
+    assert (
+        "1 slow UC- move: 1 buffer move ran on UC- memory: 3.9 MiB in 1.24 s (3.3 MB/s); "
+        "write-combined it would take about 10.0 ms (WC moves in this trace: 409.6 MB/s), "
+        "124x faster."
+    ) in flat
     assert "They took 2227.4M cycles." in flat
     assert "Cause (downgrade WC -> UC- on fd000000-fd3e8000)" in flat
     assert "fd000000-fe000000 UC-, made by bochs_pci_probe [bochs]" in flat
@@ -197,8 +304,7 @@ def test_seed_histogram_is_bcc_style(capsys, seed_trace):
     start = lines.index("   UC- moves:")
     assert lines[start + 1].split() == ["nsecs", ":", "count", "distribution"]
     # 1.24e9 ns has bit length 31: the bucket 2^30 .. 2^31 - 1
-    assert lines[start + 2] == ("   1073741824 -> 2147483647 : 1        |"
-                                + "*" * 36 + "|")
+    assert lines[start + 2] == ("   1073741824 -> 2147483647 : 1        |" + "*" * 36 + "|")
     wc = lines.index("   WC moves:")
     assert lines[wc + 2].startswith("    8388608 -> 16777215 : 1        |****")
 
@@ -207,17 +313,28 @@ def test_seed_json_numbers(capsys, seed_trace):
     status, report = json_latency(capsys, "-i", seed_trace, "--fn", "drm_gem_vram_bo_driver_move")
     assert status == EXIT_FINDINGS
     assert report["notes"][0] == INLINED_NOTE
-    assert (report["unit"], report["measure"], report["events"], report["lost_events"]) == \
-        ("ns", "ns", 2, 0)
+    assert (report["unit"], report["measure"], report["events"], report["lost_events"]) == (
+        "ns",
+        "ns",
+        2,
+        0,
+    )
     wc, uc = report["functions"]
     assert (wc["memtype"], wc["p50"], wc["throughput_mbps"]) == ("WC", 10_000_000, 409.6)
-    assert (uc["memtype"], uc["max"], uc["bytes"], uc["bytes_per_call"]) == \
-        ("UC-", 1_240_000_000, FB_BYTES, FB_BYTES)
+    assert (uc["memtype"], uc["max"], uc["bytes"], uc["bytes_per_call"]) == (
+        "UC-",
+        1_240_000_000,
+        FB_BYTES,
+        FB_BYTES,
+    )
     assert uc["histogram"] == [{"slot": 31, "low": 2**30, "high": 2**31 - 1, "count": 1}]
     slow = report["slow_moves"]
     assert slow["found"] and (slow["uncached_moves"], slow["slow_moves"]) == (1, 1)
-    assert (slow["wc_reference_source"], slow["wc_reference_mbps"], slow["times_slower"]) == \
-        ("trace", 409.6, 124.0)
+    assert (slow["wc_reference_source"], slow["wc_reference_mbps"], slow["times_slower"]) == (
+        "trace",
+        409.6,
+        124.0,
+    )
     assert (slow["estimated_wc_ns"], slow["cycles"]) == (10_000_000, 2_227_400_000)
     assert slow["moves"][0]["duration_ns"] == 1_240_000_000
     (cause,) = report["causes"]
@@ -238,14 +355,18 @@ def test_seed_in_milliseconds_and_microseconds(capsys, seed_trace):
 
 
 def test_seed_in_cycles_says_where_they_come_from(capsys, seed_trace):
-    status, out, _ = latency(capsys, "-i", seed_trace, "--fn", "drm_gem_vram_bo_driver_move",
-                             "--cycles")
+    status, out, _ = latency(
+        capsys, "-i", seed_trace, "--fn", "drm_gem_vram_bo_driver_move", "--cycles"
+    )
     assert status == EXIT_FINDINGS
-    assert "drm_gem_vram_bo_driver_move (drm_vram_helper:bo_driver_move): 2 calls, " \
-           "cycles (tsc-derived)" in " ".join(out.split())
+    assert (
+        "drm_gem_vram_bo_driver_move (drm_vram_helper:bo_driver_move): 2 calls, "
+        "cycles (tsc-derived)" in " ".join(out.split())
+    )
     assert ["UC-", "1"] + ["2.2G"] * 6 in table_rows(out, ("UC-",))
-    _, report = json_latency(capsys, "-i", seed_trace, "--fn", "drm_gem_vram_bo_driver_move",
-                             "--cycles")
+    _, report = json_latency(
+        capsys, "-i", seed_trace, "--fn", "drm_gem_vram_bo_driver_move", "--cycles"
+    )
     assert report["measure"] == "cycles"
     assert {f["cycles_source"] for f in report["functions"]} == {"tsc-derived"}
 
@@ -262,7 +383,7 @@ def test_a_wc_reference_and_a_slow_factor_change_the_finding(capsys, seed_trace)
 def test_a_function_that_is_not_a_move_has_no_finding(capsys, seed_trace):
     status, out, _ = latency(capsys, "-i", seed_trace, "--fn", "memtype_*")
     assert status == EXIT_OK
-    assert out.startswith("Kernel 6.1.0-56-amd64")   # nothing substituted
+    assert out.startswith("Kernel 6.1.0-56-amd64")  # nothing substituted
     assert "memtype_reserve: 3 calls, nsecs" in out and "memtype_free: 2 calls" in out
     assert "slow" not in out.lower()
     (row,) = [r for r in table_rows(out, ("3",))]
@@ -283,11 +404,13 @@ def test_lost_events_are_stated(capsys, tmp_path):
 @pytest.mark.parametrize("path", [BCC_612, TRACEFS_61], ids=os.path.basename)
 def test_recorded_bochs_trace_names_the_inlined_move_and_its_uc_mapping(capsys, path):
     status, report = json_latency(capsys, "-i", path, "--fn", "drm_gem_vram_bo_driver_move")
-    assert status == EXIT_OK   # TCG: UC- runs as fast as WC, nothing is slow
+    assert status == EXIT_OK  # TCG: UC- runs as fast as WC, nothing is slow
     assert report["notes"][0] == INLINED_NOTE
     (probe,) = report["probes"]
-    assert (probe["probed"], probe["how"]) == ("drm_vram_helper:bo_driver_move",
-                                               "inlined into caller")
+    assert (probe["probed"], probe["how"]) == (
+        "drm_vram_helper:bo_driver_move",
+        "inlined into caller",
+    )
     uncached = [f for f in report["functions"] if f["memtype"] == "UC"]
     # granted UC-, effective UC: the lab guest's MTRR reg00 makes the PCI hole uncached
     assert uncached and all(f["granted"] == "UC-" for f in uncached)
@@ -299,8 +422,9 @@ def test_recorded_bochs_trace_names_the_inlined_move_and_its_uc_mapping(capsys, 
 
 
 def test_recorded_bochs_trace_as_text(capsys):
-    status, out, err = latency(capsys, "-i", BCC_612, "--fn", "drm_gem_vram_bo_driver_move",
-                               "--fn", "ttm:ttm_move_memcpy")
+    status, out, err = latency(
+        capsys, "-i", BCC_612, "--fn", "drm_gem_vram_bo_driver_move", "--fn", "ttm:ttm_move_memcpy"
+    )
     assert status == EXIT_OK and err == ""
     lines = out.splitlines()
     assert " ".join(out.split()).startswith(INLINED_NOTE)
@@ -324,19 +448,27 @@ def test_recorded_qxl_trace_moves_were_probed_but_never_ran(capsys):
 
 
 def test_markdown_renders_tables_and_fenced_histograms(capsys):
-    status, out, _ = latency(capsys, "-i", BCC_612, "--fn", "drm_gem_vram_bo_driver_move",
-                             "--format", "markdown")
+    status, out, _ = latency(
+        capsys, "-i", BCC_612, "--fn", "drm_gem_vram_bo_driver_move", "--format", "markdown"
+    )
     assert status == EXIT_OK
     lines = out.splitlines()
     assert lines[0] == "### memtrace latency"
     assert lines[2].startswith(INLINED_NOTE)
-    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines
-             if line.startswith("|")]
+    cells = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in lines
+        if line.startswith("|")
+    ]
     assert ["type", "calls", "min", "p50", "p90", "p99", "max", "total"] in cells
     assert ["type", "calls", "bytes/call", "bytes", "MB/s"] in cells
-    (uc_move,) = [e for e in read_trace(BCC_612).events
-                  if e.fn == "drm_gem_vram_bo_driver_move" and e.bytes == 0x3E8000
-                  and e.duration_ns > 1_000_000]   # the move through the UC- mapping
+    (uc_move,) = [
+        e
+        for e in read_trace(BCC_612).events
+        if e.fn == "drm_gem_vram_bo_driver_move"
+        and e.bytes == 0x3E8000
+        and e.duration_ns > 1_000_000
+    ]  # the move through the UC- mapping
     assert ["UC", "1"] + [latency_value(uc_move.duration_ns, "ns")] * 6 in cells
     assert out.count("```") % 2 == 0 and out.count("```") >= 2
 
@@ -346,8 +478,16 @@ def test_markdown_renders_tables_and_fenced_histograms(capsys):
 
 def test_output_file_is_private_and_not_replaced_without_force(capsys, seed_trace, tmp_path):
     target = tmp_path / "moves.json"
-    args = ("-i", seed_trace, "--fn", "drm_gem_vram_bo_driver_move", "--format", "json",
-            "-o", str(target))
+    args = (
+        "-i",
+        seed_trace,
+        "--fn",
+        "drm_gem_vram_bo_driver_move",
+        "--format",
+        "json",
+        "-o",
+        str(target),
+    )
     status, out, err = latency(capsys, *args)
     assert status == EXIT_FINDINGS and out == "" and "report written" in err
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
@@ -390,8 +530,7 @@ def test_unknown_function_from_the_command_line(run_memtrace):
 
 
 def test_overlapping_patterns_each_find_their_calls(capsys):
-    status, report = json_latency(capsys, "-i", BCC_612, "--fn", "ttm_move_memcpy",
-                                  "--fn", "ttm_*")
+    status, report = json_latency(capsys, "-i", BCC_612, "--fn", "ttm_move_memcpy", "--fn", "ttm_*")
     assert status == EXIT_OK
     fns = [f["fn"] for f in report["functions"]]
     assert fns[0] == "ttm_move_memcpy" and "ttm_bo_move_memcpy" in fns
@@ -413,26 +552,39 @@ def test_truncated_trace_gives_one_line(capsys, seed_trace, tmp_path):
     assert "the last line is cut off; the file is truncated" in err
 
 
-@pytest.mark.parametrize("extra", [["--duration", "5"], ["--interval", "1"],
-                                   ["--backend", "tracefs"], ["--", "modprobe", "bochs"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--duration", "5"],
+        ["--interval", "1"],
+        ["--backend", "tracefs"],
+        ["--", "modprobe", "bochs"],
+    ],
+)
 def test_live_options_with_a_trace_file_are_refused(capsys, seed_trace, extra):
     err = one_line_error(capsys, "-i", seed_trace, "--fn", "ioremap", *extra)
     assert "apply only to live tracing" in err
 
 
-@pytest.mark.parametrize("args, expected", [
-    ([], "--fn is required"),
-    (["--fn", "ioremap", "--interval", "0"], "--interval must be a positive number"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ([], "--fn is required"),
+        (["--fn", "ioremap", "--interval", "0"], "--interval must be a positive number"),
+    ],
+)
 def test_bad_options(capsys, seed_trace, args, expected):
     assert expected in one_line_error(capsys, "-i", seed_trace, *args)
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--slow-factor", "1"], "--slow-factor: must be a number above 1"),
-    (["--wc-reference", "-5"], "--wc-reference: must be a number of MB/s from 0.001 to"),
-    (["--wc-reference", "nan"], "--wc-reference: must be a number of MB/s from 0.001 to"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--slow-factor", "1"], "--slow-factor: must be a number above 1"),
+        (["--wc-reference", "-5"], "--wc-reference: must be a number of MB/s from 0.001 to"),
+        (["--wc-reference", "nan"], "--wc-reference: must be a number of MB/s from 0.001 to"),
+    ],
+)
 def test_bad_slow_move_options(capsys, seed_trace, args, expected):
     with pytest.raises(SystemExit) as exit_info:
         main(["latency", "-i", seed_trace, "--fn", "ioremap", *args])
@@ -482,11 +634,21 @@ class FakeBackend:
 
 
 def planned(fn, probe_name, role, how="exact", explanation=""):
-    describe = {"requested": fn, "probed": probe_name, "how": how, "loaded": True,
-                "explanation": explanation, "offsets_from": "none"}
+    describe = {
+        "requested": fn,
+        "probed": probe_name,
+        "how": how,
+        "loaded": True,
+        "explanation": explanation,
+        "offsets_from": "none",
+    }
     return types.SimpleNamespace(
-        fn=fn, probe_name=probe_name, spec=types.SimpleNamespace(role=role),
-        resolution=types.SimpleNamespace(requested=fn), describe=lambda: describe)
+        fn=fn,
+        probe_name=probe_name,
+        spec=types.SimpleNamespace(role=role),
+        resolution=types.SimpleNamespace(requested=fn),
+        describe=lambda: describe,
+    )
 
 
 class FakeSession:
@@ -495,32 +657,51 @@ class FakeSession:
     instances = []
     ticks = 2
 
-    def __init__(self, requests, backend="auto", strict=False, options=None, debug=False,
-                 required=()):
+    def __init__(
+        self, requests, backend="auto", strict=False, options=None, debug=False, required=()
+    ):
         for name in required:
             if "nonexistent" in name:
-                raise NotTraceable(f"{name}: not in /proc/kallsyms",
-                                   hint="closest names: ttm_bo_move_memcpy")
+                raise NotTraceable(
+                    f"{name}: not in /proc/kallsyms", hint="closest names: ttm_bo_move_memcpy"
+                )
         self.requests, self.required, self.options = requests, required, dict(options or {})
         self.backend_name, self.backend_reason = "bcc", "auto: bcc imports"
-        roles = {"drm_gem_vram_bo_driver_move": ev.ROLE_MOVE, "memtype_reserve": ev.ROLE_RESERVE,
-                 "memtype_free": ev.ROLE_FREE}
+        roles = {
+            "drm_gem_vram_bo_driver_move": ev.ROLE_MOVE,
+            "memtype_reserve": ev.ROLE_RESERVE,
+            "memtype_free": ev.ROLE_FREE,
+        }
         probes = []
         for name in requests:
             if name == "drm_gem_vram_bo_driver_move":
-                probes.append(planned(name, "drm_vram_helper:bo_driver_move", ev.ROLE_MOVE,
-                                      "inlined into caller", INLINED["explanation"]))
+                probes.append(
+                    planned(
+                        name,
+                        "drm_vram_helper:bo_driver_move",
+                        ev.ROLE_MOVE,
+                        "inlined into caller",
+                        INLINED["explanation"],
+                    )
+                )
             elif name in roles or name == "vfs_read":
                 probes.append(planned(name, name, roles.get(name, ev.ROLE_TIMED)))
         self.plan = types.SimpleNamespace(probes=probes, skipped=[])
         self.backend = None
         FakeSession.instances.append(self)
 
-    def run(self, on_event, duration=None, workload=None, on_attached=None, on_tick=None,
-            tick_seconds=None):
+    def run(
+        self,
+        on_event,
+        duration=None,
+        workload=None,
+        on_attached=None,
+        on_tick=None,
+        tick_seconds=None,
+    ):
         self.backend = FakeBackend("bcc", frozenset(self.options.get("aggregate", ())))
         on_attached(self)
-        os.write(1, b"workload output\n")   # must reach stderr, not the report
+        os.write(1, b"workload output\n")  # must reach stderr, not the report
         moves = seed_events()
         for event in moves[:4]:
             on_event(event)
@@ -537,28 +718,43 @@ class FakeSession:
     def _vfs_read(self, on_event, slots, total):
         if "vfs_read" in self.backend.aggregated:
             self.backend.hist["vfs_read"] = slots
-            self.backend.sums["vfs_read"] = {"count": sum(slots.values()), "total_ns": total,
-                                             "min_ns": 1500, "max_ns": 5000}
+            self.backend.sums["vfs_read"] = {
+                "count": sum(slots.values()),
+                "total_ns": total,
+                "min_ns": 1500,
+                "max_ns": 5000,
+            }
         else:
-            on_event(Event(ts_ns=T_WC + len(slots), fn="vfs_read", probe="vfs_read",
-                           duration_ns=1500, cycles=3000, cycles_source="pmu"))
+            on_event(
+                Event(
+                    ts_ns=T_WC + len(slots),
+                    fn="vfs_read",
+                    probe="vfs_read",
+                    duration_ns=1500,
+                    cycles=3000,
+                    cycles_source="pmu",
+                )
+            )
 
 
 @pytest.fixture
 def live(monkeypatch):
     from memtrace.probes import environment, session
     from memtrace.tools import latency as latency_tool
+
     FakeSession.instances = []
     monkeypatch.setattr(session, "TraceSession", FakeSession)
-    monkeypatch.setattr(environment, "trace_environment",
-                        lambda: {"pat_snapshot": [], "pat_snapshot_note": None})
+    monkeypatch.setattr(
+        environment, "trace_environment", lambda: {"pat_snapshot": [], "pat_snapshot_note": None}
+    )
     monkeypatch.setattr(latency_tool, "read_pci", lambda notes: [])
     return FakeSession
 
 
 def test_live_moves_trace_the_reservations_too_and_are_not_summed_in_the_kernel(capfd, live):
-    status, out, err = latency(capfd, "--fn", "drm_gem_vram_bo_driver_move", "--fn",
-                               "vfs_read", "--", "modprobe", "bochs")
+    status, out, err = latency(
+        capfd, "--fn", "drm_gem_vram_bo_driver_move", "--fn", "vfs_read", "--", "modprobe", "bochs"
+    )
     assert status == EXIT_FINDINGS
     (session,) = live.instances
     assert session.required == ("drm_gem_vram_bo_driver_move", "vfs_read")
@@ -573,28 +769,37 @@ def test_live_moves_trace_the_reservations_too_and_are_not_summed_in_the_kernel(
     assert "vfs_read: 6 calls, nsecs" in out
     assert "percentiles are the upper bounds of histogram buckets" in " ".join(out.split())
     assert ["6", "2 us", "2 us", "5 us", "5 us", "5 us", "18 us"] in table_rows(out, ("6",))
-    assert not [line for line in out.splitlines()   # the extra targets are not rows
-                if line.startswith(("memtype_reserve", "memtype_free", "ioremap"))]
+    assert not [
+        line
+        for line in out.splitlines()  # the extra targets are not rows
+        if line.startswith(("memtype_reserve", "memtype_free", "ioremap"))
+    ]
 
 
 def test_live_interval_tables_then_the_whole_run(capfd, live):
-    status, out, _ = latency(capfd, "--fn", "drm_gem_vram_bo_driver_move", "--fn",
-                             "vfs_read", "--interval", "1")
+    status, out, _ = latency(
+        capfd, "--fn", "drm_gem_vram_bo_driver_move", "--fn", "vfs_read", "--interval", "1"
+    )
     assert status == EXIT_FINDINGS
     lines = out.splitlines()
     assert " ".join(out.split()).startswith(INLINED_NOTE)
     titles = [line for line in lines if " s (nsecs), " in line]
     assert len(titles) == 2 and all("3 events lost so far" in t for t in titles)
     at = [index for index, line in enumerate(lines) if " s (nsecs), " in line]
-    first, second = "\n".join(lines[at[0]:at[1]]), "\n".join(lines[at[1]:])
+    first, second = "\n".join(lines[at[0] : at[1]]), "\n".join(lines[at[1] :])
     first_rows = table_rows(first, ("drm_gem_vram_bo_driver_move", "vfs_read"))
-    assert first_rows == [["drm_gem_vram_bo_driver_move", "UC-", "1"] + ["1.24 s"] * 4,
-                          ["vfs_read", "4", "2 us", "4 us", "-", "8 us"]]
-    second_rows = table_rows(second.split("Kernel ")[0], ("drm_gem_vram_bo_driver_move",
-                                                           "vfs_read"))
-    assert second_rows == [["drm_gem_vram_bo_driver_move", "WC", "1"] + ["10.0 ms"] * 4,
-                           ["vfs_read", "2", "8 us", "8 us", "-", "10 us"]]
-    assert "vfs_read: 6 calls, nsecs" in second   # then the whole run
+    assert first_rows == [
+        ["drm_gem_vram_bo_driver_move", "UC-", "1"] + ["1.24 s"] * 4,
+        ["vfs_read", "4", "2 us", "4 us", "-", "8 us"],
+    ]
+    second_rows = table_rows(
+        second.split("Kernel ")[0], ("drm_gem_vram_bo_driver_move", "vfs_read")
+    )
+    assert second_rows == [
+        ["drm_gem_vram_bo_driver_move", "WC", "1"] + ["10.0 ms"] * 4,
+        ["vfs_read", "2", "8 us", "8 us", "-", "10 us"],
+    ]
+    assert "vfs_read: 6 calls, nsecs" in second  # then the whole run
 
 
 def test_live_cycles_need_per_call_events(capfd, live):
@@ -602,7 +807,7 @@ def test_live_cycles_need_per_call_events(capfd, live):
     assert status == EXIT_OK
     (session,) = live.instances
     assert session.options["aggregate"] == frozenset()
-    assert "memtype_reserve" not in session.requests   # no move asked: no reservations
+    assert "memtype_reserve" not in session.requests  # no move asked: no reservations
     (row,) = report["functions"]
     assert (row["calls"], row["p50"], row["cycles_source"]) == (2, 3000, "pmu")
     assert [i["functions"][0]["calls"] for i in report["intervals"]] == [1, 1]
@@ -614,11 +819,17 @@ def test_live_unknown_function_is_one_line(capsys, live):
     assert "nonexistent_fn: not in /proc/kallsyms; closest names: ttm_bo_move_memcpy" in err
 
 
-@pytest.mark.parametrize("fn, mover", [
-    ("drm_gem_vram_bo_driver_move", True), ("drm_vram_helper:bo_driver_move", True),
-    ("ttm:ttm_bo_*", True), ("*move_memcpy", True), ("vfs_read", False),
-    ("ttm:ttm_kmap_iter_linear_io_init", False),
-])
+@pytest.mark.parametrize(
+    "fn, mover",
+    [
+        ("drm_gem_vram_bo_driver_move", True),
+        ("drm_vram_helper:bo_driver_move", True),
+        ("ttm:ttm_bo_*", True),
+        ("*move_memcpy", True),
+        ("vfs_read", False),
+        ("ttm:ttm_kmap_iter_linear_io_init", False),
+    ],
+)
 def test_live_a_move_brings_the_reservation_targets_along(capfd, live, fn, mover):
     latency(capfd, "--fn", fn, "--duration", "1")
     (session,) = live.instances

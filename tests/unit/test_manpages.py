@@ -34,8 +34,13 @@ def _render(roff):
     """The page as man(1) shows it, in plain ASCII, and groff's warnings (-ww)."""
     if shutil.which("groff") is None:
         pytest.fail("groff is missing: scripts/setup.sh installs groff-base")
-    proc = subprocess.run(["groff", "-man", "-Tascii", "-P-cbou", "-ww"], input=roff,
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        ["groff", "-man", "-Tascii", "-P-cbou", "-ww"],
+        input=roff,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return proc.stdout, proc.stderr
 
 
@@ -44,8 +49,12 @@ def _flat(text):
 
 
 def _options(sub_parser):
-    return [option for action in sub_parser._actions if action.help != argparse.SUPPRESS
-            for option in action.option_strings]
+    return [
+        option
+        for action in sub_parser._actions
+        if action.help != argparse.SUPPRESS
+        for option in action.option_strings
+    ]
 
 
 def test_one_page_per_subcommand_and_memtrace_8(pages):
@@ -63,11 +72,14 @@ def test_pages_render_without_groff_warnings_and_have_the_sections(pages, name):
         assert re.search(rf"^{section}$", text, re.M), (name, section)
     # OVERHEAD (tools/manpage.py) is written for every command whose cost was measured or
     # is nil; a command added later gets its own line there once it is measured.
-    if name == "memtrace" or name[len("memtrace-"):] in manpage.OVERHEAD:
+    if name == "memtrace" or name[len("memtrace-") :] in manpage.OVERHEAD:
         assert re.search(r"^OVERHEAD$", text, re.M), name
     # whatis(1) reads "name \- description" from NAME.
-    assert re.search(rf"^\.SH NAME\n{re.escape(name.replace('-', chr(92) + '-'))} \\- \S",
-                     pages[f"{name}.8"], re.M)
+    assert re.search(
+        rf"^\.SH NAME\n{re.escape(name.replace('-', chr(92) + '-'))} \\- \S",
+        pages[f"{name}.8"],
+        re.M,
+    )
 
 
 @pytest.mark.parametrize("name", SUBCOMMANDS)
@@ -113,7 +125,8 @@ def test_overhead_figures_are_the_benchmarks(pages):
 def test_epilog_split():
     prose, examples, status = manpage.split_epilog(
         "Some prose\nover two lines.\n\nexamples:\n  memtrace x -a   # one\n  memtrace x -b\n\n"
-        "Last words. Exit status: 0 ok,\n2 error.\n")
+        "Last words. Exit status: 0 ok,\n2 error.\n"
+    )
     assert prose == ["Some prose over two lines.", "Last words."]
     assert examples == ["memtrace x -a   # one", "memtrace x -b"]
     assert status == "0 ok, 2 error."
@@ -137,18 +150,33 @@ def completion(tmp_path_factory):
     """The bash completion scripts/build-deb writes, generated the same way."""
     path = tmp_path_factory.mktemp("completion") / "memtrace"
     with open(path, "w") as out:
-        subprocess.run([sys.executable, "-m", "shtab", "--shell=bash", "--prog", "memtrace",
-                        "memtrace.tools.cli.build_parser"], stdout=out, check=True, cwd=REPO)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "shtab",
+                "--shell=bash",
+                "--prog",
+                "memtrace",
+                "memtrace.tools.cli.build_parser",
+            ],
+            stdout=out,
+            check=True,
+            cwd=REPO,
+        )
     return path
 
 
 def _complete(completion, *words):
     """What bash offers after ``memtrace WORDS`` (the last word being completed)."""
     words_text = " ".join(f"'{w}'" for w in ("memtrace",) + words)
-    script = (f"source '{completion}'; COMP_WORDS=({words_text}); "
-              f"COMP_CWORD={len(words)}; _shtab_memtrace; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
-    proc = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], capture_output=True,
-                          text=True, check=True)
+    script = (
+        f"source '{completion}'; COMP_WORDS=({words_text}); "
+        f"COMP_CWORD={len(words)}; _shtab_memtrace; printf '%s\\n' \"${{COMPREPLY[@]}}\""
+    )
+    proc = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", script], capture_output=True, text=True, check=True
+    )
     return proc.stdout.split()
 
 

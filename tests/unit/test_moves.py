@@ -9,7 +9,10 @@ def test_nested_move_calls_are_one_move_linked_to_the_reservation_inside():
     (only,) = find_moves(events)
     assert only.outer.fn == "drm_gem_vram_bo_driver_move"
     assert [c.fn for c in only.calls] == [
-        "drm_gem_vram_bo_driver_move", "ttm_bo_move_memcpy", "ttm_move_memcpy"]
+        "drm_gem_vram_bo_driver_move",
+        "ttm_bo_move_memcpy",
+        "ttm_move_memcpy",
+    ]
     assert only.mappings == [events[2]]
     assert only.effective_type == "UC-" and only.downgraded
     assert (only.bytes, only.duration_ns, only.cycles) == (FB_BYTES, 8_260_000, 2_227_400_000)
@@ -39,8 +42,12 @@ def test_consecutive_moves_on_one_thread_are_separate():
 
 
 def test_without_a_return_a_move_takes_the_reservations_since_the_previous_move():
-    events = [reserve(1_000, TTM_BO, "WC", "UC-", TTM_STACK), move(2_000, "ttm_move_memcpy"),
-              reserve(3_000, TTM_BO, "WC", "WC", TTM_STACK), move(4_000, "ttm_move_memcpy")]
+    events = [
+        reserve(1_000, TTM_BO, "WC", "UC-", TTM_STACK),
+        move(2_000, "ttm_move_memcpy"),
+        reserve(3_000, TTM_BO, "WC", "WC", TTM_STACK),
+        move(4_000, "ttm_move_memcpy"),
+    ]
     first, second = find_moves(events)
     assert first.effective_type == "UC-" and second.effective_type == "WC"
     assert first.duration_ns is None
@@ -60,15 +67,20 @@ def test_a_granted_type_supplied_by_the_model_is_used():
 
 
 def test_inner_calls_fill_in_what_the_outer_call_lacks():
-    events = [move(1_000, "ttm_bo_move_memcpy", 9_000, nbytes=None),
-              move(2_000, "ttm_move_memcpy", 5_000, cycles=77)]
+    events = [
+        move(1_000, "ttm_bo_move_memcpy", 9_000, nbytes=None),
+        move(2_000, "ttm_move_memcpy", 5_000, cycles=77),
+    ]
     (only,) = find_moves(events)
     assert (only.bytes, only.duration_ns, only.cycles) == (FB_BYTES, 9_000, 77)
 
 
 def test_summary_counts_bytes_and_times():
-    moves = find_moves(bochs_move(1_000_000) + bochs_move(20_000_000)
-                       + [move(40_000_000, "drm_gem_vram_bo_driver_move", 2_000_000)])
+    moves = find_moves(
+        bochs_move(1_000_000)
+        + bochs_move(20_000_000)
+        + [move(40_000_000, "drm_gem_vram_bo_driver_move", 2_000_000)]
+    )
     summary = summarize(moves)
     assert (summary.moves, summary.bytes) == (3, 3 * FB_BYTES)
     assert (summary.total_ns, summary.median_ns, summary.cycles) == (18_520_000, 8_260_000, None)

@@ -33,13 +33,19 @@ def test_nothing_to_parse_gives_no_ranges(text):
 
 
 def test_garbage_lines_are_skipped_without_raising():
-    text = "\n".join([
-        "garbage", PCI_HOLE, "reg03: base=0xzz, size=1MB, count=1: uncachable",
-        "reg04: base=0x0d0000000 ( 3328MB), size=   16MB, count=1: ?",
-        "reg05: base=0x0d0000000 ( 3328MB), size=    0MB, count=1: write-back",
-        "reg06: base=0x0d0000000 ( 3328MB), size=   16GB, count=1: write-back",
-        "x" * 10000, "reg07: " + "base=" * 5000, "\x00\xff",
-    ])
+    text = "\n".join(
+        [
+            "garbage",
+            PCI_HOLE,
+            "reg03: base=0xzz, size=1MB, count=1: uncachable",
+            "reg04: base=0x0d0000000 ( 3328MB), size=   16MB, count=1: ?",
+            "reg05: base=0x0d0000000 ( 3328MB), size=    0MB, count=1: write-back",
+            "reg06: base=0x0d0000000 ( 3328MB), size=   16GB, count=1: write-back",
+            "x" * 10000,
+            "reg07: " + "base=" * 5000,
+            "\x00\xff",
+        ]
+    )
     assert [r.reg for r in parse_proc_mtrr(text)] == [0]
 
 
@@ -51,10 +57,14 @@ def test_names_and_values_map_to_short_types():
 
 
 def test_describe_names_register_base_size_and_type():
-    assert MtrrRange(0, 0xC0000000, 1024 * MB, "UC").describe() == \
-        "reg00: base=0xc0000000 size=1024MB UC"
-    assert MtrrRange(2, 0xA0000, 4 * KB, "WB", 2).describe() == \
-        "reg02: base=0xa0000 size=4KB WB count=2"
+    assert (
+        MtrrRange(0, 0xC0000000, 1024 * MB, "UC").describe()
+        == "reg00: base=0xc0000000 size=1024MB UC"
+    )
+    assert (
+        MtrrRange(2, 0xA0000, 4 * KB, "WB", 2).describe()
+        == "reg02: base=0xa0000 size=4KB WB count=2"
+    )
     assert MtrrRange(0, 0xC0000000, 1024 * MB, "UC").label() == "reg00 c0000000-100000000"
 
 
@@ -154,8 +164,10 @@ def test_pieces_split_the_range_by_type():
     table = MtrrTable([MtrrRange(1, 0xFD000000, 16 * MB, "WC")], default_type="WB")
     pieces = table.pieces(0xFC000000, 0xFF000000)
     assert [(lo, hi, found.type) for lo, hi, found in pieces] == [
-        (0xFC000000, 0xFD000000, "WB"), (0xFD000000, 0xFE000000, "WC"),
-        (0xFE000000, 0xFF000000, "WB")]
+        (0xFC000000, 0xFD000000, "WB"),
+        (0xFD000000, 0xFE000000, "WC"),
+        (0xFE000000, 0xFF000000, "WB"),
+    ]
 
 
 def test_part_unknown_and_not_uc_is_unknown():
@@ -166,8 +178,9 @@ def test_part_unknown_and_not_uc_is_unknown():
 
 def test_table_from_header():
     assert table_from_header(None, {"type": "WB", "enabled": True}) is None
-    table = table_from_header(PCI_HOLE + "\n", {"type": "WB", "enabled": True,
-                                                "fixed_enabled": True, "source": "msr"})
+    table = table_from_header(
+        PCI_HOLE + "\n", {"type": "WB", "enabled": True, "fixed_enabled": True, "source": "msr"}
+    )
     assert (table.default_type, table.enabled, len(table.ranges)) == ("WB", True, 1)
     assert table.type_of(0, MB).type == "WB"
     empty = table_from_header("", None)
@@ -180,8 +193,14 @@ def test_table_from_header():
 
 
 def test_a_range_partly_in_an_undefined_overlap_is_still_uniform_uc():
-    table = MtrrTable([MtrrRange(0, 0, 64 * MB, "UC"), MtrrRange(1, 64 * MB, 16 * MB, "WB"),
-                       MtrrRange(2, 64 * MB, 16 * MB, "WC")], "WB")
+    table = MtrrTable(
+        [
+            MtrrRange(0, 0, 64 * MB, "UC"),
+            MtrrRange(1, 64 * MB, 16 * MB, "WB"),
+            MtrrRange(2, 64 * MB, 16 * MB, "WC"),
+        ],
+        "WB",
+    )
     found = table.type_of(0, 80 * MB)
     assert (found.type, found.uniform) == ("UC", True)
     assert [r.reg for r in found.ranges] == [0, 1, 2]

@@ -75,8 +75,14 @@ def test_machine_without_pci_has_no_devices(tmp_path):
 def make_device(tmp_path, **files):
     device_dir = tmp_path / "bus" / "pci" / "devices" / "0000:00:02.0"
     device_dir.mkdir(parents=True)
-    defaults = dict(class_="0x030000", vendor="0x1234", device="0x1111",
-                    subsystem_vendor="0x1af4", subsystem_device="0x1100", resource=ZERO_LINE)
+    defaults = dict(
+        class_="0x030000",
+        vendor="0x1234",
+        device="0x1111",
+        subsystem_vendor="0x1af4",
+        subsystem_device="0x1100",
+        resource=ZERO_LINE,
+    )
     defaults.update(files)
     for name, content in defaults.items():
         if content is not None:

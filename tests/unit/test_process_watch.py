@@ -31,9 +31,13 @@ from memtrace.probes.process_watch import (
 from memtrace.tracefile import read_trace
 
 EXEC, EXIT, FORK, NONE = 0x2, 0x80000000, 0x1, 0x0
-SHELL_DETAILS = {"name": "gnome-shell", "exe": "/usr/bin/gnome-shell",
-                 "cmdline": ["/usr/bin/gnome-shell", "--mode=gdm"], "ppid": 812,
-                 "parent_name": "gdm-wayland-session"}
+SHELL_DETAILS = {
+    "name": "gnome-shell",
+    "exe": "/usr/bin/gnome-shell",
+    "cmdline": ["/usr/bin/gnome-shell", "--mode=gdm"],
+    "ppid": 812,
+    "parent_name": "gdm-wayland-session",
+}
 
 
 def proc_datagram(what, payload, cpu=0, seq=0, ts=5_000_000_000, ack=0):
@@ -50,28 +54,35 @@ def exec_datagram(pid, tgid=None, **kw):
 
 
 def exit_datagram(pid, status, tgid=None, parent=812, **kw):
-    return proc_datagram(EXIT, struct.pack("=IIIIII", pid, tgid or pid, status, 17, parent,
-                                           parent), **kw)
+    return proc_datagram(
+        EXIT, struct.pack("=IIIIII", pid, tgid or pid, status, 17, parent, parent), **kw
+    )
 
 
 def fork_datagram(parent, child, child_tgid=None, **kw):
-    return proc_datagram(FORK, struct.pack("=IIII", parent, parent, child, child_tgid or child),
-                         **kw)
+    return proc_datagram(
+        FORK, struct.pack("=IIII", parent, parent, child, child_tgid or child), **kw
+    )
 
 
 def parsed(data):
     """What pyroute2 0.9 makes of a proc connector datagram."""
     from pyroute2.netlink.connector.cn_proc import ProcEventMarshal
+
     [msg] = list(ProcEventMarshal().parse(data))
     return msg
 
 
-UEVENT_CARD0 = (b"change@/devices/pci0000:00/0000:00:02.0/drm/card0\0ACTION=change\0"
-                b"DEVPATH=/devices/pci0000:00/0000:00:02.0/drm/card0\0SUBSYSTEM=drm\0"
-                b"HOTPLUG=1\0CONNECTOR=36\0PROPERTY=104\0DEVNAME=dri/card0\0"
-                b"DEVTYPE=drm_minor\0SEQNUM=2741\0MAJOR=226\0MINOR=0\0")
-UEVENT_NULL = (b"change@/devices/virtual/mem/null\0ACTION=change\0"
-               b"DEVPATH=/devices/virtual/mem/null\0SUBSYSTEM=mem\0SEQNUM=2742\0")
+UEVENT_CARD0 = (
+    b"change@/devices/pci0000:00/0000:00:02.0/drm/card0\0ACTION=change\0"
+    b"DEVPATH=/devices/pci0000:00/0000:00:02.0/drm/card0\0SUBSYSTEM=drm\0"
+    b"HOTPLUG=1\0CONNECTOR=36\0PROPERTY=104\0DEVNAME=dri/card0\0"
+    b"DEVTYPE=drm_minor\0SEQNUM=2741\0MAJOR=226\0MINOR=0\0"
+)
+UEVENT_NULL = (
+    b"change@/devices/virtual/mem/null\0ACTION=change\0"
+    b"DEVPATH=/devices/virtual/mem/null\0SUBSYSTEM=mem\0SEQNUM=2742\0"
+)
 
 
 def taskstats_datagram(*tasks, family=31, version=14):
@@ -79,6 +90,7 @@ def taskstats_datagram(*tasks, family=31, version=14):
     genlmsghdr (TASKSTATS_CMD_NEW), and per task a nested TASKSTATS_TYPE_AGGR_PID holding
     TASKSTATS_TYPE_PID and TASKSTATS_TYPE_STATS (struct taskstats of <linux/taskstats.h>,
     here 344 bytes with the fields read set). ``tasks`` are (pid, comm, ppid)."""
+
     def attr(kind, value):
         data = struct.pack("=HH", 4 + len(value), kind) + value
         return data + b"\0" * (-len(data) % 4)
@@ -87,7 +99,7 @@ def taskstats_datagram(*tasks, family=31, version=14):
     for pid, comm, ppid in tasks:
         stats = bytearray(344)
         struct.pack_into("=HI", stats, 0, version, 9)
-        stats[80:80 + len(comm)] = comm.encode()
+        stats[80 : 80 + len(comm)] = comm.encode()
         struct.pack_into("=IIII", stats, 120, 0, 0, pid, ppid)
         body += attr(0x8000 | 4, attr(1, struct.pack("=I", pid)) + attr(3, bytes(stats)))
     genl = struct.pack("=BBH", 2, 1, 0)
@@ -96,18 +108,28 @@ def taskstats_datagram(*tasks, family=31, version=14):
 
 def parsed_uevent(data):
     from pyroute2.netlink.uevent import MarshalUevent
+
     [msg] = list(MarshalUevent().parse(data))
     return msg
 
 
 # -- messages to records ---------------------------------------------------------------------
 
+
 def test_an_exec_becomes_a_record_with_what_psutil_found():
     record = process_record(parsed(exec_datagram(4242, ts=7_123_456_789)), SHELL_DETAILS)
-    assert record == {"type": "process", "what": "exec", "ts_ns": 7_123_456_789, "pid": 4242,
-                      "tgid": 4242, "ppid": 812, "parent_name": "gdm-wayland-session",
-                      "name": "gnome-shell", "exe": "/usr/bin/gnome-shell",
-                      "cmdline": ["/usr/bin/gnome-shell", "--mode=gdm"]}
+    assert record == {
+        "type": "process",
+        "what": "exec",
+        "ts_ns": 7_123_456_789,
+        "pid": 4242,
+        "tgid": 4242,
+        "ppid": 812,
+        "parent_name": "gdm-wayland-session",
+        "name": "gnome-shell",
+        "exe": "/usr/bin/gnome-shell",
+        "cmdline": ["/usr/bin/gnome-shell", "--mode=gdm"],
+    }
 
 
 def test_an_exec_of_a_process_already_gone_keeps_its_pid():
@@ -115,20 +137,22 @@ def test_an_exec_of_a_process_already_gone_keeps_its_pid():
     assert record["pid"] == 4242 and record["name"] is None and record["exe"] is None
 
 
-@pytest.mark.parametrize("status, code, sig, core", [
-    (0, 0, None, False),
-    (1 << 8, 1, None, False),
-    (255 << 8, 255, None, False),
-    (signal.SIGKILL, None, signal.SIGKILL, False),
-    (signal.SIGSEGV | 0x80, None, signal.SIGSEGV, True),
-])
+@pytest.mark.parametrize(
+    "status, code, sig, core",
+    [
+        (0, 0, None, False),
+        (1 << 8, 1, None, False),
+        (255 << 8, 255, None, False),
+        (signal.SIGKILL, None, signal.SIGKILL, False),
+        (signal.SIGSEGV | 0x80, None, signal.SIGSEGV, True),
+    ],
+)
 def test_an_exit_says_how_the_process_ended(status, code, sig, core):
     record = process_record(parsed(exit_datagram(4242, status, parent=900)), SHELL_DETAILS)
     assert record["what"] == "exit"
-    assert (record["exit_code"], record["exit_signal"], record["core_dumped"]) == (code, sig,
-                                                                                  core)
+    assert (record["exit_code"], record["exit_signal"], record["core_dumped"]) == (code, sig, core)
     assert record["wait_status"] == status
-    assert record["ppid"] == 900          # the kernel's parent at exit, not psutil's
+    assert record["ppid"] == 900  # the kernel's parent at exit, not psutil's
     assert decode_wait_status(status) == (code, sig, core)
 
 
@@ -142,10 +166,17 @@ def test_threads_forks_and_acknowledgements_give_no_record():
 def test_a_drm_uevent_becomes_a_record():
     record = uevent_record(parsed_uevent(UEVENT_CARD0), 9_000)
     assert record == {
-        "type": "uevent", "ts_ns": 9_000, "action": "change", "subsystem": "drm",
-        "devpath": "/devices/pci0000:00/0000:00:02.0/drm/card0", "devname": "dri/card0",
-        "devtype": "drm_minor", "hotplug": True, "seqnum": 2741,
-        "properties": {"CONNECTOR": "36", "PROPERTY": "104", "MAJOR": "226", "MINOR": "0"}}
+        "type": "uevent",
+        "ts_ns": 9_000,
+        "action": "change",
+        "subsystem": "drm",
+        "devpath": "/devices/pci0000:00/0000:00:02.0/drm/card0",
+        "devname": "dri/card0",
+        "devtype": "drm_minor",
+        "hotplug": True,
+        "seqnum": 2741,
+        "properties": {"CONNECTOR": "36", "PROPERTY": "104", "MAJOR": "226", "MINOR": "0"},
+    }
 
 
 def test_other_subsystems_give_no_record():
@@ -159,7 +190,10 @@ def test_taskstats_exit_messages_give_each_tasks_pid_name_and_parent():
     # NLMSG_ERROR with error 0) which is no exit.
     ack = struct.pack("=IHHIIi", 36, 2, 0, 1, 0, 0) + b"\0" * 16
     assert pw.exit_names_from(ack + data + taskstats_datagram((7, "", 1))) == [
-        (5000, "sleep", 4999), (5001, "gnome-shell-cal", 4999), (7, None, 1)]
+        (5000, "sleep", 4999),
+        (5001, "gnome-shell-cal", 4999),
+        (7, None, 1),
+    ]
     # A message cut short gives nothing rather than reading past its end.
     assert pw.exit_names_from(data[:-100]) == []
     assert pw.exit_names_from(ack + data[:-100]) == []
@@ -172,10 +206,11 @@ def test_the_taskstats_registration_is_encoded_as_the_kernel_expects():
     attr_len, attr = struct.unpack_from("=HH", data, 20)
     assert (length, family, flags & 0x5, seq, port) == (len(data), 31, 0x5, 1, 4321)
     assert (cmd, version, attr) == (1, 1, 3)
-    assert data[24:20 + attr_len] == b"0-3\0"
+    assert data[24 : 20 + attr_len] == b"0-3\0"
 
 
 # -- the watcher's thread, on stand-in sockets -----------------------------------------------
+
 
 class StandInSocket:
     """One end of a datagram socketpair standing in for a netlink socket; can report ENOBUFS
@@ -245,14 +280,20 @@ def test_the_thread_turns_messages_into_records_counts_losses_and_ends(stand_ins
         return SHELL_DETAILS if pid == 4242 else {}
 
     ack = proc_datagram(NONE, struct.pack("=I", 0), cpu=0, seq=0)
-    watcher = ProcessWatcher(lookup=lookup, clock=lambda: 77,
-                             open_proc=lambda _ack: (proc, [ack]),
-                             open_uevents=lambda: uevents, exit_names=False)
+    watcher = ProcessWatcher(
+        lookup=lookup,
+        clock=lambda: 77,
+        open_proc=lambda _ack: (proc, [ack]),
+        open_uevents=lambda: uevents,
+        exit_names=False,
+    )
     with watcher:
-        for data in (fork_datagram(812, 4242, cpu=0, seq=1),
-                     exec_datagram(4242, cpu=0, seq=2),
-                     exit_datagram(4250, 0, tgid=4242, cpu=1, seq=40),   # a thread
-                     exit_datagram(4242, signal.SIGKILL, cpu=0, seq=5)):  # 3, 4 lost
+        for data in (
+            fork_datagram(812, 4242, cpu=0, seq=1),
+            exec_datagram(4242, cpu=0, seq=2),
+            exit_datagram(4250, 0, tgid=4242, cpu=1, seq=40),  # a thread
+            exit_datagram(4242, signal.SIGKILL, cpu=0, seq=5),
+        ):  # 3, 4 lost
             proc_kernel.send(data)
         uev_kernel.send(UEVENT_NULL)
         uev_kernel.send(UEVENT_CARD0)
@@ -273,15 +314,22 @@ def test_the_thread_turns_messages_into_records_counts_losses_and_ends(stand_ins
     assert stats["status"] == "ok" and stats["reason"] is None
     assert stats["read"] == 5 and stats["records"] == 2
     assert stats["overruns"] == 1 and stats["lost"] == 2
-    assert stats["uevents"] == {"status": "ok", "reason": None, "read": 2, "records": 1,
-                                "lost": 0, "overruns": 0}
+    assert stats["uevents"] == {
+        "status": "ok",
+        "reason": None,
+        "read": 2,
+        "records": 1,
+        "lost": 0,
+        "overruns": 0,
+    }
 
 
 def test_an_exec_psutil_missed_gets_its_parent_from_the_fork(stand_ins):
     proc_kernel, proc, _uev_kernel, _uevents = stand_ins
     proc.overrun_after = None
-    watcher = ProcessWatcher(lookup=lambda pid: {}, uevents=False, exit_names=False,
-                             open_proc=lambda _ack: (proc, []))
+    watcher = ProcessWatcher(
+        lookup=lambda pid: {}, uevents=False, exit_names=False, open_proc=lambda _ack: (proc, [])
+    )
     with watcher:
         proc_kernel.send(fork_datagram(os.getpid(), 5000, seq=1))
         proc_kernel.send(exec_datagram(5000, seq=2))
@@ -294,9 +342,12 @@ def test_an_exec_psutil_missed_gets_its_parent_from_the_fork(stand_ins):
 def test_an_exit_psutil_could_not_name_gets_the_kernels_name(stand_ins):
     proc_kernel, proc, exits_kernel, exits = stand_ins
     proc.overrun_after = None
-    watcher = ProcessWatcher(lookup=lambda pid: {}, uevents=False,
-                             open_proc=lambda _ack: (proc, []),
-                             open_exit_stats=lambda: (exits, []))
+    watcher = ProcessWatcher(
+        lookup=lambda pid: {},
+        uevents=False,
+        open_proc=lambda _ack: (proc, []),
+        open_exit_stats=lambda: (exits, []),
+    )
     with watcher:
         proc_kernel.send(exec_datagram(5000, seq=1))
         assert wait_for(lambda: len(watcher.records) == 1)
@@ -305,12 +356,18 @@ def test_an_exit_psutil_could_not_name_gets_the_kernels_name(stand_ins):
         proc_kernel.send(exit_datagram(5000, signal.SIGKILL, seq=2))
         assert wait_for(lambda: len(watcher.records) == 2)
     started, ended = watcher.records
-    assert started["name"] is None                  # psutil found nothing at exec
+    assert started["name"] is None  # psutil found nothing at exec
     assert ended["name"] == "sleep" and ended["exit_signal"] == signal.SIGKILL
     assert exits.closed
     stats = watcher.stats()["exit_names"]
-    assert stats == {"status": "ok", "reason": None, "read": 2, "records": 1, "lost": 0,
-                     "overruns": 0}
+    assert stats == {
+        "status": "ok",
+        "reason": None,
+        "read": 2,
+        "records": 1,
+        "lost": 0,
+        "overruns": 0,
+    }
 
 
 def test_a_kernel_without_taskstats_still_watches_and_says_so(stand_ins):
@@ -318,11 +375,17 @@ def test_a_kernel_without_taskstats_still_watches_and_says_so(stand_ins):
     proc.overrun_after = None
 
     def refuse():
-        raise ProcessWatchUnavailable("exit names (taskstats): this kernel has no taskstats "
-                                      "family (built without CONFIG_TASKSTATS)")
+        raise ProcessWatchUnavailable(
+            "exit names (taskstats): this kernel has no taskstats "
+            "family (built without CONFIG_TASKSTATS)"
+        )
 
-    watcher = ProcessWatcher(lookup=lambda pid: {}, uevents=False,
-                             open_proc=lambda _ack: (proc, []), open_exit_stats=refuse)
+    watcher = ProcessWatcher(
+        lookup=lambda pid: {},
+        uevents=False,
+        open_proc=lambda _ack: (proc, []),
+        open_exit_stats=refuse,
+    )
     with watcher:
         proc_kernel.send(exec_datagram(5000, seq=1))
         proc_kernel.send(exit_datagram(5000, 0, seq=2))
@@ -341,8 +404,13 @@ def test_a_broken_record_handler_is_counted_not_fatal(stand_ins):
     def refuse(record):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    watcher = ProcessWatcher(on_record=refuse, lookup=lambda pid: {}, uevents=False,
-                             exit_names=False, open_proc=lambda _ack: (proc, []))
+    watcher = ProcessWatcher(
+        on_record=refuse,
+        lookup=lambda pid: {},
+        uevents=False,
+        exit_names=False,
+        open_proc=lambda _ack: (proc, []),
+    )
     with watcher:
         proc_kernel.send(exec_datagram(5000, seq=1))
         proc_kernel.send(exec_datagram(5001, seq=2))
@@ -356,18 +424,20 @@ def test_a_watch_that_cannot_start_says_why_and_leaves_nothing_running():
     opened = []
 
     def refuse(_ack):
-        raise ProcessWatchUnavailable("process connector: the kernel did not acknowledge",
-                                      "not in a container")
+        raise ProcessWatchUnavailable(
+            "process connector: the kernel did not acknowledge", "not in a container"
+        )
 
     watcher = ProcessWatcher(open_proc=refuse, open_uevents=lambda: opened.append(1))
     with pytest.raises(ProcessWatchUnavailable, match="did not acknowledge"):
         watcher.start()
-    watcher.stop()                                   # harmless after a failed start
+    watcher.stop()  # harmless after a failed start
     assert not opened and not watcher_threads()
     stats = watcher.stats()
     assert stats["status"] == "unavailable"
-    assert stats["reason"] == ("process connector: the kernel did not acknowledge; "
-                               "not in a container")
+    assert stats["reason"] == (
+        "process connector: the kernel did not acknowledge; not in a container"
+    )
 
 
 def test_a_watch_never_started_is_reported_as_such():
@@ -397,11 +467,12 @@ def test_the_subscription_is_encoded_as_the_kernel_expects():
     length, kind, flags, _seq, port = struct.unpack_from("=IHHII", data)
     idx, val, _cseq, ack, size = struct.unpack_from("=IIIIH", data, 16)
     (action,) = struct.unpack_from("=I", data, 36)
-    assert (length, kind, flags, port) == (40, 3, 0, 4321)      # NLMSG_DONE
+    assert (length, kind, flags, port) == (40, 3, 0, 4321)  # NLMSG_DONE
     assert (idx, val, ack, size, action) == (1, 1, 99, 4, 1)
 
 
 # -- the real process connector --------------------------------------------------------------
+
 
 def _open_or_skip():
     watcher = ProcessWatcher()
@@ -467,7 +538,7 @@ def test_live_exits_of_programs_psutil_never_saw_are_named_by_the_kernel():
             pytest.skip(f"taskstats cannot be used here: {watcher.stats()['exit_names']}")
         pids = []
         for _ in range(4):
-            child = subprocess.Popen(["sleep", "30"])     # returns once sleep is exec'd
+            child = subprocess.Popen(["sleep", "30"])  # returns once sleep is exec'd
             child.kill()
             child.wait()
             pids.append(child.pid)
@@ -505,6 +576,7 @@ def _process_name(pid):
 
 # -- `memtrace record` with the watcher ------------------------------------------------------
 
+
 class FakeStats:
     lost_events = 0
     missed_returns = 0
@@ -512,8 +584,13 @@ class FakeStats:
     attach_failures = []
 
     def as_dict(self):
-        return {"lost_events": 0, "missed_returns": 0, "attached": ["memtype_reserve"],
-                "attach_failures": [], "late_attached": []}
+        return {
+            "lost_events": 0,
+            "missed_returns": 0,
+            "attached": ["memtype_reserve"],
+            "attach_failures": [],
+            "late_attached": [],
+        }
 
 
 class FakeSession:
@@ -525,8 +602,9 @@ class FakeSession:
     def __init__(self, requests, backend="auto", debug=False):
         self.plan = argparse.Namespace(probes=["memtype_reserve"])
         self.backend_name, self.backend_reason = "tracefs", "test"
-        self.backend = argparse.Namespace(stats=FakeStats(), returns_carry_arguments=True,
-                                          notes=[], cleanup_problems=[])
+        self.backend = argparse.Namespace(
+            stats=FakeStats(), returns_carry_arguments=True, notes=[], cleanup_problems=[]
+        )
         self.removed_stale = []
 
     def describe(self):
@@ -535,6 +613,7 @@ class FakeSession:
     def run(self, on_event, duration=None, workload=None, on_attached=None):
         from memtrace.analysis.events import Event
         from memtrace.probes.session import SessionResult
+
         on_attached(self)
         child = subprocess.Popen(workload)
         child.wait()
@@ -547,14 +626,22 @@ class FakeSession:
 @pytest.fixture
 def fake_record(monkeypatch, tmp_path):
     from memtrace.tools import record
+
     monkeypatch.setattr(record, "TraceSession", FakeSession)
     monkeypatch.setattr(record, "trace_environment", lambda: {"kernel": "test"})
     FakeSession.children = []
     out = tmp_path / "t.jsonl"
 
     def run(*command):
-        args = argparse.Namespace(output=str(out), force=False, backend="auto",
-                                  duration=None, fn=[], command=["--", *command], debug=False)
+        args = argparse.Namespace(
+            output=str(out),
+            force=False,
+            backend="auto",
+            duration=None,
+            fn=[],
+            command=["--", *command],
+            debug=False,
+        )
         assert record.run(args) == 0
         return read_trace(str(out))
 
@@ -579,23 +666,29 @@ def test_record_writes_the_workloads_processes_into_the_trace(fake_record, capsy
 
 
 def test_record_without_the_watch_notes_why_once_and_still_writes_the_trace(
-        fake_record, capsys, monkeypatch):
+    fake_record, capsys, monkeypatch
+):
     def refuse(_ack=None):
-        raise ProcessWatchUnavailable("process connector: not allowed to subscribe",
-                                      pw.NEEDS_ROOT_HINT)
+        raise ProcessWatchUnavailable(
+            "process connector: not allowed to subscribe", pw.NEEDS_ROOT_HINT
+        )
 
     monkeypatch.setattr(pw, "open_proc_connector", refuse)
     trace = fake_record("true")
     assert trace.processes == [] and len(trace.events) == 1
     watch = trace.process_watch
     assert watch["status"] == "unavailable"
-    assert watch["reason"] == ("process connector: not allowed to subscribe; "
-                               "run memtrace as root (watching processes needs CAP_NET_ADMIN)")
+    assert watch["reason"] == (
+        "process connector: not allowed to subscribe; "
+        "run memtrace as root (watching processes needs CAP_NET_ADMIN)"
+    )
     notes = [line for line in capsys.readouterr().err.splitlines() if "unavailable" in line]
-    assert notes[0] == ("memtrace record: note: process watch unavailable: process connector: "
-                        "not allowed to subscribe; run memtrace as root (watching processes "
-                        "needs CAP_NET_ADMIN)")
-    assert notes[1].endswith("process watch unavailable")        # the summary line
+    assert notes[0] == (
+        "memtrace record: note: process watch unavailable: process connector: "
+        "not allowed to subscribe; run memtrace as root (watching processes "
+        "needs CAP_NET_ADMIN)"
+    )
+    assert notes[1].endswith("process watch unavailable")  # the summary line
     assert len(notes) == 2
     assert not watcher_threads()
 
@@ -604,26 +697,32 @@ def test_record_without_taskstats_notes_it_and_still_watches(fake_record, capsys
     _open_or_skip().stop()
 
     def refuse():
-        raise ProcessWatchUnavailable("exit names (taskstats): this kernel has no taskstats "
-                                      "family (built without CONFIG_TASKSTATS)",
-                                      "exits keep the names seen at exec")
+        raise ProcessWatchUnavailable(
+            "exit names (taskstats): this kernel has no taskstats "
+            "family (built without CONFIG_TASKSTATS)",
+            "exits keep the names seen at exec",
+        )
 
     monkeypatch.setattr(pw, "open_exit_stats", refuse)
     trace = fake_record("true")
     assert [r["what"] for r in trace.processes if r["pid"] in FakeSession.children] == [
-        "exec", "exit"]
+        "exec",
+        "exit",
+    ]
     assert trace.process_watch["status"] == "ok"
     assert trace.process_watch["exit_names"]["status"] == "unavailable"
     err = capsys.readouterr().err
-    assert ("memtrace record: note: programs that end before memtrace reads /proc will have "
-            "no name: exit names (taskstats): this kernel has no taskstats family (built "
-            "without CONFIG_TASKSTATS); exits keep the names seen at exec") in err.splitlines()
+    assert (
+        "memtrace record: note: programs that end before memtrace reads /proc will have "
+        "no name: exit names (taskstats): this kernel has no taskstats family (built "
+        "without CONFIG_TASKSTATS); exits keep the names seen at exec"
+    ) in err.splitlines()
 
 
 def test_python_can_import_the_watcher_without_pyroute2_loaded():
     # Importing memtrace's CLI must not pay for pyroute2 (about 0.1 s) until a trace starts.
-    code = ("import sys, memtrace.tools.record; "
-            "print('pyroute2' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    code = "import sys, memtrace.tools.record; print('pyroute2' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "False"

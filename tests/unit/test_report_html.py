@@ -17,8 +17,21 @@ from tests.conftest import FIXTURES
 
 EXAMPLE = os.path.join(FIXTURES, "report", "example-report.json")
 INJECTED = "<script>alert(1)</script>"
-VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
-        "track", "wbr"}
+VOID = {
+    "area",
+    "base",
+    "br",
+    "col",
+    "embed",
+    "hr",
+    "img",
+    "input",
+    "link",
+    "meta",
+    "source",
+    "track",
+    "wbr",
+}
 
 
 def load():
@@ -59,13 +72,16 @@ class Page(HTMLParser):
         (self.styles if self.stack and self.stack[-1] == "style" else self.text).append(data)
 
     def with_class(self, name):
-        return [attrs for _, attrs in self.elements
-                if name in (attrs.get("class") or "").split()]
+        return [attrs for _, attrs in self.elements if name in (attrs.get("class") or "").split()]
 
 
 def non_empty_buckets(doc):
-    return [(row["host"], row["fn"], row.get("memtype") or "unknown", bucket)
-            for row in doc["latency"] for bucket in row.get("histogram") or [] if bucket[2] > 0]
+    return [
+        (row["host"], row["fn"], row.get("memtype") or "unknown", bucket)
+        for row in doc["latency"]
+        for bucket in row.get("histogram") or []
+        if bucket[2] > 0
+    ]
 
 
 def test_html_is_well_formed(doc):
@@ -79,21 +95,36 @@ def test_html_loads_nothing_and_runs_nothing(doc):
     html = render_html(doc)
     page = Page(html)
     tags = collections.Counter(tag for tag, _ in page.elements)
-    for tag in ("script", "link", "img", "iframe", "object", "embed", "image", "use",
-                "foreignobject", "base", "form"):
+    for tag in (
+        "script",
+        "link",
+        "img",
+        "iframe",
+        "object",
+        "embed",
+        "image",
+        "use",
+        "foreignobject",
+        "base",
+        "form",
+    ):
         assert not tags[tag], f"<{tag}> in the page"
     for tag, attrs in page.elements:
         for name, value in attrs.items():
             assert not name.startswith("on"), f"<{tag} {name}=...>"
-            assert not re.search(r"https?:|//|javascript:|data:", value or "", re.I), \
+            assert not re.search(r"https?:|//|javascript:|data:", value or "", re.I), (
                 f"<{tag} {name}={value!r}>"
+            )
             if name in ("href", "src", "xlink:href", "action"):
                 assert (value or "").startswith("#"), f"<{tag} {name}={value!r}>"
     css = "".join(page.styles)
     assert "url(" not in css and "@import" not in css and "@font-face" not in css
     assert not re.search(r"https?:", html)
-    csp = [a["content"] for t, a in page.elements
-           if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
+    csp = [
+        a["content"]
+        for t, a in page.elements
+        if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"
+    ]
     assert csp == ["default-src 'none'; style-src 'unsafe-inline'"]
 
 
@@ -107,8 +138,9 @@ def test_one_bar_per_non_empty_histogram_bucket_and_memory_type(doc):
     bars = page.with_class("bar")
     expected = non_empty_buckets(doc)
     assert len(bars) == len(expected) == 12
-    assert (collections.Counter((b["data-memtype"], int(b["data-count"])) for b in bars)
-            == collections.Counter((memtype, bucket[2]) for _, _, memtype, bucket in expected))
+    assert collections.Counter(
+        (b["data-memtype"], int(b["data-count"])) for b in bars
+    ) == collections.Counter((memtype, bucket[2]) for _, _, memtype, bucket in expected)
     assert {b["data-memtype"] for b in bars} == {"UC-", "WC", "unknown"}
     # coloured by memory type: UC- red, WC green, unknown grey
     fills = {b["data-memtype"]: b["fill"] for b in bars}
@@ -134,9 +166,20 @@ def test_histogram_x_labels_are_powers_of_ten(doc):
 
 
 def test_cycle_histograms_and_slot_zero():
-    doc = {"hosts": [{"name": "host-1"}], "latency": [
-        {"host": "host-1", "fn": "f", "probe": "f", "memtype": None, "measure": "cycles",
-         "count": 4, "histogram": [[0, 0, 1], [1, 1, 1], [1024, 2047, 2]]}]}
+    doc = {
+        "hosts": [{"name": "host-1"}],
+        "latency": [
+            {
+                "host": "host-1",
+                "fn": "f",
+                "probe": "f",
+                "memtype": None,
+                "measure": "cycles",
+                "count": 4,
+                "histogram": [[0, 0, 1], [1, 1, 1], [1024, 2047, 2]],
+            }
+        ],
+    }
     page = Page(render_html(doc))
     assert [b["data-count"] for b in page.with_class("bar")] == ["1", "1", "2"]
     assert "cycles (log scale)" in " ".join(page.text)
@@ -147,11 +190,15 @@ def test_one_mark_per_reservation_coloured_by_granted_type(doc):
     page = Page(render_html(doc))
     marks = page.with_class("mark")
     assert len(marks) == len(doc["reservations"]) == 48
-    assert (collections.Counter((m["data-requested"], m["data-granted"]) for m in marks)
-            == collections.Counter((r["requested"], r["granted"]) for r in doc["reservations"]))
+    assert collections.Counter(
+        (m["data-requested"], m["data-granted"]) for m in marks
+    ) == collections.Counter((r["requested"], r["granted"]) for r in doc["reservations"])
     downgrades = [m for m in marks if "downgrade" in m["class"].split()]
-    assert len(downgrades) == sum(is_downgrade(r["requested"], r["granted"])
-                                  for r in doc["reservations"]) == 15
+    assert (
+        len(downgrades)
+        == sum(is_downgrade(r["requested"], r["granted"]) for r in doc["reservations"])
+        == 15
+    )
     assert all(m.get("stroke") == "#000" for m in downgrades)
     assert {m["fill"] for m in marks if m["data-granted"] == "UC-"} == {"#de2d26"}
     assert {m["fill"] for m in marks if m["data-granted"] == "WC"} == {"#31a354"}
@@ -171,8 +218,9 @@ def test_process_and_uevents_are_ticks_on_the_timeline(doc):
     events = page.with_class("event")
     expected = [e for e in doc["timeline"] if e["kind"] in ("exec", "exit", "uevent")]
     assert len(events) == len(expected) == 18
-    assert (collections.Counter(e["data-kind"] for e in events)
-            == collections.Counter(e["kind"] for e in expected))
+    assert collections.Counter(e["data-kind"] for e in events) == collections.Counter(
+        e["kind"] for e in expected
+    )
 
 
 def test_a_long_idle_stretch_is_cut_short():
@@ -186,9 +234,17 @@ def test_a_long_idle_stretch_is_cut_short():
     assert steady.breaks == [] and steady(4500) == pytest.approx(450)
 
 
-FIELDS = [("reservations", "comm"), ("reservations", "requester"), ("reservations", "device"),
-          ("timeline", "text"), ("latency", "fn"), ("latency", "probe"),
-          ("findings", "title"), ("findings", "summary"), ("findings", "remedy")]
+FIELDS = [
+    ("reservations", "comm"),
+    ("reservations", "requester"),
+    ("reservations", "device"),
+    ("timeline", "text"),
+    ("latency", "fn"),
+    ("latency", "probe"),
+    ("findings", "title"),
+    ("findings", "summary"),
+    ("findings", "remedy"),
+]
 
 
 def test_every_document_string_is_escaped(doc):
@@ -217,8 +273,10 @@ def test_every_document_string_is_escaped(doc):
 
 def test_html_order_and_lost_events(doc):
     html = render_html(doc)
-    ids = [html.index(f'<section id="{name}"') for name in
-           ("findings", "reservations", "latency", "timeline", "environment", "notes")]
+    ids = [
+        html.index(f'<section id="{name}"')
+        for name in ("findings", "reservations", "latency", "timeline", "environment", "notes")
+    ]
     assert ids == sorted(ids)
     page = Page(html)
     assert "Lost events: 12 in total (host-1: 0, host-2: 12, host-3: 0)." in " ".join(page.text)
@@ -228,8 +286,8 @@ def test_html_order_and_lost_events(doc):
 
 def test_environment_has_one_column_per_host(doc):
     html = render_html(doc)
-    env = html[html.index('<section id="environment"'):]
-    head = env[:env.index("</thead>")]
+    env = html[html.index('<section id="environment"') :]
+    head = env[: env.index("</thead>")]
     assert re.findall(r'<th scope="col">([^<]*)</th>', head) == ["host-1", "host-2", "host-3"]
 
 

@@ -33,29 +33,71 @@ def doc():
 
 def one_host_doc(**overrides):
     """A small document of one host, for the cases the example does not cover."""
-    host = {"name": "host-1", "source": "live", "kernel": "6.1.0-56-amd64",
-            "kernel_cmdline": "ro quiet", "pat": {"enabled": True, "nopat": False,
-                                                  "cmdline_flags": []},
-            "cpu_model": "QEMU Virtual CPU", "cpu_flags": ["pat"], "hypervisor": None,
-            "mtrr": None, "memtrace": "0.1.0", "backend": {"name": "tracefs", "reason": "auto"},
-            "probes": [], "skipped": [], "lost_events": 0, "missed_returns": 0,
-            "seconds": 1.5, "workload": ["modprobe", "bochs"],
-            "process_watch": {"status": "ok", "reason": None, "lost": 0}, "pci_devices": []}
-    doc = {"format": "memtrace-report", "version": 1, "memtrace": "0.1.0",
-           "generated_at": "2026-11-26T10:00:00Z", "redacted": True, "lost_events": 0,
-           "hosts": [host], "findings": [], "reservations": [], "latency": [], "timeline": [],
-           "notes": []}
+    host = {
+        "name": "host-1",
+        "source": "live",
+        "kernel": "6.1.0-56-amd64",
+        "kernel_cmdline": "ro quiet",
+        "pat": {"enabled": True, "nopat": False, "cmdline_flags": []},
+        "cpu_model": "QEMU Virtual CPU",
+        "cpu_flags": ["pat"],
+        "hypervisor": None,
+        "mtrr": None,
+        "memtrace": "0.1.0",
+        "backend": {"name": "tracefs", "reason": "auto"},
+        "probes": [],
+        "skipped": [],
+        "lost_events": 0,
+        "missed_returns": 0,
+        "seconds": 1.5,
+        "workload": ["modprobe", "bochs"],
+        "process_watch": {"status": "ok", "reason": None, "lost": 0},
+        "pci_devices": [],
+    }
+    doc = {
+        "format": "memtrace-report",
+        "version": 1,
+        "memtrace": "0.1.0",
+        "generated_at": "2026-11-26T10:00:00Z",
+        "redacted": True,
+        "lost_events": 0,
+        "hosts": [host],
+        "findings": [],
+        "reservations": [],
+        "latency": [],
+        "timeline": [],
+        "notes": [],
+    }
     doc.update(overrides)
     return doc
 
 
-def reservation(ts_ns, start="0xfd000000", end="0xfd3e8000", requested="WC", granted="UC-",
-                comm="Xorg", pid=812, requester="ttm_kmap_iter_linear_io_init [ttm]",
-                host="host-1"):
-    return {"host": host, "ts_ns": ts_ns, "duration_ns": 1000, "start": start, "end": end,
-            "requested": requested, "granted": granted, "fn": "memtype_reserve", "comm": comm,
-            "pid": pid, "requester": requester, "freed_ns": None,
-            "device": "0000:00:02.0 BAR0 (bochs-drm)"}
+def reservation(
+    ts_ns,
+    start="0xfd000000",
+    end="0xfd3e8000",
+    requested="WC",
+    granted="UC-",
+    comm="Xorg",
+    pid=812,
+    requester="ttm_kmap_iter_linear_io_init [ttm]",
+    host="host-1",
+):
+    return {
+        "host": host,
+        "ts_ns": ts_ns,
+        "duration_ns": 1000,
+        "start": start,
+        "end": end,
+        "requested": requested,
+        "granted": granted,
+        "fn": "memtype_reserve",
+        "comm": comm,
+        "pid": pid,
+        "requester": requester,
+        "freed_ns": None,
+        "device": "0000:00:02.0 BAR0 (bochs-drm)",
+    }
 
 
 def markdown_tables(text):
@@ -87,17 +129,19 @@ def assert_fits(text, width=80):
 # -- golden files ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPORTS, "*.json"))),
-                         ids=os.path.basename)
+@pytest.mark.parametrize(
+    "path", sorted(glob.glob(os.path.join(REPORTS, "*.json"))), ids=os.path.basename
+)
 @pytest.mark.parametrize("suffix, renderer", [(".md", render_markdown), (".txt", render_text)])
 def test_golden_files(path, suffix, renderer):
-    golden = path[:-len(".json")] + suffix
+    golden = path[: -len(".json")] + suffix
     assert os.path.exists(golden), f"{golden} is missing: run {REGENERATE}"
     with open(golden, encoding="utf-8") as stream:
         expected = stream.read()
     assert renderer(load(path)) == expected, (
         f"{os.path.basename(golden)} differs from the rendering of {os.path.basename(path)}: "
-        f"if the change is intended, run {REGENERATE} and review the diff")
+        f"if the change is intended, run {REGENERATE} and review the diff"
+    )
 
 
 def test_the_example_is_a_version_1_report_of_three_hosts(doc):
@@ -155,18 +199,19 @@ def test_text_states_lost_events_per_host_and_in_total(doc):
 
 def test_environment_has_one_column_per_host(doc):
     text = render_text(doc)
-    env = text[text.index("Environment\n-----------"):]
+    env = text[text.index("Environment\n-----------") :]
     header = env.split("\n")[3]
     assert header.split() == ["host-1", "host-2", "host-3"]
     markdown = render_markdown(doc)
-    env = markdown[markdown.index("### Environment"):]
+    env = markdown[markdown.index("### Environment") :]
     assert "|  | host-1 | host-2 | host-3 |" in env.replace("| |", "|  |")
 
 
 def test_times_are_relative_to_each_hosts_first_event(doc):
     origin = rr.origins(doc)
-    assert origin["host-1"] == min(e["ts_ns"] for k in ("timeline", "reservations")
-                                   for e in doc[k] if e["host"] == "host-1")
+    assert origin["host-1"] == min(
+        e["ts_ns"] for k in ("timeline", "reservations") for e in doc[k] if e["host"] == "host-1"
+    )
     assert rr.rel_time(origin["host-1"] + 1_203_000_000, origin["host-1"]) == "+1.203 s"
     text = render_text(doc)
     assert "+0.256 s  fd000000-fd3e8000  WC -> UC- !" in text  # host-1's downgrade
@@ -174,10 +219,19 @@ def test_times_are_relative_to_each_hosts_first_event(doc):
 
 
 def test_text_cuts_long_lists_and_keeps_downgrades():
-    plain = [reservation(1000 + i, start=hex(0xf0000000 + i * 0x1000),
-                         end=hex(0xf0001000 + i * 0x1000), requested="WC", granted="WC",
-                         comm="kworker/0:1", pid=10, requester="ttm_bo_vmap [ttm]")
-             for i in range(60)]
+    plain = [
+        reservation(
+            1000 + i,
+            start=hex(0xF0000000 + i * 0x1000),
+            end=hex(0xF0001000 + i * 0x1000),
+            requested="WC",
+            granted="WC",
+            comm="kworker/0:1",
+            pid=10,
+            requester="ttm_bo_vmap [ttm]",
+        )
+        for i in range(60)
+    ]
     late_downgrade = reservation(10**9)
     doc = one_host_doc(reservations=plain + [late_downgrade], lost_events=0)
     text = render_text(doc)
@@ -233,7 +287,9 @@ def test_wrap_keeps_numbers_with_their_units_and_cuts_paths_after_slashes():
     assert all(len(line) <= 20 for line in lines)
     assert not any(line.endswith(("3.9", "17.3", "+7.375")) for line in lines)
     assert wrap("tests/fixtures/traces/6.12-bcc-bochs.jsonl", 22) == [
-        "tests/fixtures/traces/", "6.12-bcc-bochs.jsonl"]
+        "tests/fixtures/traces/",
+        "6.12-bcc-bochs.jsonl",
+    ]
     assert wrap("a\nb", 10) == ["a", "b"]
     assert wrap("item that wraps", 10, "- ", "  ") == ["- item", "  that", "  wraps"]
 
@@ -263,9 +319,20 @@ def test_markdown_states_lost_events(doc):
     assert "Lost events: 12 in total (host-1: 0, host-2: 12, host-3: 0)." in render_markdown(doc)
 
 
-HOSTILE = ["<script>alert(1)</script>", "a|b|c", "*bold* _it_ `code`", "[x](javascript:1)",
-           "![i](http://example.invalid/i.png)", "# heading", "1. list", "> quote",
-           "~~strike~~", "&lt;entity&gt;", "back\\slash|", "new\nline"]
+HOSTILE = [
+    "<script>alert(1)</script>",
+    "a|b|c",
+    "*bold* _it_ `code`",
+    "[x](javascript:1)",
+    "![i](http://example.invalid/i.png)",
+    "# heading",
+    "1. list",
+    "> quote",
+    "~~strike~~",
+    "&lt;entity&gt;",
+    "back\\slash|",
+    "new\nline",
+]
 
 
 @pytest.mark.parametrize("text", HOSTILE)

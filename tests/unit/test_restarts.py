@@ -19,17 +19,38 @@ SHELL = "/usr/bin/gnome-shell"
 
 
 def exec_(ts_s, pid, name="gnome-shell", exe=SHELL, parent="gdm-wayland-session"):
-    return {"type": "process", "what": "exec", "ts_ns": int(ts_s * S), "pid": pid, "tgid": pid,
-            "ppid": 1, "parent_name": parent, "name": name, "exe": exe,
-            "cmdline": [exe] if exe else None}
+    return {
+        "type": "process",
+        "what": "exec",
+        "ts_ns": int(ts_s * S),
+        "pid": pid,
+        "tgid": pid,
+        "ppid": 1,
+        "parent_name": parent,
+        "name": name,
+        "exe": exe,
+        "cmdline": [exe] if exe else None,
+    }
 
 
 def exit_(ts_s, pid, name="gnome-shell", exe=SHELL, code=None, sig=None):
     status = (sig or 0) if sig else (code or 0) << 8
-    return {"type": "process", "what": "exit", "ts_ns": int(ts_s * S), "pid": pid, "tgid": pid,
-            "ppid": 1, "parent_name": "gdm-wayland-session", "name": name, "exe": exe,
-            "cmdline": None, "exit_code": None if sig else (code or 0), "exit_signal": sig,
-            "core_dumped": False, "wait_status": status}
+    return {
+        "type": "process",
+        "what": "exit",
+        "ts_ns": int(ts_s * S),
+        "pid": pid,
+        "tgid": pid,
+        "ppid": 1,
+        "parent_name": "gdm-wayland-session",
+        "name": name,
+        "exe": exe,
+        "cmdline": None,
+        "exit_code": None if sig else (code or 0),
+        "exit_signal": sig,
+        "core_dumped": False,
+        "wait_status": status,
+    }
 
 
 def kill_loop(starts, every_s=8.0, lives_s=3.0, first_pid=1000, sig=signal.SIGKILL, **names):
@@ -61,7 +82,7 @@ def test_five_starts_and_kills_are_one_loop_of_five():
 
 
 def test_a_loop_still_going_when_the_trace_ended():
-    records = kill_loop(5)[:-1]                 # the fifth instance never exits
+    records = kill_loop(5)[:-1]  # the fifth instance never exits
     [loop] = find_restart_loops(records)
     assert loop.count == 5 and loop.still_running and loop.ended == 4
     assert "still running" in loop.describe()
@@ -76,7 +97,7 @@ def test_two_restarts_are_not_a_loop_by_default_but_can_be_asked_for():
 
 def test_a_long_running_program_is_not_a_loop():
     records = [exec_(0, 500, name="Xwayland", exe="/usr/bin/Xwayland")]
-    records += kill_loop(2)                      # one restart of something else: no loop
+    records += kill_loop(2)  # one restart of something else: no loop
     assert find_restart_loops(records) == []
 
 
@@ -87,13 +108,15 @@ def test_a_parallel_burst_is_not_a_loop():
     for burst in range(4):
         started = []
         for i in range(8):
-            records.append(exec_(burst * 5 + i * 0.01, pid, name="cc1", exe="/usr/lib/gcc/cc1",
-                                 parent="gcc"))
+            records.append(
+                exec_(burst * 5 + i * 0.01, pid, name="cc1", exe="/usr/lib/gcc/cc1", parent="gcc")
+            )
             started.append(pid)
             pid += 1
         for i, child in enumerate(started):
-            records.append(exit_(burst * 5 + 2 + i * 0.1, child, name="cc1",
-                                 exe="/usr/lib/gcc/cc1", code=0))
+            records.append(
+                exit_(burst * 5 + 2 + i * 0.1, child, name="cc1", exe="/usr/lib/gcc/cc1", code=0)
+            )
     assert find_restart_loops(records) == []
     assert find_restart_loops(records, min_restarts=1) == []
 
@@ -132,7 +155,8 @@ def test_restarts_far_apart_make_two_loops():
 def test_an_instance_started_before_tracing_counts_as_the_first():
     # Only the exit of the first gnome-shell is in the trace, and /proc no longer had its exe.
     records = [exit_(1, 900, exe=None, sig=int(signal.SIGSEGV))] + [
-        record for record in kill_loop(3, first_pid=901)]
+        record for record in kill_loop(3, first_pid=901)
+    ]
     for record in records[1:]:
         record["ts_ns"] += 2 * S
     [loop] = find_restart_loops(records)
@@ -146,7 +170,7 @@ def test_a_wrapper_that_execs_the_program_is_not_flagged():
     for i in range(5):
         pid, t = 100 + i, i * 8
         records.append(exec_(t, pid, name="gdm-x-session", exe="/usr/libexec/gdm-x-session"))
-        records.append(exec_(t + 0.1, pid))             # the same pid execs gnome-shell
+        records.append(exec_(t + 0.1, pid))  # the same pid execs gnome-shell
         records.append(exit_(t + 3, pid, code=1))
     [loop] = find_restart_loops(records)
     assert loop.name == "gnome-shell" and loop.count == 5
@@ -202,17 +226,16 @@ def test_a_start_gone_before_memtrace_looked_takes_the_name_of_its_exit():
     records[1] = dict(records[1], exe=None)
     [loop] = find_restart_loops(records)
     assert loop.name == "sleep" and loop.count == 5 and loop.pids == list(range(1000, 1005))
-    assert loop.program == "/usr/bin/sleep"             # from the instances psutil did see
+    assert loop.program == "/usr/bin/sleep"  # from the instances psutil did see
     named = with_exit_names(records)
     assert named[0]["name"] == "sleep" and named[0]["name_from"] == "exit"
     assert named[0]["exe"] is None
-    assert records[0]["name"] is None                   # the caller's records are untouched
+    assert records[0]["name"] is None  # the caller's records are untouched
     assert named[1:] == records[1:]
 
 
 def test_a_start_that_execs_another_program_does_not_take_its_name():
-    records = [unnamed(exec_(0, 1000)), exec_(0.1, 1000, name="gnome-shell"),
-               exit_(3, 1000)]
+    records = [unnamed(exec_(0, 1000)), exec_(0.1, 1000, name="gnome-shell"), exit_(3, 1000)]
     assert with_exit_names(records) == records
     # Nor does a start whose exit is unnamed too, or that never exits.
     records = [unnamed(exec_(0, 1000)), unnamed(exit_(1, 1000)), unnamed(exec_(2, 1001))]
@@ -227,11 +250,24 @@ def test_the_timeline_names_a_start_from_its_exit():
 
 def test_timeline_merges_processes_uevents_and_events_in_time_order():
     processes = [exec_(1, 10), exit_(3, 10, sig=int(signal.SIGKILL))]
-    uevents = [{"type": "uevent", "ts_ns": 2 * S, "action": "change", "subsystem": "drm",
-                "devpath": "/devices/pci0000:00/0000:00:02.0/drm/card0",
-                "devname": "dri/card0", "hotplug": True}]
-    move = Event(ts_ns=2 * S + 1, fn="drm_gem_vram_bo_driver_move", comm="gnome-shell", pid=10,
-                 duration_ns=1_240_000_000)
+    uevents = [
+        {
+            "type": "uevent",
+            "ts_ns": 2 * S,
+            "action": "change",
+            "subsystem": "drm",
+            "devpath": "/devices/pci0000:00/0000:00:02.0/drm/card0",
+            "devname": "dri/card0",
+            "hotplug": True,
+        }
+    ]
+    move = Event(
+        ts_ns=2 * S + 1,
+        fn="drm_gem_vram_bo_driver_move",
+        comm="gnome-shell",
+        pid=10,
+        duration_ns=1_240_000_000,
+    )
     entries = timeline(processes, uevents, [move])
     assert [entry.kind for entry in entries] == ["process", "uevent", "event", "process"]
     assert [entry.ts_ns for entry in entries] == sorted(entry.ts_ns for entry in entries)
@@ -244,8 +280,17 @@ def test_timeline_merges_processes_uevents_and_events_in_time_order():
 
 def test_timeline_keeps_argument_order_at_the_same_nanosecond_and_events_are_optional():
     processes = [exec_(1, 10)]
-    uevents = [{"type": "uevent", "ts_ns": S, "action": "add", "subsystem": "drm",
-                "devpath": "/devices/x/drm/card0", "devname": None, "hotplug": False}]
+    uevents = [
+        {
+            "type": "uevent",
+            "ts_ns": S,
+            "action": "add",
+            "subsystem": "drm",
+            "devpath": "/devices/x/drm/card0",
+            "devname": None,
+            "hotplug": False,
+        }
+    ]
     assert [e.kind for e in timeline(processes, uevents)] == ["process", "uevent"]
     assert timeline([], []) == []
 

@@ -48,17 +48,18 @@ def test_the_description_is_one_plain_sentence_with_the_seed_numbers():
     slow = find_slow_moves(find_moves(seed_events()))
     assert describe_slow_moves(slow) == (
         "1 buffer move ran on UC- memory: 3.9 MiB in 1.24 s (3.3 MB/s); write-combined it "
-        "would take about 10.0 ms (WC moves in this trace: 409.6 MB/s), 124x faster.")
+        "would take about 10.0 ms (WC moves in this trace: 409.6 MB/s), 124x faster."
+    )
 
 
 def test_two_slow_moves_are_summed():
-    events = seed_events() + seed_move(T_WC + 2_000_000_000, TTM_BO, "WC", "UC-", UC_NS,
-                                       UC_CYCLES)
+    events = seed_events() + seed_move(T_WC + 2_000_000_000, TTM_BO, "WC", "UC-", UC_NS, UC_CYCLES)
     slow = find_slow_moves(find_moves(events))
     assert len(slow.slow) == 2 and slow.cycles == 2 * UC_CYCLES
     assert describe_slow_moves(slow) == (
         "2 buffer moves ran on UC- memory: 7.8 MiB in 2.48 s (3.3 MB/s); write-combined they "
-        "would take about 20.0 ms (WC moves in this trace: 409.6 MB/s), 124x faster.")
+        "would take about 20.0 ms (WC moves in this trace: 409.6 MB/s), 124x faster."
+    )
 
 
 def test_without_wc_moves_the_default_reference_is_used():
@@ -66,8 +67,9 @@ def test_without_wc_moves_the_default_reference_is_used():
     assert wc_reference(moves) == (DEFAULT_WC_REFERENCE_MBPS, "default", 0)
     slow = find_slow_moves(moves)
     assert slow.slow == moves and slow.wc_reference_source == "default"
-    assert "memtrace's default, a WC move measured under KVM: 409.6 MB/s" in \
-        describe_slow_moves(slow)
+    assert "memtrace's default, a WC move measured under KVM: 409.6 MB/s" in describe_slow_moves(
+        slow
+    )
 
 
 def test_a_user_reference_wins_over_the_trace():
@@ -89,12 +91,24 @@ def test_the_finding_as_a_json_ready_record():
     record = find_slow_moves(moves).to_record()
     assert json.loads(json.dumps(record)) == record
     assert (record["found"], record["slow_moves"], record["uncached_moves"]) == (True, 1, 1)
-    assert (record["throughput_mbps"], record["wc_reference_mbps"], record["times_slower"]) == \
-        (3.303, 409.6, 124.0)
-    assert record["moves"] == [{
-        "ts_ns": T_UC, "fn": "drm_gem_vram_bo_driver_move",
-        "probe": "drm_vram_helper:bo_driver_move", "comm": "modprobe", "pid": 175,
-        "memtype": "UC-", "bytes": FB_BYTES, "duration_ns": UC_NS, "cycles": UC_CYCLES}]
+    assert (record["throughput_mbps"], record["wc_reference_mbps"], record["times_slower"]) == (
+        3.303,
+        409.6,
+        124.0,
+    )
+    assert record["moves"] == [
+        {
+            "ts_ns": T_UC,
+            "fn": "drm_gem_vram_bo_driver_move",
+            "probe": "drm_vram_helper:bo_driver_move",
+            "comm": "modprobe",
+            "pid": 175,
+            "memtype": "UC-",
+            "bytes": FB_BYTES,
+            "duration_ns": UC_NS,
+            "cycles": UC_CYCLES,
+        }
+    ]
 
 
 def test_the_wc_move_itself_is_never_slow_and_alone_gives_nothing():
@@ -110,7 +124,8 @@ def test_an_uncached_move_within_the_factor_is_not_slow():
     assert slow.times_slower == 0.0
     assert describe_slow_moves(slow) == (
         "1 buffer move ran on UC- memory; none took 4x or more the time write-combined would "
-        "take (memtrace's default, a WC move measured under KVM: 409.6 MB/s).")
+        "take (memtrace's default, a WC move measured under KVM: 409.6 MB/s)."
+    )
 
 
 def test_the_threshold_is_the_factor_times_the_wc_estimate():
@@ -118,8 +133,9 @@ def test_the_threshold_is_the_factor_times_the_wc_estimate():
     at = find_slow_moves(find_moves(seed_move(1, TTM_BO, "WC", "UC-", 40_000_000, None)))
     below = find_slow_moves(find_moves(seed_move(1, TTM_BO, "WC", "UC-", 39_900_000, None)))
     assert len(at.slow) == 1 and below.slow == []
-    loose = find_slow_moves(find_moves(seed_move(1, TTM_BO, "WC", "UC-", 39_900_000, None)),
-                            slow_factor=2.0)
+    loose = find_slow_moves(
+        find_moves(seed_move(1, TTM_BO, "WC", "UC-", 39_900_000, None)), slow_factor=2.0
+    )
     assert len(loose.slow) == 1 and loose.slow_factor == 2.0
     assert DEFAULT_SLOW_FACTOR == 4.0
     with pytest.raises(ValueError):
@@ -147,9 +163,11 @@ def test_analyze_links_the_slow_move_to_the_downgrade_that_mapped_it():
     (conflict,) = report.conflicts
     assert report.slow_moves.conflicts == [conflict]
     assert report.slow_moves.slow == [report.moves[0]]
-    assert ("Buffer moves ran on this UC- mapping: 1 move, 3.9 MiB, 1.24 s in total, "
-            "2227.4M cycles; write-combined it would take about 10.0 ms (WC moves in this "
-            "trace: 409.6 MB/s).") in conflict.explanation
+    assert (
+        "Buffer moves ran on this UC- mapping: 1 move, 3.9 MiB, 1.24 s in total, "
+        "2227.4M cycles; write-combined it would take about 10.0 ms (WC moves in this "
+        "trace: 409.6 MB/s)."
+    ) in conflict.explanation
     assert 2 <= conflict.explanation.count(". ") + 1 <= 3
 
 

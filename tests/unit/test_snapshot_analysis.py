@@ -45,8 +45,16 @@ def test_bochs_framebuffer_reserved_uc_minus_is_flagged_once():
     (finding,) = report.findings
     assert finding.kind == UNCACHED_FRAMEBUFFER
     assert (finding.start, finding.end) == (0xFD000000, 0xFE000000)
-    for words in ("0000:00:02.0", "BAR0", "bochs-drm", "1234:1111", "reserved UC-",
-                  "ioremap_wc", "resource0_wc", "silently downgraded to UC-"):
+    for words in (
+        "0000:00:02.0",
+        "BAR0",
+        "bochs-drm",
+        "1234:1111",
+        "reserved UC-",
+        "ioremap_wc",
+        "resource0_wc",
+        "silently downgraded to UC-",
+    ):
         assert words in finding.message
     for words in ("devm_ioremap_wc", "arch_io_reserve_memtype_wc", "9388ccf69925", "v6.13"):
         assert words in finding.remedy
@@ -125,15 +133,23 @@ def test_partial_overlap_with_the_framebuffer_is_flagged():
     "reservations, devices",
     [
         # framebuffer write-combined, registers uncached: the healthy layout
-        ([PatReservation(0xFD000000, 0xFE000000, "WC"),
-          PatReservation(0xFEBF0000, 0xFEBF1000, "UC-")],
-         [display_device(FRAMEBUFFER, REGISTERS)]),
+        (
+            [
+                PatReservation(0xFD000000, 0xFE000000, "WC"),
+                PatReservation(0xFEBF0000, 0xFEBF1000, "UC-"),
+            ],
+            [display_device(FRAMEBUFFER, REGISTERS)],
+        ),
         # a prefetchable BAR of a network card (class 0x02) may be uncached
-        ([PatReservation(0xFD000000, 0xFE000000, "UC-")],
-         [display_device(FRAMEBUFFER, pci_class=0x020000, driver="e1000")]),
+        (
+            [PatReservation(0xFD000000, 0xFE000000, "UC-")],
+            [display_device(FRAMEBUFFER, pci_class=0x020000, driver="e1000")],
+        ),
         # a display's ROM-like or register BAR without the prefetch bit
-        ([PatReservation(0xFD000000, 0xFE000000, "UC-")],
-         [display_device(PciBar(0, 0xFD000000, 0xFE000000, PLAIN_MEM))]),
+        (
+            [PatReservation(0xFD000000, 0xFE000000, "UC-")],
+            [display_device(PciBar(0, 0xFD000000, 0xFE000000, PLAIN_MEM))],
+        ),
     ],
 )
 def test_no_false_positives(reservations, devices):
@@ -189,9 +205,15 @@ LAB_MTRR = "reg00: base=0x0c0000000 ( 3072MB), size= 1024MB, count=1: uncachable
 def test_with_the_lab_mtrr_the_uc_minus_framebuffer_is_effectively_uc_and_flagged():
     from memtrace.analysis.effective import PatState
     from memtrace.analysis.mtrr import table_from_header
+
     whole = PatReservation(0xFD000000, 0xFE000000, "UC-")
-    report = analyze_snapshot([whole], [], [display_device(FRAMEBUFFER, REGISTERS)],
-                              PatState(True, None), table_from_header(LAB_MTRR, None))
+    report = analyze_snapshot(
+        [whole],
+        [],
+        [display_device(FRAMEBUFFER, REGISTERS)],
+        PatState(True, None),
+        table_from_header(LAB_MTRR, None),
+    )
     (row,) = report.reservations
     assert (row.memtype, row.effective, row.flagged) == ("UC-", "UC", True)
     assert any("reg00" in reason for reason in row.effective_reasons)
@@ -200,10 +222,16 @@ def test_with_the_lab_mtrr_the_uc_minus_framebuffer_is_effectively_uc_and_flagge
 def test_a_uc_minus_framebuffer_under_a_wc_mtrr_is_write_combined_and_not_flagged():
     from memtrace.analysis.effective import PatState
     from memtrace.analysis.mtrr import table_from_header
+
     wc_mtrr = "reg00: base=0x0fd000000 ( 4048MB), size=   16MB, count=1: write-combining\n"
     whole = PatReservation(0xFD000000, 0xFE000000, "UC-")
-    report = analyze_snapshot([whole], [], [display_device(FRAMEBUFFER, REGISTERS)],
-                              PatState(True, None), table_from_header(wc_mtrr, None))
+    report = analyze_snapshot(
+        [whole],
+        [],
+        [display_device(FRAMEBUFFER, REGISTERS)],
+        PatState(True, None),
+        table_from_header(wc_mtrr, None),
+    )
     (row,) = report.reservations
     assert (row.memtype, row.effective, row.flagged) == ("UC-", "WC", False)
     assert report.findings == []
@@ -213,10 +241,13 @@ def test_pat_off_is_a_finding_per_display_framebuffer_naming_the_reason():
     from memtrace.analysis.effective import PatState
     from memtrace.analysis.mtrr import table_from_header
     from memtrace.analysis.snapshot import PAT_DISABLED
-    state = PatState(False, None, "PAT support disabled via boot option",
-                     ("`nopat` on the kernel command line",))
-    report = analyze_snapshot([], [], [display_device(FRAMEBUFFER, REGISTERS)], state,
-                              table_from_header(LAB_MTRR, None))
+
+    state = PatState(
+        False, None, "PAT support disabled via boot option", ("`nopat` on the kernel command line",)
+    )
+    report = analyze_snapshot(
+        [], [], [display_device(FRAMEBUFFER, REGISTERS)], state, table_from_header(LAB_MTRR, None)
+    )
     (finding,) = report.findings
     assert finding.kind == PAT_DISABLED
     assert (finding.start, finding.end) == (0xFD000000, 0xFE000000)
@@ -236,4 +267,4 @@ def test_thousands_of_identical_overlapping_lines_stay_linear():
     assert all(reason.count("on the framebuffer") <= 1 for reason in reasons if reason)
     assert max(len(reason) for reason in reasons if reason) < 200
     overlaps = [f for f in report.findings if f.kind == OVERLAPPING_TYPES]
-    assert len(overlaps) == 5000   # each UC- entry with the WC one, once
+    assert len(overlaps) == 5000  # each UC- entry with the WC one, once

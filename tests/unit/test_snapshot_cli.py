@@ -40,13 +40,21 @@ def test_bochs_framebuffer_is_flagged_in_the_table_and_explained(capsys):
     assert "Kernel 6.1.0-50-amd64" in out
     (whole_bar,) = row_starting(out, "fd000000-fe000000")
     # type, then effective type (this capture has no /proc/mtrr: the same)
-    assert whole_bar.split() == ["fd000000-fe000000", "16M", "UC-", "UC-", "0000:00:02.0",
-                                 "BAR0", "bochs-drm", "!"]
+    assert whole_bar.split() == [
+        "fd000000-fe000000",
+        "16M",
+        "UC-",
+        "UC-",
+        "0000:00:02.0",
+        "BAR0",
+        "bochs-drm",
+        "!",
+    ]
     (ttm_map,) = row_starting(out, "fd000000-fd3e8000")
     assert "3.9M" in ttm_map and ttm_map.rstrip().endswith("!")
     (registers,) = row_starting(out, "febf0000-febf1000")
     assert not registers.rstrip().endswith("!")
-    findings = " ".join(out[out.index("Findings:"):].split())  # undo the line wrapping
+    findings = " ".join(out[out.index("Findings:") :].split())  # undo the line wrapping
     assert "silently downgraded to UC-" in findings
     assert 'commit 9388ccf69925 ("drm/bochs: use devm_ioremap_wc() to map framebuffer")' in findings
 
@@ -56,8 +64,7 @@ def test_qxl_write_combined_vram_is_not_flagged(capsys):
     assert status == EXIT_OK
     assert "No findings." in out and "Findings:" not in out
     (vram,) = row_starting(out, "f8000000-fc000000")
-    assert vram.split() == ["f8000000-fc000000", "64M", "WC", "WC", "0000:00:02.0", "BAR1",
-                            "qxl"]
+    assert vram.split() == ["f8000000-fc000000", "64M", "WC", "WC", "0000:00:02.0", "BAR1", "qxl"]
 
 
 @pytest.mark.parametrize("capture", [BOCHS, QXL, HOST])
@@ -69,8 +76,14 @@ def test_text_output_fits_in_100_columns(capsys, capture):
 def test_pci_bars_are_listed_with_their_kind(capsys):
     _, out, _ = snapshot(capsys, "--root", BOCHS)
     (framebuffer,) = row_starting(out, "0000:00:02.0  BAR0")
-    assert framebuffer.split()[2:] == ["fd000000-fe000000", "16M", "pref+wc", "030000",
-                                       "1234:1111", "bochs-drm"]
+    assert framebuffer.split()[2:] == [
+        "fd000000-fe000000",
+        "16M",
+        "pref+wc",
+        "030000",
+        "1234:1111",
+        "bochs-drm",
+    ]
     (registers,) = row_starting(out, "0000:00:02.0  BAR2")
     assert "mmio" in registers.split()
 

@@ -270,6 +270,7 @@ MTRR_FUNCTIONS = ("mtrr_add_page", "mtrr_del_page", "arch_phys_wc_add", "arch_ph
 
 def test_mtrr_functions_are_optional_default_targets():
     from memtrace.probes.plan import DEFAULT_TARGETS
+
     for name in MTRR_FUNCTIONS:
         target = find_target(name)
         assert target.role == MTRR and not target.essential and target.module is None
@@ -279,6 +280,7 @@ def test_mtrr_functions_are_optional_default_targets():
 def test_a_kernel_without_mtrr_functions_skips_them(host):
     # The 6.18 host's kallsyms excerpt has none of them: the default plan goes on without.
     from memtrace.probes.plan import DEFAULT_TARGETS, build_plan
+
     plan = build_plan(DEFAULT_TARGETS, host, lambda *_: None, strict=False)
     skipped = dict(plan.skipped)
     for name in MTRR_FUNCTIONS:
@@ -287,8 +289,9 @@ def test_a_kernel_without_mtrr_functions_skips_them(host):
 
 
 def test_mtrr_functions_resolve_where_the_kernel_has_them():
-    table = parse_kallsyms("".join(f"ffffffff8106{i}000 T {name}\n"
-                                   for i, name in enumerate(MTRR_FUNCTIONS)))
+    table = parse_kallsyms(
+        "".join(f"ffffffff8106{i}000 T {name}\n" for i, name in enumerate(MTRR_FUNCTIONS))
+    )
     for name in MTRR_FUNCTIONS:
         resolution = resolve(name, SymbolSource(table))
         assert (resolution.symbol, resolution.how, resolution.module) == (name, EXACT, None)

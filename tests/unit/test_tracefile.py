@@ -21,10 +21,21 @@ def _write(path, events=(), footer=True):
             writer.footer({"lost_events": 3})
 
 
-WC_DOWNGRADE = Event(ts_ns=10, fn="memtype_reserve", probe="memtype_reserve", role="reserve",
-                     comm="modprobe", pid=175, tid=175, start=0xFD000000, end=0xFD3E8000,
-                     requested="WC", granted="UC-", ret=0,
-                     stack=["memtype_reserve", "ttm_kmap_iter_linear_io_init [ttm]"])
+WC_DOWNGRADE = Event(
+    ts_ns=10,
+    fn="memtype_reserve",
+    probe="memtype_reserve",
+    role="reserve",
+    comm="modprobe",
+    pid=175,
+    tid=175,
+    start=0xFD000000,
+    end=0xFD3E8000,
+    requested="WC",
+    granted="UC-",
+    ret=0,
+    stack=["memtype_reserve", "ttm_kmap_iter_linear_io_init [ttm]"],
+)
 
 
 def test_round_trip_keeps_every_field(tmp_path):
@@ -108,28 +119,65 @@ def test_unknown_version(tmp_path):
 
 def test_bad_event_field(tmp_path):
     path = tmp_path / "t.jsonl"
-    path.write_text('{"type":"header","format":"memtrace-trace","version":1}\n'
-                    '{"type":"event","fn":"x","ts_ns":"soon"}\n')
+    path.write_text(
+        '{"type":"header","format":"memtrace-trace","version":1}\n'
+        '{"type":"event","fn":"x","ts_ns":"soon"}\n'
+    )
     with pytest.raises(BadInput, match=r":2: bad event"):
         read_trace(str(path))
 
 
 # -- process and uevent lines ----------------------------------------------------------------
 
-SHELL_EXEC = {"type": "process", "what": "exec", "ts_ns": 20, "pid": 812, "tgid": 812,
-              "ppid": 790, "parent_name": "gdm-wayland-session", "name": "gnome-shell",
-              "exe": "/usr/bin/gnome-shell", "cmdline": ["/usr/bin/gnome-shell"]}
-SHELL_KILLED = {"type": "process", "what": "exit", "ts_ns": 40, "pid": 812, "tgid": 812,
-                "ppid": 790, "parent_name": "gdm-wayland-session", "name": "gnome-shell",
-                "exe": "/usr/bin/gnome-shell", "cmdline": ["/usr/bin/gnome-shell"],
-                "exit_code": None, "exit_signal": 9, "core_dumped": False, "wait_status": 9}
-CARD0_HOTPLUG = {"type": "uevent", "ts_ns": 30, "action": "change", "subsystem": "drm",
-                 "devpath": "/devices/pci0000:00/0000:00:02.0/drm/card0",
-                 "devname": "dri/card0", "devtype": "drm_minor", "hotplug": True,
-                 "seqnum": 2741, "properties": {"MAJOR": "226", "MINOR": "0"}}
-WATCH_OK = {"status": "ok", "reason": None, "read": 57, "records": 2, "lost": 0,
-            "overruns": 0, "uevents": {"status": "ok", "reason": None, "read": 3,
-                                       "records": 1, "lost": 0, "overruns": 0}}
+SHELL_EXEC = {
+    "type": "process",
+    "what": "exec",
+    "ts_ns": 20,
+    "pid": 812,
+    "tgid": 812,
+    "ppid": 790,
+    "parent_name": "gdm-wayland-session",
+    "name": "gnome-shell",
+    "exe": "/usr/bin/gnome-shell",
+    "cmdline": ["/usr/bin/gnome-shell"],
+}
+SHELL_KILLED = {
+    "type": "process",
+    "what": "exit",
+    "ts_ns": 40,
+    "pid": 812,
+    "tgid": 812,
+    "ppid": 790,
+    "parent_name": "gdm-wayland-session",
+    "name": "gnome-shell",
+    "exe": "/usr/bin/gnome-shell",
+    "cmdline": ["/usr/bin/gnome-shell"],
+    "exit_code": None,
+    "exit_signal": 9,
+    "core_dumped": False,
+    "wait_status": 9,
+}
+CARD0_HOTPLUG = {
+    "type": "uevent",
+    "ts_ns": 30,
+    "action": "change",
+    "subsystem": "drm",
+    "devpath": "/devices/pci0000:00/0000:00:02.0/drm/card0",
+    "devname": "dri/card0",
+    "devtype": "drm_minor",
+    "hotplug": True,
+    "seqnum": 2741,
+    "properties": {"MAJOR": "226", "MINOR": "0"},
+}
+WATCH_OK = {
+    "status": "ok",
+    "reason": None,
+    "read": 57,
+    "records": 2,
+    "lost": 0,
+    "overruns": 0,
+    "uevents": {"status": "ok", "reason": None, "read": 3, "records": 1, "lost": 0, "overruns": 0},
+}
 
 
 def _write_watched(path, footer=True):
@@ -151,8 +199,11 @@ def test_process_and_uevent_records_round_trip(tmp_path):
     assert trace.processes == [SHELL_EXEC, SHELL_KILLED]
     assert trace.uevents == [CARD0_HOTPLUG]
     assert trace.process_watch == WATCH_OK
-    assert (trace.footer["events"], trace.footer["process_records"],
-            trace.footer["uevent_records"]) == (1, 2, 1)
+    assert (
+        trace.footer["events"],
+        trace.footer["process_records"],
+        trace.footer["uevent_records"],
+    ) == (1, 2, 1)
     # In the file, in the order written, each line naming its type.
     kinds = [json.loads(line)["type"] for line in path.read_text().splitlines()]
     assert kinds == ["header", "event", "process", "uevent", "process", "footer"]
@@ -160,9 +211,11 @@ def test_process_and_uevent_records_round_trip(tmp_path):
 
 def test_a_trace_from_before_process_watching_still_reads(tmp_path):
     path = tmp_path / "t.jsonl"
-    path.write_text('{"type":"header","format":"memtrace-trace","version":1}\n'
-                    '{"type":"event","fn":"memtype_reserve","ts_ns":1}\n'
-                    '{"type":"footer","events":1,"lost_events":0}\n')
+    path.write_text(
+        '{"type":"header","format":"memtrace-trace","version":1}\n'
+        '{"type":"event","fn":"memtype_reserve","ts_ns":1}\n'
+        '{"type":"footer","events":1,"lost_events":0}\n'
+    )
     trace = read_trace(str(path))
     assert len(trace.events) == 1
     assert trace.processes == [] and trace.uevents == [] and trace.process_watch is None
@@ -188,17 +241,24 @@ def test_missing_footer_after_process_lines_names_the_last_line(tmp_path):
     assert partial.processes == [SHELL_EXEC, SHELL_KILLED] and partial.footer is None
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"type":"process","what":"exec","ts_ns":1,"pid":"812"}', "pid must be an integer"),
-    ('{"type":"process","what":"spawn","ts_ns":1,"pid":812}', "'what' must be exec, exit"),
-    ('{"type":"process","what":"exit","pid":812}', "ts_ns must be an integer"),
-    ('{"type":"process","what":"exec","ts_ns":1,"pid":812,"cmdline":"sh -c x"}',
-     "cmdline must be a list of strings"),
-    ('{"type":"process","what":"exit","ts_ns":1,"pid":812,"exit_signal":"KILL"}',
-     "exit_signal must be an integer"),
-    ('{"type":"uevent","action":"change"}', "uevent record: ts_ns must be an integer"),
-    ('{"type":"uevent","ts_ns":1,"properties":["HOTPLUG=1"]}', "properties must be an object"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"type":"process","what":"exec","ts_ns":1,"pid":"812"}', "pid must be an integer"),
+        ('{"type":"process","what":"spawn","ts_ns":1,"pid":812}', "'what' must be exec, exit"),
+        ('{"type":"process","what":"exit","pid":812}', "ts_ns must be an integer"),
+        (
+            '{"type":"process","what":"exec","ts_ns":1,"pid":812,"cmdline":"sh -c x"}',
+            "cmdline must be a list of strings",
+        ),
+        (
+            '{"type":"process","what":"exit","ts_ns":1,"pid":812,"exit_signal":"KILL"}',
+            "exit_signal must be an integer",
+        ),
+        ('{"type":"uevent","action":"change"}', "uevent record: ts_ns must be an integer"),
+        ('{"type":"uevent","ts_ns":1,"properties":["HOTPLUG=1"]}', "properties must be an object"),
+    ],
+)
 def test_bad_process_and_uevent_lines_name_the_line(tmp_path, line, message):
     path = tmp_path / "t.jsonl"
     path.write_text('{"type":"header","format":"memtrace-trace","version":1}\n' + line + "\n")
@@ -208,8 +268,9 @@ def test_bad_process_and_uevent_lines_name_the_line(tmp_path, line, message):
 
 def test_unknown_record_types_are_still_refused(tmp_path):
     path = tmp_path / "t.jsonl"
-    path.write_text('{"type":"header","format":"memtrace-trace","version":1}\n'
-                    '{"type":"syscall","ts_ns":1}\n')
+    path.write_text(
+        '{"type":"header","format":"memtrace-trace","version":1}\n{"type":"syscall","ts_ns":1}\n'
+    )
     with pytest.raises(BadInput, match=r":2: unknown record type 'syscall'"):
         read_trace(str(path))
 
@@ -245,11 +306,23 @@ def test_lines_from_two_threads_never_mix(tmp_path):
 
 # -- MTRR events and the end-of-trace state ----------------------------------------------------
 
-MTRR_ADD = Event(ts_ns=20, fn="mtrr_add_page", probe="mtrr_add_page", role="mtrr_add",
-                 comm="sh", start=0xFD000000, end=0xFE000000, size=0x1000000, ret=1,
-                 caller="mtrr_write", mtrr_type="WC", mtrr_reg=1)
-MTRR_DEL_REG0 = Event(ts_ns=30, fn="mtrr_del_page", probe="mtrr_del_page", role="mtrr_del",
-                      ret=0, mtrr_reg=0)
+MTRR_ADD = Event(
+    ts_ns=20,
+    fn="mtrr_add_page",
+    probe="mtrr_add_page",
+    role="mtrr_add",
+    comm="sh",
+    start=0xFD000000,
+    end=0xFE000000,
+    size=0x1000000,
+    ret=1,
+    caller="mtrr_write",
+    mtrr_type="WC",
+    mtrr_reg=1,
+)
+MTRR_DEL_REG0 = Event(
+    ts_ns=30, fn="mtrr_del_page", probe="mtrr_del_page", role="mtrr_del", ret=0, mtrr_reg=0
+)
 
 
 def test_mtrr_fields_round_trip(tmp_path):
@@ -269,8 +342,14 @@ class _Stats:
     attach_failures = []
 
     def as_dict(self):
-        return {"lost_events": 0, "missed_returns": 0, "missing_stacks": 0, "attached": [],
-                "attach_failures": [], "late_attached": []}
+        return {
+            "lost_events": 0,
+            "missed_returns": 0,
+            "missing_stacks": 0,
+            "attached": [],
+            "attach_failures": [],
+            "late_attached": [],
+        }
 
 
 class _Session:
@@ -280,10 +359,12 @@ class _Session:
 
     def __init__(self, requests, backend="auto", debug=False):
         import argparse
+
         self.plan = argparse.Namespace(probes=[])
         self.backend_name, self.backend_reason = "tracefs", "test"
-        self.backend = argparse.Namespace(stats=_Stats(), returns_carry_arguments=True,
-                                          notes=[], cleanup_problems=[])
+        self.backend = argparse.Namespace(
+            stats=_Stats(), returns_carry_arguments=True, notes=[], cleanup_problems=[]
+        )
         self.removed_stale = []
 
     def describe(self):
@@ -291,6 +372,7 @@ class _Session:
 
     def run(self, on_event, duration=None, workload=None, on_attached=None):
         from memtrace.probes.session import SessionResult
+
         on_attached(self)
         on_event(MTRR_ADD)
         _Session.order.append("detached")
@@ -305,33 +387,53 @@ def test_record_writes_the_end_state_into_the_footer(tmp_path, monkeypatch):
 
     def end_state():
         _Session.order.append("end_state")
-        return {"pat_snapshot_end": [{"start": "0xfd000000", "end": "0xfe000000",
-                                      "type": "UC-"}],
-                "pat_snapshot_end_note": None,
-                "mtrr_end": "reg01: base=0x0fd000000 ( 4048MB), size=   16MB, count=1: "
-                            "write-combining\n"}
+        return {
+            "pat_snapshot_end": [{"start": "0xfd000000", "end": "0xfe000000", "type": "UC-"}],
+            "pat_snapshot_end_note": None,
+            "mtrr_end": "reg01: base=0x0fd000000 ( 4048MB), size=   16MB, count=1: "
+            "write-combining\n",
+        }
 
     def no_watch(self):
         raise process_watch.ProcessWatchUnavailable("not here")
 
     _Session.order = []
     monkeypatch.setattr(record, "TraceSession", _Session)
-    monkeypatch.setattr(record, "trace_environment", lambda: {"kernel": "test", "pat": {
-        "enabled": False, "configuration": None, "reason": "the kernel was booted with nopat",
-        "evidence": ["/proc/cmdline has nopat"]}, "mtrr_default": None,
-        "mtrr_default_note": "the MTRR default type is unknown: /dev/cpu/0/msr is absent "
-                             "(modprobe msr to read it)"})
+    monkeypatch.setattr(
+        record,
+        "trace_environment",
+        lambda: {
+            "kernel": "test",
+            "pat": {
+                "enabled": False,
+                "configuration": None,
+                "reason": "the kernel was booted with nopat",
+                "evidence": ["/proc/cmdline has nopat"],
+            },
+            "mtrr_default": None,
+            "mtrr_default_note": "the MTRR default type is unknown: /dev/cpu/0/msr is absent "
+            "(modprobe msr to read it)",
+        },
+    )
     monkeypatch.setattr(record, "end_state", end_state)
     monkeypatch.setattr(record, "pci_devices", lambda: [])
     monkeypatch.setattr(process_watch.ProcessWatcher, "start", no_watch)
     out = tmp_path / "t.jsonl"
-    args = argparse.Namespace(output=str(out), force=False, backend="auto", duration=None,
-                              fn=[], command=["--", "true"], debug=False)
+    args = argparse.Namespace(
+        output=str(out),
+        force=False,
+        backend="auto",
+        duration=None,
+        fn=[],
+        command=["--", "true"],
+        debug=False,
+    )
     assert record.run(args) == 0
     trace = read_trace(str(out))
     assert _Session.order == ["detached", "end_state"]
     assert trace.footer["pat_snapshot_end"] == [
-        {"start": "0xfd000000", "end": "0xfe000000", "type": "UC-"}]
+        {"start": "0xfd000000", "end": "0xfe000000", "type": "UC-"}
+    ]
     assert trace.footer["pat_snapshot_end_note"] is None
     assert trace.footer["mtrr_end"].startswith("reg01: base=0x0fd000000")
     assert trace.header["pat"]["reason"] == "the kernel was booted with nopat"
@@ -341,9 +443,13 @@ def test_record_writes_the_end_state_into_the_footer(tmp_path, monkeypatch):
 
 def test_end_state_reads_the_pat_list_and_the_mtrrs_now(monkeypatch):
     from memtrace.probes import environment
+
     monkeypatch.setattr(environment, "pat_snapshot", lambda: (None, "debugfs is not mounted"))
-    monkeypatch.setattr(environment, "_read",
-                        lambda path: "reg00: ...\n" if path == "/proc/mtrr" else None)
-    assert environment.end_state() == {"pat_snapshot_end": None,
-                                       "pat_snapshot_end_note": "debugfs is not mounted",
-                                       "mtrr_end": "reg00: ...\n"}
+    monkeypatch.setattr(
+        environment, "_read", lambda path: "reg00: ...\n" if path == "/proc/mtrr" else None
+    )
+    assert environment.end_state() == {
+        "pat_snapshot_end": None,
+        "pat_snapshot_end_note": "debugfs is not mounted",
+        "mtrr_end": "reg00: ...\n",
+    }

@@ -33,10 +33,14 @@ def guest_group(kernel):
 def guest_plan(kernel):
     """The default plan against the guest's kallsyms (after `modprobe bochs`)."""
     source = SymbolSource(parse_kallsyms(fixture(f"kallsyms-{kernel}-bochs.txt")))
-    offsets = {"size|num_pages": (8, BTF_UNITS[kernel]), "bus.offset": (32, "offset"),
-               "bus.caching": (44, "caching")}
-    return plans.build_plan(plans.DEFAULT_TARGETS, source,
-                            lambda module, struct, path: offsets[path], strict=False)
+    offsets = {
+        "size|num_pages": (8, BTF_UNITS[kernel]),
+        "bus.offset": (32, "offset"),
+        "bus.caching": (44, "caching"),
+    }
+    return plans.build_plan(
+        plans.DEFAULT_TARGETS, source, lambda module, struct, path: offsets[path], strict=False
+    )
 
 
 def registered_like_the_guest(kernel):
@@ -58,8 +62,12 @@ def module_lookup(kernel, tmp_path):
 
 def parse_capture(kernel, tmp_path, chunks=None, tsc_mhz=None):
     out = []
-    parser = tb.TraceParser(registered_like_the_guest(kernel), out.append,
-                            module_lookup(kernel, tmp_path), tsc_mhz=tsc_mhz)
+    parser = tb.TraceParser(
+        registered_like_the_guest(kernel),
+        out.append,
+        module_lookup(kernel, tmp_path),
+        tsc_mhz=tsc_mhz,
+    )
     data = fixture(f"trace-{kernel}-bochs.txt").encode()
     if chunks is None:
         parser.feed_bytes(data)
@@ -80,8 +88,10 @@ def find(found, fn, **fields):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_generated_lines_are_the_ones_the_guest_kernel_accepted(kernel):
-    listed = {re.sub(r"^r\d+:", "r:", line) for line in
-              fixture(f"kprobe_events-{kernel}.txt").splitlines()}
+    listed = {
+        re.sub(r"^r\d+:", "r:", line)
+        for line in fixture(f"kprobe_events-{kernel}.txt").splitlines()
+    }
     compiled = registered_like_the_guest(kernel)
     assert len(compiled) == 18
     written = {line for c in compiled for line in (c.entry, c.return_registered)}
@@ -92,18 +102,23 @@ def test_lines_fetch_arguments_and_struct_fields_through_registers():
     compiled = {c.planned.fn: c for c in tb.compile_plan(guest_plan("6.12"), "memtrace_7")}
     assert compiled["memtype_reserve"].entry == (
         "p:memtrace_7/memtype_reserve memtype_reserve start=%di:x64 end=%si:x64 "
-        "requested=%dx:u32 comm=$comm")
+        "requested=%dx:u32 comm=$comm"
+    )
     assert compiled["memtype_reserve"].ret == (
-        "r:memtrace_7/memtype_reserve__ret memtype_reserve ret=$retval:s32 "
-        "granted=+0($arg4):u32")
+        "r:memtrace_7/memtype_reserve__ret memtype_reserve ret=$retval:s32 granted=+0($arg4):u32"
+    )
     assert compiled["memtype_reserve"].ret_plain == (
-        "r:memtrace_7/memtype_reserve__ret memtype_reserve ret=$retval:s32")
+        "r:memtrace_7/memtype_reserve__ret memtype_reserve ret=$retval:s32"
+    )
     move = compiled["drm_gem_vram_bo_driver_move"]
-    assert move.entry == ("p:memtrace_7/drm_vram_helper_bo_driver_move "
-                          "drm_vram_helper:bo_driver_move resource_size=+8(%cx):u64 comm=$comm")
+    assert move.entry == (
+        "p:memtrace_7/drm_vram_helper_bo_driver_move "
+        "drm_vram_helper:bo_driver_move resource_size=+8(%cx):u64 comm=$comm"
+    )
     # void functions still get a return probe: their duration is the point
     assert compiled["ttm_move_memcpy"].ret == (
-        "r:memtrace_7/ttm_ttm_move_memcpy__ret ttm:ttm_move_memcpy")
+        "r:memtrace_7/ttm_ttm_move_memcpy__ret ttm:ttm_move_memcpy"
+    )
     assert compiled["ttm_move_memcpy"].ret_plain is None
 
 
@@ -117,15 +132,23 @@ def test_event_names_are_sanitized_and_unique():
 # -- line parsing ------------------------------------------------------------------------------
 
 ODD = fixture("trace-6.12-bochs.txt").splitlines()[0]
-KWORKER = next(line for line in fixture("trace-6.1-bochs.txt").splitlines()
-               if line.lstrip().startswith("kworker/"))
+KWORKER = next(
+    line
+    for line in fixture("trace-6.1-bochs.txt").splitlines()
+    if line.lstrip().startswith("kworker/")
+)
 
 
 def test_a_comm_with_spaces_dashes_and_brackets_parses():
     record = tb.parse_record(ODD)
-    assert record == tb.Record("odd-1 [000] a b", 230, 1, 22_682_966_000, "track_pfn_remap",
-                               '(track_pfn_remap+0x4/0x120) pfn=0xfebf0 size=0x1000 '
-                               'comm="odd-1 [000] a b"')
+    assert record == tb.Record(
+        "odd-1 [000] a b",
+        230,
+        1,
+        22_682_966_000,
+        "track_pfn_remap",
+        '(track_pfn_remap+0x4/0x120) pfn=0xfebf0 size=0x1000 comm="odd-1 [000] a b"',
+    )
 
 
 def test_kworker_comm_and_microsecond_timestamp():
@@ -151,18 +174,21 @@ def test_optional_tgid_column_and_missing_flags():
 def test_stack_lines_and_notes_are_no_records():
     assert tb.parse_record(" => kprobe_trace_func") is None
     assert tb.parse_record("CPU:1 [LOST 12 EVENTS]") is None
-    stack = next(line for line in fixture("trace-6.1-bochs.txt").splitlines()
-                 if "<stack trace>" in line)
+    stack = next(
+        line for line in fixture("trace-6.1-bochs.txt").splitlines() if "<stack trace>" in line
+    )
     assert tb.parse_record(stack).event == tb.STACK_EVENT
 
 
 def test_body_of_a_module_return_and_of_a_fault():
     location, values = tb.parse_body(
-        "(ttm_bo_handle_move_mem+0xb8/0x170 [ttm] <- bo_driver_move) ret=0")
+        "(ttm_bo_handle_move_mem+0xb8/0x170 [ttm] <- bo_driver_move) ret=0"
+    )
     assert location == "ttm_bo_handle_move_mem+0xb8/0x170 [ttm] <- bo_driver_move"
     assert values == {"ret": 0}
-    _, values = tb.parse_body("(memtype_reserve+0x4/0x3b0) start=0xfd000000 end=(fault) "
-                              "requested=1 ret=-16")
+    _, values = tb.parse_body(
+        "(memtype_reserve+0x4/0x3b0) start=0xfd000000 end=(fault) requested=1 ret=-16"
+    )
     assert values == {"start": 0xFD000000, "requested": 1, "ret": -16}
     assert tb.split_symbol("bochs_pci_probe+0x21a/0x360 [bochs]") == ("bochs_pci_probe", "bochs")
 
@@ -184,8 +210,12 @@ def first_stack(kernel, after):
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_stack_starts_at_the_probed_function(kernel):
     frames = first_stack(kernel, "memtype_reserve: ")
-    assert frames[:4] == ["kprobe_trace_func", "kprobe_dispatcher", "aggr_pre_handler",
-                          "kprobe_ftrace_handler"]
+    assert frames[:4] == [
+        "kprobe_trace_func",
+        "kprobe_dispatcher",
+        "aggr_pre_handler",
+        "kprobe_ftrace_handler",
+    ]
     cleaned = tb.clean_stack(frames, "memtype_reserve")
     assert cleaned[0] == "memtype_reserve" and cleaned[1] == "reserve_pfn_range"
     assert len(cleaned) >= 8
@@ -218,9 +248,13 @@ def test_module_names_come_from_kallsyms_and_it_is_reread_when_modules_change(tm
 def test_capture_gives_the_bochs_story(kernel, tmp_path):
     parser, found = parse_capture(kernel, tmp_path)
     text = fixture(f"trace-{kernel}-bochs.txt")
-    entries = sum(1 for line in text.splitlines()
-                  if (r := tb.parse_record(line)) and r.event not in (tb.STACK_EVENT,)
-                  and not r.event.endswith(tb.RETURN_SUFFIX))
+    entries = sum(
+        1
+        for line in text.splitlines()
+        if (r := tb.parse_record(line))
+        and r.event not in (tb.STACK_EVENT,)
+        and not r.event.endswith(tb.RETURN_SUFFIX)
+    )
     assert len(found) == entries
     assert parser.unmatched_returns == parser.unparsed_lines == parser.lost_reported == 0
     assert all(e.duration_ns is not None and e.duration_ns % 1000 == 0 for e in found)
@@ -237,8 +271,9 @@ def test_capture_gives_the_bochs_story(kernel, tmp_path):
         assert (wc[0].granted, wc[0].granted_from) == ("UC-", "return")
     else:
         assert wc[0].granted is None
-    (sync,) = find(found, "memtype_kernel_map_sync", start=0xFD000000, size=0x3E8000,
-                   comm="modprobe")
+    (sync,) = find(
+        found, "memtype_kernel_map_sync", start=0xFD000000, size=0x3E8000, comm="modprobe"
+    )
     assert sync.granted == "UC-"
 
     (memcpy,) = find(found, "ttm_move_memcpy")
@@ -267,8 +302,9 @@ def test_cycles_come_from_duration_and_tsc(tmp_path):
 
 # -- pairing -----------------------------------------------------------------------------------
 
-MEMCPY = [line for line in fixture("trace-6.1-bochs.txt").splitlines()
-          if "ttm_ttm_move_memcpy" in line]
+MEMCPY = [
+    line for line in fixture("trace-6.1-bochs.txt").splitlines() if "ttm_ttm_move_memcpy" in line
+]
 
 
 def at(line, ts, tid=None):
@@ -286,15 +322,22 @@ def pair(lines):
 
 def test_recursion_pairs_innermost_first():
     entry, ret = MEMCPY
-    _, found = pair([at(entry, "1.000001"), at(entry, "1.000010"), at(ret, "1.000020"),
-                     at(ret, "1.000100")])
+    _, found = pair(
+        [at(entry, "1.000001"), at(entry, "1.000010"), at(ret, "1.000020"), at(ret, "1.000100")]
+    )
     assert [e.duration_ns for e in found] == [10_000, 99_000]
 
 
 def test_threads_pair_separately():
     entry, ret = MEMCPY
-    _, found = pair([at(entry, "1.000001", 5), at(entry, "1.000002", 6),
-                     at(ret, "1.000003", 5), at(ret, "1.000009", 6)])
+    _, found = pair(
+        [
+            at(entry, "1.000001", 5),
+            at(entry, "1.000002", 6),
+            at(ret, "1.000003", 5),
+            at(ret, "1.000009", 6),
+        ]
+    )
     assert [(e.tid, e.duration_ns) for e in found] == [(5, 2000), (6, 7000)]
 
 
@@ -305,7 +348,9 @@ def test_a_missed_inner_return_leaves_the_entry_without_duration():
     entry, _ret = MEMCPY
     parser, found = pair([bo_entry, entry, bo_ret, MEMCPY[1]])
     assert [(e.fn, e.duration_ns is None) for e in found] == [
-        ("ttm_move_memcpy", True), ("ttm_bo_move_memcpy", False)]
+        ("ttm_move_memcpy", True),
+        ("ttm_bo_move_memcpy", False),
+    ]
     assert parser.unmatched_returns == 1
 
 
@@ -409,12 +454,15 @@ def test_remove_stale_touches_only_dead_memtrace_runs(tmp_path, monkeypatch):
         "p:memtrace_4242/memtype_reserve memtype_reserve start=%di:x64\n"
         "r10:memtrace_4242/memtype_reserve__ret memtype_reserve ret=$retval:s32\n"
         "p:memtrace_1/memtype_free memtype_free\n"
-        "p:othertool/mr memtype_reserve\n")
+        "p:othertool/mr memtype_reserve\n"
+    )
     removed = tb.remove_stale(str(tmp_path))
-    assert removed == ["instances/memtrace-4242", "memtrace_4242/memtype_reserve",
-                       "memtrace_4242/memtype_reserve__ret"]
-    assert sorted(os.listdir(tmp_path / "instances")) == ["memtrace-1", "memtrace-x",
-                                                          "othertool"]
+    assert removed == [
+        "instances/memtrace-4242",
+        "memtrace_4242/memtype_reserve",
+        "memtrace_4242/memtype_reserve__ret",
+    ]
+    assert sorted(os.listdir(tmp_path / "instances")) == ["memtrace-1", "memtrace-x", "othertool"]
     # a real kprobe_events deletes on "-:GRP/EV"; this plain file just records the writes
     written = (tmp_path / "kprobe_events").read_text().splitlines()[4:]
     assert written == ["-:memtrace_4242/memtype_reserve", "-:memtrace_4242/memtype_reserve__ret"]
@@ -471,18 +519,23 @@ def test_mtrr_probe_lines():
     compiled = {c.planned.fn: c for c in tb.compile_plan(mtrr_plan(), "memtrace_7")}
     assert compiled["mtrr_add_page"].entry == (
         "p:memtrace_7/mtrr_add_page mtrr_add_page pfn=%di:x64 pages=%si:x64 "
-        "mtrr_type=%dx:u32 comm=$comm")
+        "mtrr_type=%dx:u32 comm=$comm"
+    )
     assert compiled["mtrr_add_page"].ret == (
-        "r:memtrace_7/mtrr_add_page__ret mtrr_add_page ret=$retval:s32")
+        "r:memtrace_7/mtrr_add_page__ret mtrr_add_page ret=$retval:s32"
+    )
     assert compiled["mtrr_del_page"].entry == (
-        "p:memtrace_7/mtrr_del_page mtrr_del_page reg=%di:s32 pfn=%si:x64 pages=%dx:x64 "
-        "comm=$comm")
+        "p:memtrace_7/mtrr_del_page mtrr_del_page reg=%di:s32 pfn=%si:x64 pages=%dx:x64 comm=$comm"
+    )
     assert compiled["arch_phys_wc_add"].entry == (
-        "p:memtrace_7/arch_phys_wc_add arch_phys_wc_add start=%di:x64 size=%si:x64 comm=$comm")
+        "p:memtrace_7/arch_phys_wc_add arch_phys_wc_add start=%di:x64 size=%si:x64 comm=$comm"
+    )
     assert compiled["arch_phys_wc_del"].entry == (
-        "p:memtrace_7/arch_phys_wc_del arch_phys_wc_del handle=%di:s32 comm=$comm")
+        "p:memtrace_7/arch_phys_wc_del arch_phys_wc_del handle=%di:s32 comm=$comm"
+    )
     assert compiled["arch_phys_wc_del"].ret == (
-        "r:memtrace_7/arch_phys_wc_del__ret arch_phys_wc_del")
+        "r:memtrace_7/arch_phys_wc_del__ret arch_phys_wc_del"
+    )
 
 
 def test_mtrr_lines_become_mtrr_events():
@@ -495,7 +548,11 @@ def test_mtrr_lines_become_mtrr_events():
     parser.flush()
     add, delete, refused = found
     assert (add.role, add.start, add.end, add.size) == (
-        "mtrr_add", 0xFD000000, 0xFE000000, 0x1000000)
+        "mtrr_add",
+        0xFD000000,
+        0xFE000000,
+        0x1000000,
+    )
     assert (add.mtrr_type, add.mtrr_reg, add.ret, add.comm) == ("WC", 1, 1, "sh")
     assert add.stack[:2] == ["mtrr_add_page", "mtrr_write"] and add.caller == "mtrr_write"
     assert add.duration_ns == 6_112_000
@@ -504,7 +561,11 @@ def test_mtrr_lines_become_mtrr_events():
     assert (delete.start, delete.end, delete.size, delete.mtrr_type) == (None,) * 4
     # Deleting by range (reg -1) that failed: the range, no register.
     assert (refused.start, refused.end, refused.mtrr_reg, refused.ret) == (
-        0xFD000000, 0xFE000000, None, -22)
+        0xFD000000,
+        0xFE000000,
+        None,
+        -22,
+    )
 
 
 # vesafb (6.1 lab guest, nopat, vga=0x317 video=vesafb:mtrr:3) unbound and bound again.
@@ -543,16 +604,32 @@ def test_a_drivers_wc_mtrr_through_arch_phys_wc():
     parser.feed(PHYS_WC_TRACE)
     parser.flush()
     by_fn = {e.fn: e for e in found}
-    assert [e.fn for e in found] == ["mtrr_del_page", "arch_phys_wc_del", "mtrr_add_page",
-                                     "arch_phys_wc_add"]
+    assert [e.fn for e in found] == [
+        "mtrr_del_page",
+        "arch_phys_wc_del",
+        "mtrr_add_page",
+        "arch_phys_wc_add",
+    ]
     wc_del = by_fn["arch_phys_wc_del"]
     assert (wc_del.role, wc_del.mtrr_type, wc_del.mtrr_reg, wc_del.ret) == (
-        "phys_wc", "WC", 1, None)
+        "phys_wc",
+        "WC",
+        1,
+        None,
+    )
     assert wc_del.caller == "vesafb_destroy" and wc_del.start is None
     assert by_fn["mtrr_del_page"].caller is None  # its return address was a kretprobe's
     wc_add = by_fn["arch_phys_wc_add"]
     assert (wc_add.start, wc_add.end, wc_add.ret, wc_add.mtrr_reg, wc_add.mtrr_type) == (
-        0xFD000000, 0xFE000000, 1001, 1, "WC")
+        0xFD000000,
+        0xFE000000,
+        1001,
+        1,
+        "WC",
+    )
     inner = by_fn["mtrr_add_page"]
     assert (inner.mtrr_reg, inner.caller, inner.stack) == (
-        1, "arch_phys_wc_add", ["mtrr_add_page", "arch_phys_wc_add"])
+        1,
+        "arch_phys_wc_add",
+        ["mtrr_add_page", "arch_phys_wc_add"],
+    )
