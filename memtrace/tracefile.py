@@ -212,7 +212,8 @@ class TraceReader:
         if self.footer is None and not self.allow_partial:
             raise BadInput(
                 f"{self.path} has no footer after line {self.lines}: the recording "
-                "was killed or the file truncated, so its loss counts are unknown"
+                "was killed or the file truncated, so its loss counts are unknown; "
+                "add --partial to analyse the events it holds"
             )
 
 

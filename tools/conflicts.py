@@ -29,10 +29,14 @@ from memtrace.tools.record import add_tracing_arguments, workload_argv
 from memtrace.tools.render import hex_range, json_chunks, seconds, stack, who
 from memtrace.tools.report_words import KIND_NAMES
 from memtrace.tools.tracing_io import (
+    OneTrace,
     ReportOutput,
     TraceSource,
     add_output_arguments,
+    add_partial_argument,
     add_slow_move_arguments,
+    check_partial,
+    lost_count,
     memory_type_context,
     missed_returns_text,
     missing_stacks_note,
@@ -75,9 +79,11 @@ def add_arguments(parser):
     parser.add_argument(
         "-i",
         "--input",
+        action=OneTrace,
         metavar="TRACE",
         help="analyse a trace written by `memtrace record` instead of tracing",
     )
+    add_partial_argument(parser)
     parser.add_argument(
         "--format",
         choices=("text", "markdown", "html", "json"),
@@ -95,6 +101,7 @@ def run(args):
         from memtrace.tools.record import dump_program
 
         return dump_program(args, "conflicts")
+    check_partial(args)
     if args.input is not None:
         _refuse_live_options(args)
         workload = None
@@ -102,7 +109,9 @@ def run(args):
         workload = workload_argv(args)
     with ReportOutput(args.output, args.force, "conflicts", inputs=[args.input]) as output:
         source = (
-            read_recorded_trace(args.input) if args.input is not None else _live(args, workload)
+            read_recorded_trace(args.input, getattr(args, "partial", False))
+            if args.input is not None
+            else _live(args, workload)
         )
         workload_fate.apply(source)
         report = analyze(
@@ -385,7 +394,7 @@ def _preamble(source):
     if source.traced:
         lines.append(traced_with(source))
         missed = missed_returns_text(source)
-        lines.append(f"Events: {len(source.events)}, {source.lost_events} lost{missed}.")
+        lines.append(f"Events: {len(source.events)}, {lost_count(source)} lost{missed}.")
         if source.lost_events:
             lines.append("Some events were lost: conflicts may be missing or incomplete.")
     else:

@@ -38,10 +38,14 @@ from memtrace.tools.record import add_tracing_arguments, workload_argv
 from memtrace.tools.render import hex_range, json_chunks
 from memtrace.tools.report_words import latency_value
 from memtrace.tools.tracing_io import (
+    OneTrace,
     ReportOutput,
     TraceSource,
     add_output_arguments,
+    add_partial_argument,
     add_slow_move_arguments,
+    check_partial,
+    lost_count,
     memory_type_context,
     missed_returns_text,
     missing_stacks_note,
@@ -98,9 +102,11 @@ def add_arguments(parser):
     parser.add_argument(
         "-i",
         "--input",
+        action=OneTrace,
         metavar="TRACE",
         help="time the calls of a trace written by `memtrace record` instead of tracing",
     )
+    add_partial_argument(parser)
     units = parser.add_mutually_exclusive_group()
     units.add_argument(
         "-u",
@@ -184,6 +190,7 @@ def run(args):
     _check_options(args)
     if getattr(args, "dump_program", False):  # Namespaces built by hand lack it
         return _dump_program(args)
+    check_partial(args)
     if args.input is not None:
         _refuse_live_options(args)
         workload = None
@@ -381,7 +388,7 @@ def _header_probes(source):
 
 
 def _from_trace(args):
-    source = read_recorded_trace(args.input)
+    source = read_recorded_trace(args.input, getattr(args, "partial", False))
     measure = _measure(args.unit)
     header_probes = _header_probes(source)
     patterns = list(args.fn)
@@ -711,7 +718,7 @@ def _preamble(result):
     lines.append(traced_with(source))
     missed = missed_returns_text(source)
     calls = f"{result.selected} call{'s' if result.selected != 1 else ''}"
-    lines.append(f"Events: {calls} of the functions asked for, {source.lost_events} lost{missed}.")
+    lines.append(f"Events: {calls} of the functions asked for, {lost_count(source)} lost{missed}.")
     return lines + _notes(result)
 
 

@@ -16,7 +16,9 @@ from memtrace.tools.report_render import render_chunks
 from memtrace.tools.tracing_io import (
     ReportOutput,
     add_output_arguments,
+    add_partial_argument,
     add_slow_move_arguments,
+    check_partial,
     read_recorded_trace,
     stdout_to_stderr,
 )
@@ -67,6 +69,7 @@ def add_arguments(parser):
         metavar="TRACE",
         help="a trace written by `memtrace record` (repeatable: one host each)",
     )
+    add_partial_argument(parser)
     parser.add_argument(
         "--format",
         choices=("markdown", "text", "json", "html"),
@@ -114,6 +117,7 @@ def run(args):
         raise BadInput("--restarts must be at least 1")
     if not args.restart_window > 0:
         raise BadInput("--restart-window must be a positive number of seconds")
+    check_partial(args)
     if args.input:
         if args.command or args.duration is not None or args.fn or args.backend != "auto":
             raise BadInput(
@@ -126,7 +130,7 @@ def run(args):
         workload = workload_argv(args)
     with ReportOutput(args.output, args.force, "report", inputs=args.input) as output:
         sources = (
-            [read_recorded_trace(path) for path in args.input]
+            [read_recorded_trace(path, getattr(args, "partial", False)) for path in args.input]
             if args.input
             else [_live(args, workload)]
         )

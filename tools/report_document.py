@@ -116,7 +116,10 @@ def build_document(
         doc["latency"].extend(host.latency())
         doc["timeline"].extend(host.timeline())
         doc["notes"].extend(host.notes())
-        doc["lost_events"] += source.lost_events or 0
+        if source.lost_events is None or doc["lost_events"] is None:
+            doc["lost_events"] = None  # a trace cut short: its losses are unknown
+        else:
+            doc["lost_events"] += source.lost_events
     if bench is not None:
         doc["bench"] = bench
     return redactor.document(doc) if redact else doc

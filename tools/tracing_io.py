@@ -3,6 +3,7 @@ from (a recorded trace read and checked field by field, the PCI devices that nam
 the workload's stdout kept off the report while tracing, the slow-move options and where the
 report goes."""
 
+import argparse
 import contextlib
 import dataclasses
 import gc
@@ -66,10 +67,14 @@ def memory_type_context(environment):
     return MemoryTypeContext(pat_state_from_header(environment), table)
 
 
-def read_recorded_trace(path):
+def read_recorded_trace(path, partial=False):
     """Read a trace written by `memtrace record` into a :class:`TraceSource`; BadInput
     naming the line and the field for anything malformed (every record is checked as it
-    is read: memtrace.records, Event.from_record)."""
+    is read: memtrace.records, Event.from_record).
+
+    :param partial: accept a trace without a footer (its recording was killed, or the disk
+        filled): its events are analysed, its loss count is None (unknown) and a note says
+        so. Without it such a trace is an error that names the option."""
     from memtrace.tracefile import read_trace
 
     # The cyclic garbage collector would walk every event read so far again and again (two
@@ -77,7 +82,7 @@ def read_recorded_trace(path):
     # stays for the command's life, so it is then moved out of the collector's sight.
     gc.disable()
     try:
-        trace = read_trace(path)
+        trace = read_trace(path, allow_partial=partial)
     finally:
         gc.enable()
     gc.freeze()
@@ -127,8 +132,49 @@ def read_recorded_trace(path):
     if note:
         source.notes.append(note)
     source.notes.extend(reader_notes(footer.get("backend_notes"), footer.get("cleanup_problems")))
+    if trace.footer is None:
+        source.lost_events = None
+        source.notes.append(
+            f"The trace ends after {len(trace.events)} events without a footer (its "
+            "recording was killed or its disk filled): they are analysed, but how many "
+            "were lost is unknown and reservations still live at the end were not listed."
+        )
     workload_fate.apply(source)  # a failed CMD with nothing traced: an error
     return source
+
+
+def lost_count(source):
+    """The number of events ``source`` lost, as words: ``unknown`` for a trace cut short."""
+    return "unknown" if source.lost_events is None else str(source.lost_events)
+
+
+class OneTrace(argparse.Action):
+    """``-i`` of a command that reads one trace: a second ``-i`` is an error, not a silent
+    replacement of the first."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(
+                f"{option_string} given twice: {parser.prog} reads one trace; "
+                "`memtrace report -i A -i B` puts several side by side"
+            )
+        setattr(namespace, self.dest, values)
+
+
+def check_partial(args):
+    """BadInput when ``--partial`` is given without ``-i`` (it only applies to a trace)."""
+    if getattr(args, "partial", False) and not args.input:
+        raise BadInput("--partial applies to a trace read with -i", "drop --partial")
+
+
+def add_partial_argument(parser):
+    """Register ``--partial``: analyse a trace whose recording never finished."""
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="with -i, analyse a trace that has no footer (its recording was killed or "
+        "its disk filled): the events it holds, with the loss count unknown",
+    )
 
 
 def pat_state_line(context):
