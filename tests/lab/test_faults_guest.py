@@ -7,7 +7,9 @@ complete (or the second refuses cleanly); without the proc connector the trace g
 says so."""
 
 import json
+import os
 import shlex
+import subprocess
 
 import pytest
 
@@ -31,6 +33,7 @@ def faults(request, guest):
         record = json.loads(line)
         results.setdefault(record["scenario"], []).append(record)
     assert "done" in results, session.read("faults.err")[-3000:]
+    results["workdir"] = session.workdir
     return results
 
 
@@ -60,8 +63,19 @@ def test_a_killed_trace_keeps_every_line_it_wrote(faults):
     for kill in traced:
         trace = kill["trace"]
         assert not trace["footer"] and not trace["cut_line"], kill
-        # memtrace's reader gives back every event that was written.
+        # memtrace's reader gives back every event that was written ...
         assert trace.get("reader_events") == trace["events"], kill
+        # ... and so does the command a user runs on it, saying the losses are unknown.
+        path = os.path.join(faults["workdir"], f"kill-{kill['number']}.jsonl")
+        proc = subprocess.run(
+            memtrace_argv("conflicts", "-i", path, "--partial", "--format", "json"),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode in (0, 1), proc.stderr
+        data = json.loads(proc.stdout)
+        assert data["events"] == trace["events"] and data["lost_events"] is None, kill
 
 
 def test_removing_a_probed_module_while_tracing_is_said_and_tracing_goes_on(faults):
