@@ -18,6 +18,7 @@ shows what the backend would attach.
 import os
 import sys
 
+from memtrace import escape
 from memtrace.errors import FeatureMissing
 from memtrace.probes import plan as plans
 from memtrace.probes.features import OK, running_kernel_features
@@ -279,8 +280,10 @@ def dump_program(
     stream.flush()
     if why_not:
         print(
-            f"memtrace {command}: note: printed what {name} would attach; a run could not "
-            f"attach it here: {why_not}",
+            escape.text(
+                f"memtrace {command}: note: printed what {name} would attach; a run could "
+                f"not attach it here: {why_not}"
+            ),
             file=sys.stderr,
         )
     return 0

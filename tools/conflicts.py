@@ -3,7 +3,7 @@
 import platform
 import sys
 
-from memtrace import __version__
+from memtrace import __version__, escape
 from memtrace.analysis.conflicts import (
     DOWNGRADE,
     ERROR,
@@ -178,9 +178,11 @@ def _live(args, workload):
         else:
             until = "until Ctrl-C"
         print(
-            f"memtrace conflicts: tracing PAT reservations, ioremaps and buffer moves "
-            f"({len(attached.plan.probes)} functions) with {attached.backend_name} "
-            f"({attached.backend_reason}) {until}",
+            escape.text(
+                f"memtrace conflicts: tracing PAT reservations, ioremaps and buffer moves "
+                f"({len(attached.plan.probes)} functions) with {attached.backend_name} "
+                f"({attached.backend_reason}) {until}"
+            ),
             file=sys.stderr,
         )
 

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import List, Optional
 
-from memtrace import __version__
+from memtrace import __version__, escape
 from memtrace.analysis.events import ROLE_MOVE, ROLE_TIMED
 from memtrace.analysis.latency import (
     UNIT_NS,
@@ -491,8 +491,10 @@ class _LiveTrace:
             names = names[:57] + "..."
         count = len(self.chosen)
         print(
-            f"memtrace latency: timing {count} function{'s' if count > 1 else ''} ({names}) "
-            f"with {session.backend_name} ({session.backend_reason}) {until}",
+            escape.text(
+                f"memtrace latency: timing {count} function{'s' if count > 1 else ''} "
+                f"({names}) with {session.backend_name} ({session.backend_reason}) {until}"
+            ),
             file=sys.stderr,
         )
         self.source = self._source()

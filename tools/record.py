@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 
+from memtrace import escape
 from memtrace.errors import BadInput
 from memtrace.probes.backend import footer_fields, reader_notes
 from memtrace.probes.environment import end_state, pci_devices, trace_environment
@@ -183,10 +184,10 @@ def record_trace(
         start_writer(attached_session)
         _start_watch(watch, command)  # after attaching, before the workload
         what = f"running {' '.join(workload)}" if workload else "Ctrl-C to end"
-        print(
-            f"memtrace {command}: tracing {len(session.plan.probes)} functions with "
+        _say(
+            command,
+            f"tracing {len(session.plan.probes)} functions with "
             f"{session.backend_name} ({session.backend_reason}); {what}",
-            file=sys.stderr,
         )
 
     with stream:
@@ -229,16 +230,16 @@ def record_trace(
     workload_fate.check(workload, result.workload_status, writer.events > 0, result.stopped_by)
     fate = workload_fate.describe(workload, result.workload_status, result.stopped_by)
     if fate:
-        print(f"memtrace {command}: note: {fate}", file=sys.stderr)
+        _say(command, f"note: {fate}")
     stacks = f", stacks missing {stats.missing_stacks}" if stats.missing_stacks else ""
-    print(
-        f"memtrace {command}: {writer.events} events written to {path}; "
+    _say(
+        command,
+        f"{writer.events} events written to {path}; "
         f"lost {stats.lost_events}, missed returns {stats.missed_returns}{stacks}, "
         f"attach failures {len(stats.attach_failures)}; {_watch_summary(watch, writer)}",
-        file=sys.stderr,
     )
     for note in reader_notes(session.backend.notes, session.backend.cleanup_problems):
-        print(f"memtrace {command}: note: {note}", file=sys.stderr)
+        _say(command, f"note: {note}")
 
 
 class _TraceFile:
@@ -282,24 +283,30 @@ def _start_watch(watch, command):
     try:
         watch.start()
     except ProcessWatchUnavailable as err:
-        print(
-            f"memtrace {command}: note: process watch unavailable: {err.one_line()}",
-            file=sys.stderr,
+        _say(
+            command,
+            f"note: process watch unavailable: {err.one_line()}",
         )
     except (ImportError, OSError) as err:
         watch.mark_unavailable(f"{type(err).__name__}: {err}")
-        print(
-            f"memtrace {command}: note: process watch unavailable: {type(err).__name__}: {err}",
-            file=sys.stderr,
+        _say(
+            command,
+            f"note: process watch unavailable: {type(err).__name__}: {err}",
         )
     else:
         exit_names = watch.stats()["exit_names"]
         if exit_names["status"] != "ok":
-            print(
-                f"memtrace {command}: note: programs that end before memtrace reads /proc "
+            _say(
+                command,
+                f"note: programs that end before memtrace reads /proc "
                 f"will have no name: {exit_names['reason']}",
-                file=sys.stderr,
             )
+
+
+def _say(command, message):
+    """Print ``memtrace COMMAND: message`` on stderr, its kernel- and user-given parts (paths,
+    the workload, module and backend names) escaped as every text output is."""
+    print(f"memtrace {command}: {escape.text(message)}", file=sys.stderr)
 
 
 def _stop_watch(watch):

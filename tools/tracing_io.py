@@ -12,6 +12,7 @@ import platform
 import sys
 from typing import List, Optional
 
+from memtrace import escape
 from memtrace.analysis.effective_timeline import MemoryTypeContext
 from memtrace.analysis.reservations import parse_pat_snapshot
 from memtrace.analysis.slow_moves import DEFAULT_SLOW_FACTOR, DEFAULT_WC_REFERENCE_MBPS
@@ -379,7 +380,10 @@ class ReportOutput:
         if self.output is None:
             return
         self.output.commit()
-        print(f"memtrace {self.command}: report written to {self.path}", file=sys.stderr)
+        print(
+            f"memtrace {self.command}: report written to {escape.text(self.path)}",
+            file=sys.stderr,
+        )
 
 
 def _batched(chunks, size=1 << 16):

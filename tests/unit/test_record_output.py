@@ -120,3 +120,12 @@ def test_report_o_on_a_real_full_file_system_keeps_the_previous_report(capfd, ti
     )
     assert previous.read_text() == "the previous report\n"
     assert sorted(os.listdir(tiny_tmpfs)) == ["filler", "report.md"]  # no temporary file
+
+
+def test_record_status_lines_show_control_characters_escaped(capfd, tmp_path, live):
+    live.events = EVENTS
+    args = record_args(tmp_path, "sh", "-c", "exit 0", "\x1b]0;retitled\x07")
+    record.run(args)
+    err = capfd.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert "\\x1b]0;retitled\\x07" in err  # the workload, as the user can read it
