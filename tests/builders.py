@@ -317,3 +317,25 @@ def write_trace(path, events, header, lost=0, footer=None):
             }
         )
     return str(path)
+
+
+# -- raw trace records, for tests of the reader's checks ---------------------------------------
+
+# The smallest header and event the reader accepts, as dicts to be spoiled one field at a time.
+RAW_HEADER = {
+    "type": "header",
+    "format": "memtrace-trace",
+    "version": 1,
+    "kernel": "6.12",
+    "pat_snapshot": [],
+}
+RAW_WC_RESERVE = {
+    "type": "event",
+    "ts_ns": 1,
+    "fn": "memtype_reserve",
+    "role": "reserve",
+    "start": "0xfd000000",
+    "end": "0xfd3e8000",
+    "requested": "WC",
+    "granted": "UC-",
+}

@@ -10,24 +10,10 @@ import pytest
 
 from memtrace.errors import EXIT_ERROR
 from memtrace.tools.cli import main
+from tests.builders import RAW_HEADER, RAW_WC_RESERVE
 
-HEADER = {
-    "type": "header",
-    "format": "memtrace-trace",
-    "version": 1,
-    "kernel": "6.12",
-    "pat_snapshot": [],
-}
-GOOD = {
-    "type": "event",
-    "ts_ns": 1,
-    "fn": "memtype_reserve",
-    "role": "reserve",
-    "start": "0xfd000000",
-    "end": "0xfd3e8000",
-    "requested": "WC",
-    "granted": "UC-",
-}
+HEADER = RAW_HEADER
+GOOD = RAW_WC_RESERVE
 FOOTER = {"type": "footer", "lost_events": 0}
 
 

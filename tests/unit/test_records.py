@@ -12,24 +12,10 @@ from memtrace.errors import EXIT_ERROR, BadInput
 from memtrace.records import Footer, ProcessRecord, UeventRecord
 from memtrace.tools.cli import main
 from memtrace.tracefile import TraceReader, read_trace
+from tests.builders import RAW_HEADER, RAW_WC_RESERVE
 
-HEADER = {
-    "type": "header",
-    "format": "memtrace-trace",
-    "version": 1,
-    "kernel": "6.12",
-    "pat_snapshot": [],
-}
-EVENT = {
-    "type": "event",
-    "ts_ns": 1,
-    "fn": "memtype_reserve",
-    "role": "reserve",
-    "start": "0xfd000000",
-    "end": "0xfd3e8000",
-    "requested": "WC",
-    "granted": "UC-",
-}
+HEADER = RAW_HEADER
+EVENT = RAW_WC_RESERVE
 
 
 def write(path, *records):
