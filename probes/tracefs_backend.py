@@ -810,6 +810,24 @@ class TracefsBackend(Backend):
                     f"-:{self.group}/{event}\n",
                     True,
                 )
+        self._remove_unrecorded_events()
+
+    def _remove_unrecorded_events(self):
+        # A signal during attach can land after the kernel took a kprobe_events line and
+        # before the backend marked it registered (seen: one probe left after SIGTERM on
+        # 6.12); what is still in our group is ours, so it goes too.
+        try:
+            left = _groups_in(_read(self._path("kprobe_events"))).get(self.group, [])
+        except OSError:
+            return
+        for event in left:
+            self._try(
+                f"deleting {self.group}/{event}",
+                _write,
+                self._path("kprobe_events"),
+                f"-:{self.group}/{event}\n",
+                True,
+            )
 
     def _remove_instance(self):
         for attempt in range(5):
