@@ -55,6 +55,21 @@ def wait_for_new_mapper(ready_before, timeout=30):
         time.sleep(0.1)
 
 
+def wait_for_an_event(path, timeout=20):
+    """Wait until the trace at ``path`` holds an event line: a kill "while tracing" must cut
+    a trace that has events, whatever the writer's buffering and the guest's speed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(path, "rb") as stream:
+                complete = stream.read().split(b"\n")[:-1]
+            if any(json.loads(line).get("type") == "event" for line in complete):
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+
+
 def with_mapper(shell):
     """A workload argv: the mapper in the background ($m), then ``shell`` once it maps."""
     return [
@@ -270,6 +285,7 @@ def kills(sessions, count):
         if number // 2 % 2 == 0 or backend not in attach:
             attach[backend] = run.wait_tracing()
             wait_for_new_mapper(mappers_before)
+            wait_for_an_event(output)
             time.sleep(rng.uniform(0, 1))
         else:
             time.sleep(rng.uniform(0, attach[backend] or 10))
