@@ -3,11 +3,14 @@
 Each trace is one host. For each, the conflicts analysis, the slow-moves finding, restart
 loops from the process records, every reservation, latency per function and memory type,
 a timeline, and the environment are turned into JSON-ready objects with sentences a
-maintainer can read. The renderers (report_render) print this document and nothing else.
-No I/O here: the traces are already read.
+maintainer can read (:func:`build_document`: the ``json`` format). Then, apart,
+:func:`report_blocks` lays that document out as blocks of :mod:`memtrace.tools.document`,
+which :mod:`memtrace.tools.report_render` prints as text, markdown or HTML, as conflicts
+and latency print theirs. No I/O here: the traces are already read.
 """
 
 import time
+from typing import Dict, List
 
 from memtrace import __version__
 from memtrace.analysis.conflicts import (
@@ -44,11 +47,24 @@ from memtrace.analysis.slow_moves import (
     estimated_wc_ns,
 )
 from memtrace.analysis.snapshot import find_owner
+from memtrace.tools import report_words as rr
 from memtrace.tools import workload_fate
+from memtrace.tools.document import (
+    Bullets,
+    Contents,
+    Document,
+    Heading,
+    Lines,
+    Para,
+    Section,
+    Table,
+    more,
+)
 from memtrace.tools.render import hex_range, stack, who
+from memtrace.tools.report_html import histogram_figure, timeline_figure
 from memtrace.tools.tracing_io import model_check_line, pat_state_line
 
-__all__ = ["build_document", "FORMAT", "VERSION"]
+__all__ = ["build_document", "report_blocks", "bench_blocks", "bench_document", "FORMAT", "VERSION"]
 
 FORMAT = "memtrace-report"
 VERSION = 1
@@ -832,3 +848,257 @@ class _Host:
                 "memtrace watched processes): restart loops cannot be seen."
             )
         return notes
+
+
+# -- the blocks (memtrace.tools.document) ---------------------------------------------------
+#
+# What is above gathers the report document (docs/report-json.md, the ``json`` format) from
+# the traces; what follows only reads that document, after memtrace.tools.host_groups and
+# report_words.shrink have made it fit, and lays it out as blocks of the document model
+# conflicts and latency print, for text, markdown and HTML alike.
+
+# Per format, reservation groups and timeline entries listed per host before "... and N more
+# (see --format json)": text is read in a mail, markdown in one comment; the page has room.
+_ROWS = {"text": (25, 30), "markdown": (50, 50), "html": (None, None)}
+_SECTIONS = {
+    "findings": "Findings",
+    "bench": "Bench",
+    "reservations": "Reservations",
+    "latency": "Latency",
+    "timeline": "Timeline",
+    "environment": "Environment",
+    "notes": "Notes",
+}
+_RESERVATIONS_LEGEND = (
+    "! = granted a slower type than requested (a downgrade); n = how many times the same "
+    "reservation was made; first = when the first of them was made; freed = freed while "
+    "tracing (some freed: some of them)."
+)
+_LATENCY_LEGEND = (
+    "type = memory type of the mapping the calls ran on (- = none, or not a mapping); MB/s is "
+    "over the calls that moved bytes."
+)
+_FREED = {"all": "; freed", "none": "", "some": "; some freed"}
+
+
+def report_blocks(doc, fmt):
+    """The report document ``doc`` laid out as a :class:`~memtrace.tools.document.Document`
+    for ``fmt`` (``text``, ``markdown`` or ``html``: how many rows each list shows, and
+    whether the plots are drawn), in the report's order: the findings with their evidence,
+    the bench, the reservations, the latency, the timeline, the environment, the notes."""
+    origin = rr.origins(doc)
+    most_groups, most_entries = _ROWS[fmt]
+    plots = fmt == "html"
+    out = Document(f"memtrace report: {rr.headline(doc)}", in_parts=True)
+    out.add(*_header_blocks(doc))
+    out.add(*_finding_blocks(doc, origin))
+    if "bench" in doc:
+        out.add(*_bench_section(doc.get("bench")))
+    out.add(*_reservation_blocks(doc, origin, most_groups))
+    out.add(*_latency_blocks(doc, plots))
+    out.add(*_timeline_blocks(doc, origin, most_entries, plots))
+    out.add(Section(_SECTIONS["environment"], "environment"), _environment_table(doc))
+    notes = rr.all_notes(doc)
+    if notes:
+        out.add(Section(_SECTIONS["notes"], "notes"), Bullets(notes))
+    return out
+
+
+def _header_blocks(doc):
+    lost = rr.lost_line(doc)
+    warn = any(rr.host_record(doc, name).get("lost_events") for name in rr.host_names(doc))
+    parts = [key for key in _SECTIONS if key != "bench" or "bench" in doc]
+    return [
+        Lines([line for line in rr.preamble(doc) if line != lost]),
+        Para(lost, role="lost warn" if warn else "lost"),
+        Table(["host", "kernel", "source"], rr.hosts_rows(doc)),
+        Contents([(key, _SECTIONS[key]) for key in parts]),
+    ]
+
+
+def _finding_blocks(doc, origin):
+    blocks = [Section(_SECTIONS["findings"], "findings")]
+    findings = rr.entries(doc, "findings")
+    for number, finding in enumerate(findings, 1):
+        blocks += [
+            Heading(f"{number}. {finding.get('title') or 'untitled'}"),
+            Para(rr.finding_meta(finding, origin.get(finding.get("host"))), indent=1),
+        ]
+        if finding.get("summary"):
+            blocks.append(Para(finding["summary"], indent=1))
+        if finding.get("evidence"):
+            blocks.append(Bullets(finding["evidence"], indent=1, title="Evidence"))
+        if finding.get("remedy"):
+            blocks.append(Para(finding["remedy"], indent=1, label="Remedy:"))
+    quiet = rr.quiet_hosts(doc)
+    if not findings:
+        blocks.append(Para("No findings."))
+    elif quiet:
+        blocks.append(Para(f"No findings on {', '.join(map(str, quiet))}."))
+    return blocks
+
+
+def _device_legend(groups, most=3):
+    """``0000:00:02.0 BAR0 (qxl): f4000000-f8000000, ... and 20 more`` per device."""
+    devices: Dict[str, List[str]] = {}
+    for group in groups:
+        device = group.first.get("device")
+        if device:
+            where = rr.phys_range(group.first.get("start"), group.first.get("end"))
+            if where not in devices.setdefault(device, []):
+                devices[device].append(where)
+    lines = []
+    for device, ranges in devices.items():
+        more_ranges = f" and {len(ranges) - most} more" if len(ranges) > most else ""
+        lines.append(f"{device}: {', '.join(ranges[:most])}{more_ranges}")
+    return lines
+
+
+def _requester(group):
+    """``bochs_pci_probe [bochs] (modprobe, pid 233)``, ``... (gnome-shell, 6 processes)``."""
+    entry = group.first
+    requester = entry.get("requester") or entry.get("fn") or "unknown"
+    if entry.get("comm") is None and entry.get("pid") is None:
+        return requester
+    return f"{requester} ({rr.process_text(entry, group.pids)})"
+
+
+def _reservation_blocks(doc, origin, most):
+    blocks: List[object] = [Section(_SECTIONS["reservations"], "reservations")]
+    if not rr.entries(doc, "reservations"):
+        return blocks + [Para("No reservations were traced.")]
+    blocks.append(Para(_RESERVATIONS_LEGEND))
+    for host in rr.host_names(doc):
+        groups = rr.reservation_groups(doc, host)
+        if not groups:
+            continue
+        total = sum(g.count for g in groups)
+        shown, hidden = rr.select(groups, most, rr.group_priority)
+        repeats = any(g.count > 1 for g in shown)
+        rows = [
+            [
+                rr.rel_time(group.first.get("ts_ns"), origin.get(host)),
+                rr.phys_range(group.first.get("start"), group.first.get("end")),
+                rr.type_change(group.first) + (" !" if group.flag == "downgrade" else ""),
+            ]
+            + ([str(group.count)] if repeats else [])
+            + [_requester(group) + _FREED[group.freed]]
+            for group in shown
+        ]
+        headers = ["first", "range", "type"] + (["n"] if repeats else []) + ["requester"]
+        legend = _device_legend(shown)
+        blocks += [
+            Heading(f"{host} ({total} reservation{'s' if total != 1 else ''})"),
+            Table(headers, rows, indent=1),
+            more(hidden),
+            Lines(legend, indent=1) if legend else None,
+        ]
+    return blocks
+
+
+def _latency_blocks(doc, plots):
+    blocks: List[object] = [Section(_SECTIONS["latency"], "latency")]
+    if not rr.entries(doc, "latency"):
+        return blocks + [Para("No latency was measured.")]
+    approx = any(not row.get("exact", True) for row in rr.entries(doc, "latency"))
+    blocks.append(Para(_LATENCY_LEGEND + (" ~ = estimated from a histogram." if approx else "")))
+    current = None
+    for host, fn, probe, measure, rows in rr.latency_groups(doc):
+        if host != current:
+            blocks.append(Heading(str(host)))
+            current = host
+        label = fn or "unknown"
+        if probe and probe != fn:
+            label += f" (probed as {probe})"
+        if measure not in (None, "ns"):
+            label += f", in {measure}"
+        moved = []
+        for row in rows:
+            if row.get("bytes") is not None:
+                size, rate = rr.moved_cells(row)
+                moved.append(
+                    f"{row.get('memtype') or '-'}: moved {size}"
+                    + (f", {rate} MB/s" if rate != "-" else "")
+                )
+        blocks += [
+            Para(label, indent=1),
+            Table(rr.LATENCY_HEADERS, [rr.latency_cells(r) for r in rows], indent=1),
+            Lines(moved, indent=1) if moved else None,
+            histogram_figure(host, fn, probe, measure, rows) if plots else None,
+        ]
+    return blocks
+
+
+def _timeline_blocks(doc, origin, most, plots):
+    blocks: List[object] = [Section(_SECTIONS["timeline"], "timeline")]
+    if not rr.entries(doc, "timeline"):
+        blocks.append(Para("No timeline was recorded."))
+    for host in rr.host_names(doc):
+        entries = rr.timeline_of(doc, host)
+        plot = timeline_figure(doc, host, origin.get(host)) if plots else None
+        if not entries and plot is None:
+            continue
+        shown, hidden = rr.select(entries, most, rr.timeline_priority)
+        rows = [
+            [
+                rr.rel_time(e.get("ts_ns"), origin.get(host)),
+                e.get("kind") or "",
+                e.get("text") or "",
+            ]
+            for e in shown
+        ]
+        blocks += [
+            Heading(f"{host} ({len(entries)} event{'s' if len(entries) != 1 else ''})"),
+            plot,
+            Table(["time", "kind", "event"], rows, indent=1) if rows else None,
+            more(hidden),
+        ]
+    return blocks
+
+
+def _environment_table(doc):
+    """The environment, one column per host (rows are facts)."""
+    return Table(
+        ["", *map(str, rr.host_names(doc))],
+        [[fact, *cells] for fact, *cells in rr.environment_rows(doc)],
+    )
+
+
+def _bench_section(section):
+    """A live report's bench section: the result, or why there is none."""
+    result = section.get("result") if isinstance(section, dict) else None
+    blocks: List[object] = [Section(_SECTIONS["bench"], "bench")]
+    if not isinstance(result, dict):
+        return blocks + [Para(rr.bench_status(section))]
+    blocks.append(Lines([rr.bench_title(result)] + rr.bench_preamble(result)))
+    return blocks + bench_blocks(result, Heading)
+
+
+def bench_blocks(bench, part):
+    """The bench document ``bench`` (docs/bench-json.md): its verdict, mappings table,
+    details, costs and notes as blocks; ``part`` makes the title of each of the last three
+    (:class:`Heading` in a report, :class:`Section` on its own)."""
+    line, evidence = rr.bench_verdict(bench)
+    blocks: List[object] = [
+        Para(line, strong=True),
+        Bullets(evidence, indent=1) if evidence else None,
+    ]
+    headers, rows = rr.bench_table(bench)
+    if rows:
+        blocks += [Para(rr.BENCH_LEGEND), Table(headers, rows)]
+    for title, lines in (
+        ("Mappings", rr.bench_details(bench)),
+        ("What a frame costs through the uncached reservations", rr.bench_costs(bench)),
+        ("Notes", rr.bench_notes(bench)),
+    ):
+        if lines:
+            blocks += [part(title), Bullets(lines)]
+    return blocks
+
+
+def bench_document(bench):
+    """`memtrace bench`'s own output: the bench document ``bench`` as a
+    :class:`~memtrace.tools.document.Document`."""
+    out = Document(f"memtrace bench: {rr.bench_title(bench)}", in_parts=True)
+    out.add(Lines(rr.bench_preamble(bench)), *bench_blocks(bench, Section))
+    return out

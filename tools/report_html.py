@@ -1,12 +1,10 @@
-"""`memtrace report` as one self-contained HTML file, with inline SVG plots.
+"""The plots of `memtrace report --format html`: inline SVG, for
+:class:`memtrace.tools.document.Figure` blocks.
 
-The file loads nothing: no script, no external style sheet, font or image, and a
-Content-Security-Policy that forbids them, so it can be attached to a bug and opened
-offline. It needs no JavaScript (tooltips are SVG ``<title>`` elements) and prints
-readably. Same order as the other formats (:mod:`memtrace.tools.report_words`): the
-findings, the reservations, the latency per function and memory type with a histogram per
-function, the timeline with a plot of reservations across the physical address range, the
-environment with one column per host, the notes. Every string from the document is escaped.
+A latency histogram per function (one bar per power-of-two bucket and memory type) and, per
+host, the reservations over time on the rows of their physical ranges, with process and DRM
+events as ticks. Nothing to load and no JavaScript: tooltips are SVG ``<title>`` elements.
+Every string from the document goes through :func:`memtrace.tools.svg.esc`.
 """
 
 import math
@@ -14,9 +12,10 @@ import re
 from typing import Dict
 
 from memtrace.tools import report_words as rr
+from memtrace.tools.document import Figure
 from memtrace.tools.svg import element, esc, fmt, log2_ticks, nice_ticks
 
-__all__ = ["render_html", "MEMTYPE_COLOURS"]
+__all__ = ["histogram_figure", "timeline_figure", "MEMTYPE_COLOURS"]
 
 # Slow types red, write-combining green, write-back blue, unknown grey.
 MEMTYPE_COLOURS = {
@@ -35,373 +34,16 @@ _EVENT_STYLE = {  # kind: (colour, dash pattern)
     "uevent": ("#6a51a3", "1 2"),
 }
 _EVENT_NAMES = {"exec": "process started", "exit": "process exited", "uevent": "DRM uevent"}
+_TIMELINE_NOTE = (
+    "Each bar is one reservation, from when it was made to when it was freed (to the end of "
+    "the trace if it was not), on the row of its physical address range; vertical lines are "
+    "process and DRM events. Hover for details."
+)
+_HISTOGRAM_NOTE = (
+    "Calls per power-of-two bucket of latency (log scale), one bar per memory type the "
+    "calls ran on. Hover over a bar for its numbers."
+)
 _FONT = "font-family:ui-monospace,Menlo,Consolas,monospace"
-
-_CSS = """
-:root { color-scheme: light; }
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
-       color: #1a1a1a; background: #fff; margin: 0 auto; max-width: 1120px;
-       padding: 0 20px 40px; }
-h1 { font-size: 1.6em; margin: 24px 0 8px; }
-h2 { font-size: 1.3em; border-bottom: 2px solid #ddd; padding-bottom: 4px; margin-top: 36px; }
-h3 { font-size: 1.1em; margin: 0 0 4px; }
-h4 { font-size: 1em; margin: 12px 0 4px; }
-nav { font-size: .9em; margin: 8px 0 16px; }
-nav a { margin-right: 14px; color: #08519c; }
-code, .mono, td.mono { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: .92em; }
-p.preamble { margin: 2px 0; }
-p.lost { font-weight: 600; }
-p.lost.warn { color: #a50f15; }
-.finding { border: 1px solid #ddd; border-left: 6px solid #969696; border-radius: 4px;
-           padding: 12px 16px; margin: 14px 0; background: #fcfcfc; }
-.finding.downgrade, .finding.user-map-downgrade, .finding.refused, .finding.static
-    { border-left-color: #de2d26; }
-.finding.slow-moves { border-left-color: #e6550d; }
-.finding.restart-loop { border-left-color: #6a51a3; }
-.finding .meta { color: #555; font-size: .9em; margin: 0 0 8px; }
-.finding ul.evidence { margin: 4px 0; padding-left: 22px; }
-.finding ul.evidence li { overflow-wrap: anywhere; font-family: ui-monospace, Menlo,
-                          Consolas, monospace; font-size: .88em; margin: 2px 0; }
-.remedy { background: #f0f7f0; border-radius: 4px; padding: 6px 10px; }
-.quiet { color: #555; }
-table { border-collapse: collapse; margin: 8px 0 16px; font-size: .88em; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; }
-td { overflow-wrap: anywhere; }
-tr.downgrade td { background: #fdecea; }
-td.num { text-align: right; white-space: nowrap; }
-td.host { white-space: nowrap; }
-table.environment td { max-width: 340px; }
-.type { display: inline-block; padding: 0 5px; border-radius: 3px; color: #fff;
-        font-family: ui-monospace, Menlo, Consolas, monospace; font-size: .9em; }
-figure { margin: 12px 0 22px; }
-figcaption { font-weight: 600; margin-bottom: 4px; }
-figure p.explain { margin: 2px 0 6px; color: #555; font-size: .9em; }
-svg { display: block; max-width: 100%; height: auto; }
-svg text { fill: #333; }
-.histograms { display: flex; flex-wrap: wrap; gap: 8px 24px; }
-footer { margin-top: 40px; color: #777; font-size: .85em; }
-@media print {
-  body { max-width: none; padding: 0; font-size: 10pt; }
-  nav { display: none; }
-  h2 { break-after: avoid; }
-  .finding, figure, tr { break-inside: avoid; }
-  * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
-}
-"""
-
-
-def _type_badge(memtype):
-    colour = MEMTYPE_COLOURS.get(memtype, MEMTYPE_COLOURS[None])
-    return element("span", esc(memtype or "-"), class_="type", style=f"background:{colour}")
-
-
-def _table(headers, rows, class_=None, row_classes=None):
-    """``rows`` are lists of cell markup (already escaped) or ``(markup, class)``."""
-    head = "".join(element("th", esc(h), scope="col") for h in headers)
-    body = []
-    for index, row in enumerate(rows):
-        cells = []
-        for cell in row:
-            markup, cell_class = cell if isinstance(cell, tuple) else (cell, None)
-            cells.append(element("td", markup, class_=cell_class))
-        row_class = row_classes[index] if row_classes else None
-        body.append(element("tr", "".join(cells), class_=row_class))
-    return element(
-        "table",
-        element("thead", element("tr", head)) + element("tbody", "\n".join(body)),
-        class_=class_,
-    )
-
-
-def _lines(lines):
-    return "<br>".join(esc(line) for line in lines)
-
-
-# -- sections ----------------------------------------------------------------------------------
-
-
-def _header(doc):
-    out = [element("h1", esc(f"memtrace report: {rr.headline(doc)}"))]
-    for line in rr.preamble(doc):
-        if line.startswith("Lost events"):
-            warn = any(rr.host_record(doc, n).get("lost_events") for n in rr.host_names(doc))
-            out.append(
-                element("p", esc(line), class_="preamble lost warn" if warn else "preamble lost")
-            )
-        else:
-            out.append(element("p", esc(line), class_="preamble"))
-    out.append(
-        _table(
-            ["host", "kernel", "source"],
-            [[esc(c) for c in row] for row in rr.hosts_rows(doc)],
-            class_="hosts",
-        )
-    )
-    links = (
-        [("findings", "Findings")]
-        + ([("bench", "Bench")] if "bench" in doc else [])
-        + [
-            ("reservations", "Reservations"),
-            ("latency", "Latency"),
-            ("timeline", "Timeline"),
-            ("environment", "Environment"),
-            ("notes", "Notes"),
-        ]
-    )
-    out.append(element("nav", "".join(element("a", esc(t), href=f"#{i}") for i, t in links)))
-    return element("header", "\n".join(out))
-
-
-def _findings(doc, origin):
-    out = [element("h2", "Findings")]
-    findings = rr.entries(doc, "findings")
-    for number, finding in enumerate(findings, 1):
-        kind = str(finding.get("kind") or "finding")
-        parts = [
-            element("h3", esc(f"{number}. {finding.get('title') or 'untitled'}")),
-            element(
-                "p", esc(rr.finding_meta(finding, origin.get(finding.get("host")))), class_="meta"
-            ),
-        ]
-        if finding.get("summary"):
-            parts.append(element("p", esc(finding["summary"])))
-        evidence = finding.get("evidence") or []
-        if evidence:
-            parts.append(element("h4", "Evidence"))
-            parts.append(
-                element("ul", "".join(element("li", esc(e)) for e in evidence), class_="evidence")
-            )
-        if finding.get("remedy"):
-            parts.append(
-                element(
-                    "p",
-                    element("strong", "Remedy:") + " " + esc(finding["remedy"]),
-                    class_="remedy",
-                )
-            )
-        out.append(
-            element(
-                "article",
-                "\n".join(parts),
-                class_=f"finding {re.sub(r'[^a-z0-9-]', '', kind)}",
-                id=f"finding-{number}",
-                data_kind=kind,
-                data_host=finding.get("host"),
-            )
-        )
-    quiet = rr.quiet_hosts(doc)
-    if not findings:
-        out.append(element("p", "No findings.", class_="quiet"))
-    elif quiet:
-        out.append(element("p", esc(f"No findings on {', '.join(quiet)}."), class_="quiet"))
-    return element("section", "\n".join(out), id="findings")
-
-
-def _reservations(doc, origin):
-    out = [element("h2", "Reservations")]
-    if not rr.entries(doc, "reservations"):
-        out.append(element("p", "No reservations were traced.", class_="quiet"))
-        return element("section", "\n".join(out), id="reservations")
-    out.append(
-        element(
-            "p",
-            "Rows shaded red got a slower memory type than they asked for. "
-            "Reservations that differ only in time are one row; <em>n</em> counts "
-            "them and <em>first</em> is when the first was made.",
-        )
-    )
-    rows, classes = [], []
-    for host in rr.host_names(doc):
-        for group in rr.reservation_groups(doc, host):
-            entry = group.first
-            freed = {"all": "yes", "none": "no", "some": "some"}[group.freed]
-            first = rr.rel_time(entry.get("ts_ns"), origin.get(host))
-            rows.append(
-                [
-                    (esc(host), "host"),
-                    (esc(first), "num"),
-                    (esc(rr.phys_range(entry.get("start"), entry.get("end"))), "mono"),
-                    _type_badge(entry.get("requested")),
-                    _type_badge(entry.get("granted")),
-                    (esc(group.count), "num"),
-                    (esc(entry.get("requester") or entry.get("fn") or "unknown"), "mono"),
-                    esc(rr.process_text(entry, group.pids)),
-                    esc(entry.get("device") or ""),
-                    esc(freed),
-                ]
-            )
-            classes.append("downgrade" if group.flag == "downgrade" else None)
-    out.append(
-        _table(
-            [
-                "host",
-                "first",
-                "range",
-                "requested",
-                "granted",
-                "n",
-                "requester",
-                "process",
-                "device",
-                "freed",
-            ],
-            rows,
-            class_="reservations",
-            row_classes=classes,
-        )
-    )
-    return element("section", "\n".join(out), id="reservations")
-
-
-def _latency(doc):
-    out = [element("h2", "Latency")]
-    if not rr.entries(doc, "latency"):
-        out.append(element("p", "No latency was measured.", class_="quiet"))
-        return element("section", "\n".join(out), id="latency")
-    out.append(
-        element(
-            "p",
-            "<em>type</em> is the memory type of the mapping the calls ran on "
-            "(- = none, or not a mapping); MB/s is over the calls that moved "
-            "bytes; ~ marks a percentile estimated from a histogram.",
-        )
-    )
-    rows = []
-    for host, fn, probe, measure, group in rr.latency_groups(doc):
-        name = (fn or "unknown") + (f" ({measure})" if measure not in (None, "ns") else "")
-        for row in group:
-            cells = rr.latency_cells(row)
-            rows.append(
-                [
-                    (esc(host), "host"),
-                    (esc(name), "mono"),
-                    (esc(probe or ""), "mono"),
-                    _type_badge(row.get("memtype")),
-                ]
-                + [(esc(c), "num") for c in cells[1:]]
-                + [(esc(c), "num") for c in rr.moved_cells(row)]
-            )
-    out.append(
-        _table(
-            ["host", "function", "probe", "type", *rr.LATENCY_HEADERS[1:], "moved", "MB/s"],
-            rows,
-            class_="latency",
-        )
-    )
-    figures = [_histogram_figure(*group) for group in rr.latency_groups(doc)]
-    figures = [f for f in figures if f]
-    if figures:
-        out.append(element("h3", "Latency histograms"))
-        out.append(
-            element(
-                "p",
-                "Calls per power-of-two bucket of latency (log scale), one bar "
-                "per memory type the calls ran on. Hover over a bar for its "
-                "numbers.",
-                class_="explain",
-            )
-        )
-        out.append(element("div", "\n".join(figures), class_="histograms"))
-    return element("section", "\n".join(out), id="latency")
-
-
-def _timeline(doc, origin):
-    out = [element("h2", "Timeline")]
-    reserved = {r.get("host") for r in rr.entries(doc, "reservations")}
-    hosts = [h for h in rr.host_names(doc) if rr.timeline_of(doc, h) or h in reserved]
-    if not hosts:
-        out.append(element("p", "No timeline was recorded.", class_="quiet"))
-    for host in hosts:
-        out.append(element("h3", esc(host)))
-        plot = _timeline_figure(doc, host, origin.get(host))
-        if plot:
-            out.append(plot)
-        entries = rr.timeline_of(doc, host)
-        if entries:
-            rows = [
-                [
-                    (esc(rr.rel_time(e.get("ts_ns"), origin.get(host))), "num"),
-                    esc(e.get("kind") or ""),
-                    esc(e.get("text") or ""),
-                ]
-                for e in entries
-            ]
-            out.append(
-                _table(
-                    ["time", "kind", "event"],
-                    rows,
-                    class_="timeline",
-                    row_classes=[
-                        "downgrade" if e.get("kind") == "conflict" else None for e in entries
-                    ],
-                )
-            )
-    return element("section", "\n".join(out), id="timeline")
-
-
-def _bench(doc):
-    """The report's bench section: verdict, mappings table, details, costs, notes."""
-    section = doc.get("bench")
-    out = [element("h2", "Bench")]
-    bench = section.get("result") if isinstance(section, dict) else None
-    if not isinstance(bench, dict):
-        out.append(element("p", esc(rr.bench_status(section)), class_="quiet"))
-        return element("section", "\n".join(out), id="bench")
-    for line in [rr.bench_title(bench)] + rr.bench_preamble(bench):
-        out.append(element("p", esc(line), class_="preamble"))
-    line, evidence = rr.bench_verdict(bench)
-    out.append(element("p", element("strong", esc(line)), class_="verdict"))
-    if evidence:
-        out.append(
-            element("ul", "".join(element("li", esc(e)) for e in evidence), class_="evidence")
-        )
-    by_name = {m.get("name"): m for m in bench.get("mappings") or []}
-    rows = []
-    headers, table_rows = rr.bench_table(bench)
-    for row in table_rows:
-        mapping = by_name.get(row[0]) or {}
-        rows.append(
-            [(esc(row[0]), "mono"), _type_badge(mapping.get("effective")) + " " + esc(row[1])]
-            + [(esc(c), "num") for c in row[2:]]
-        )
-    if rows:
-        out.append(element("p", esc(rr.BENCH_LEGEND), class_="explain"))
-        out.append(_table(headers, rows, class_="bench"))
-    for title, lines in (
-        ("Mappings", rr.bench_details(bench)),
-        ("What a frame costs through the uncached reservations", rr.bench_costs(bench)),
-        ("Notes", rr.bench_notes(bench)),
-    ):
-        if lines:
-            out.append(element("h3", esc(title)))
-            out.append(element("ul", "".join(element("li", esc(n)) for n in lines)))
-    return element("section", "\n".join(out), id="bench")
-
-
-def _environment(doc):
-    rows = [
-        [element("th", esc(fact), scope="row")] + [element("td", _lines(c)) for c in cells]
-        for fact, *cells in rr.environment_rows(doc)
-    ]
-    head = element(
-        "tr",
-        element("th", "") + "".join(element("th", esc(h), scope="col") for h in rr.host_names(doc)),
-    )
-    body = "\n".join(element("tr", "".join(r)) for r in rows)
-    table = element("table", element("thead", head) + element("tbody", body), class_="environment")
-    return element("section", element("h2", "Environment") + "\n" + table, id="environment")
-
-
-def _notes(doc):
-    notes = rr.all_notes(doc)
-    body = (
-        element("ul", "".join(element("li", esc(n)) for n in notes))
-        if notes
-        else element("p", "None.", class_="quiet")
-    )
-    return element("section", element("h2", "Notes") + "\n" + body, id="notes")
-
 
 # -- latency histogram -------------------------------------------------------------------------
 
@@ -429,7 +71,9 @@ def _memtype_key(memtype):
     return _MEMTYPE_ORDER.index(memtype) if memtype in _MEMTYPE_ORDER else len(_MEMTYPE_ORDER)
 
 
-def _histogram_figure(host, fn, probe, measure, rows):
+def histogram_figure(host, fn, probe, measure, rows):
+    """The latency histogram of ``fn`` on ``host`` (its latency rows, one per memory type)
+    as a :class:`~memtrace.tools.document.Figure`, or None when no bucket holds a call."""
     bars = []  # (memtype, low, high, count)
     for row in rows:
         for bucket in row.get("histogram") or []:
@@ -440,7 +84,7 @@ def _histogram_figure(host, fn, probe, measure, rows):
             if count > 0:
                 bars.append((row.get("memtype"), low, high, count))
     if not bars:
-        return ""
+        return None
     memtypes = sorted({b[0] for b in bars}, key=_memtype_key)
     spans = [_bucket_span(low, high) for _, low, high, _ in bars]
     u_min = math.floor(min(s[0] for s in spans))
@@ -597,13 +241,7 @@ def _histogram_figure(host, fn, probe, measure, rows):
         aria_label=f"latency histogram of {fn} on {host}",
         style=_FONT,
     )
-    return element(
-        "figure",
-        element("figcaption", esc(caption)) + svg,
-        class_="histogram",
-        data_host=host,
-        data_fn=fn,
-    )
+    return Figure(caption, svg, _HISTOGRAM_NOTE, kind="histogram")
 
 
 # -- reservations over time --------------------------------------------------------------------
@@ -752,7 +390,9 @@ def _tick(colour, dash):
     )
 
 
-def _timeline_figure(doc, host, origin):
+def timeline_figure(doc, host, origin):
+    """``host``'s reservations over time as a :class:`~memtrace.tools.document.Figure`, or
+    None when it has neither reservations nor process or DRM events."""
     reservations = sorted(
         (r for r in rr.entries(doc, "reservations") if r.get("host") == host),
         key=lambda r: r.get("ts_ns") or 0,
@@ -760,7 +400,7 @@ def _timeline_figure(doc, host, origin):
     everything = rr.timeline_of(doc, host)
     events = [e for e in everything if e.get("kind") in _EVENT_STYLE]
     if not reservations and not events:
-        return ""
+        return None
     ranges: Dict[tuple, str] = {}
     for entry in sorted(reservations, key=_range_key):
         key = (entry.get("start"), entry.get("end"))
@@ -989,69 +629,4 @@ def _timeline_figure(doc, host, origin):
         aria_label=f"reservations over time on {host}",
         style=_FONT,
     )
-    explain = element(
-        "p",
-        "Each bar is one reservation, from when it was made to when it was "
-        "freed (to the end of the trace if it was not), on the row of its "
-        "physical address range; vertical lines are process and DRM events. "
-        "Hover for details.",
-        class_="explain",
-    )
-    return element(
-        "figure",
-        element("figcaption", esc(f"{host}: reservations over time")) + explain + svg,
-        class_="timeline",
-        data_host=host,
-    )
-
-
-# -- the page ----------------------------------------------------------------------------------
-
-
-def render_html(doc):
-    """The report document ``doc`` as one self-contained HTML page (a string)."""
-    origin = rr.origins(doc)
-    title = f"memtrace report: {rr.headline(doc)}"
-    body = "\n".join(
-        [
-            _header(doc),
-            element(
-                "main",
-                "\n".join(
-                    [_findings(doc, origin)]
-                    + ([_bench(doc)] if "bench" in doc else [])
-                    + [
-                        _reservations(doc, origin),
-                        _latency(doc),
-                        _timeline(doc, origin),
-                        _environment(doc),
-                        _notes(doc),
-                    ]
-                ),
-            ),
-            element(
-                "footer",
-                esc(
-                    f"Written by memtrace {doc.get('memtrace') or 'unknown'} "
-                    f"(report format {doc.get('format')} version "
-                    f"{doc.get('version')}). This page loads nothing from the "
-                    "network and needs no JavaScript."
-                ),
-            ),
-        ]
-    )
-    head = "\n".join(
-        [
-            '<meta charset="utf-8">',
-            '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
-            "style-src 'unsafe-inline'\">",
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            '<meta name="color-scheme" content="light">',
-            f"<title>{esc(title)}</title>",
-            f"<style>{_CSS}</style>",
-        ]
-    )
-    return (
-        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n{head}\n</head>\n'
-        f"<body>\n{body}\n</body>\n</html>\n"
-    )
+    return Figure(f"{host}: reservations over time", svg, _TIMELINE_NOTE, kind="timeline")

@@ -1,25 +1,28 @@
 """`memtrace report`: turn a report document (docs/report-json.md) into text, markdown or HTML.
 
-:func:`render_text` (mailing lists, 80 columns), :func:`render_markdown` (GitHub, GitLab,
-Bugzilla) and :func:`render_html` (one self-contained page with plots) read the document and
-nothing else; the document itself is the ``json`` format. Every format keeps one order: the
-findings with their evidence, the reservations, the latency per function and memory type,
-the timeline, the environment (one column per host), the notes. Times are shown relative to
-each host's first event, because each guest has its own monotonic clock; every format says
-how many events were lost, per host and in total.
+The document itself is the ``json`` format. For the others, hosts with the same findings are
+shown once (:mod:`memtrace.tools.host_groups`), the document is cut to fit the format's
+limit (:func:`memtrace.tools.report_words.shrink`), laid out as blocks
+(:func:`memtrace.tools.report_document.report_blocks`) and printed by
+:func:`memtrace.tools.document.render`, the renderers of conflicts and latency: text for
+mailing lists (80 columns), markdown for GitHub, GitLab and Bugzilla, one self-contained HTML
+page with plots. Times are shown relative to each host's first event, because each guest has
+its own monotonic clock; every format says how many events were lost, per host and in total.
 
-The wording and grouping the three formats share is :mod:`memtrace.tools.report_words`,
-re-exported here; the formats import that module, never this one (no import cycle).
+The wording and grouping the formats share is :mod:`memtrace.tools.report_words`,
+re-exported here.
 """
 
 import json
+import math
 
-from memtrace.tools import report_html, report_markdown, report_text
+from memtrace.tools import document
 from memtrace.tools.host_groups import group_hosts
 from memtrace.tools.render import json_chunks
+from memtrace.tools.report_document import report_blocks
 from memtrace.tools.report_words import *  # noqa: F401,F403 (the shared wording, re-exported)
-from memtrace.tools.report_words import TEXT_WIDTH, shrink
 from memtrace.tools.report_words import __all__ as _WORDS
+from memtrace.tools.report_words import shrink
 
 __all__ = [
     "RENDERERS",
@@ -37,7 +40,7 @@ __all__ = [
 
 # Each bounded format's limit (a markdown comment on GitHub or GitLab holds 65,536 characters);
 # HTML's is in bytes of UTF-8.
-LIMITS = {"text": 262_144, "markdown": 65_536, "html": 1 << 20}
+LIMITS = document.LIMITS
 # What the document is cut to, step by step, until its rendering fits: (findings, reservation
 # groups per host, timeline entries per host, reservations per group, longest string).
 _STEPS = [
@@ -49,35 +52,34 @@ _STEPS = [
 ]
 
 
-def _bounded(fmt, doc, render_one):
+def _bounded(fmt, doc, width=document.WIDTH):
     size = len if fmt != "html" else (lambda s: len(s.encode("utf-8", "replace")))
-    limit = LIMITS[fmt]
     for step in _STEPS:
-        out = render_one(shrink(doc, *step))
-        if size(out) <= limit:
+        blocks = report_blocks(shrink(doc, *step), fmt)
+        out = document.render(blocks, fmt, width, limit=math.inf)
+        if size(out) <= LIMITS[fmt]:
             return out
-    # Past the last step only hosts, environment and notes are left: cut between lines.
-    note = "\n... the rest is left out to keep this under the size limit (see --format json).\n"
-    cut = out[: limit - len(note) - 16].rsplit("\n", 1)[0]
-    return cut + note
+    # Past the last step only hosts, environment and notes are left: the renderer leaves out
+    # the parts that do not fit, and says so.
+    return document.render(blocks, fmt, width)
 
 
-def render_text(doc, width=TEXT_WIDTH):
-    """The report document ``doc`` as plain text, no line wider than ``width`` columns
-    (:mod:`memtrace.tools.report_text`), at most :data:`LIMITS` ``["text"]`` characters."""
-    return _bounded("text", doc, lambda d: report_text.render_text(d, width))
+def render_text(doc, width=document.WIDTH):
+    """The report document ``doc`` as plain text, no line wider than ``width`` columns, at
+    most :data:`LIMITS` ``["text"]`` characters."""
+    return _bounded("text", doc, width)
 
 
 def render_markdown(doc):
-    """The report document ``doc`` as markdown for a GitHub, GitLab or Bugzilla comment
-    (:mod:`memtrace.tools.report_markdown`), at most 65,536 characters."""
-    return _bounded("markdown", doc, report_markdown.render_markdown)
+    """The report document ``doc`` as markdown for a GitHub, GitLab or Bugzilla comment, at
+    most 65,536 characters."""
+    return _bounded("markdown", doc)
 
 
 def render_html(doc):
-    """The report document ``doc`` as one self-contained HTML page
-    (:mod:`memtrace.tools.report_html`), at most 1 MiB."""
-    return _bounded("html", doc, report_html.render_html)
+    """The report document ``doc`` as one self-contained HTML page with plots, at most
+    1 MiB."""
+    return _bounded("html", doc)
 
 
 RENDERERS = {"text": render_text, "markdown": render_markdown, "html": render_html}

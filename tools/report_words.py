@@ -1,8 +1,8 @@
-"""The wording and grouping every `memtrace report` format shares.
+"""The wording and grouping of `memtrace report`: what its blocks say, whatever the format.
 
-:mod:`memtrace.tools.report_text`, :mod:`~memtrace.tools.report_markdown` and
-:mod:`~memtrace.tools.report_html` import this module; :mod:`memtrace.tools.report_render`
-imports them (and re-exports this module), so there is no import cycle between them.
+:func:`memtrace.tools.report_document.report_blocks` and the plots of
+:mod:`memtrace.tools.report_html` read the report document through this module;
+:mod:`memtrace.tools.report_render` re-exports it.
 """
 
 import dataclasses
@@ -14,7 +14,6 @@ from memtrace.analysis.reservations import is_downgrade
 from memtrace.tools.render import hex_range, who
 
 __all__ = [
-    "TEXT_WIDTH",
     "KIND_NAMES",
     "LATENCY_HEADERS",
     "ReservationGroup",
@@ -60,8 +59,6 @@ __all__ = [
     "bench_notes",
     "bench_status",
 ]
-
-TEXT_WIDTH = 80
 
 KIND_NAMES = {
     "downgrade": "downgrade",

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from memtrace.tools.report_html import render_html
+from memtrace.tools.report_render import render_html
 from tests.browser.chromium import dump_dom, screenshot
 from tests.conftest import FIXTURES
 

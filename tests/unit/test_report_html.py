@@ -11,8 +11,8 @@ from html.parser import HTMLParser
 import pytest
 
 from memtrace.analysis.reservations import is_downgrade
-from memtrace.tools.report_html import _TimeAxis, render_html
-from memtrace.tools.report_render import render
+from memtrace.tools.report_html import _TimeAxis
+from memtrace.tools.report_render import render, render_html
 from tests.conftest import FIXTURES
 
 EXAMPLE = os.path.join(FIXTURES, "report", "example-report.json")

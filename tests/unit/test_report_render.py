@@ -9,10 +9,10 @@ import re
 
 import pytest
 
+from memtrace.escape import md, md_block
 from memtrace.tools import report_render as rr
-from memtrace.tools.report_markdown import md, md_block
+from memtrace.tools.document import fit_table, wrap
 from memtrace.tools.report_render import render, render_markdown, render_text
-from memtrace.tools.report_text import fit_table, wrap
 from tests.conftest import FIXTURES
 
 REPORTS = os.path.join(FIXTURES, "report")
@@ -249,7 +249,7 @@ def test_repeated_reservations_are_one_row_with_a_count():
     text = render_text(doc)
     assert "host-1 (7 reservations)" in text
     assert re.search(r"fd000000-fd3e8000  WC -> UC- !  7 +ttm_kmap_iter_linear_io_init", text)
-    assert "| WC | UC- | ! | 7 |" in render_markdown(doc)
+    assert "| WC -> UC- ! | 7 |" in render_markdown(doc)
 
 
 def test_hosts_without_findings_are_named(doc):
