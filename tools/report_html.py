@@ -67,6 +67,21 @@ def _bucket_span(low, high):
     return left, math.log2(high + 1) if high >= 0 else left + 1
 
 
+def _svg(kind, parts, width, height, label):
+    """An ``<svg>`` of class ``kind`` drawing ``parts`` (markup), ``label`` read aloud."""
+    return element(
+        "svg",
+        "\n".join(parts),
+        class_=kind,
+        width=width,
+        height=height,
+        viewBox=f"0 0 {width} {height}",
+        role="img",
+        aria_label=label,
+        style=_FONT,
+    )
+
+
 def _memtype_key(memtype):
     return _MEMTYPE_ORDER.index(memtype) if memtype in _MEMTYPE_ORDER else len(_MEMTYPE_ORDER)
 
@@ -230,17 +245,7 @@ def histogram_figure(host, fn, probe, measure, rows):
         parts.append(element("text", esc(label), x=float(legend_x + 15), y="18", font_size="11"))
         legend_x += 30 + 7 * len(label)
     caption = f"{host}: {fn}" + (f" (probed as {probe})" if probe and probe != fn else "")
-    svg = element(
-        "svg",
-        "\n".join(parts),
-        class_="histogram",
-        width=width,
-        height=height,
-        viewBox=f"0 0 {width} {height}",
-        role="img",
-        aria_label=f"latency histogram of {fn} on {host}",
-        style=_FONT,
-    )
+    svg = _svg("histogram", parts, width, height, f"latency histogram of {fn} on {host}")
     return Figure(caption, svg, _HISTOGRAM_NOTE, kind="histogram")
 
 
@@ -618,15 +623,5 @@ def timeline_figure(doc, host, origin):
     legend, legend_h = _legend(items, left, top + plot_h + 44, width - right)
     parts.append(legend)
     height = top + plot_h + 48 + legend_h
-    svg = element(
-        "svg",
-        "\n".join(parts),
-        class_="timeline",
-        width=width,
-        height=height,
-        viewBox=f"0 0 {width} {height}",
-        role="img",
-        aria_label=f"reservations over time on {host}",
-        style=_FONT,
-    )
+    svg = _svg("timeline", parts, width, height, f"reservations over time on {host}")
     return Figure(f"{host}: reservations over time", svg, _TIMELINE_NOTE, kind="timeline")
