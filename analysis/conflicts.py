@@ -30,36 +30,46 @@ UC- request granted UC- (an ordinary register BAR) are not conflicts. Repeats ar
 by kind, range, types and holder. Pure functions; no I/O.
 """
 
-import bisect
 import dataclasses
 import errno
 from typing import Dict, List, Optional, Tuple
 
 from memtrace.analysis import memtypes
 from memtrace.analysis.effective import effective_type
-from memtrace.analysis.effective_timeline import MemoryTypeContext, effective_by_event
-from memtrace.analysis.events import ROLE_IOREMAP, ROLE_RESERVE, ROLE_USER_MAP
+from memtrace.analysis.effective_timeline import EffectiveTimeline, MemoryTypeContext
+from memtrace.analysis.events import (
+    ROLE_FREE,
+    ROLE_IOREMAP,
+    ROLE_MOVE,
+    ROLE_RESERVE,
+    ROLE_USER_MAP,
+)
 from memtrace.analysis.latency import human_duration, human_size
-from memtrace.analysis.moves import MoveSummary, find_moves, summarize
+from memtrace.analysis.moves import MoveSummary, MoveTotals, MoveTracker, summarize
 from memtrace.analysis.reservations import (
     BEFORE_TRACING,
     ModelCheck,
+    Reservation,
     ReservationModel,
     compare_with_kernel_list,
     first_outside_frame,
     frame_name,
+    is_core_free,
+    is_core_reserve,
     is_downgrade,
     is_user_mapping_stack,
     new_memtype_allowed,
-    replay,
     slowest,
 )
 from memtrace.analysis.slow_moves import (
     DEFAULT_SLOW_FACTOR,
+    UNCACHED_TYPES,
     SlowMoves,
+    check_slow_move_options,
     describe_reference,
     estimated_wc_ns,
     find_slow_moves,
+    is_timed,
 )
 from memtrace.analysis.snapshot import find_owner, find_uncached_framebuffers
 
@@ -77,6 +87,7 @@ __all__ = [
     "Requester",
     "Conflict",
     "Report",
+    "ConflictAnalysis",
     "analyze",
     "human_size",
     "human_duration",
@@ -293,9 +304,13 @@ class Conflict:
 
 @dataclasses.dataclass
 class Report:
-    """Everything :func:`analyze` found: conflicts, the moves, the final model, and the
-    moves that ran slow on uncached memory (None when no uncached move had bytes and a
-    duration)."""
+    """Everything the analysis found: conflicts, the final model, and the moves that ran
+    slow on uncached memory (None when no uncached move had bytes and a duration).
+
+    ``reservations`` counts the ``memtype_reserve`` calls replayed and ``move_count`` the
+    moves; ``moves`` and ``decisions`` hold them all only when the analysis was asked to
+    keep them (:func:`analyze` does; a streamed trace keeps counts). ``late_events`` counts
+    events that came later than the time-order window (analysis.time_order)."""
 
     conflicts: List[Conflict]
     moves: list
@@ -305,6 +320,9 @@ class Report:
 
     context: MemoryTypeContext = dataclasses.field(default_factory=MemoryTypeContext)
     model_check: Optional[ModelCheck] = None
+    reservations: int = 0
+    move_count: int = 0
+    late_events: int = 0
 
     @property
     def findings(self):
@@ -315,23 +333,46 @@ class Report:
         )
 
 
-def analyze(
-    events,
-    snapshot=None,
-    pci_devices=(),
-    static=True,
-    wc_reference_mbps=None,
-    slow_factor=DEFAULT_SLOW_FACTOR,
-    context=None,
-    snapshot_end=None,
-):
-    """Find the conflicts and the slow moves in ``events``.
+def analyze(events, snapshot=None, pci_devices=(), **options):
+    """Find the conflicts and the slow moves in ``events`` (Event objects in any order;
+    they are sorted by ``ts_ns``), keeping every decision and move in the :class:`Report`.
 
-    :param events: Event objects in any order (they are sorted by ``ts_ns``).
+    The parameters are :class:`ConflictAnalysis`'s; a trace too long to hold goes through
+    :class:`ConflictAnalysis` directly, one event at a time.
+
+    :return: a :class:`Report`; conflicts in time order, static ones last.
+    :raises ValueError: for a reference that is not positive or a factor not above 1.
+    """
+    analysis = ConflictAnalysis(snapshot, pci_devices, keep=True, **options)
+    for event in sorted(events, key=lambda e: e.ts_ns):
+        analysis.add(event)
+    return analysis.finish()
+
+
+class _FailedWrapper:
+    """A mapping call that failed (see :func:`_failed_wrapper`), open while calls of its
+    thread inside it come: the last reservation decided inside it, and whether a refusal
+    already reported lies inside it."""
+
+    __slots__ = ("event", "end", "inner", "covered")
+
+    def __init__(self, event):
+        self.event, self.end = event, event.ts_ns + event.duration_ns
+        self.inner, self.covered = None, False
+
+
+class ConflictAnalysis:
+    """The conflicts and slow moves of a trace, from its events fed one at a time in time
+    order (:meth:`add`), then :meth:`finish`.
+
+    What it holds is the live reservations, the distinct findings, the moves still open and
+    the few uncached moves the slow-move finding lists, not the events: a trace of any
+    length is analysed in the memory of that state.
+
     :param snapshot: ``(start, end, type)`` tuples of the PAT list when tracing started
         (reservations.parse_pat_snapshot), or None when unknown.
     :param pci_devices: PciDevice objects, to name the device and driver of a range and for
-        the static findings; empty when unknown.
+        the static findings; empty when unknown (:meth:`finish` may be given newer ones).
     :param static: also report static findings from ``snapshot`` (those on a BAR a traced
         conflict already explains are left out).
     :param wc_reference_mbps: the write-combined throughput (MB/s) slow moves are measured
@@ -341,61 +382,237 @@ def analyze(
         types effective; None: both unknown, the effective type is the granted one.
     :param snapshot_end: the kernel's PAT list read when tracing ended (``(start, end,
         type)`` tuples), to check the model against (``Report.model_check``); None: unknown.
-    :return: a :class:`Report`; conflicts in time order, static ones last.
+    :param keep: keep every decision and move in the report (for callers that list them).
+    :param on_move: called with each finished :class:`memtrace.analysis.moves.Move`.
     :raises ValueError: for a reference that is not positive or a factor not above 1.
     """
-    context = context or MemoryTypeContext()
-    ordered = _name_processes(sorted(events, key=lambda e: e.ts_ns))
-    tracking = not context.pat_disabled
-    initial = ReservationModel(snapshot, tracking).live
-    model, decisions = replay(ordered, snapshot, tracking)
-    effective = effective_by_event(ordered, decisions, context)
-    for decision in decisions:
-        decision.effective = effective.get(id(decision.event))
-    granted = {id(d.event): d.granted for d in decisions if d.granted and d.granted_inferred}
-    moves = find_moves(ordered, granted, {key: e.type for key, e in effective.items()})
-    groups: Dict[tuple, Conflict] = {}
-    user_windows = _windows(e for e in ordered if e.role == ROLE_USER_MAP)
-    owner_of = {}  # id(reservation event) -> its finding, for the moves that mapped it
-    for decision in decisions:
-        conflict = _classify(groups, decision, user_windows, pci_devices)
-        if conflict is not None:
-            owner_of[id(decision.event)] = conflict
-    _add_failed_wrappers(groups, ordered, decisions, pci_devices)
-    slow_moves = find_slow_moves(moves, wc_reference_mbps, slow_factor)
-    slow_ids = {id(m) for m in slow_moves.slow} if slow_moves else set()
-    conflicts = list(groups.values())
-    ran_on = _moves_by_conflict(conflicts, moves, owner_of)
-    slow_of = {}
-    for conflict in conflicts:
-        if conflict.kind != REFUSED:
-            ran = ran_on[id(conflict)]
-            conflict.impact = summarize(ran)
-            slow_of[id(conflict)] = [m for m in ran if id(m) in slow_ids]
+
+    def __init__(
+        self,
+        snapshot=None,
+        pci_devices=(),
+        static=True,
+        wc_reference_mbps=None,
+        slow_factor=DEFAULT_SLOW_FACTOR,
+        context=None,
+        snapshot_end=None,
+        keep=False,
+        on_move=None,
+    ):
+        check_slow_move_options(wc_reference_mbps, slow_factor)
+        self.context = context or MemoryTypeContext()
+        self.snapshot, self.snapshot_end = snapshot, snapshot_end
+        self.pci_devices, self.static = pci_devices, static
+        self.wc_reference_mbps, self.slow_factor = wc_reference_mbps, slow_factor
+        self.keep, self.on_move = keep, on_move
+        self.model = ReservationModel(snapshot, not self.context.pat_disabled)
+        self.initial = self.model.live
+        self.decisions: list = []
+        self.moves: list = []
+        self.reservations = 0
+        self.move_count = 0
+        self._timeline = EffectiveTimeline(self.context)
+        self._groups: Dict[tuple, Conflict] = {}
+        self._comms: Dict[int, str] = {}  # tid -> the comm its events carry
+        self._user_map_end: Dict[int, int] = {}  # tid -> latest end of its user-map calls
+        self._tracker = MoveTracker(self._moved)
+        self._adopters: Dict[Reservation, list] = {}  # entry -> entries that took its type
+        self._finding_holders: set = set()
+        self._findings_seen = 0
+        self._wrappers: Dict[int, List[_FailedWrapper]] = {}
+        self._uncached: list = []  # uncached timed moves, for the slow-move finding
+        self._wc = [0, 0, 0]  # bytes, ns, count of WC timed moves: the trace's reference
+        self._impacts: Dict[int, MoveTotals] = {}  # id(conflict) -> its moves' totals
+        self._uncached_of: Dict[int, list] = {}  # id(conflict) -> its uncached moves
+
+    def add(self, event):
+        """Take the next event (in time order)."""
+        tid, comm = event.tid, event.comm
+        if comm and comm != _UNKNOWN_COMM:
+            if self._comms.get(tid) != comm:
+                self._comms[tid] = comm
+        elif tid in self._comms:  # tracefs prints <...> when its comm cache missed the pid
+            event = dataclasses.replace(event, comm=self._comms[tid])
+        if tid in self._wrappers:
+            self._close_wrappers(tid, event.ts_ns)
+        role = event.role
+        if role == ROLE_RESERVE and is_core_reserve(event):
+            self._decide(self.model.reserve(event))
+        elif role == ROLE_FREE and is_core_free(event):
+            entry = self.model.free(event)
+            if entry is not None and entry not in self._finding_holders:
+                if not self.model.is_live(entry):  # removed, not shrunk
+                    self._adopters.pop(entry, None)
+            self._tracker.advance(event.ts_ns)
+        elif role == ROLE_MOVE:
+            self._tracker.move(event)
+        else:
+            if role == ROLE_USER_MAP and event.duration_ns is not None:
+                end = event.ts_ns + event.duration_ns
+                if end > self._user_map_end.get(tid, -1):
+                    self._user_map_end[tid] = end
+            self._timeline.observe(event)
+            self._tracker.advance(event.ts_ns)
+        if _failed_wrapper(event):
+            self._wrappers.setdefault(tid, []).append(_FailedWrapper(event))
+
+    def _decide(self, decision):
+        """Judge one replayed reservation: its effective type, its finding, its moves."""
+        event = decision.event
+        self.reservations += 1
+        if self.keep:
+            self.decisions.append(decision)
+        if decision.granted is not None:
+            decision.effective = self._timeline.of(decision.granted, event.start, event.end)
+        entry = decision.reservation
+        if entry is not None:
+            entry.effective = decision.effective
+            if entry.forced_by is not None:
+                self._adopters.setdefault(entry.forced_by, []).append(entry)
+        conflict = _classify(self._groups, decision, self._in_user_map, self.pci_devices)
+        self._note_findings()
+        if not decision.refused:
+            found = decision.effective
+            self._tracker.reserve(
+                event,
+                decision.granted if decision.granted_inferred else None,
+                found.type if found is not None else None,
+                conflict,
+            )
+        else:
+            self._tracker.advance(event.ts_ns)
+        for wrapper in self._wrappers.get(event.tid, ()):
+            if event.ts_ns <= wrapper.end:
+                wrapper.inner = decision
+                wrapper.covered = wrapper.covered or decision.refused
+
+    def _in_user_map(self, event):
+        """True when ``event`` happened during one of its thread's user-map calls."""
+        return self._user_map_end.get(event.tid, -1) >= event.ts_ns
+
+    def _note_findings(self):
+        """Remember the holders of findings made since the last call: what is kept about
+        a freed reservation (who adopted its type) is dropped unless a finding names it."""
+        new = len(self._groups) - self._findings_seen
+        if new:
+            newest = reversed(self._groups.values())
+            for _ in range(new):
+                conflict = next(newest)
+                for holder in (conflict.holder, *conflict.holders):
+                    if holder is not None:
+                        self._finding_holders.add(holder)
+            self._findings_seen = len(self._groups)
+
+    def _moved(self, move, owners):
+        self.move_count += 1
+        if self.keep:
+            self.moves.append(move)
+        if self.on_move is not None:
+            self.on_move(move)
+        effective = move.effective_type
+        timed = is_timed(move)
+        if timed and effective == "WC":
+            self._wc[0] += move.bytes
+            self._wc[1] += move.duration_ns
+            self._wc[2] += 1
+        kept = None
+        if timed and effective in UNCACHED_TYPES:
+            kept = move if self.keep else move.slim()
+            self._uncached.append(kept)
+        seen = set()
+        for mapping in move.mappings:
+            conflict = owners.get(id(mapping))
+            if conflict is None or id(conflict) in seen:
+                continue
+            seen.add(id(conflict))
+            totals = self._impacts.get(id(conflict))
+            if totals is None:
+                totals = self._impacts[id(conflict)] = MoveTotals()
+            totals.add(move)
+            if kept is not None:
+                self._uncached_of.setdefault(id(conflict), []).append(kept)
+
+    def _close_wrappers(self, tid, now=None):
+        """Report the failed wrappers of ``tid`` that ended before ``now`` (all: None),
+        innermost first: an enclosing call whose refusal was already reported is not."""
+        open_ = self._wrappers[tid]
+        done = [w for w in open_ if now is None or w.end < now]
+        if not done:
+            return
+        still = [w for w in open_ if w not in done]
+        for wrapper in sorted(done, key=lambda w: -w.event.ts_ns):
+            if wrapper.covered:
+                continue
+            ts = wrapper.event.ts_ns
+            for other in open_:
+                if other.event.ts_ns <= ts <= other.end:
+                    other.covered = True
+            _add_wrapper_refusal(self._groups, wrapper.event, wrapper.inner, self.pci_devices)
+            self._note_findings()
+        if still:
+            self._wrappers[tid] = still
+        else:
+            del self._wrappers[tid]
+
+    def finish(self, pci_devices=None):
+        """The :class:`Report` of everything added; ``pci_devices`` replaces the devices
+        given at the start (a trace's footer names the drivers bound by then)."""
+        if pci_devices is not None:
+            self.pci_devices = pci_devices
+        self._tracker.finish()
+        for tid in list(self._wrappers):
+            self._close_wrappers(tid)
+        trace_wc = tuple(self._wc) if self._wc[2] else None
+        slow_moves = find_slow_moves(
+            self._uncached, self.wc_reference_mbps, self.slow_factor, trace_wc=trace_wc
+        )
+        slow_ids = {id(m) for m in slow_moves.slow} if slow_moves else set()
+        conflicts = list(self._groups.values())
+        slow_of = {}
+        for conflict in conflicts:
+            if conflict.kind == REFUSED:
+                continue
+            totals = self._impacts.get(id(conflict))
+            conflict.impact = totals.summary() if totals is not None else summarize(())
+            slow_of[id(conflict)] = [
+                m for m in self._uncached_of.get(id(conflict), ()) if id(m) in slow_ids
+            ]
             if slow_of[id(conflict)]:
                 slow_moves.conflicts.append(conflict)
-    if static and pci_devices:
-        conflicts.extend(_static(initial, model, decisions, pci_devices, conflicts, context))
-    adopters = _adopters(decisions)
-    for conflict in conflicts:
-        _name_device(conflict, pci_devices)
-        conflict.chain = _chain(conflict, adopters)
-        if not conflict.explanation:
-            conflict.explanation, conflict.remedy = _explain(
-                conflict, _wc_estimate(slow_of.get(id(conflict)), slow_moves), context
+        if self.static and self.pci_devices:
+            conflicts.extend(
+                _static(self.initial, self.model, self.pci_devices, conflicts, self.context)
             )
-    conflicts.sort(key=lambda c: (_KIND_ORDER[c.kind], c.first_ns or 0, c.start))
-    if slow_moves is not None:
-        slow_moves.conflicts.sort(key=conflicts.index)
-    check = None
-    if snapshot_end is not None and snapshot is not None and tracking:
-        check = compare_with_kernel_list(model, snapshot_end)
-    return Report(conflicts, moves, decisions, model, slow_moves, context, check)
+        for conflict in conflicts:
+            _name_device(conflict, self.pci_devices)
+            conflict.chain = _chain(conflict, self._adopters)
+            if not conflict.explanation:
+                conflict.explanation, conflict.remedy = _explain(
+                    conflict, _wc_estimate(slow_of.get(id(conflict)), slow_moves), self.context
+                )
+        conflicts.sort(key=lambda c: (_KIND_ORDER[c.kind], c.first_ns or 0, c.start))
+        if slow_moves is not None:
+            slow_moves.conflicts.sort(key=conflicts.index)
+        check = None
+        if self.snapshot_end is not None and self.snapshot is not None and self.model.tracking:
+            check = compare_with_kernel_list(self.model, self.snapshot_end)
+        return Report(
+            conflicts,
+            self.moves,
+            self.decisions,
+            self.model,
+            slow_moves,
+            self.context,
+            check,
+            reservations=self.reservations,
+            move_count=self.move_count,
+        )
 
 
-def _classify(groups, decision, user_windows, pci_devices):
+def _classify(groups, decision, in_user_map, pci_devices):
     """Put one replayed reservation into the conflict it belongs to, if any; return that
-    conflict (None for none, and for refusals, which map nothing)."""
+    conflict (None for none, and for refusals, which map nothing). ``in_user_map(event)``
+    says whether the event happened inside a user-map call of its thread."""
     if decision.refused:
         _add_refusal(groups, decision, pci_devices)
         return None
@@ -414,61 +631,8 @@ def _classify(groups, decision, user_windows, pci_devices):
         ):
             return _add_effective(groups, MTRR_DOWNGRADE, decision, effective, pci_devices)
         if is_downgrade(event.requested, decision.granted):
-            return _add_downgrade(groups, decision, effective, user_windows, pci_devices)
+            return _add_downgrade(groups, decision, effective, in_user_map, pci_devices)
     return None
-
-
-def _moves_by_conflict(conflicts, moves, owner_of):
-    """``{id(conflict): the moves, in time order, that mapped one of its reservations}``,
-    in one pass over the moves (a long trace has thousands of both); ``owner_of`` maps
-    ``id(reservation event)`` to its (non-refusal) finding."""
-    ran_on: Dict[int, list] = {id(conflict): [] for conflict in conflicts}
-    for move in moves:
-        seen = set()
-        for mapping in move.mappings:
-            conflict = owner_of.get(id(mapping))
-            if conflict is not None and id(conflict) not in seen:
-                seen.add(id(conflict))
-                ran_on[id(conflict)].append(move)
-    return ran_on
-
-
-def _name_processes(events):
-    """Give events whose comm the tracer could not resolve (tracefs prints ``<...>`` when
-    its comm cache missed the pid) the comm other events of the same thread carry."""
-    known = {e.tid: e.comm for e in events if e.comm and e.comm != _UNKNOWN_COMM}
-    return [
-        dataclasses.replace(e, comm=known[e.tid])
-        if e.comm in ("", _UNKNOWN_COMM) and e.tid in known
-        else e
-        for e in events
-    ]
-
-
-def _windows(events):
-    """``{tid: (starts, latest ends)}`` of calls whose return was seen: the calls' start
-    times in order and, at each, the latest end of the calls started so far (so that
-    :func:`_inside` is one bisection, not a scan of the thread's calls)."""
-    spans: Dict[int, list] = {}
-    for event in events:
-        if event.duration_ns is not None:
-            spans.setdefault(event.tid, []).append((event.ts_ns, event.ts_ns + event.duration_ns))
-    windows = {}
-    for tid, found in spans.items():
-        found.sort()
-        latest, ends = None, []
-        for _start, end in found:
-            latest = end if latest is None else max(latest, end)
-            ends.append(latest)
-        windows[tid] = ([start for start, _end in found], ends)
-    return windows
-
-
-def _inside(windows, event):
-    """True when ``event`` happened during one of its thread's windows."""
-    starts, ends = windows.get(event.tid, ((), ()))
-    index = bisect.bisect_right(starts, event.ts_ns) - 1
-    return index >= 0 and ends[index] >= event.ts_ns
 
 
 def _group(groups, key, **fields):
@@ -488,9 +652,9 @@ def _effective_fields(decision):
     }
 
 
-def _add_downgrade(groups, decision, effective, user_windows, pci_devices):
+def _add_downgrade(groups, decision, effective, in_user_map, pci_devices):
     event = decision.event
-    user = is_user_mapping_stack(event.stack) or _inside(user_windows, event)
+    user = is_user_mapping_stack(event.stack) or in_user_map(event)
     return _add_decision(
         groups,
         USER_MAP_DOWNGRADE if user else DOWNGRADE,
@@ -655,28 +819,6 @@ def _failed_wrapper(event):
     return event.role == ROLE_USER_MAP and event.ret < 0
 
 
-def _add_failed_wrappers(groups, ordered, decisions, pci_devices=()):
-    """Refusals seen only at a wrapper: the reservation succeeded with a type the caller
-    may not use (``ioremap error for ...``), or the mapping failed for another reason.
-    Inner wrappers are reported, the calls enclosing them and refusals already reported
-    from ``memtype_reserve`` are not."""
-    reported: Dict[int, list] = {}
-    for decision in decisions:
-        if decision.refused:
-            reported.setdefault(decision.event.tid, []).append(decision.event.ts_ns)
-    by_tid: Dict[int, list] = {}
-    for decision in decisions:
-        by_tid.setdefault(decision.event.tid, []).append(decision)
-    failed = [e for e in ordered if _failed_wrapper(e)]
-    for event in sorted(failed, key=lambda e: -e.ts_ns):
-        end = event.ts_ns + event.duration_ns
-        if any(event.ts_ns <= ts <= end for ts in reported.get(event.tid, ())):
-            continue
-        reported.setdefault(event.tid, []).append(event.ts_ns)
-        inner = [d for d in by_tid.get(event.tid, ()) if event.ts_ns <= d.event.ts_ns <= end]
-        _add_wrapper_refusal(groups, event, inner[-1] if inner else None, pci_devices)
-
-
 def _add_wrapper_refusal(groups, event, inner, pci_devices=()):
     requested, granted, holder, reason = event.requested, None, None, None
     start, end = event.start, event.end
@@ -725,20 +867,16 @@ def _value(short):
         return -1
 
 
-def _static(initial, model, decisions, pci_devices, traced, context):
+def _static(initial, model, pci_devices, traced, context):
     """Uncached display framebuffers no traced conflict explains: reserved so when tracing
     started (the snapshot), or by a driver while tracing and still at the end (cirrus maps
     its whole VRAM UC- and asks for nothing else). Judged on effective types."""
-    made = {id(d.reservation): d for d in decisions if d.reservation is not None}
     held_at_start = {id(entry) for entry in initial}
-    entries = list(initial) + [
-        e for e in model.live if id(e) in made and id(e) not in held_at_start
-    ]
+    entries = list(initial) + [e for e in model.live if id(e) not in held_at_start]
     effective = {}
     for entry in entries:
-        decision = made.get(id(entry))
-        if decision is not None and decision.effective is not None:
-            effective[id(entry)] = decision.effective
+        if entry.effective is not None:
+            effective[id(entry)] = entry.effective
         else:
             effective[id(entry)] = effective_type(
                 entry.type, entry.start, entry.end, context.pat_state, context.mtrr_table
@@ -806,27 +944,17 @@ class ChainLink:
     count: int = 1
 
 
-def _adopters(decisions):
-    """``{id(entry): [reservations that adopted its type]}``, in time order."""
-    adopters: Dict[int, list] = {}
-    for decision in decisions:
-        entry = decision.reservation
-        if entry is not None and entry.forced_by is not None:
-            adopters.setdefault(id(entry.forced_by), []).append(entry)
-    return adopters
-
-
 def _chain(conflict, adopters):
     """Who came first and who adopted its type, for a finding with a holder whose type
     others adopted; empty otherwise."""
     first = conflict.holder
-    if first is None or id(first) not in adopters:
+    if first is None or first not in adopters:
         return []
     links = [
         ChainLink(first.start, first.end, first.type, first.requested, first.holder, adopted=False)
     ]
     seen: Dict[tuple, int] = {}
-    for entry in adopters[id(first)]:
+    for entry in adopters[first]:
         key = (
             entry.start,
             entry.end,

@@ -5,8 +5,7 @@ PAT state and an MTRR table. A trace can change MTRRs while it runs (``mtrr_add_
 ``mtrr_del_page`` events, e.g. a driver's ``arch_phys_wc_add`` with PAT off), so the table is
 replayed along the events: each reservation is judged against the MTRRs of its moment.
 
-Pure functions over :class:`memtrace.analysis.events.Event` objects and replayed
-:class:`memtrace.analysis.reservations.Decision` objects; no I/O.
+Pure: events in, effective types out; no I/O.
 """
 
 from typing import Dict, Optional
@@ -14,7 +13,7 @@ from typing import Dict, Optional
 from memtrace.analysis.effective import Effective, PatState, effective_type
 from memtrace.analysis.events import ROLE_MTRR_ADD, ROLE_MTRR_DEL
 
-__all__ = ["MemoryTypeContext", "effective_by_event"]
+__all__ = ["MemoryTypeContext", "EffectiveTimeline"]
 
 
 class MemoryTypeContext:
@@ -45,33 +44,32 @@ def _apply_mtrr_change(table, event):
         table.delete(register, event.start, size)
 
 
-def effective_by_event(events, decisions, context) -> Dict[int, Effective]:
-    """``{id(reservation event): Effective}`` for every decision with a granted type.
+class EffectiveTimeline:
+    """The effective type of reservations as events come in time order: MTRR changes
+    (``mtrr_add_page``/``mtrr_del_page`` events) are applied to a copy of the context's
+    table as they come, and each reservation is judged against the MTRRs of its moment."""
 
-    :param events: the trace's events in time order (MTRR changes are taken from them).
-    :param decisions: the reservation model's decisions (reservations.replay), in time order.
-    :param context: a :class:`MemoryTypeContext`.
-    """
-    table = context.mtrr_table.copy() if context.mtrr_table is not None else None
-    by_event = {id(d.event): d for d in decisions}
-    effective: Dict[int, Effective] = {}
-    # The answer depends only on the type, the range and the MTRRs: a long trace asks the
-    # same few questions thousands of times, until an MTRR changes.
-    answers: Dict[tuple, Optional[Effective]] = {}
-    for event in events:
-        if table is not None and event.role in (ROLE_MTRR_ADD, ROLE_MTRR_DEL):
-            _apply_mtrr_change(table, event)
-            answers.clear()
-            continue
-        decision = by_event.get(id(event))
-        if decision is None or decision.granted is None:
-            continue
-        key = (decision.granted, event.start, event.end)
-        if key not in answers:
-            answers[key] = effective_type(
-                decision.granted, event.start, event.end, context.pat_state, table
+    def __init__(self, context):
+        self.context = context
+        self._table = context.mtrr_table.copy() if context.mtrr_table is not None else None
+        # The answer depends only on the type, the range and the MTRRs: a long trace asks
+        # the same few questions thousands of times, until an MTRR changes.
+        self._answers: Dict[tuple, Optional[Effective]] = {}
+
+    def observe(self, event):
+        """Apply ``event`` if it changes an MTRR; True when it was an MTRR change."""
+        if event.role not in (ROLE_MTRR_ADD, ROLE_MTRR_DEL):
+            return False
+        if self._table is not None:
+            _apply_mtrr_change(self._table, event)
+            self._answers.clear()
+        return True
+
+    def of(self, granted, start, end) -> Optional[Effective]:
+        """The :class:`Effective` type of ``granted`` over ``[start, end)`` now."""
+        key = (granted, start, end)
+        if key not in self._answers:
+            self._answers[key] = effective_type(
+                granted, start, end, self.context.pat_state, self._table
             )
-        found = answers[key]
-        if found is not None:
-            effective[id(event)] = found
-    return effective
+        return self._answers[key]

@@ -9,11 +9,12 @@ Percentiles are nearest-rank: the smallest recorded value with at least that fra
 values at or below it. Pure functions; no I/O.
 """
 
+import array
 import bisect
 import dataclasses
 import math
 from fractions import Fraction
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from memtrace.analysis.events import ROLE_MOVE
 from memtrace.analysis.reservations import slowest
@@ -30,6 +31,7 @@ __all__ = [
     "merge_histograms",
     "subtract_histograms",
     "LatencyRow",
+    "LatencyTable",
     "latency_rows",
     "row_from_histogram",
     "throughput_mbps",
@@ -247,49 +249,114 @@ class LatencyRow:
     granted: Optional[str] = None
 
 
-def _memtype_of_calls(moves):
-    """``{id(call): effective type}`` for every call of every move."""
-    return {id(call): move.effective_type for move in moves for call in move.calls}
+class _RowTotals:
+    """What one row keeps of its calls: the measure's values in a compact array, counts
+    and sums, the cycle sources and granted types seen."""
+
+    __slots__ = ("values", "calls", "with_bytes", "bytes", "timed_bytes", "timed_ns", "sources")
+
+    def __init__(self):
+        self.values = array.array("Q")
+        self.calls = self.with_bytes = self.bytes = self.timed_bytes = self.timed_ns = 0
+        self.sources: set = set()
+
+    def add(self, event, field):
+        self.calls += 1
+        value = getattr(event, field)
+        if value is not None:
+            self.values.append(value)
+        if event.bytes is not None:
+            self.with_bytes += 1
+            self.bytes += event.bytes
+            if event.duration_ns is not None:
+                self.timed_bytes += event.bytes
+                self.timed_ns += event.duration_ns
+        if event.cycles is not None and event.cycles_source:
+            self.sources.add(event.cycles_source)
 
 
-def _granted_of_calls(moves):
-    """``{id(call): granted type}`` for every call of every move."""
-    return {id(call): move.granted_type for move in moves for call in move.calls}
+class LatencyTable:
+    """Latency rows built from calls fed one at a time, in any order: each call's measure
+    goes into a compact array of its row (function, probe, memory type), nothing else is
+    kept. ``add`` a move call with the types of the :class:`memtrace.analysis.moves.Move`
+    that holds it.
+
+    :raises ValueError: for a measure other than ``ns`` and ``cycles``.
+    """
+
+    def __init__(self, measure="ns"):
+        if measure not in MEASURES:
+            raise ValueError(f"measure must be one of {', '.join(MEASURES)}, not {measure!r}")
+        self.measure = measure
+        self._field = _MEASURE_FIELD[measure]
+        self._rows: Dict[tuple, _RowTotals] = {}
+        self._granted: Dict[tuple, set] = {}
+        self._first: Dict[object, tuple] = {}  # fn and (fn, probe) -> (first ts, arrival)
+
+    def add(self, event, memtype=None, granted=None):
+        """Count one call; ``memtype``/``granted`` are the effective and granted type of the
+        move it belongs to (ignored for a call that is not a move)."""
+        mover = event.role == ROLE_MOVE
+        probe = event.probe or event.fn
+        key = (event.fn, probe, mover, memtype if mover else None)
+        totals = self._rows.get(key)
+        if totals is None:
+            totals = self._rows[key] = _RowTotals()
+            self._granted[key] = set()
+        totals.add(event, self._field)
+        if mover:
+            self._granted[key].add(granted)
+        for name in (event.fn, (event.fn, probe)):
+            first = self._first.get(name)
+            if first is None or event.ts_ns < first[0]:
+                self._first[name] = (event.ts_ns, first[1] if first else len(self._first))
+
+    def rows(self):
+        """One :class:`LatencyRow` per (fn, probe, memory type), ordered by function and
+        probe as first seen in time, then by memory type fastest first (WB, WT, WC, WP,
+        UC-, UC, then moves that mapped no iomem)."""
+
+        def order(key):
+            fn, probe, mover, memtype = key
+            return self._first[fn], self._first[(fn, probe)], mover, _MEMTYPE_ORDER[memtype]
+
+        out = []
+        for key in sorted(self._rows, key=order):
+            fn, probe, mover, memtype = key
+            totals = self._rows[key]
+            values = totals.values
+            out.append(
+                LatencyRow(
+                    fn=fn,
+                    probe=probe,
+                    mover=mover,
+                    memtype=memtype,
+                    measure=self.measure,
+                    cycles_source=_cycles_source(totals.sources)
+                    if self.measure == "cycles"
+                    else None,
+                    distribution=distribution(values),
+                    bytes=totals.bytes if totals.with_bytes else None,
+                    calls_with_bytes=totals.with_bytes,
+                    throughput_mbps=throughput_mbps(totals.timed_bytes, totals.timed_ns)
+                    if totals.timed_ns or totals.timed_bytes
+                    else None,
+                    missing=totals.calls - len(values),
+                    granted=slowest(self._granted[key]) if mover else None,
+                )
+            )
+        return out
 
 
-def _cycles_source(events):
-    sources = {e.cycles_source for e in events if e.cycles is not None and e.cycles_source}
+def _cycles_source(sources):
     if not sources:
         return None
     return "+".join(sorted(sources, key=lambda s: (s != "pmu", s)))
 
 
-def _row(fn, probe, mover, memtype, measure, events):
-    field = _MEASURE_FIELD[measure]
-    values = [getattr(e, field) for e in events if getattr(e, field) is not None]
-    with_bytes = [e for e in events if e.bytes is not None]
-    timed = [e for e in with_bytes if e.duration_ns is not None]
-    return LatencyRow(
-        fn=fn,
-        probe=probe,
-        mover=mover,
-        memtype=memtype,
-        measure=measure,
-        cycles_source=_cycles_source(events) if measure == "cycles" else None,
-        distribution=distribution(values),
-        bytes=sum(e.bytes for e in with_bytes) if with_bytes else None,
-        calls_with_bytes=len(with_bytes),
-        throughput_mbps=throughput_mbps(
-            sum(e.bytes for e in timed), sum(e.duration_ns for e in timed)
-        )
-        if timed
-        else None,
-        missing=len(events) - len(values),
-    )
-
-
 def latency_rows(selected, moves=(), measure="ns"):
-    """One :class:`LatencyRow` per (fn, probe, memory type) of ``selected``.
+    """One :class:`LatencyRow` per (fn, probe, memory type) of ``selected`` (see
+    :class:`LatencyTable`).
 
     :param selected: the Event objects of the functions asked for.
     :param moves: ``find_moves()`` over the whole trace; a selected move call takes the
@@ -297,39 +364,17 @@ def latency_rows(selected, moves=(), measure="ns"):
         that very object (None when no move does).
     :param measure: ``ns`` (``duration_ns``) or ``cycles``; calls lacking it are counted
         in ``missing``.
-    :return: rows ordered by function and probe as first seen in time, then by memory type
-        fastest first (WB, WT, WC, WP, UC-, UC, then moves that mapped no iomem).
     :raises ValueError: for another measure.
     """
-    if measure not in MEASURES:
-        raise ValueError(f"measure must be one of {', '.join(MEASURES)}, not {measure!r}")
-    memtype_of = _memtype_of_calls(moves)
-    groups: Dict[tuple, List[object]] = {}
-    fn_seen: Dict[str, int] = {}
-    probe_seen: Dict[tuple, int] = {}
+    table = LatencyTable(measure)
+    types = {id(call): move for move in moves for call in move.calls}
     for event in sorted(selected, key=lambda e: e.ts_ns):
-        mover = event.role == ROLE_MOVE
-        memtype = memtype_of.get(id(event)) if mover else None
-        probe = event.probe or event.fn
-        fn_seen.setdefault(event.fn, len(fn_seen))
-        probe_seen.setdefault((event.fn, probe), len(probe_seen))
-        groups.setdefault((event.fn, probe, mover, memtype), []).append(event)
-
-    def order(key):
-        fn, probe, mover, memtype = key
-        return fn_seen[fn], probe_seen[(fn, probe)], mover, _MEMTYPE_ORDER[memtype]
-
-    granted_of = _granted_of_calls(moves)
-    rows = []
-    for key in sorted(groups, key=order):
-        fn, probe, mover, memtype = key
-        row = _row(fn, probe, mover, memtype, measure, groups[key])
-        if row.mover:
-            row = dataclasses.replace(
-                row, granted=slowest(granted_of.get(id(e)) for e in groups[key])
-            )
-        rows.append(row)
-    return rows
+        move = types.get(id(event)) if event.role == ROLE_MOVE else None
+        if move is None:
+            table.add(event)
+        else:
+            table.add(event, move.effective_type, move.granted_type)
+    return table.rows()
 
 
 def row_from_histogram(fn, probe, slots, total_ns, count, minimum=None, maximum=None):

@@ -234,6 +234,7 @@ class Reservation:
     requested: Optional[str] = None
     event: object = None
     forced_by: Optional["Reservation"] = None
+    effective: object = None  # analysis.effective.Effective, once judged
 
     @property
     def memtype(self):

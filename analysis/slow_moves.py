@@ -34,6 +34,8 @@ __all__ = [
     "REFERENCE_USER",
     "REFERENCE_DEFAULT",
     "SlowMoves",
+    "check_slow_move_options",
+    "is_timed",
     "wc_reference",
     "estimated_wc_ns",
     "find_slow_moves",
@@ -127,28 +129,45 @@ def _move_record(move):
     }
 
 
-def _timed(move):
+def is_timed(move):
+    """True for a move with a byte count and a positive duration."""
     return bool(move.bytes) and move.duration_ns is not None and move.duration_ns > 0
 
 
-def wc_reference(moves, user_mbps=None):
+def check_slow_move_options(wc_reference_mbps, slow_factor):
+    """ValueError for a WC reference that is not a positive number (None is fine) or a
+    slow factor not above 1."""
+    if not slow_factor > 1:
+        raise ValueError(f"the slow factor must be above 1, not {slow_factor}")
+    if wc_reference_mbps is not None and not (
+        math.isfinite(wc_reference_mbps) and wc_reference_mbps > 0
+    ):
+        raise ValueError(
+            f"the WC reference must be a positive number of MB/s, not {wc_reference_mbps}"
+        )
+
+
+def wc_reference(moves, user_mbps=None, trace_wc=None):
     """The write-combining throughput to compare uncached moves with.
 
     :param moves: Move objects of the trace.
     :param user_mbps: a reference the user gave (MB/s); it wins when not None.
+    :param trace_wc: ``(bytes, ns, count)`` totals of the trace's timed WC moves, counted
+        as they came; ``moves`` are then not searched for them.
     :return: ``(mbps, source, wc_moves)``: source ``user``, ``trace`` (total bytes over total
         time of the trace's WC moves with bytes and a duration; ``wc_moves`` counts them) or
         ``default`` (:data:`DEFAULT_WC_REFERENCE_MBPS`).
     :raises ValueError: for a user reference that is not a positive number.
     """
     if user_mbps is not None:
-        if not (math.isfinite(user_mbps) and user_mbps > 0):
-            raise ValueError(f"the WC reference must be a positive number of MB/s, not {user_mbps}")
+        check_slow_move_options(user_mbps, DEFAULT_SLOW_FACTOR)
         return float(user_mbps), REFERENCE_USER, 0
-    wc = [m for m in moves if m.effective_type == "WC" and _timed(m)]
-    if wc:
-        mbps = throughput_mbps(sum(m.bytes for m in wc), sum(m.duration_ns for m in wc))
-        return mbps, REFERENCE_TRACE, len(wc)
+    if trace_wc is None:
+        wc = [m for m in moves if m.effective_type == "WC" and is_timed(m)]
+        trace_wc = (sum(m.bytes for m in wc), sum(m.duration_ns for m in wc), len(wc))
+    nbytes, ns, count = trace_wc
+    if count:
+        return throughput_mbps(nbytes, ns), REFERENCE_TRACE, count
     return DEFAULT_WC_REFERENCE_MBPS, REFERENCE_DEFAULT, 0
 
 
@@ -157,7 +176,7 @@ def estimated_wc_ns(nbytes, reference_mbps):
     return round(nbytes * 1_000 / reference_mbps)
 
 
-def find_slow_moves(moves, wc_reference_mbps=None, slow_factor=DEFAULT_SLOW_FACTOR):
+def find_slow_moves(moves, wc_reference_mbps=None, slow_factor=DEFAULT_SLOW_FACTOR, trace_wc=None):
     """Find the moves that ran on uncached memory and were slow.
 
     :param moves: Move objects (memtrace.analysis.moves.find_moves).
@@ -165,16 +184,17 @@ def find_slow_moves(moves, wc_reference_mbps=None, slow_factor=DEFAULT_SLOW_FACT
         :func:`wc_reference`).
     :param slow_factor: a move is slow when its time is at least this many times its
         WC estimate; must be above 1.
+    :param trace_wc: the trace's WC totals when ``moves`` holds only some moves (see
+        :func:`wc_reference`).
     :return: a :class:`SlowMoves` (its ``slow`` empty when none is slow), or None when no
         uncached move has bytes and a duration.
     :raises ValueError: for a reference that is not positive or a factor not above 1.
     """
-    if not slow_factor > 1:
-        raise ValueError(f"the slow factor must be above 1, not {slow_factor}")
-    uncached = [m for m in moves if m.effective_type in UNCACHED_TYPES and _timed(m)]
+    check_slow_move_options(wc_reference_mbps, slow_factor)
+    uncached = [m for m in moves if m.effective_type in UNCACHED_TYPES and is_timed(m)]
     if not uncached:
         return None
-    reference, source, wc_moves = wc_reference(moves, wc_reference_mbps)
+    reference, source, wc_moves = wc_reference(moves, wc_reference_mbps, trace_wc)
     slow = [
         m for m in uncached if m.duration_ns >= slow_factor * estimated_wc_ns(m.bytes, reference)
     ]

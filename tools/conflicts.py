@@ -13,6 +13,7 @@ from memtrace.analysis.conflicts import (
     STATIC,
     UPGRADE,
     USER_MAP_DOWNGRADE,
+    ConflictAnalysis,
     analyze,
     describe_impact,
     human_duration,
@@ -30,6 +31,7 @@ from memtrace.tools.render import hex_range, json_chunks, seconds, stack, who
 from memtrace.tools.report_words import KIND_NAMES
 from memtrace.tools.tracing_io import (
     OneTrace,
+    RecordedTrace,
     ReportOutput,
     TraceSource,
     add_output_arguments,
@@ -44,7 +46,6 @@ from memtrace.tools.tracing_io import (
     pat_state_json,
     pat_state_line,
     read_pci,
-    read_recorded_trace,
     snapshot_tuples,
     stdout_to_stderr,
     traced_with,
@@ -108,23 +109,39 @@ def run(args):
     else:
         workload = workload_argv(args)
     with ReportOutput(args.output, args.force, "conflicts", inputs=[args.input]) as output:
-        source = (
-            read_recorded_trace(args.input, getattr(args, "partial", False))
-            if args.input is not None
-            else _live(args, workload)
-        )
-        workload_fate.apply(source)
-        report = analyze(
-            source.events,
-            source.snapshot,
-            source.pci_devices,
-            wc_reference_mbps=args.wc_reference,
-            slow_factor=args.slow_factor,
-            context=source.context,
-            snapshot_end=source.snapshot_end,
-        )
+        if args.input is not None:
+            source, report = _from_trace(args)
+        else:
+            source = _live(args, workload)
+            workload_fate.apply(source)
+            report = analyze(
+                source.events,
+                source.snapshot,
+                source.pci_devices,
+                wc_reference_mbps=args.wc_reference,
+                slow_factor=args.slow_factor,
+                context=source.context,
+                snapshot_end=source.snapshot_end,
+            )
         output.write(_RENDERERS[args.format](source, report))
     return EXIT_FINDINGS if report.findings else EXIT_OK
+
+
+def _from_trace(args):
+    """Stream the trace of ``-i`` through the analysis: ``(source, report)``."""
+    trace = RecordedTrace(args.input, getattr(args, "partial", False))
+    analysis = ConflictAnalysis(
+        trace.source.snapshot,
+        trace.source.pci_devices,
+        wc_reference_mbps=args.wc_reference,
+        slow_factor=args.slow_factor,
+        context=trace.source.context,
+    )
+    source = trace.stream(analysis.add)
+    analysis.snapshot_end = source.snapshot_end
+    report = analysis.finish(source.pci_devices)
+    report.late_events = trace.late
+    return source, report
 
 
 def _refuse_live_options(args):
@@ -396,7 +413,7 @@ def _preamble(source):
     if source.traced:
         lines.append(traced_with(source))
         missed = missed_returns_text(source)
-        lines.append(f"Events: {len(source.events)}, {lost_count(source)} lost{missed}.")
+        lines.append(f"Events: {source.events_read}, {lost_count(source)} lost{missed}.")
         if source.lost_events:
             lines.append("Some events were lost: conflicts may be missing or incomplete.")
     else:
@@ -437,10 +454,10 @@ def _summary_line(source, report):
         return f"No conflicts, but {slow}."
     if not source.traced:
         return "No conflicts: no display framebuffer is reserved uncached."
-    if not report.decisions:
+    if not report.reservations:
         return "No conflicts: no PAT reservation was made while tracing."
     return (
-        f"No conflicts: each of the {len(report.decisions)} reservations traced got the "
+        f"No conflicts: each of the {report.reservations} reservations traced got the "
         "type it asked for or a faster one, and none was refused."
     )
 
@@ -588,7 +605,7 @@ def render_json(source, report):
         "traced": source.traced,
         "not_traced_reason": source.not_traced_reason,
         **workload_fate.json_fields(source),
-        "events": len(source.events),
+        "events": source.events_read,
         "lost_events": source.lost_events,
         "missed_returns": source.missed_returns,
         "pat_snapshot": None if source.snapshot is None else len(source.snapshot),

@@ -6,12 +6,13 @@ import math
 import platform
 import sys
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from memtrace import __version__, escape
 from memtrace.analysis.events import ROLE_MOVE, ROLE_TIMED
 from memtrace.analysis.latency import (
     UNIT_NS,
+    LatencyTable,
     latency_rows,
     row_from_histogram,
     slot_bounds,
@@ -39,6 +40,7 @@ from memtrace.tools.render import hex_range, json_chunks
 from memtrace.tools.report_words import latency_value
 from memtrace.tools.tracing_io import (
     OneTrace,
+    RecordedTrace,
     ReportOutput,
     TraceSource,
     add_output_arguments,
@@ -52,7 +54,6 @@ from memtrace.tools.tracing_io import (
     pat_state_json,
     pat_state_line,
     read_pci,
-    read_recorded_trace,
     snapshot_tuples,
     stdout_to_stderr,
     traced_with,
@@ -336,7 +337,7 @@ def _analyse(selected, context, source, args, measure):
     ``context`` (the reservations, mappings and moves traced)."""
     if not any(event.role == ROLE_MOVE for event in selected):
         return latency_rows(selected, (), measure), None, []
-    from memtrace.analysis.conflicts import DOWNGRADE, PAT_DISABLED, analyze
+    from memtrace.analysis.conflicts import analyze
 
     report = analyze(
         context,
@@ -348,14 +349,18 @@ def _analyse(selected, context, source, args, measure):
         context=source.context,
     )
     rows = latency_rows(_same_objects(selected, report.moves), report.moves, measure)
+    return rows, report.slow_moves, _causes(report)
+
+
+def _causes(report):
+    """The findings that explain the moves' types: those of the slow moves, else the
+    downgrades that moves ran on."""
+    from memtrace.analysis.conflicts import DOWNGRADE, PAT_DISABLED
+
     slow = report.slow_moves
     if slow is not None and slow.conflicts:
-        causes = list(slow.conflicts)
-    else:
-        causes = [
-            c for c in report.conflicts if c.kind in (DOWNGRADE, PAT_DISABLED) and c.impact.moves
-        ]
-    return rows, slow, causes
+        return list(slow.conflicts)
+    return [c for c in report.conflicts if c.kind in (DOWNGRADE, PAT_DISABLED) and c.impact.moves]
 
 
 def _order_rows(rows, patterns, probes_order=()):
@@ -388,20 +393,57 @@ def _header_probes(source):
 
 
 def _from_trace(args):
-    source = read_recorded_trace(args.input, getattr(args, "partial", False))
+    """Stream the trace of ``-i``: the calls asked for go into latency rows as they come,
+    every event into the move model that gives a move call its memory type."""
+    from memtrace.analysis.conflicts import ConflictAnalysis
+
+    trace = RecordedTrace(args.input, getattr(args, "partial", False))
     measure = _measure(args.unit)
-    header_probes = _header_probes(source)
+    header_probes = _header_probes(trace.source)
     patterns = list(args.fn)
-    selected, hit = [], set()
-    for event in source.events:
-        matched = {
-            index
-            for index, pattern in enumerate(patterns)
-            if _matches(pattern, event.fn, event.probe)
-        }
-        if matched:
-            selected.append(event)
-            hit |= matched
+    table = LatencyTable(measure)
+    matches: Dict[tuple, frozenset] = {}  # (fn, probe) -> indexes of the patterns it matches
+    hit: set = set()
+    counts = {"selected": 0, "movers": 0}
+
+    def matched(event):
+        key = (event.fn, event.probe)
+        found = matches.get(key)
+        if found is None:
+            found = matches[key] = frozenset(
+                index
+                for index, pattern in enumerate(patterns)
+                if _matches(pattern, event.fn, event.probe)
+            )
+        return found
+
+    def on_move(move):
+        for call in move.calls:
+            if matched(call):
+                table.add(call, move.effective_type, move.granted_type)
+
+    analysis = ConflictAnalysis(
+        trace.source.snapshot,
+        trace.source.pci_devices,
+        static=False,
+        wc_reference_mbps=args.wc_reference,
+        slow_factor=args.slow_factor,
+        context=trace.source.context,
+        on_move=on_move,
+    )
+
+    def consume(event):
+        found = matched(event)
+        if found:
+            counts["selected"] += 1
+            hit.update(found)
+            if event.role == ROLE_MOVE:
+                counts["movers"] += 1
+            else:
+                table.add(event)
+        analysis.add(event)
+
+    source = trace.stream(consume)
     probes = [
         p
         for p in header_probes
@@ -415,17 +457,17 @@ def _from_trace(args):
         if traced:
             not_called.extend(n for n in traced if n not in not_called)
             continue
-        raise BadInput(
-            f"--fn {pattern}: no call of it in {args.input}", _closest(pattern, source.events)
-        )
-    rows, slow, causes = _analyse(selected, source.events, source, args, measure)
+        raise BadInput(f"--fn {pattern}: no call of it in {args.input}", _closest(pattern, matches))
+    report = analysis.finish(source.pci_devices)
+    rows = table.rows()
+    slow, causes = (report.slow_moves, _causes(report)) if counts["movers"] else (None, [])
     return _Latency(
         source=source,
         unit=args.unit,
         measure=measure,
         probes=probes,
         rows=_order_rows(rows, patterns),
-        selected=len(selected),
+        selected=counts["selected"],
         not_called=not_called,
         has_movers=any(r.mover for r in rows),
         slow=slow,
@@ -433,9 +475,11 @@ def _from_trace(args):
     )
 
 
-def _closest(pattern, events):
-    names = {e.fn for e in events}
-    names |= {e.probe for e in events if e.probe and e.probe.rpartition(":")[2] not in names}
+def _closest(pattern, called):
+    """The hint for a pattern that matched no call: the closest names of ``called``, the
+    ``(fn, probe)`` pairs the trace holds."""
+    names = {fn for fn, _probe in called}
+    names |= {probe for _fn, probe in called if probe and probe.rpartition(":")[2] not in names}
     if not names:
         return "the trace holds no calls at all"
     word = pattern.rpartition(":")[2].strip("*?[]")

@@ -31,8 +31,8 @@ class TraceSource:
     source: str  # "live" or the trace file's path
     kernel: Optional[str]
     traced: bool
-    events: list
-    lost_events: int = 0
+    events: list  # empty when the events were streamed: see events_read
+    lost_events: Optional[int] = 0
     missed_returns: Optional[int] = None
     backend: Optional[str] = None
     backend_reason: Optional[str] = None
@@ -50,6 +50,13 @@ class TraceSource:
     context: MemoryTypeContext = dataclasses.field(default_factory=MemoryTypeContext)
     # the kernel's PAT list read when tracing ended (the footer's pat_snapshot_end)
     snapshot_end: Optional[list] = None
+    # events read from a streamed trace (None: count ``events``)
+    event_count: Optional[int] = None
+
+    @property
+    def events_read(self):
+        """How many events the source had, whether they were kept or streamed."""
+        return len(self.events) if self.event_count is None else self.event_count
 
 
 def memory_type_context(environment):
@@ -68,80 +75,154 @@ def memory_type_context(environment):
     return MemoryTypeContext(pat_state_from_header(environment), table)
 
 
-def read_recorded_trace(path, partial=False):
-    """Read a trace written by `memtrace record` into a :class:`TraceSource`; BadInput
-    naming the line and the field for anything malformed (every record is checked as it
-    is read: memtrace.records, Event.from_record).
+class RecordedTrace:
+    """A trace written by `memtrace record`, read once: the header when opened (a
+    :class:`TraceSource` without events yet), then :meth:`events` yields each event as it is
+    read (process and uevent records go into the source), then :meth:`finish` completes the
+    source from the footer. BadInput names the line and the field for anything malformed
+    (every record is checked as it is read: memtrace.records, Event.from_record).
 
     :param partial: accept a trace without a footer (its recording was killed, or the disk
         filled): its events are analysed, its loss count is None (unknown) and a note says
         so. Without it such a trace is an error that names the option."""
-    from memtrace.tracefile import read_trace
 
+    def __init__(self, path, partial=False):
+        from memtrace.tracefile import TraceReader
+
+        self.path = path
+        self.late = 0
+        self.reader = TraceReader(path, allow_partial=partial)
+        header = self.reader.header
+        try:
+            snapshot = parse_pat_snapshot(header.get("pat_snapshot"))
+        except ValueError as err:
+            raise BadInput(f"{path}:1: {err}") from None
+        backend = header.get("backend") or {}
+        self.source = TraceSource(
+            source=path,
+            kernel=header.get("kernel"),
+            traced=True,
+            events=[],
+            event_count=0,
+            backend=backend.get("name"),
+            backend_reason=backend.get("reason"),
+            snapshot=snapshot,
+            workload=header.get("workload"),
+            header=header,
+            context=memory_type_context(header),
+        )
+        # what names BARs while the events come; the footer's devices replace them
+        self.source.pci_devices = _pci_for_trace(header, {}, [])
+
+    def events(self):
+        """Yield the trace's events in file order; keep its process and uevent records."""
+        from memtrace.analysis.events import Event
+        from memtrace.records import ProcessRecord
+
+        source = self.source
+        count = 0
+        for _number, record in self.reader.records():
+            if isinstance(record, Event):
+                count += 1
+                yield record
+            elif isinstance(record, ProcessRecord):
+                source.processes.append(record)
+            else:
+                source.uevents.append(record)
+            source.event_count = count
+        source.event_count = count
+
+    def stream(self, consume):
+        """Read the events once, feeding each to ``consume`` in time order
+        (analysis.time_order); return the finished :class:`TraceSource`. ``late`` then
+        counts the events that came too late for the time order (a note says so)."""
+        from memtrace.analysis.time_order import TimeOrder
+
+        ordered = TimeOrder(self.events())
+        # Reading makes no reference cycles: the cyclic collector would only walk the live
+        # reservations again and again.
+        gc.disable()
+        try:
+            for event in ordered:
+                consume(event)
+        finally:
+            gc.enable()
+        self.late = ordered.late
+        source = self.finish()
+        note = late_events_note(ordered.late)
+        if note:
+            source.notes.append(note)
+        return source
+
+    def finish(self):
+        """The :class:`TraceSource`, completed from the footer, with its notes; raises
+        :class:`workload_fate.WorkloadFailed` when the workload failed and nothing was
+        traced."""
+        path, source, reader = self.path, self.source, self.reader
+        header, footer = source.header, reader.footer or {}
+        source.footer = footer
+        source.lost_events = int(footer.get("lost_events", 0))
+        source.missed_returns = footer.get("missed_returns")
+        source.seconds = footer.get("seconds")
+        try:
+            source.snapshot_end = parse_pat_snapshot(footer.get("pat_snapshot_end"))
+        except ValueError as err:
+            raise BadInput(f"{path}: footer: pat_snapshot_end: {err}") from None
+        if source.snapshot is None and source.context.pat_disabled:
+            source.notes.append(
+                "With PAT off the kernel keeps no reservation list, so the trace "
+                "has no PAT snapshot and no conflict between reservations can "
+                "happen."
+            )
+        elif source.snapshot is None:
+            source.notes.append(
+                "The trace has no PAT snapshot"
+                + (f" ({header['pat_snapshot_note']})" if header.get("pat_snapshot_note") else "")
+                + ": reservations made before tracing are unknown."
+            )
+        source.pci_devices = _pci_for_trace(header, footer, source.notes)
+        note = missing_stacks_note(footer.get("missing_stacks"))
+        if note:
+            source.notes.append(note)
+        source.notes.extend(
+            reader_notes(footer.get("backend_notes"), footer.get("cleanup_problems"))
+        )
+        if reader.footer is None:
+            source.lost_events = None
+            source.notes.append(
+                f"The trace ends after {source.events_read} events without a footer (its "
+                "recording was killed or its disk filled): they are analysed, but how many "
+                "were lost is unknown and reservations still live at the end were not listed."
+            )
+        workload_fate.apply(source)  # a failed CMD with nothing traced: an error
+        return source
+
+
+def late_events_note(late):
+    """The note for events that came later than the time-order window, or None."""
+    if not late:
+        return None
+    return (
+        f"{late} event{'s' if late != 1 else ''} came later in the file than any call "
+        "before them lasted, so they were analysed out of time order."
+    )
+
+
+def read_recorded_trace(path, partial=False):
+    """Read a whole trace into a :class:`TraceSource` holding every event (see
+    :class:`RecordedTrace`; the commands that need no event list stream it:
+    :func:`stream_recorded_trace`)."""
+    trace = RecordedTrace(path, partial)
     # The cyclic garbage collector would walk every event read so far again and again (two
     # thirds of the time on a long trace) though reading makes no cycles; what is read
     # stays for the command's life, so it is then moved out of the collector's sight.
     gc.disable()
     try:
-        trace = read_trace(path, allow_partial=partial)
+        trace.source.events = list(trace.events())
     finally:
         gc.enable()
     gc.freeze()
-    header = trace.header
-    try:
-        snapshot = parse_pat_snapshot(header.get("pat_snapshot"))
-    except ValueError as err:
-        raise BadInput(f"{path}:1: {err}") from None
-    backend = header.get("backend") or {}
-    footer = trace.footer or {}
-    source = TraceSource(
-        source=path,
-        kernel=header.get("kernel"),
-        traced=True,
-        events=trace.events,
-        lost_events=trace.lost_events,
-        missed_returns=footer.get("missed_returns"),
-        backend=backend.get("name"),
-        backend_reason=backend.get("reason"),
-        snapshot=snapshot,
-        seconds=footer.get("seconds"),
-        workload=header.get("workload"),
-        header=header,
-        footer=footer,
-        processes=trace.processes,
-        uevents=trace.uevents,
-        context=memory_type_context(header),
-    )
-    try:
-        source.snapshot_end = parse_pat_snapshot(footer.get("pat_snapshot_end"))
-    except ValueError as err:
-        raise BadInput(f"{path}: footer: pat_snapshot_end: {err}") from None
-    if snapshot is None and source.context.pat_disabled:
-        source.notes.append(
-            "With PAT off the kernel keeps no reservation list, so the trace "
-            "has no PAT snapshot and no conflict between reservations can "
-            "happen."
-        )
-    elif snapshot is None:
-        source.notes.append(
-            "The trace has no PAT snapshot"
-            + (f" ({header['pat_snapshot_note']})" if header.get("pat_snapshot_note") else "")
-            + ": reservations made before tracing are unknown."
-        )
-    source.pci_devices = _pci_for_trace(header, footer, source.notes)
-    note = missing_stacks_note(footer.get("missing_stacks"))
-    if note:
-        source.notes.append(note)
-    source.notes.extend(reader_notes(footer.get("backend_notes"), footer.get("cleanup_problems")))
-    if trace.footer is None:
-        source.lost_events = None
-        source.notes.append(
-            f"The trace ends after {len(trace.events)} events without a footer (its "
-            "recording was killed or its disk filled): they are analysed, but how many "
-            "were lost is unknown and reservations still live at the end were not listed."
-        )
-    workload_fate.apply(source)  # a failed CMD with nothing traced: an error
-    return source
+    return trace.finish()
 
 
 def lost_count(source):

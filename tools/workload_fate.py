@@ -95,7 +95,7 @@ def apply(source, traced_anything=None):
     (``traced_anything``, default: the source has events)."""
     status, stopped_by = status_of(source.footer)
     if traced_anything is None:
-        traced_anything = bool(source.events)
+        traced_anything = source.events_read > 0
     hint = (
         "its own messages above say why"
         if source.source == "live"
