@@ -41,6 +41,8 @@ from memtrace.analysis.events import (
     ROLE_FREE,
     ROLE_IOREMAP,
     ROLE_MOVE,
+    ROLE_MTRR_ADD,
+    ROLE_MTRR_DEL,
     ROLE_RESERVE,
     ROLE_USER_MAP,
 )
@@ -60,6 +62,7 @@ from memtrace.analysis.reservations import (
     is_user_mapping_stack,
     new_memtype_allowed,
     slowest,
+    stack_names,
 )
 from memtrace.analysis.slow_moves import (
     DEFAULT_SLOW_FACTOR,
@@ -285,15 +288,18 @@ class Conflict:
             return WARNING
         return ERROR
 
-    def _add(self, event, requester):
+    def _add(self, event, pci_devices):
+        """Count one more occurrence, by ``event``."""
         self.count += 1
         if len(self.events) < EVENT_SAMPLE:
             self.events.append(event)
         self.first_ns = event.ts_ns if self.first_ns is None else min(self.first_ns, event.ts_ns)
         self.last_ns = event.ts_ns if self.last_ns is None else max(self.last_ns, event.ts_ns)
-        if len(self.requesters) < REQUESTER_SAMPLE and requester not in self._requester_set:
-            self._requester_set.add(requester)
-            self.requesters.append(requester)
+        if len(self.requesters) < REQUESTER_SAMPLE:  # past the sample, not even built
+            requester = Requester.of(event, pci_devices)
+            if requester not in self._requester_set:
+                self._requester_set.add(requester)
+                self.requesters.append(requester)
         process = (event.comm, event.pid)
         if process not in self._process_set:
             self._process_set.add(process)
@@ -424,37 +430,55 @@ class ConflictAnalysis:
         self._wc = [0, 0, 0]  # bytes, ns, count of WC timed moves: the trace's reference
         self._impacts: Dict[int, MoveTotals] = {}  # id(conflict) -> its moves' totals
         self._uncached_of: Dict[int, list] = {}  # id(conflict) -> its uncached moves
+        # what each role's events change; other events (timing only) change nothing
+        self._handlers = {
+            ROLE_RESERVE: self._reserve,
+            ROLE_FREE: self._free,
+            ROLE_MOVE: self._tracker.move,
+            ROLE_USER_MAP: self._user_map,
+            ROLE_IOREMAP: self._wrapper,
+            ROLE_MTRR_ADD: self._timeline.observe,
+            ROLE_MTRR_DEL: self._timeline.observe,
+        }
 
     def add(self, event):
         """Take the next event (in time order)."""
         tid, comm = event.tid, event.comm
-        if comm and comm != _UNKNOWN_COMM:
-            if self._comms.get(tid) != comm:
+        known = self._comms.get(tid)
+        if known is not comm and known != comm:
+            if comm and comm != _UNKNOWN_COMM:
                 self._comms[tid] = comm
-        elif tid in self._comms:  # tracefs prints <...> when its comm cache missed the pid
-            event = dataclasses.replace(event, comm=self._comms[tid])
-        if tid in self._wrappers:
+            elif known is not None:  # tracefs prints <...> when its comm cache missed
+                event = dataclasses.replace(event, comm=known)
+        if self._wrappers and tid in self._wrappers:
             self._close_wrappers(tid, event.ts_ns)
-        role = event.role
-        if role == ROLE_RESERVE and is_core_reserve(event):
+        handle = self._handlers.get(event.role)
+        if handle is not None:
+            handle(event)
+
+    def _reserve(self, event):
+        if is_core_reserve(event):
             self._decide(self.model.reserve(event))
-        elif role == ROLE_FREE and is_core_free(event):
+        elif _failed_wrapper(event):
+            self._wrappers.setdefault(event.tid, []).append(_FailedWrapper(event))
+
+    def _free(self, event):
+        if is_core_free(event):
             entry = self.model.free(event)
             if entry is not None and entry not in self._finding_holders:
                 if not self.model.is_live(entry):  # removed, not shrunk
                     self._adopters.pop(entry, None)
-            self._tracker.advance(event.ts_ns)
-        elif role == ROLE_MOVE:
-            self._tracker.move(event)
-        else:
-            if role == ROLE_USER_MAP and event.duration_ns is not None:
-                end = event.ts_ns + event.duration_ns
-                if end > self._user_map_end.get(tid, -1):
-                    self._user_map_end[tid] = end
-            self._timeline.observe(event)
-            self._tracker.advance(event.ts_ns)
+
+    def _user_map(self, event):
+        if event.duration_ns is not None:
+            end = event.ts_ns + event.duration_ns
+            if end > self._user_map_end.get(event.tid, -1):
+                self._user_map_end[event.tid] = end
+        self._wrapper(event)
+
+    def _wrapper(self, event):
         if _failed_wrapper(event):
-            self._wrappers.setdefault(tid, []).append(_FailedWrapper(event))
+            self._wrappers.setdefault(event.tid, []).append(_FailedWrapper(event))
 
     def _decide(self, decision):
         """Judge one replayed reservation: its effective type, its finding, its moves."""
@@ -674,7 +698,6 @@ def _add_effective(groups, kind, decision, effective, pci_devices):
 def _add_decision(groups, kind, decision, effective, holder, pci_devices):
     """Add one replayed reservation to the finding of its kind, range, types and holder."""
     event = decision.event
-    requester = Requester.of(event, pci_devices)
     key = (
         kind,
         event.start,
@@ -696,7 +719,7 @@ def _add_decision(groups, kind, decision, effective, holder, pci_devices):
         **_effective_fields(decision),
     )
     conflict.granted_inferred = conflict.granted_inferred or decision.granted_inferred
-    conflict._add(event, requester)
+    conflict._add(event, pci_devices)
     return conflict
 
 
@@ -713,7 +736,7 @@ def mapped_object(event, pci_devices=()):
     """What a process mapped, when the stack of ``event`` shows a user mapping (an mmap or a
     page fault on one): ``resource0_wc of 0000:00:02.0`` (sysfs), ``/dev/fb*`` (fbdev), ``a
     DRM node``; else None (kernel mappings such as TTM's ioremap_wc)."""
-    names = [frame_name(frame) for frame in event.stack]
+    names = stack_names(event.stack)
     if not any("mmap" in name or name.endswith("_fault") for name in names):
         return None
     sysfs = next((_SYSFS_MMAP[name] for name in names if name in _SYSFS_MMAP), None)
@@ -781,7 +804,6 @@ def _add_refusal(groups, decision, pci_devices=()):
         )
     error = _errno_name(event.ret)
     holder, holders = _refusal_holders(decision)
-    requester = Requester.of(event, pci_devices)
     key = (
         REFUSED,
         event.start,
@@ -803,15 +825,18 @@ def _add_refusal(groups, decision, pci_devices=()):
         error=error,
         holders=holders,
     )
-    conflict._add(event, requester)
+    conflict._add(event, pci_devices)
+
+
+_WRAPPER_ROLES = frozenset({ROLE_IOREMAP, ROLE_RESERVE, ROLE_USER_MAP})
 
 
 def _failed_wrapper(event):
     """True for a mapping call that failed: an ioremap returning NULL, a reservation
     wrapper or pfn remap returning an error."""
-    name = frame_name(event.probe.rpartition(":")[2] if event.probe else event.fn)
-    if event.ret is None or event.duration_ns is None:
+    if event.role not in _WRAPPER_ROLES or event.ret is None or event.duration_ns is None:
         return False
+    name = frame_name(event.probe.rpartition(":")[2] if event.probe else event.fn)
     if event.role == ROLE_IOREMAP and name.startswith(_MAPPING_PREFIXES):
         return event.ret == 0
     if event.role == ROLE_RESERVE and name in _RESERVE_WRAPPERS:
@@ -841,7 +866,6 @@ def _add_wrapper_refusal(groups, event, inner, pci_devices=()):
     if start is None:
         return
     error = "NULL" if event.role == ROLE_IOREMAP else _errno_name(event.ret)
-    requester = Requester.of(event, pci_devices)
     # The kernel's message names the process (comm:pid): repeats differ only there.
     key = (REFUSED, start, end, requested, error, reason is not None, _holder_signature(holder))
     conflict = _group(
@@ -857,7 +881,7 @@ def _add_wrapper_refusal(groups, event, inner, pci_devices=()):
         error=error,
         holders=[holder] if holder is not None else [],
     )
-    conflict._add(event, requester)
+    conflict._add(event, pci_devices)
 
 
 def _value(short):

@@ -71,28 +71,63 @@ def _address(key, value):
     return value
 
 
-_INT, _STR, _HEX, _STACK = "int", "str", "hex", "stack"
+_INT, _COUNT, _STR, _MEMTYPE, _MTRR_TYPE, _HEX, _STACK = range(7)
+# Numbers that count or measure something cannot be negative; ret and vaddr can.
+_COUNTS = ("ts_ns", "duration_ns", "cycles", "bytes", "cpu", "pid", "tid")
 _KINDS = {
     **{name: _INT for name in _INT_FIELDS},
+    **{name: _COUNT for name in _COUNTS},
     **{name: _STR for name in _STR_FIELDS},
+    "requested": _MEMTYPE,
+    "granted": _MEMTYPE,
+    "mtrr_type": _MTRR_TYPE,
     **{name: _HEX for name in HEX_FIELDS},
     "stack": _STACK,
 }
+_MEMORY_TYPE_SET = frozenset(MEMORY_TYPES)
+_MTRR_TYPE_SET = frozenset(MTRR_TYPES)
 
 
 def _stack(value, shared):
     """A checked stack, the one list object every equal stack of the trace shares."""
-    if not isinstance(value, list) or not all(isinstance(f, str) for f in value):
+    if value.__class__ is not list:
+        raise ValueError("stack must be a list of strings")
+    try:
+        key = ("stack", *value)
+        found = shared.get(key)
+    except TypeError:  # an unhashable frame: not a string
+        raise ValueError("stack must be a list of strings") from None
+    if found is not None:  # only checked stacks are kept, and a string equals only strings
+        return found
+    if not all(isinstance(f, str) for f in value):
         raise ValueError("stack must be a list of strings")
     if len(value) > MAX_STACK or any(len(f) > MAX_STRING for f in value):
         raise ValueError(
             f"stack is longer than {MAX_STACK} frames of at most {MAX_STRING} characters"
         )
-    key = ("stack", *value)
-    found = shared.get(key)
-    if found is None:
-        found = shared[key] = [shared.setdefault(frame, frame) for frame in value]
+    found = shared[key] = [shared.setdefault(frame, frame) for frame in value]
     return found
+
+
+def _bad_integer(key, value):
+    """The ValueError for an integer field holding ``value``."""
+    if value.__class__ is int:
+        if value < 0 and key in _COUNTS and -_U64 < value:
+            return ValueError(f"{key} must not be negative")
+        return ValueError(f"{key} is out of the 64-bit range")
+    # orjson gives integers beyond 64 bits as floats (integral ones)
+    if isinstance(value, float) and value.is_integer() and not -_U64 < value < _U64:
+        return ValueError(f"{key} is out of the 64-bit range")
+    return ValueError(f"{key} must be an integer")
+
+
+def _bad_string(key, value, allowed=None):
+    """The ValueError for a string field holding ``value``."""
+    if value.__class__ is not str:
+        return ValueError(f"{key} must be a string")
+    if len(value) > MAX_STRING:
+        return ValueError(f"{key} is longer than {MAX_STRING} characters")
+    return ValueError(f"{key} must be one of {', '.join(allowed)}, not {value!r}")
 
 
 # __slots__ (Python >= 3.10) halves an event's memory; 3.9 gets the same class without.
@@ -151,43 +186,150 @@ class Event:
             hundred), which is most of an event's memory.
         """
         shared = {} if shared is None else shared
+        shape = tuple(record)
+        build = _BUILDERS.get(shape, _UNCOMPILED)
+        if build is _UNCOMPILED:
+            build = _compile_builder(shape)
+        if build is not None and cls is Event:
+            try:
+                event = build(record, shared)
+            except (TypeError, ValueError):
+                event = None
+            if event is not None:
+                return event
+        return cls._checked(record, shared)
+
+    @classmethod
+    def _checked(cls, record, shared):
+        """from_record() field by field, with the error that names the field."""
         values = {}
+        kinds, u64 = _KINDS, _U64
         for key, value in record.items():
-            kind = _KINDS.get(key)
+            kind = kinds.get(key)
             if kind is None or value is None:
                 continue
-            if kind is _INT:
-                if value.__class__ is not int:  # also refuses bool, a subclass of int
-                    # orjson gives integers beyond 64 bits as floats (integral ones)
-                    if isinstance(value, float) and value.is_integer() and not -_U64 < value < _U64:
-                        raise ValueError(f"{key} is out of the 64-bit range")
-                    raise ValueError(f"{key} must be an integer")
-                if not -_U64 < value < _U64:
-                    raise ValueError(f"{key} is out of the 64-bit range")
-            elif kind is _STR:
-                if value.__class__ is not str:
-                    raise ValueError(f"{key} must be a string")
-                if len(value) > MAX_STRING:
-                    raise ValueError(f"{key} is longer than {MAX_STRING} characters")
+            if kind <= _COUNT:  # also refuses bool, a subclass of int
+                if value.__class__ is not int or not (0 if kind else 1 - u64) <= value < u64:
+                    raise _bad_integer(key, value)
+            elif kind == _STR:
+                if value.__class__ is not str or len(value) > MAX_STRING:
+                    raise _bad_string(key, value)
                 value = shared.setdefault(value, value)
-            elif kind is _HEX:
+            elif kind == _MEMTYPE:
+                if value.__class__ is not str or value not in _MEMORY_TYPE_SET:
+                    raise _bad_string(key, value, MEMORY_TYPES)
+                value = shared.setdefault(value, value)
+            elif kind == _MTRR_TYPE:
+                if value.__class__ is not str or value not in _MTRR_TYPE_SET:
+                    raise _bad_string(key, value, MTRR_TYPES)
+                value = shared.setdefault(value, value)
+            elif kind == _HEX:
                 value = _address(key, value)
             else:
                 value = _stack(value, shared)
             values[key] = value
         if "ts_ns" not in values or "fn" not in values:
             raise ValueError("an event needs ts_ns and fn")
-        for key in ("requested", "granted"):
-            if key in values and values[key] not in MEMORY_TYPES:
-                raise ValueError(
-                    f"{key} must be one of {', '.join(MEMORY_TYPES)}, not {values[key]!r}"
-                )
-        if "mtrr_type" in values and values["mtrr_type"] not in MTRR_TYPES:
-            raise ValueError(f"mtrr_type must be one of {', '.join(MTRR_TYPES)}")
-        for key in ("ts_ns", "duration_ns", "cycles", "bytes", "cpu", "pid", "tid"):
-            if key in values and values[key] < 0:
-                raise ValueError(f"{key} must not be negative")
         start, end = values.get("start"), values.get("end")
         if start is not None and end is not None and start > end:
             raise ValueError("start must not be after end")
         return cls(**values)
+
+
+# -- one straight-line builder per record shape ----------------------------------------------
+#
+# Checking an event field by field through a loop costs more than decoding its JSON. A
+# recorder writes a handful of shapes (the same keys in the same order), so each shape gets
+# a function compiled once that unpacks the values in order and runs the same checks
+# inline. Anything it refuses goes through Event._checked, which raises the error that
+# names the field: the answers are the same, only the common case is faster.
+
+_BUILDERS: dict = {}
+_UNCOMPILED = object()
+_MAX_SHAPES = 256
+_NO_DEFAULT = {"ts_ns", "fn"}
+
+
+def _check_source(var, key, kind):
+    """The lines that check (and intern or convert) ``var``, the value of ``key``."""
+    if kind in (_INT, _COUNT):
+        low = "0" if kind == _COUNT else "1 - U64"
+        return [f"if {var}.__class__ is not int or not {low} <= {var} < U64: return None"]
+    if kind == _STR:
+        return [
+            f"if {var}.__class__ is not str or len({var}) > MAX_STRING: return None",
+            f"{var} = setdefault({var}, {var})",
+        ]
+    if kind in (_MEMTYPE, _MTRR_TYPE):
+        allowed = "MEMORY_TYPE_SET" if kind == _MEMTYPE else "MTRR_TYPE_SET"
+        return [
+            f"if {var}.__class__ is not str or {var} not in {allowed}: return None",
+            f"{var} = setdefault({var}, {var})",
+        ]
+    if kind == _HEX:
+        return [
+            f"if {var}.__class__ is not str or len({var}) > 18: return None",
+            f"{var} = int({var}, 16)",
+            f"if not 0 <= {var} <= U64: return None",
+        ]
+    return [f"{var} = check_stack({var}, shared)"]
+
+
+def _compile_builder(shape):
+    """The builder of events of ``shape`` (their keys, in order), or None: past
+    :data:`_MAX_SHAPES` shapes, and for a shape without ts_ns or fn, every record goes
+    field by field."""
+    if len(_BUILDERS) >= _MAX_SHAPES:
+        return None
+    if not _NO_DEFAULT <= set(shape):
+        _BUILDERS[shape] = None
+        return None
+    variables = [f"v{index}" for index in range(len(shape))]
+    by_key = dict(zip(shape, variables))
+    body = [f"({', '.join(variables)},) = record.values()"]
+    for key, var in by_key.items():
+        kind = _KINDS.get(key)
+        if kind is None:
+            continue
+        checks = _check_source(var, key, kind)
+        if key in _NO_DEFAULT:
+            body.append(f"if {var} is None: return None")
+            body.extend(checks)
+        else:
+            body.append(f"if {var} is not None:")
+            body.extend("    " + line for line in checks)
+    if "start" in by_key and "end" in by_key:
+        start, end = by_key["start"], by_key["end"]
+        body.append(
+            f"if {start} is not None and {end} is not None and {start} > {end}: return None"
+        )
+    arguments = []
+    for field in dataclasses.fields(Event):
+        var = by_key.get(field.name)
+        default = "[]" if field.name == "stack" else f"DEFAULT_{field.name}"
+        if var is None:
+            arguments.append(default)
+        elif field.name in _NO_DEFAULT:
+            arguments.append(var)
+        else:
+            arguments.append(f"{default} if {var} is None else {var}")
+    body.append(f"return Event({', '.join(arguments)})")
+    source = "def build(record, shared):\n    setdefault = shared.setdefault\n" + "".join(
+        f"    {line}\n" for line in body
+    )
+    namespace = {
+        "Event": Event,
+        "U64": _U64,
+        "MAX_STRING": MAX_STRING,
+        "MEMORY_TYPE_SET": _MEMORY_TYPE_SET,
+        "MTRR_TYPE_SET": _MTRR_TYPE_SET,
+        "check_stack": _stack,
+        **{
+            f"DEFAULT_{field.name}": field.default
+            for field in dataclasses.fields(Event)
+            if field.default is not dataclasses.MISSING
+        },
+    }
+    exec(compile(source, f"<event builder {len(_BUILDERS)}>", "exec"), namespace)
+    build = _BUILDERS[shape] = namespace["build"]
+    return build

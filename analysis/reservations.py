@@ -12,6 +12,7 @@ Pure functions over :class:`memtrace.analysis.events.Event` objects; ranges are
 
 import bisect
 import dataclasses
+import functools
 import re
 from typing import Dict, List, Optional, Tuple
 
@@ -27,6 +28,7 @@ __all__ = [
     "parse_pat_snapshot",
     "replay",
     "frame_name",
+    "stack_names",
     "first_outside_frame",
     "stack_passes_through",
     "is_core_reserve",
@@ -100,11 +102,39 @@ _SLOWEST_FIRST = ("UC", "UC-", "WP", "WT", "WC", "WB")
 _SUFFIX = re.compile(r"(\.(cold|isra|constprop|part|llvm|lto_priv)(\.\d+)?)+$")
 
 
+# A long trace has a few hundred distinct frames and stacks, seen again and again.
+_FRAME_NAMES: Dict[str, str] = {}
+_CACHED = 65536
+
+
 def frame_name(frame):
     """Return the bare function name of a stack frame such as
     ``bochs_pci_probe.cold+0x1a/0x40 [bochs]`` (here ``bochs_pci_probe``)."""
-    name = frame.split(" ", 1)[0].split("+", 1)[0]
-    return _SUFFIX.sub("", name)
+    name = _FRAME_NAMES.get(frame)
+    if name is None:
+        name = _SUFFIX.sub("", frame.split(" ", 1)[0].split("+", 1)[0])
+        if len(_FRAME_NAMES) >= _CACHED:
+            _FRAME_NAMES.clear()
+        _FRAME_NAMES[frame] = name
+    return name
+
+
+@functools.lru_cache(maxsize=4096)
+def _frame_names(stack):
+    return tuple(frame_name(frame) for frame in stack)
+
+
+def stack_names(stack):
+    """The bare function names of ``stack``'s frames (see :func:`frame_name`), a tuple."""
+    return _frame_names(tuple(stack))
+
+
+@functools.lru_cache(maxsize=4096)
+def _first_outside(stack):
+    for frame in stack:
+        if not _is_internal(frame_name(frame)):
+            return re.sub(r"\+0x[0-9a-f]+(/0x[0-9a-f]+)?", "", frame)
+    return None
 
 
 def _is_internal(name):
@@ -120,18 +150,20 @@ def first_outside_frame(stack, fallback=None):
     """Return the innermost frame of ``stack`` (innermost first) that is not PAT, ioremap or
     tracer machinery, as written in the stack minus any ``+offset``; ``fallback`` when
     every frame is internal or the stack is empty."""
-    for frame in stack:
-        if not _is_internal(frame_name(frame)):
-            return re.sub(r"\+0x[0-9a-f]+(/0x[0-9a-f]+)?", "", frame)
-    return fallback
+    found = _first_outside(tuple(stack))
+    return fallback if found is None else found
 
 
 def stack_passes_through(stack, names, prefixes=()):
     """True when a frame of ``stack`` is one of ``names`` or starts with one of
     ``prefixes`` (compared on bare function names)."""
-    for frame in stack:
-        name = frame_name(frame)
-        if name in names or (prefixes and name.startswith(tuple(prefixes))):
+    return _passes_through(tuple(stack), frozenset(names), tuple(prefixes))
+
+
+@functools.lru_cache(maxsize=4096)
+def _passes_through(stack, names, prefixes):
+    for name in _frame_names(stack):
+        if name in names or (prefixes and name.startswith(prefixes)):
             return True
     return False
 

@@ -12,7 +12,7 @@ import importlib
 import json
 import math
 
-__all__ = ["NAME", "ERRORS", "loads", "finite"]
+__all__ = ["NAME", "ERRORS", "loads", "loads_for", "finite"]
 
 
 def _refuse_constant(name):
@@ -36,16 +36,37 @@ def _fast_decoder():
 _fast, NAME = _fast_decoder()
 
 
-def loads(line):
-    """The object of one line (bytes). Anything the fast decoder refuses, or that holds
-    a NaN or Infinity it may accept, is decoded again by the standard one, so errors and
-    edge cases (1e999, lone surrogates) are the standard library's."""
-    if _fast is not None and b"NaN" not in line and b"Infinity" not in line:
-        try:
-            return _fast.loads(line)
-        except ValueError:
-            pass
-    return _standard(line)
+def loads_for(fast):
+    """The line decoder over ``fast`` (the orjson or ujson module, or None for json alone):
+    anything the fast decoder refuses, or that holds a NaN or Infinity it may accept, is
+    decoded again by the standard one, so errors and edge cases (1e999, lone surrogates)
+    are the standard library's."""
+    if fast is None:
+        return _standard
+    if fast.__name__ == "orjson":
+
+        def strict_loads(line):
+            # orjson refuses NaN and Infinity itself (strict JSON): no need to look
+            try:
+                return fast.loads(line)
+            except ValueError:
+                return _standard(line)
+
+        return strict_loads
+
+    def scanning_loads(line):
+        # ujson accepts NaN and Infinity: such a line goes to json, which refuses them
+        if b"NaN" not in line and b"Infinity" not in line:
+            try:
+                return fast.loads(line)
+            except ValueError:
+                pass
+        return _standard(line)
+
+    return scanning_loads
+
+
+loads = loads_for(_fast)
 
 
 # What a malformed line raises, whichever decoder: their errors are ValueErrors.

@@ -45,6 +45,8 @@ class _Checker:
 
     def value(self, name):
         """The raw value of ``name`` (dotted for nested objects), None when absent."""
+        if "." not in name:
+            return self.record.get(name)
         value = self.record
         for part in name.split("."):
             value = value.get(part) if isinstance(value, dict) else None
@@ -177,6 +179,29 @@ class ProcessRecord(_MappingRecord):
     @classmethod
     def from_record(cls, record, where):
         """The checked record of a ``process`` line (a dict); BadInput naming ``where``."""
+        if _plain_process(record):
+            get = record.get
+            cmdline = get("cmdline")
+            # every field set at once, past the frozen dataclass's one-by-one __init__
+            # (a long trace holds hundreds of thousands of these)
+            checked = object.__new__(cls)
+            checked.__dict__.update(
+                what=record["what"],
+                ts_ns=record["ts_ns"],
+                pid=record["pid"],
+                type="process",
+                tgid=get("tgid"),
+                ppid=get("ppid"),
+                name=get("name"),
+                exe=get("exe"),
+                parent_name=get("parent_name"),
+                cmdline=None if cmdline is None else list(cmdline),
+                exit_code=get("exit_code"),
+                exit_signal=get("exit_signal"),
+                wait_status=get("wait_status"),
+                core_dumped=get("core_dumped"),
+            )
+            return checked
         check = _Checker(record, where, "process record")
         if record.get("what") not in ("exec", "exit", "fork"):
             raise BadInput(f"{where}: bad process record: 'what' must be exec, exit or fork")
@@ -195,6 +220,37 @@ class ProcessRecord(_MappingRecord):
             wait_status=check.integer("wait_status"),
             core_dumped=check.boolean("core_dumped"),
         )
+
+
+_PROCESS_INTEGERS = ("tgid", "ppid", "exit_code", "exit_signal", "wait_status")
+_PROCESS_STRINGS = ("name", "exe", "parent_name")
+
+
+def _plain_process(record):
+    """True when every field of a process record is as it should be: the common case,
+    checked without building an error (the field-by-field checks then name what is not)."""
+    get = record.get
+    ts_ns, pid, cmdline, dumped = get("ts_ns"), get("pid"), get("cmdline"), get("core_dumped")
+    if (
+        get("what") not in ("exec", "exit", "fork")
+        or ts_ns.__class__ is not int
+        or not 0 <= ts_ns < _LIMIT
+        or pid.__class__ is not int
+        or not -_LIMIT < pid < _LIMIT
+        or not (dumped is None or dumped.__class__ is bool)
+    ):
+        return False
+    for name in _PROCESS_INTEGERS:
+        value = get(name)
+        if value is not None and (value.__class__ is not int or not -_LIMIT < value < _LIMIT):
+            return False
+    for name in _PROCESS_STRINGS:
+        value = get(name)
+        if value is not None and value.__class__ is not str:
+            return False
+    return cmdline is None or (
+        cmdline.__class__ is list and all(item.__class__ is str for item in cmdline)
+    )
 
 
 @_with_names

@@ -129,7 +129,7 @@ def run(args):
 
 def _from_trace(args):
     """Stream the trace of ``-i`` through the analysis: ``(source, report)``."""
-    trace = RecordedTrace(args.input, getattr(args, "partial", False))
+    trace = RecordedTrace(args.input, getattr(args, "partial", False), keep_records=False)
     analysis = ConflictAnalysis(
         trace.source.snapshot,
         trace.source.pci_devices,

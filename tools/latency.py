@@ -397,7 +397,7 @@ def _from_trace(args):
     every event into the move model that gives a move call its memory type."""
     from memtrace.analysis.conflicts import ConflictAnalysis
 
-    trace = RecordedTrace(args.input, getattr(args, "partial", False))
+    trace = RecordedTrace(args.input, getattr(args, "partial", False), keep_records=False)
     measure = _measure(args.unit)
     header_probes = _header_probes(trace.source)
     patterns = list(args.fn)

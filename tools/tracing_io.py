@@ -84,12 +84,14 @@ class RecordedTrace:
 
     :param partial: accept a trace without a footer (its recording was killed, or the disk
         filled): its events are analysed, its loss count is None (unknown) and a note says
-        so. Without it such a trace is an error that names the option."""
+        so. Without it such a trace is an error that names the option.
+    :param keep_records: keep the process and uevent records in the source (commands
+        that do not show them check them and let them go)."""
 
-    def __init__(self, path, partial=False):
+    def __init__(self, path, partial=False, keep_records=True):
         from memtrace.tracefile import TraceReader
 
-        self.path = path
+        self.path, self.keep_records = path, keep_records
         self.late = 0
         self.reader = TraceReader(path, allow_partial=partial)
         header = self.reader.header
@@ -116,20 +118,20 @@ class RecordedTrace:
 
     def events(self):
         """Yield the trace's events in file order; keep its process and uevent records."""
-        from memtrace.analysis.events import Event
         from memtrace.records import ProcessRecord
 
         source = self.source
-        count = 0
-        for _number, record in self.reader.records():
-            if isinstance(record, Event):
-                count += 1
-                yield record
-            elif isinstance(record, ProcessRecord):
+
+        def keep(_number, record):
+            if isinstance(record, ProcessRecord):
                 source.processes.append(record)
             else:
                 source.uevents.append(record)
-            source.event_count = count
+
+        count = 0
+        for event in self.reader.events(keep if self.keep_records else _ignore):
+            count += 1
+            yield event
         source.event_count = count
 
     def stream(self, consume):
@@ -196,6 +198,10 @@ class RecordedTrace:
             )
         workload_fate.apply(source)  # a failed CMD with nothing traced: an error
         return source
+
+
+def _ignore(_number, _record):
+    """Let a checked record go."""
 
 
 def late_events_note(late):

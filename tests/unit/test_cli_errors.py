@@ -171,14 +171,14 @@ def test_head_c1_gets_its_byte_and_memtrace_no_traceback():
 @pytest.fixture
 def broken_trace(tmp_path):
     """A trace whose reading raises something memtrace does not expect: the reader's
-    records() of this process is replaced through sitecustomize, as a bug would break it."""
+    events() of this process is replaced through sitecustomize, as a bug would break it."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
         "import memtrace.tracefile as t\n"
         "def broken(*args, **kwargs):\n"
         "    raise ZeroDivisionError('division by zero in a reader')\n"
-        "t.TraceReader.records = broken\n"
+        "t.TraceReader.events = broken\n"
     )
     return str(site)
 

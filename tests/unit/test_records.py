@@ -134,13 +134,12 @@ def _installed(name):
 
 
 @pytest.fixture(params=["json", "orjson", "ujson"])
-def decoder(request, monkeypatch):
+def decoder(request):
     """decode.loads with each decoder in turn (those not installed are skipped)."""
     fast = None if request.param == "json" else _installed(request.param)
     if request.param != "json" and fast is None:
         pytest.skip(f"{request.param} is not installed")
-    monkeypatch.setattr(decode, "_fast", fast)
-    return decode.loads
+    return decode.loads_for(fast)
 
 
 @pytest.mark.parametrize(
