@@ -390,6 +390,8 @@ class ConflictAnalysis:
         type)`` tuples), to check the model against (``Report.model_check``); None: unknown.
     :param keep: keep every decision and move in the report (for callers that list them).
     :param on_move: called with each finished :class:`memtrace.analysis.moves.Move`.
+    :param on_decision: called with each replayed reservation's
+        :class:`memtrace.analysis.reservations.Decision`, its effective type set.
     :raises ValueError: for a reference that is not positive or a factor not above 1.
     """
 
@@ -404,13 +406,14 @@ class ConflictAnalysis:
         snapshot_end=None,
         keep=False,
         on_move=None,
+        on_decision=None,
     ):
         check_slow_move_options(wc_reference_mbps, slow_factor)
         self.context = context or MemoryTypeContext()
         self.snapshot, self.snapshot_end = snapshot, snapshot_end
         self.pci_devices, self.static = pci_devices, static
         self.wc_reference_mbps, self.slow_factor = wc_reference_mbps, slow_factor
-        self.keep, self.on_move = keep, on_move
+        self.keep, self.on_move, self.on_decision = keep, on_move, on_decision
         self.model = ReservationModel(snapshot, not self.context.pat_disabled)
         self.initial = self.model.live
         self.decisions: list = []
@@ -488,6 +491,8 @@ class ConflictAnalysis:
             self.decisions.append(decision)
         if decision.granted is not None:
             decision.effective = self._timeline.of(decision.granted, event.start, event.end)
+        if self.on_decision is not None:
+            self.on_decision(decision)
         entry = decision.reservation
         if entry is not None:
             entry.effective = decision.effective

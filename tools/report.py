@@ -11,15 +11,15 @@ from memtrace.tools import workload_fate
 from memtrace.tools.arg_types import seconds_type
 from memtrace.tools.bench import report_section
 from memtrace.tools.record import add_tracing_arguments, record_trace, workload_argv
-from memtrace.tools.report_document import build_document
+from memtrace.tools.report_document import HostTrail, build_document
 from memtrace.tools.report_render import render_chunks
 from memtrace.tools.tracing_io import (
+    RecordedTrace,
     ReportOutput,
     add_output_arguments,
     add_partial_argument,
     add_slow_move_arguments,
     check_partial,
-    read_recorded_trace,
     stdout_to_stderr,
 )
 
@@ -129,17 +129,17 @@ def run(args):
     else:
         workload = workload_argv(args)
     with ReportOutput(args.output, args.force, "report", inputs=args.input) as output:
-        sources = (
-            [read_recorded_trace(path, getattr(args, "partial", False)) for path in args.input]
+        trails = (
+            [_stream(path, args, getattr(args, "partial", False)) for path in args.input]
             if args.input
             else [_live(args, workload)]
         )
-        for source in sources:
-            workload_fate.apply(source)
+        for trail in trails:
+            workload_fate.apply(trail.source)
         # After tracing, so that the bench's own mappings stay out of the trace.
         bench = None if args.input else report_section(args.no_bench)
         document = build_document(
-            sources,
+            trails,
             redact=not args.no_redact,
             generated_at=_generated_at(),
             wc_reference_mbps=args.wc_reference,
@@ -172,13 +172,20 @@ def _live(args, workload):
         shutil.rmtree(workdir, ignore_errors=True)  # the trace of a failed run: nothing in it
         raise
     try:
-        source = read_recorded_trace(path)
+        trail = _stream(path, args)
     except MemtraceError as err:
         err.details = (*err.details, f"the trace is kept at {path}")
         raise
-    source.source = "live"
+    trail.source.source = "live"
     shutil.rmtree(workdir, ignore_errors=True)
-    return source
+    return trail
+
+
+def _stream(path, args, partial=False):
+    """Read the trace at ``path`` once, folding it into a finished :class:`HostTrail`."""
+    trace = RecordedTrace(path, partial)
+    trail = HostTrail(trace.source, args.wc_reference, args.slow_factor)
+    return trail.finish(trace.stream(trail.add))
 
 
 def _generated_at():

@@ -9,6 +9,7 @@ which :mod:`memtrace.tools.report_render` prints as text, markdown or HTML, as c
 and latency print theirs. No I/O here: the traces are already read.
 """
 
+import collections
 import time
 from typing import Dict, List
 
@@ -21,14 +22,14 @@ from memtrace.analysis.conflicts import (
     STATIC,
     UPGRADE,
     USER_MAP_DOWNGRADE,
-    analyze,
+    ConflictAnalysis,
     describe_impact,
 )
-from memtrace.analysis.events import ROLE_FREE, ROLE_IOREMAP, ROLE_MOVE, ROLE_TIMED
+from memtrace.analysis.events import ROLE_FREE, ROLE_IOREMAP, ROLE_TIMED
 from memtrace.analysis.latency import (
+    LatencyTable,
     human_duration,
     human_size,
-    latency_rows,
     slot_bounds,
     throughput_mbps,
 )
@@ -64,7 +65,15 @@ from memtrace.tools.render import hex_range, stack, who
 from memtrace.tools.report_html import histogram_figure, timeline_figure
 from memtrace.tools.tracing_io import model_check_line, pat_state_line
 
-__all__ = ["build_document", "report_blocks", "bench_blocks", "bench_document", "FORMAT", "VERSION"]
+__all__ = [
+    "HostTrail",
+    "build_document",
+    "report_blocks",
+    "bench_blocks",
+    "bench_document",
+    "FORMAT",
+    "VERSION",
+]
 
 FORMAT = "memtrace-report"
 VERSION = 1
@@ -99,8 +108,9 @@ def build_document(
 ):
     """Build the report document of ``sources``.
 
-    :param sources: :class:`memtrace.tools.tracing_io.TraceSource` objects, one per host, in
-        the order they were given (named ``host-1``, ``host-2``...).
+    :param sources: one per host, in the order they were given (named ``host-1``,
+        ``host-2``...): finished :class:`HostTrail` objects (a trace streamed through one),
+        or :class:`memtrace.tools.tracing_io.TraceSource` objects holding their events.
     :param redact: replace kernel virtual addresses and host names by placeholders.
     :param bench: a live report's bench section (``{status, reason, result}``, see
         :func:`memtrace.tools.bench.report_section`); None leaves the document without
@@ -124,7 +134,15 @@ def build_document(
     redactor = Redactor()
     for number, source in enumerate(sources, 1):
         name = f"host-{number}"
-        host = _Host(name, source, wc_reference_mbps, slow_factor, min_restarts, window_s)
+        if isinstance(source, HostTrail):
+            trail = source
+        else:
+            trail = HostTrail(source, wc_reference_mbps, slow_factor)
+            for event in sorted(source.events, key=lambda e: e.ts_ns):
+                trail.add(event)
+            trail.finish(source)
+        host = _Host(name, trail, min_restarts, window_s)
+        source = trail.source
         redactor.add_hostname(source.header.get("hostname"), name)
         doc["hosts"].append(host.environment())
         doc["findings"].extend(host.findings())
@@ -217,27 +235,217 @@ class _Folded:
         return out
 
 
-class _Host:
-    """One trace's part of the document."""
+class HostTrail:
+    """One host's events folded, as they come in time order (:meth:`add`), into what its
+    part of the report shows: the conflicts analysis, every reservation (identical ones
+    folded, see :class:`_Folded`) with when it was freed, latency per function and memory
+    type, and the timeline entries of reservations, ioremaps, frees and moves. Nothing is
+    kept per event beyond that, so a trace of any length is reported in the memory of
+    what the report lists.
 
-    def __init__(self, name, source, wc_reference_mbps, slow_factor, min_restarts, window_s):
-        self.name = name
+    :param source: the host's :class:`memtrace.tools.tracing_io.TraceSource` as its header
+        describes it (PAT snapshot, PCI devices, PAT state and MTRRs); :meth:`finish` is
+        given it complete.
+    """
+
+    def __init__(self, source, wc_reference_mbps=None, slow_factor=DEFAULT_SLOW_FACTOR):
         self.source = source
-        self.report = analyze(
-            source.events,
+        self.analysis = ConflictAnalysis(
             source.snapshot,
             source.pci_devices,
             wc_reference_mbps=wc_reference_mbps,
             slow_factor=slow_factor,
             context=source.context,
-            snapshot_end=source.snapshot_end,
+            on_move=self._moved,
+            on_decision=self._decided,
         )
+        self.report = None
+        self.latency = LatencyTable("ns")
+        self.reservations = _Folded()
+        self.timeline = _Folded()
+        self.traced_ranges: set = set()  # (start, end) of every traced reservation
+        self.first_ts_ns = None
+        # (start, end) -> the rows of reservations of that range not freed yet, oldest first
+        # (None for a reservation folded into a repeat): a free ends the oldest
+        self._unfreed: Dict[tuple, collections.deque] = {}
+        self._listed: list = []  # (row, start, end) of listed reservations, named at the end
+
+    def add(self, event):
+        """Take the host's next event (in time order)."""
+        if self.first_ts_ns is None or event.ts_ns < self.first_ts_ns:
+            self.first_ts_ns = event.ts_ns
+        role = event.role
+        if role == ROLE_TIMED:
+            self.latency.add(event)
+        elif role == ROLE_IOREMAP and event.start is not None:
+            size = event.size if event.size is not None else event.end - event.start
+            function = first_outside_frame(event.stack, event.caller) or "?"
+            signature = (event.fn, event.start, size, not event.vaddr, event.comm, function)
+            returned = "NULL" if not event.vaddr else f"{event.vaddr:#x}"
+            self._timeline(
+                event.ts_ns,
+                "reservation",
+                signature,
+                lambda: (
+                    f"{event.fn}({event.start:#x}, {size:#x}) = {returned} "
+                    f"({_who(event.comm, event.pid)}, {function})"
+                ),
+                event,
+            )
+        elif role == ROLE_FREE and event.start is not None:
+            waiting = self._unfreed.get((event.start, event.end))
+            if waiting:
+                row = waiting.popleft()
+                if row is not None:
+                    row["freed_ns"] = event.ts_ns
+            self._timeline(
+                event.ts_ns,
+                "free",
+                (event.comm, event.start, event.end),
+                lambda: f"{_who(event.comm, event.pid)}: freed {_range(event.start, event.end)}",
+                event,
+            )
+        self.analysis.add(event)
+
+    def _timeline(self, ts_ns, kind, signature, text, event=None):
+        """One timeline entry; ``text()`` is called only when it is listed, not folded."""
+        if not self.timeline.repeat((kind, signature), event, ts_ns):
+            self.timeline.add(
+                (kind, signature),
+                event,
+                {"host": None, "ts_ns": ts_ns, "kind": kind, "text": text()},
+                ts_ns,
+            )
+
+    def _decided(self, decision):
+        event = decision.event
+        if event.start is None or event.end is None:
+            return
+        key = (event.start, event.end)
+        self.traced_ranges.add(key)
+        found = decision.effective
+        effective = found.type if found is not None else decision.granted
+        entry = decision.reservation
+        adopted = entry.forced_by if entry is not None else None
+        requester = first_outside_frame(event.stack, event.caller)
+        signature = (
+            key,
+            event.requested,
+            decision.granted,
+            None if found is None else (found.type, tuple(found.reasons)),
+            event.fn,
+            event.comm,
+            requester,
+            None
+            if adopted is None
+            else (adopted.start, adopted.end, adopted.type, adopted.holder.function),
+        )
+        row = None
+        if not self.reservations.repeat(signature, event):
+            row = {
+                "host": None,
+                "ts_ns": event.ts_ns,
+                "duration_ns": event.duration_ns,
+                "start": hex(event.start),
+                "end": hex(event.end),
+                "requested": event.requested,
+                "granted": decision.granted,
+                "effective": effective,
+                "effective_reasons": list(found.reasons) if found is not None else [],
+                "adopted_from": None
+                if adopted is None
+                else f"{_range(adopted.start, adopted.end)} {adopted.type} "
+                f"({adopted.holder.describe()})",
+                "fn": event.fn,
+                "comm": event.comm,
+                "pid": event.pid,
+                "requester": requester,
+                "freed_ns": None,
+                "device": None,
+            }
+            self.reservations.add(signature, event, row)
+            self._listed.append((row, event.start, event.end))
+        self._unfreed.setdefault(key, collections.deque()).append(row)
+        refused, downgraded = decision.refused, is_downgrade(event.requested, effective)
+        function = requester or event.fn
+        where, who_ = _range(event.start, event.end), f"{_who(event.comm, event.pid)}, {function}"
+        as_used = f" (effective {effective})" if effective != decision.granted else ""
+        if refused:
+            text = f"{who_}: {event.requested} on {where} refused"
+        elif downgraded:
+            text = f"{who_}: asked {event.requested} on {where}, got {decision.granted}{as_used}"
+        else:
+            text = f"{who_}: reserved {where} {decision.granted or '?'}{as_used}"
+        self._timeline(
+            event.ts_ns,
+            "conflict" if refused or downgraded else "reservation",
+            (
+                event.start,
+                event.end,
+                event.requested,
+                decision.granted,
+                effective,
+                event.comm,
+                function,
+            ),
+            lambda: text,
+            event,
+        )
+
+    def _moved(self, move):
+        for call in move.calls:
+            self.latency.add(call, move.effective_type, move.granted_type)
+        call = move.outer
+        size = human_size(move.bytes) if move.bytes is not None else "? bytes"
+        on = f"on {move.effective_type}" if move.effective_type else "no iomem mapped"
+        self._timeline(
+            call.ts_ns,
+            "move",
+            (call.fn, size, on, call.comm),
+            lambda: (
+                f"{call.fn}: {size} in {human_duration(move.duration_ns)}, {on} "
+                f"({_who(call.comm, call.pid)})"
+            ),
+            call,
+        )
+
+    def finish(self, source):
+        """Complete the trail with ``source``, the host's finished TraceSource (its
+        footer's PCI devices name the drivers bound by then)."""
+        self.source = source
+        self.analysis.snapshot_end = source.snapshot_end
+        self.report = self.analysis.finish(source.pci_devices)
+        for row, start, end in self._listed:
+            row["device"] = _device(source.pci_devices, start, end)
+        self._listed.clear()
+        self._unfreed.clear()
+        return self
+
+
+def _device(pci_devices, start, end):
+    """``0000:00:02.0 BAR0 (bochs-drm)`` for a range in a known BAR, else None."""
+    owner = find_owner(start, end, pci_devices, [])
+    if owner.kind != "pci":
+        return None
+    bar = "ROM" if owner.bar == 6 else f"BAR{owner.bar}"
+    return f"{owner.slot} {bar}" + (f" ({owner.driver})" if owner.driver else "")
+
+
+class _Host:
+    """One trace's part of the document, from its finished :class:`HostTrail`."""
+
+    def __init__(self, name, trail, min_restarts, window_s):
+        self.name = name
+        self.trail = trail
+        self.source = source = trail.source
+        self.report = trail.report
         self.processes = with_exit_names(source.processes)
         self.loops = find_restart_loops(self.processes, min_restarts, window_s)
         self.exits = {r.get("pid"): r for r in self.processes if r.get("what") == "exit"}
         self.starts = {r.get("pid"): r for r in self.processes if r.get("what") == "exec"}
-        times = [e.ts_ns for e in source.events]
-        times += [r["ts_ns"] for r in source.processes + source.uevents if "ts_ns" in r]
+        times = [r["ts_ns"] for r in source.processes + source.uevents if "ts_ns" in r]
+        if trail.first_ts_ns is not None:
+            times.append(trail.first_ts_ns)
         self.t0 = min(times) if times else 0
         self._finding_numbers = {}
 
@@ -247,11 +455,7 @@ class _Host:
 
     def device(self, start, end):
         """``0000:00:02.0 BAR0 (bochs-drm)`` for a range in a known BAR, else None."""
-        owner = find_owner(start, end, self.source.pci_devices, [])
-        if owner.kind != "pci":
-            return None
-        bar = "ROM" if owner.bar == 6 else f"BAR{owner.bar}"
-        return f"{owner.slot} {bar}" + (f" ({owner.driver})" if owner.driver else "")
+        return _device(self.source.pci_devices, start, end)
 
     # -- findings ---------------------------------------------------------------------------
 
@@ -482,74 +686,14 @@ class _Host:
     # -- tables -----------------------------------------------------------------------------
 
     def reservations(self):
-        frees: dict = {}
-        for event in sorted(self.source.events, key=lambda e: e.ts_ns):
-            if event.role == ROLE_FREE and event.start is not None:
-                frees.setdefault((event.start, event.end), []).append(event.ts_ns)
-        used = dict.fromkeys(frees, 0)  # frees of each range already matched
-        rows = _Folded()
-        for decision in self.report.decisions:
-            event = decision.event
-            if event.start is None or event.end is None:
-                continue
-            key = (event.start, event.end)
-            # decisions come in time order: a free at or before this reservation can match
-            # no later one either, so one index a range replaces a search per reservation
-            times, position = frees.get(key, ()), used.get(key, 0)
-            while position < len(times) and times[position] <= event.ts_ns:
-                position += 1
-            freed_ns = times[position] if position < len(times) else None
-            if freed_ns is not None:
-                used[key] = position + 1
-            found = decision.effective
-            entry = decision.reservation
-            adopted = entry.forced_by if entry is not None else None
-            requester = first_outside_frame(event.stack, event.caller)
-            signature = (
-                key,
-                event.requested,
-                decision.granted,
-                None if found is None else (found.type, tuple(found.reasons)),
-                event.fn,
-                event.comm,
-                requester,
-                None
-                if adopted is None
-                else (adopted.start, adopted.end, adopted.type, adopted.holder.function),
-            )
-            if rows.repeat(signature, event):
-                continue
-            rows.add(
-                signature,
-                event,
-                {
-                    "host": self.name,
-                    "ts_ns": event.ts_ns,
-                    "duration_ns": event.duration_ns,
-                    "start": hex(event.start),
-                    "end": hex(event.end),
-                    "requested": event.requested,
-                    "granted": decision.granted,
-                    "effective": found.type if found is not None else decision.granted,
-                    "effective_reasons": list(found.reasons) if found is not None else [],
-                    "adopted_from": None
-                    if adopted is None
-                    else f"{_range(adopted.start, adopted.end)} {adopted.type} "
-                    f"({adopted.holder.describe()})",
-                    "fn": event.fn,
-                    "comm": event.comm,
-                    "pid": event.pid,
-                    "requester": requester,
-                    "freed_ns": freed_ns,
-                    "device": self.device(event.start, event.end),
-                },
-            )
-        return rows.entries(self.at, "reservations")
+        return [
+            dict(row, host=self.name)
+            for row in self.trail.reservations.entries(self.at, "reservations")
+        ]
 
     def latency(self):
-        selected = [e for e in self.source.events if e.role in (ROLE_MOVE, ROLE_TIMED)]
         rows = []
-        for row in latency_rows(selected, self.report.moves, "ns"):
+        for row in self.trail.latency.rows():
             dist = row.distribution
             rows.append(
                 {
@@ -577,7 +721,7 @@ class _Host:
         return rows
 
     def timeline(self):
-        entries = _Folded()
+        entries = self.trail.timeline  # the trace's entries, folded as they came
 
         def shown(ts_ns, kind, signature, event=None):
             """Count one entry; True when it is listed (its text is then wanted)."""
@@ -616,76 +760,7 @@ class _Host:
             text += " (hotplug)" if record.get("hotplug") else ""
             if shown(record["ts_ns"], "uevent", text):
                 add(record["ts_ns"], "uevent", text, text)
-        for decision in self.report.decisions:
-            event = decision.event
-            if event.start is None:
-                continue
-            function = first_outside_frame(event.stack, event.caller) or event.fn
-            effective = (
-                decision.effective.type if decision.effective is not None else decision.granted
-            )
-            refused, downgraded = decision.refused, is_downgrade(event.requested, effective)
-            kind = "conflict" if refused or downgraded else "reservation"
-            signature = (
-                event.start,
-                event.end,
-                event.requested,
-                decision.granted,
-                effective,
-                event.comm,
-                function,
-            )
-            if not shown(event.ts_ns, kind, signature, event):
-                continue
-            where = _range(event.start, event.end)
-            who = f"{_who(event.comm, event.pid)}, {function}"
-            as_used = f" (effective {effective})" if effective != decision.granted else ""
-            if refused:
-                text = f"{who}: {event.requested} on {where} refused"
-            elif downgraded:
-                text = f"{who}: asked {event.requested} on {where}, got {decision.granted}{as_used}"
-            else:
-                text = f"{who}: reserved {where} {decision.granted or '?'}{as_used}"
-            add(event.ts_ns, kind, signature, text, event)
-        for event in self.source.events:
-            if event.role == ROLE_IOREMAP and event.start is not None:
-                size = event.size if event.size is not None else event.end - event.start
-                function = first_outside_frame(event.stack, event.caller) or "?"
-                signature = (event.fn, event.start, size, not event.vaddr, event.comm, function)
-                if shown(event.ts_ns, "reservation", signature, event):
-                    returned = "NULL" if not event.vaddr else f"{event.vaddr:#x}"
-                    add(
-                        event.ts_ns,
-                        "reservation",
-                        signature,
-                        f"{event.fn}({event.start:#x}, {size:#x}) = {returned} "
-                        f"({_who(event.comm, event.pid)}, {function})",
-                        event,
-                    )
-            if event.role == ROLE_FREE and event.start is not None:
-                signature = (event.comm, event.start, event.end)
-                if shown(event.ts_ns, "free", signature, event):
-                    add(
-                        event.ts_ns,
-                        "free",
-                        signature,
-                        f"{_who(event.comm, event.pid)}: freed {_range(event.start, event.end)}",
-                        event,
-                    )
-        for move in self.report.moves:
-            call = move.outer
-            size = human_size(move.bytes) if move.bytes is not None else "? bytes"
-            on = f"on {move.effective_type}" if move.effective_type else "no iomem mapped"
-            if shown(call.ts_ns, "move", (call.fn, size, on, call.comm), call):
-                add(
-                    call.ts_ns,
-                    "move",
-                    (call.fn, size, on, call.comm),
-                    f"{call.fn}: {size} in {human_duration(move.duration_ns)}, {on} "
-                    f"({_who(call.comm, call.pid)})",
-                    call,
-                )
-        return entries.entries(self.at, "timeline")
+        return [dict(entry, host=self.name) for entry in entries.entries(self.at, "timeline")]
 
     # -- environment ------------------------------------------------------------------------
 
@@ -780,11 +855,7 @@ class _Host:
     def _pci_devices(self):
         """Display devices, and devices with a BAR that a traced reservation fell in."""
         live = list(self.report.model.live) if self.report.model is not None else []
-        traced = [
-            (d.event.start, d.event.end)
-            for d in self.report.decisions
-            if d.event.start is not None and d.event.end is not None
-        ]
+        traced = self.trail.traced_ranges
         out = []
         for device in self.source.pci_devices:
             reserved = {bar.index: self._reservation_type(bar, live) for bar in device.bars}
