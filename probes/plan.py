@@ -80,7 +80,7 @@ def expand_requests(requests, kallsyms, module_files=None):
             out.append(request)
             continue
         module, _, pattern = request.rpartition(":")
-        names = set(kallsyms.function_names(module or None))
+        names = kallsyms.function_names(module or None)
         if module and not names and module_files is not None:
             found = module_files.functions(module)
             if found is not None:

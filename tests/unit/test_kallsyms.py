@@ -5,7 +5,14 @@ import os
 import pytest
 
 from memtrace.errors import BadInput, FeatureMissing
-from memtrace.probes.kallsyms import clone_base, parse_kallsyms, read_kallsyms
+from memtrace.probes.kallsyms import (
+    KernelSymbol,
+    ModuleIndex,
+    SymbolTable,
+    clone_base,
+    parse_kallsyms,
+    read_kallsyms,
+)
 
 # A grep of this machine's /proc/kallsyms (6.18 build); see tests/fixtures/README.md.
 HOST_KALLSYMS = os.path.join(
@@ -126,3 +133,82 @@ def test_kallsyms_without_a_symbol_is_bad_input(tmp_path):
     path.write_text("this is not kallsyms\n")
     with pytest.raises(BadInput, match="lists no symbols"):
         read_kallsyms(str(path))
+
+
+def test_a_name_is_found_whole_not_as_the_start_of_another():
+    table = parse_kallsyms(
+        "ffffffff81000000 T ioremap_wc\n"
+        "ffffffff81000010 T ioremap\n"
+        "ffffffff81000020 t ioremap\t[mod]\n"
+        "ffffffff81000030 d ioremap\n"
+    )
+    assert [(s.type, s.module) for s in table.functions("ioremap")] == [("T", None), ("t", "mod")]
+    assert not table.has_function("ioremap_w")
+    assert not table.has_function("T")  # a type letter is no name
+    assert not table.has_function("ioremap wc")
+
+
+def test_clones_come_grouped_by_name_in_order_of_first_appearance():
+    table = parse_kallsyms(
+        "ffffffff81000000 d foo.isra.0\n"
+        "ffffffff81000010 t foo.cold\n"
+        "ffffffff81000020 t foo.isra.0\n"
+        "ffffffff81000030 t foo.cold\t[mod]\n"
+        "ffffffff81000040 t foo.bar.1\n"
+        "ffffffff81000050 t foox.cold\n"
+    )
+    assert [(s.name, s.module) for s in table.clones("foo")] == [
+        ("foo.isra.0", None),
+        ("foo.cold", None),
+        ("foo.cold", "mod"),
+    ]
+    assert [s.name for s in table.clones("foo", "mod")] == ["foo.cold"]
+
+
+def test_function_names_of_one_module_and_of_all():
+    table = parse_kallsyms(
+        "ffffffff81000000 T ioremap\n"
+        "ffffffffc0a01230 t bo_driver_move\t[drm_vram_helper]\n"
+        "ffffffffc0a01240 d vram_data\t[drm_vram_helper]\n"
+        "ffffffffc0b00000 T ttm_move_memcpy\t[ttm]\n"
+    )
+    assert table.function_names() == {"ioremap", "bo_driver_move", "ttm_move_memcpy"}
+    assert table.function_names("drm_vram_helper") == {"bo_driver_move"}
+    assert table.function_names("drm") == frozenset()
+    assert table.function_names("a module") == frozenset()
+    assert table.function_names() is table.function_names()  # made once
+
+
+def test_a_table_of_symbols_answers_as_one_parsed():
+    symbols = [
+        KernelSymbol(0xFFFFFFFF81000000, "T", "memtype_reserve", None),
+        KernelSymbol(0xFFFFFFFF81000010, "t", "memtype_reserve.cold", None),
+        KernelSymbol(0xFFFFFFFFC0B00000, "T", "ttm_move_memcpy", "ttm"),
+    ]
+    table = SymbolTable(symbols, skipped_lines=2)
+    assert len(table) == 3 and table.skipped_lines == 2
+    assert table.functions("memtype_reserve") == symbols[:1]
+    assert table.clones("memtype_reserve") == symbols[1:2]
+    assert table.loaded_modules == {"ttm"}
+    assert not table.addresses_hidden
+
+
+def test_an_empty_table_hides_no_addresses_and_is_false():
+    table = parse_kallsyms("")
+    assert len(table) == 0 and not table and not table.addresses_hidden
+
+
+def test_module_index_names_the_owners_of_module_code_only(tmp_path):
+    kallsyms = tmp_path / "kallsyms"
+    kallsyms.write_text(
+        "ffffffff81000000 T ioremap\n"
+        "ffffffffc0000000 t foo\t[a]\n"
+        "ffffffffc0000010 t foo\t[b]\n"
+        "ffffffffc0000020 d bar\t[a]\n"
+    )
+    index = ModuleIndex(str(kallsyms), str(tmp_path / "modules"))
+    assert index.owners("foo") == {"a", "b"}
+    assert index.owners("ioremap") == set() and index.owners("bar") == set()
+    assert index.module_of("foo") is None and index.module_of("foo", prefer="b") == "b"
+    index.owners("foo").clear()  # the caller's copy
+    assert index.owners("foo") == {"a", "b"}
