@@ -11,6 +11,7 @@ for the analyses written against the dicts of earlier versions (analysis.restart
 
 import collections.abc
 import dataclasses
+import sys
 from typing import Dict, List, Optional, Tuple
 
 from memtrace.decode import finite
@@ -120,12 +121,21 @@ class _Checker:
 class _MappingRecord(collections.abc.Mapping):
     """Read access by field name, as for the dicts records used to be."""
 
+    __slots__ = ()
     _FIELD_NAMES: Tuple[str, ...] = ()  # set by _with_names
+    _FIELD_SET: frozenset = frozenset()
 
     def __getitem__(self, name):
-        if name not in self._names():
+        if name not in self._FIELD_SET:
             raise KeyError(name)
         return getattr(self, name)
+
+    def get(self, name, default=None):
+        """The field ``name`` (None when it is None), ``default`` for no such field."""
+        return getattr(self, name) if name in self._FIELD_SET else default
+
+    def __contains__(self, name):
+        return name in self._FIELD_SET
 
     def __iter__(self):
         return iter(self._names())
@@ -153,11 +163,16 @@ class _MappingRecord(collections.abc.Mapping):
 
 def _with_names(cls):
     cls._FIELD_NAMES = tuple(field.name for field in dataclasses.fields(cls))
+    cls._FIELD_SET = frozenset(cls._FIELD_NAMES)
     return cls
 
 
+# __slots__ (Python >= 3.10): a restart loop of hours is hundreds of thousands of records.
+_SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
+
+
 @_with_names
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, **_SLOTS)
 class ProcessRecord(_MappingRecord):
     """A process starting (``exec``), forking or ending (``exit``), from the proc connector."""
 
@@ -177,31 +192,35 @@ class ProcessRecord(_MappingRecord):
     core_dumped: Optional[bool] = None
 
     @classmethod
-    def from_record(cls, record, where):
-        """The checked record of a ``process`` line (a dict); BadInput naming ``where``."""
+    def from_record(cls, record, where, shared=None):
+        """The checked record of a ``process`` line (a dict); BadInput naming ``where``.
+
+        :param shared: a dict the reader keeps across one trace's records: equal names,
+            paths and command lines are then one object.
+        """
         if _plain_process(record):
             get = record.get
+            shared = {} if shared is None else shared
             cmdline = get("cmdline")
-            # every field set at once, past the frozen dataclass's one-by-one __init__
-            # (a long trace holds hundreds of thousands of these)
-            checked = object.__new__(cls)
-            checked.__dict__.update(
-                what=record["what"],
-                ts_ns=record["ts_ns"],
-                pid=record["pid"],
-                type="process",
-                tgid=get("tgid"),
-                ppid=get("ppid"),
-                name=get("name"),
-                exe=get("exe"),
-                parent_name=get("parent_name"),
-                cmdline=None if cmdline is None else list(cmdline),
-                exit_code=get("exit_code"),
-                exit_signal=get("exit_signal"),
-                wait_status=get("wait_status"),
-                core_dumped=get("core_dumped"),
+            if cmdline is not None:
+                cmdline = shared.setdefault(("cmdline", *cmdline), cmdline)
+            name, exe, parent = get("name"), get("exe"), get("parent_name")
+            return cls(
+                record["what"],
+                record["ts_ns"],
+                record["pid"],
+                "process",
+                get("tgid"),
+                get("ppid"),
+                name if name is None else shared.setdefault(name, name),
+                exe if exe is None else shared.setdefault(exe, exe),
+                parent if parent is None else shared.setdefault(parent, parent),
+                cmdline,
+                get("exit_code"),
+                get("exit_signal"),
+                get("wait_status"),
+                get("core_dumped"),
             )
-            return checked
         check = _Checker(record, where, "process record")
         if record.get("what") not in ("exec", "exit", "fork"):
             raise BadInput(f"{where}: bad process record: 'what' must be exec, exit or fork")
@@ -254,7 +273,7 @@ def _plain_process(record):
 
 
 @_with_names
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, **_SLOTS)
 class UeventRecord(_MappingRecord):
     """A DRM uevent (a card or connector added, a hotplug)."""
 
@@ -270,22 +289,32 @@ class UeventRecord(_MappingRecord):
     properties: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_record(cls, record, where):
-        """The checked record of a ``uevent`` line (a dict); BadInput naming ``where``."""
+    def from_record(cls, record, where, shared=None):
+        """The checked record of a ``uevent`` line (a dict); BadInput naming ``where``.
+
+        :param shared: as for :meth:`ProcessRecord.from_record`: equal strings and equal
+            property sets are then one object.
+        """
         check = _Checker(record, where, "uevent record")
         properties = check.object("properties") or {}
         if not all(isinstance(value, str) for value in properties.values()):
             check.fail("properties", "an object of strings")
+        shared = {} if shared is None else shared
+
+        def text(name):
+            value = check.string(name)
+            return value if value is None else shared.setdefault(value, value)
+
         return cls(
             ts_ns=check.integer("ts_ns", True, 0),
-            action=check.string("action"),
-            subsystem=check.string("subsystem"),
-            devpath=check.string("devpath"),
-            devname=check.string("devname"),
-            devtype=check.string("devtype"),
+            action=text("action"),
+            subsystem=text("subsystem"),
+            devpath=text("devpath"),
+            devname=text("devname"),
+            devtype=text("devtype"),
             hotplug=check.boolean("hotplug"),
             seqnum=check.integer("seqnum"),
-            properties=dict(properties),
+            properties=shared.setdefault(("properties", *properties.items()), dict(properties)),
         )
 
 

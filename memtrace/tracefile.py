@@ -229,9 +229,9 @@ class TraceReader:
                     continue
                 where = f"{self.path}:{self.lines}"
                 if kind == "process":
-                    on_other(self.lines, ProcessRecord.from_record(record, where))
+                    on_other(self.lines, ProcessRecord.from_record(record, where, shared))
                 elif kind == "uevent":
-                    on_other(self.lines, UeventRecord.from_record(record, where))
+                    on_other(self.lines, UeventRecord.from_record(record, where, shared))
                 elif kind == "footer":
                     self.typed_footer = Footer.from_record(record, where)
                     self.footer = record
