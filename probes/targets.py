@@ -9,8 +9,8 @@ NotTraceable saying why not.
 """
 
 import re
-from dataclasses import dataclass
-from typing import FrozenSet, NamedTuple, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, FrozenSet, NamedTuple, Optional, Tuple
 
 from memtrace.analysis.name_index import NameIndex, closest_by_tiers
 from memtrace.errors import MemtraceError, NotTraceable
@@ -198,6 +198,10 @@ class SymbolSource:
     module_files: Optional[ModuleFiles] = None
     kprobe_blacklist: Optional[FrozenSet[str]] = None
     filter_functions: Optional[FrozenSet[tuple]] = None
+    # module (None: any) -> the NameIndex its suggestions come from, built at the first miss.
+    _name_indexes: Dict[Optional[str], NameIndex] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
 
 @dataclass(frozen=True)
@@ -353,17 +357,26 @@ def _unloaded_target_module_with(name, source):
     return None
 
 
+def _name_index(module, source, module_functions):
+    """The NameIndex over the functions of ``module`` (any when None) that a misspelt name
+    is compared with: kallsyms' and those of its module file; ``__pfx_`` padding aside."""
+    index = source._name_indexes.get(module)
+    if index is None:
+        pool = source.kallsyms.function_names(module)
+        if module_functions is not None:
+            pool = pool | set(module_functions.functions)
+        index = source._name_indexes[module] = NameIndex(pool, skip_prefix="__pfx_")
+    return index
+
+
 def _suggestions(name, module, source):
     """A hint for a name that does not resolve: a MOD:SYM to use, or the closest names."""
-    pool = source.kallsyms.function_names(module)
     module_functions = _unloaded_module_functions(module, source)
-    if module_functions is not None:
-        pool |= set(module_functions.functions)
     if module is None:
         other = _unloaded_target_module_with(name, source)
         if other is not None:
             return f"did you mean {other}:{name}? (module {other} is not loaded)"
-    index = NameIndex(n for n in pool if not n.startswith("__pfx_"))
+    index = _name_index(module, source, module_functions)
     # Near misses first; then looser matches, so that a name far from everything still gets
     # the nearest few rather than nothing.
     close = closest_by_tiers(index.ranked(name, cutoff=0.45), (0.8, 0.6, 0.45))

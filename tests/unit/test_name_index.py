@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from memtrace.analysis.name_index import NameIndex, closest_by_tiers
+from memtrace.analysis.name_index import _RANK_ALL_BELOW, NameIndex, closest_by_tiers
 from memtrace.errors import NotTraceable
 from memtrace.probes.kallsyms import parse_kallsyms
 from memtrace.probes.targets import SymbolSource, resolve
@@ -182,3 +182,23 @@ def test_resolve_names_the_closest_kernel_functions_of_a_kernel_sized_kallsyms()
     with pytest.raises(NotTraceable) as caught:
         resolve("drm_gem_vram_bo_drver_move", source)
     assert caught.value.hint.startswith("closest names: drm_gem_vram_bo_driver_move, ")
+
+
+def test_names_starting_with_the_skipped_prefix_are_left_out():
+    names = {"ioremap", "__pfx_ioremap", "ioremap_wc", "__pfx_ioremap_wc", "", "a\nb"}
+    index = NameIndex(names, skip_prefix="__pfx_")
+    assert sorted(index.names) == ["ioremap", "ioremap_wc"]
+    assert index.closest("__pfx_ioremap", n=3) == ["ioremap", "ioremap_wc"]
+
+
+def test_the_answer_does_not_depend_on_the_order_of_the_names():
+    names = kernel_names(20_000, seed=5)
+    orders = (names, list(reversed(names)), set(names), frozenset(names))
+    for typed in ("drm_gem_vram_bo_drver_move", "memtype_resrve", "ttm_move_memcopy"):
+        answers = {tuple(NameIndex(order).candidates(typed, limit=40)) for order in orders}
+        assert len(answers) == 1, typed
+
+
+def test_candidates_tied_on_shared_trigrams_come_in_name_order():
+    index = NameIndex(["abd", "abc", "abe"] + [f"zz{i}" for i in range(_RANK_ALL_BELOW)])
+    assert index.candidates("abx", limit=3) == ["abc", "abd", "abe"]

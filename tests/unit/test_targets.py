@@ -5,6 +5,7 @@ import os
 import pytest
 
 from memtrace.errors import NotTraceable
+from memtrace.probes import targets
 from memtrace.probes.kallsyms import parse_kallsyms, read_kallsyms
 from memtrace.probes.kmod_symbols import ModuleFiles
 from memtrace.probes.plan import expand_requests
@@ -295,3 +296,19 @@ def test_mtrr_functions_resolve_where_the_kernel_has_them():
     for name in MTRR_FUNCTIONS:
         resolution = resolve(name, SymbolSource(table))
         assert (resolution.symbol, resolution.how, resolution.module) == (name, EXACT, None)
+
+
+def test_the_names_misspellings_are_compared_with_are_indexed_once(host, monkeypatch):
+    built = []
+
+    class CountingIndex(targets.NameIndex):
+        def __init__(self, *args, **kwargs):
+            built.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(targets, "NameIndex", CountingIndex)
+    for typed in ("memtype_reserv", "ioremap_wcc", "iounmapp"):
+        with pytest.raises(NotTraceable) as caught:
+            resolve(typed, host)
+        assert caught.value.hint.startswith("closest names: ")
+    assert len(built) == 1
