@@ -355,6 +355,11 @@ def analyze(events, snapshot=None, pci_devices=(), **options):
     return analysis.finish()
 
 
+# Per-thread state beyond this many threads is pruned (comms) or cut to the calls still
+# running (user-map windows): a restart loop of hours has hundreds of thousands of threads.
+_THREADS_KEPT = 65536
+
+
 class _FailedWrapper:
     """A mapping call that failed (see :func:`_failed_wrapper`), open while calls of its
     thread inside it come: the last reservation decided inside it, and whether a refusal
@@ -450,6 +455,8 @@ class ConflictAnalysis:
         known = self._comms.get(tid)
         if known is not comm and known != comm:
             if comm and comm != _UNKNOWN_COMM:
+                if len(self._comms) >= _THREADS_KEPT:  # a trace of many short-lived threads
+                    self._comms.clear()
                 self._comms[tid] = comm
             elif known is not None:  # tracefs prints <...> when its comm cache missed
                 event = dataclasses.replace(event, comm=known)
@@ -476,6 +483,9 @@ class ConflictAnalysis:
         if event.duration_ns is not None:
             end = event.ts_ns + event.duration_ns
             if end > self._user_map_end.get(event.tid, -1):
+                if len(self._user_map_end) >= _THREADS_KEPT:  # keep the calls not yet over
+                    now = event.ts_ns
+                    self._user_map_end = {t: e for t, e in self._user_map_end.items() if e >= now}
                 self._user_map_end[event.tid] = end
         self._wrapper(event)
 
